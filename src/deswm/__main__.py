@@ -1,0 +1,7 @@
+"""``python -m deswm`` runs the ``deswm`` command."""
+
+import sys
+
+from deswm.cli import main
+
+sys.exit(main())

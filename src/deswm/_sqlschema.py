@@ -1,0 +1,75 @@
+"""Pieces shared by deswm's own SQL tables (watermarks, history, recorded failures)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+__all__ = ["create_tables", "key_string"]
+
+_CREATE_ATTEMPTS: Final = 3
+_MYSQL: Final = frozenset({"mysql", "mariadb"})
+
+
+class _KeyString(sa.types.TypeDecorator[str]):
+    """Text compared byte for byte: ``VARBINARY`` on MySQL/MariaDB, plain strings elsewhere.
+
+    MySQL/MariaDB's utf8mb4 collations are case-insensitive, and even ``utf8mb4_bin`` is
+    PAD SPACE (``'orders'`` equals ``'orders '``); either would make two keys share a row
+    there and nowhere else. Binary columns compare exactly, on every server version.
+    """
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in _MYSQL:
+            return dialect.type_descriptor(mysql.VARBINARY(self.length * 4))
+        return dialect.type_descriptor(sa.String(self.length))
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> Any:
+        if value is not None and dialect.name in _MYSQL:
+            return value.encode("utf-8")
+        return value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> str | None:
+        if isinstance(value, bytes | bytearray):
+            return bytes(value).decode("utf-8")
+        return None if value is None else str(value)
+
+
+def key_string(length: int) -> sa.types.TypeEngine[str]:
+    """A key column (pipeline, stage) that compares exactly on every database."""
+    return _KeyString(length)
+
+
+def create_tables(engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.Table]) -> None:
+    """Create ``tables`` if absent, tolerating other processes doing the same at once.
+
+    ``checkfirst`` alone races: another process can create a table between our check and
+    our CREATE. Its "already exists" error is fine once every table is there; when only
+    some are (MySQL commits each CREATE alone), try again.
+    """
+    for attempt in range(1, _CREATE_ATTEMPTS + 1):
+        try:
+            metadata.create_all(engine, tables=list(tables), checkfirst=True)
+        except sa.exc.DBAPIError:
+            if _tables_exist(engine, tables):
+                return
+            if attempt == _CREATE_ATTEMPTS:
+                raise
+        else:
+            return
+
+
+def _tables_exist(engine: sa.Engine, tables: Sequence[sa.Table]) -> bool:
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        return all(inspector.has_table(table.name, schema=table.schema) for table in tables)

@@ -1,0 +1,394 @@
+"""The read side: get a file back by ``(uid, created_at)``.
+
+Lookup: route to the group (day and shard), then search the group's parts in ascending
+part order; the first part whose index holds the uid wins. Indexes are cached by
+``(object name, version token)`` and group views (which parts exist, at which version)
+are cached too, so a rewritten shard is never served from a stale index.
+
+Request budget on S3 (P7), for a file in part 0 of its group:
+
+* **cold**: no listing. The first request is a suffix-range GET of the last 64 KiB of
+  ``{day}_{hex}_0000.des``; its response carries the object size and ETag, and for most
+  shards the whole index. A shard larger than the tail needs an 8-byte header read (once
+  per object version; an index larger than the tail costs one more read). The payload is
+  then one ranged GET pinned with ``IfMatch``: 2 requests for small shards, 3 for big ones.
+* **warm**: one ranged GET with ``IfMatch=<cached ETag>``. A 412 means the shard was
+  rewritten: the group view is dropped and the lookup runs cold again, so stale bytes are
+  never returned. On local disk the same pin is the ``fstat`` of the open descriptor the
+  bytes are read from (not a request). Other filesystems compare ``info()`` first.
+* a uid found in a later part costs one tail read per part before it; a miss, a missing
+  part number, or a group whose cached view does not hold the uid costs a prefix listing,
+  which is the truth the answer is based on (so misses are never cached).
+* big-file entries read ``_bigFiles/<sha256>`` instead of a payload range; a warm big get
+  also checks the shard's version (one HEAD), so it costs 2 requests;
+* ``exists``/``stat`` answer from a cached index after one HEAD proving it current.
+
+Every entry with a sha256 in its meta is verified on read (``CorruptShardError`` on a
+mismatch, never swallowed). A mismatch seen through a cached index is confirmed by one
+fresh read before it is raised (a local version token, ``mtime_ns:inode:size``, could in
+theory repeat if a shard were rewritten twice within one timestamp tick). Entries
+written by other DES writers carry no checksum: for them the guarantee is that the bytes
+come from the same object version as the index entry describing them (pinned reads),
+that compressed frames decode, and that the decoded size matches the index; bit rot
+inside an uncompressed foreign payload cannot be detected.
+
+The warm path trusts the packer's rule that an entry never moves to a lower-numbered part
+(G3): it returns the entry from the first cached part holding it, pinned to that part's
+current version.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Mapping
+from datetime import UTC, date, datetime
+from typing import Any, Final, Generic, TypeVar
+
+import attrs
+
+from deswm._redact import redact
+from deswm.container import IndexEntry, ShardIndex, decode_payload, verify_checksum
+from deswm.errors import (
+    ConfigError,
+    CorruptShardError,
+    NotArchivedError,
+    ObjectChangedError,
+    ShardError,
+)
+from deswm.model import ArchivedEntry, ShardKey
+from deswm.protocols import ShardRouter
+from deswm.routing import DesRouter, uid_text
+from deswm.shardio import PartInfo, ShardStore, parse_part_name
+from deswm.timeutil import require_utc
+
+__all__ = ["Archive"]
+
+_ATTEMPTS: Final = 3
+"""Lookups retried when a shard changes under the reader (each retry starts cold)."""
+
+_VERIFY_CHUNK: Final = 8 * 2**20
+"""Largest ranged read ``verify`` issues (runs of adjacent entries are read together)."""
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    """A small thread-safe LRU map; ``capacity == 0`` caches nothing."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self._capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@attrs.frozen
+class _GroupView:
+    """The parts of a group known so far, ascending; ``complete`` after a listing."""
+
+    parts: tuple[PartInfo, ...]
+    complete: bool
+
+
+@attrs.frozen
+class _Hit:
+    part: PartInfo
+    entry: IndexEntry
+    fresh: bool
+    """Whether the part's version was read from storage during this lookup."""
+
+
+class Archive:
+    """Reads files back from DES shards on any fsspec destination.
+
+    Args:
+        url: where the shards live (local path, ``s3://bucket/prefix``, ...).
+        router: the router the packer used (``DesRouter(8)`` by default).
+        storage_options: fsspec options (credentials, endpoint); never shown in reprs.
+        cache_size: how many parsed indexes and group views to keep (0 disables caching).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        router: ShardRouter | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigError(
+                f"must be a non-negative integer, got {cache_size!r}", key="archive.cache_size"
+            )
+        self._router: ShardRouter = router if router is not None else DesRouter(8)
+        self._store = ShardStore(url, storage_options)
+        self._cache_size = cache_size
+        self._indexes: _LRU[tuple[str, str], ShardIndex] = _LRU(cache_size)
+        self._groups: _LRU[tuple[str, str], _GroupView] = _LRU(cache_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"Archive({redact(self._store.url)!r}, router={self._router!r}, "
+            f"cache_size={self._cache_size})"
+        )
+
+    @property
+    def store(self) -> ShardStore:
+        """The object store this archive reads (for tools and tests)."""
+        return self._store
+
+    @property
+    def router(self) -> ShardRouter:
+        return self._router
+
+    def clear_cache(self) -> None:
+        """Forget every cached index and group view."""
+        self._indexes.clear()
+        self._groups.clear()
+
+    # --- files ---------------------------------------------------------------------------
+
+    def get(self, uid: str | int, created_at: datetime) -> bytes:
+        """The verified bytes of a file.
+
+        Raises :class:`~deswm.errors.NotArchivedError` when the uid is not in its group and
+        :class:`~deswm.errors.CorruptShardError` when its bytes fail verification.
+        """
+        key, name = self._route(uid, created_at)
+        for _ in range(_ATTEMPTS):
+            hit: _Hit | None = None
+            try:
+                hit = self._locate(key, name, created_at)
+                return self._read(hit)
+            except ObjectChangedError:
+                self._forget(key)
+            except CorruptShardError:
+                if hit is None or hit.fresh:
+                    raise
+                # Bad bytes through a cached index: confirm with a fresh read before
+                # blaming the shard (a version token can, rarely, repeat on local disk).
+                self._forget(key, hit.part)
+        raise ShardError(
+            f"group {key.prefix}* changed {_ATTEMPTS} times while reading {name!r}",
+            hint="A writer is rewriting this group right now; retry later",
+        )
+
+    def exists(self, uid: str | int, created_at: datetime) -> bool:
+        """Whether the file is archived (its part's version is checked, not assumed)."""
+        try:
+            self.stat(uid, created_at)
+        except NotArchivedError:
+            return False
+        return True
+
+    def stat(self, uid: str | int, created_at: datetime) -> ArchivedEntry:
+        """What the archive holds for a file, without reading its bytes."""
+        key, name = self._route(uid, created_at)
+        for _ in range(_ATTEMPTS):
+            try:
+                hit = self._locate(key, name, created_at)
+            except ObjectChangedError:
+                hit = None
+            if hit is not None and (hit.fresh or self._store.current(hit.part.name) == hit.part):
+                return _archived_entry(hit.part, hit.entry)
+            self._forget(key)
+        raise ShardError(f"group {key.prefix}* changed {_ATTEMPTS} times while looking up {name!r}")
+
+    # --- objects -------------------------------------------------------------------------
+
+    def shards(self, day: date | datetime | str) -> list[PartInfo]:
+        """The shard objects of one UTC day (a ``date``, an aware ``datetime`` or ``YYYYMMDD``).
+
+        Only names this archive's router can produce are listed (the hex width and range of
+        its ``n_bits``), so shards of a differently configured writer are not mixed in.
+        """
+        text = _day_text(day)
+        sample = self._router.group(datetime.strptime(text, "%Y%m%d").replace(tzinfo=UTC), 0)
+        count = self._router.shard_count
+        return [
+            part
+            for part in self._store.list_day(text)
+            if len(part.hex) == len(sample.hex) and int(part.hex, 16) < count
+        ]
+
+    def entries(self, object_name: str) -> Iterator[IndexEntry]:
+        """The index entries of one shard object, in index order."""
+        part = self._current(object_name)
+        yield from self._index(part).entries
+
+    def verify(self, object_name: str) -> int:
+        """Read and verify every entry of one shard object; return how many were checked.
+
+        Adjacent payloads are read together (up to 8 MiB per request); big files are read
+        and hashed. The first bad entry raises :class:`~deswm.errors.CorruptShardError`.
+        """
+        part = self._current(object_name)
+        index = self._index(part)
+        inline = sorted((e for e in index.entries if not e.big), key=lambda e: e.offset)
+        for run in _runs(inline, _VERIFY_CHUNK):
+            start, end = run[0].offset, run[-1].offset + run[-1].length
+            chunk = memoryview(self._store.read_range(part, start, end))
+            for entry in run:
+                stored = bytes(chunk[entry.offset - start : entry.offset - start + entry.length])
+                decode_payload(entry, stored, name=part.name)
+        for entry in index.entries:
+            if entry.big:
+                self._read_big(part, entry)
+        return len(index.entries)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _forget(self, key: ShardKey, part: PartInfo | None = None) -> None:
+        self._groups.pop(_group_id(key))
+        if part is not None:
+            self._indexes.pop((part.name, part.version))
+
+    def _route(self, uid: str | int, created_at: datetime) -> tuple[ShardKey, str]:
+        return self._router.route(uid, created_at), uid_text(uid)
+
+    def _current(self, object_name: str) -> PartInfo:
+        if parse_part_name(object_name) is None:
+            raise ValueError(f"{object_name!r} is not a shard object name (DAY_HEX_NNNN.des)")
+        part = self._store.current(object_name)
+        if part is None:
+            raise ShardError(f"shard {object_name} does not exist in {self._store!r}")
+        return part
+
+    def _index(self, part: PartInfo) -> ShardIndex:
+        cached = self._indexes.get((part.name, part.version))
+        if cached is not None:
+            return cached
+        index = self._store.read_index(part)
+        self._indexes.put((part.name, part.version), index)
+        return index
+
+    def _locate(self, key: ShardKey, uid: str, created_at: datetime) -> _Hit:
+        gid = _group_id(key)
+        view = self._groups.get(gid)
+        if view is not None:
+            for part in view.parts:
+                entry = self._index(part).get(uid)
+                if entry is not None:
+                    return _Hit(part, entry, fresh=False)
+        else:
+            view = _GroupView((), complete=False)
+        if not view.complete:
+            hit = self._probe(key, uid, view)
+            if hit is not None:
+                return hit
+        # A missing part number, or a view without the uid: a listing decides.
+        listed = tuple(self._store.list_parts(key))
+        self._groups.put(gid, _GroupView(listed, complete=True))
+        for part in listed:
+            entry = self._index(part).get(uid)
+            if entry is not None:
+                return _Hit(part, entry, fresh=True)
+        raise NotArchivedError(uid, created_at, [p.name for p in listed])
+
+    def _probe(self, key: ShardKey, uid: str, view: _GroupView) -> _Hit | None:
+        """Read the next parts by name (no listing) until the uid is found or one is missing."""
+        parts = list(view.parts)
+        number = parts[-1].part + 1 if parts else 0
+        while number <= 9999:
+            probed = self._store.probe(key.object_name(number))
+            if probed is None:
+                return None
+            part, index = probed
+            self._indexes.put((part.name, part.version), index)
+            parts.append(part)
+            self._groups.put(_group_id(key), _GroupView(tuple(parts), complete=False))
+            entry = index.get(uid)
+            if entry is not None:
+                return _Hit(part, entry, fresh=True)
+            number += 1
+        return None
+
+    def _read(self, hit: _Hit) -> bytes:
+        if hit.entry.big:
+            if not hit.fresh and self._store.current(hit.part.name) != hit.part:
+                raise ObjectChangedError(hit.part.name, "the shard changed since it was indexed")
+            return self._read_big(hit.part, hit.entry)
+        stored = self._store.read_stored(hit.part, hit.entry)
+        return decode_payload(hit.entry, stored, name=hit.part.name)
+
+    def _read_big(self, part: PartInfo, entry: IndexEntry) -> bytes:
+        data = self._store.read_big(entry, shard=part.name)
+        # The hash names the object, so this also proves the right object was read.
+        verify_checksum(
+            entry, data, name=f"{part.name} -> {self._store.big_name(entry, shard=part.name)}"
+        )
+        return data
+
+
+def _group_id(key: ShardKey) -> tuple[str, str]:
+    return key.day, key.hex
+
+
+def _archived_entry(part: PartInfo, entry: IndexEntry) -> ArchivedEntry:
+    return ArchivedEntry(
+        uid=entry.uid,
+        shard=part.name,
+        part=part.part,
+        codec=entry.codec,
+        size=entry.size,
+        stored_size=entry.size if entry.big else entry.length,
+        sha256=entry.sha256,
+        created_at=entry.created_at,
+        big=entry.big,
+    )
+
+
+def _runs(entries: list[IndexEntry], limit: int) -> Iterator[list[IndexEntry]]:
+    """Group entries sorted by offset into adjacent runs of at most ``limit`` bytes.
+
+    An entry larger than ``limit`` is a run of its own.
+    """
+    run: list[IndexEntry] = []
+    for entry in entries:
+        if run:
+            start = run[0].offset
+            adjacent = entry.offset == run[-1].offset + run[-1].length
+            if not adjacent or entry.offset + entry.length - start > limit:
+                yield run
+                run = []
+        run.append(entry)
+    if run:
+        yield run
+
+
+def _day_text(day: date | datetime | str) -> str:
+    if isinstance(day, datetime):
+        return require_utc(day, "day").strftime("%Y%m%d")
+    if isinstance(day, date):
+        return day.strftime("%Y%m%d")
+    if isinstance(day, str) and len(day) == 8 and day.isascii() and day.isdigit():
+        return day
+    raise ConfigError(f"{day!r} is not a day (date, aware datetime or YYYYMMDD)", key="day")

@@ -1,0 +1,664 @@
+"""Config files (TOML or YAML) to validated settings, and settings to components.
+
+This module and :mod:`deswm.cli` are the only places that know every implementation.
+A file looks like::
+
+    [source]
+    url = "postgresql+psycopg://archiver:${DB_PASSWORD}@db/files"
+    table = "files"
+
+    [watermark]
+    pipeline = "files"
+    lag_days = 7
+
+    [archive]
+    url = "s3://archive-bucket/des"
+
+Strings may use ``${NAME}`` (or ``${NAME:-default}``) to take a value from the
+environment, so secrets stay out of the file. Relative local paths (``archive.url``,
+``files.root``, ``sqlite:///`` URLs) are resolved against the config file's folder.
+Every problem raises :class:`~deswm.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from deswm._redact import redact
+from deswm.errors import ConfigError
+from deswm.model import Partition
+from deswm.timeutil import format_utc, parse_timestamp, parse_timezone
+
+if typing.TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from deswm.archive import Archive
+    from deswm.flagging import FlagJob
+    from deswm.orchestrator import WatermarkOrchestrator
+    from deswm.packer import DesPacker
+    from deswm.protocols import WatermarkStore
+    from deswm.purge import PurgeJob
+    from deswm.readers import FsspecFileReader
+    from deswm.routing import DesRouter
+    from deswm.sources.sql import SqlSourceProvider
+    from deswm.stores.errors import SqlErrorStore
+
+__all__ = [
+    "ArchiveSettings",
+    "Config",
+    "FilesSettings",
+    "FlagSettings",
+    "RunSettings",
+    "SourceSettings",
+    "WatermarkSettings",
+    "load_config",
+    "parse_size",
+]
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1024,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 1024**2,
+    "MB": 1000**2,
+    "MIB": 1024**2,
+    "G": 1024**3,
+    "GB": 1000**3,
+    "GIB": 1024**3,
+    "T": 1024**4,
+    "TB": 1000**4,
+    "TIB": 1024**4,
+}
+
+
+def parse_size(value: int | str, key: str) -> int:
+    """A byte count from ``1048576``, ``"64MiB"``, ``"10 MB"`` or ``"1GiB"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"must be a size, got {value!r}", key=key)
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        unit = (match.group(2) or "").upper() if match else None
+        if match is None or unit not in _UNITS:
+            raise ConfigError(
+                f"{value!r} is not a size", key=key, hint='use bytes or e.g. "64MiB", "1GiB"'
+            )
+        size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise ConfigError(f"must be positive, got {value!r}", key=key)
+    return size
+
+
+def _redacted(value: str | None) -> str:
+    """Reprs of settings never show a password (G13)."""
+    return repr(value if value is None else redact(value))
+
+
+def _options_repr(options: dict[str, Any]) -> str:
+    return f"<{len(options)} storage option(s)>"
+
+
+def _size(default: int) -> Any:
+    return attrs.field(default=default, metadata={"size": True})
+
+
+@attrs.frozen
+class SourceSettings:
+    """``[source]``: the table whose rows name the files."""
+
+    url: str = attrs.field(repr=_redacted)
+    table: str = "files"
+    schema: str | None = None
+    uid_column: str = "uid"
+    created_at_column: str = "created_at"
+    location_column: str = "file_location"
+    size_column: str | None = "size_bytes"
+    timezone: str = "UTC"
+    page_size: int = 10_000
+    provider: str | None = None
+    """``package.module:Class``, a subclass of SqlSourceProvider to use instead."""
+
+
+@attrs.frozen
+class FilesSettings:
+    """``[files]``: how source files are read."""
+
+    root: str | None = None
+    storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
+    max_workers: int = 8
+    retries: int = 3
+
+
+@attrs.frozen
+class WatermarkSettings:
+    """``[watermark]``: where the watermark lives and how it moves."""
+
+    kind: Literal["sql", "legacy", "object"] = "sql"
+    """``sql``: SqlWatermarkStore; ``legacy``: the des_archive_config singleton table;
+    ``object``: one JSON object per watermark under a folder or ``s3://`` URL."""
+    url: str | None = attrs.field(default=None, repr=_redacted)
+    table: str | None = None
+    schema: str | None = None
+    row_id: int = 1
+    storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
+    pipeline: str | None = None
+    lag_days: float = 7
+    initial: str | None = attrs.field(default=None, metadata={"timestamp": True})
+
+
+@attrs.frozen
+class ArchiveSettings:
+    """``[archive]``: where shards go and how they are built."""
+
+    url: str = attrs.field(repr=_redacted)
+    n_bits: int = 8
+    max_shard_size: int = _size(1024**3)
+    compression: Literal["zstd", "none"] = "zstd"
+    compression_level: int = 3
+    big_file_threshold: int = _size(10 * 1024**2)
+    spill_threshold: int = _size(64 * 1024**2)
+    workers: int = 2
+    storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
+
+
+@attrs.frozen
+class FlagSettings:
+    """``[flag]``: the optional back-fill of a legacy ``archived`` column (deswm flag)."""
+
+    column: str = "archived"
+    value: bool | int | str = True
+    batch_size: int = 1000
+    max_rows_per_second: float | None = None
+
+
+@attrs.frozen
+class RunSettings:
+    """``[run]``: how cycles run."""
+
+    on_error: Literal["stop", "record"] = "stop"
+    max_failure_ratio: float = 0.1
+    error_table: str = "deswm_errors"
+    interval: float = 3600
+    partitions: int = 1
+    partition: int = 0
+    max_buckets: int | None = None
+
+
+_SECTIONS: dict[str, type] = {
+    "source": SourceSettings,
+    "files": FilesSettings,
+    "watermark": WatermarkSettings,
+    "archive": ArchiveSettings,
+    "run": RunSettings,
+    "flag": FlagSettings,
+}
+
+
+@attrs.frozen
+class Config:
+    """A validated config file. Build components with the ``build_*`` methods."""
+
+    source: SourceSettings
+    archive: ArchiveSettings
+    watermark: WatermarkSettings = WatermarkSettings()
+    files: FilesSettings = FilesSettings()
+    run: RunSettings = RunSettings()
+    flag: FlagSettings = FlagSettings()
+    path: Path | None = None
+
+    @property
+    def pipeline(self) -> str:
+        return self.watermark.pipeline or self.source.table
+
+    @property
+    def watermark_url(self) -> str:
+        return self.watermark.url or self.source.url
+
+    @property
+    def lag(self) -> timedelta:
+        return timedelta(days=self.watermark.lag_days)
+
+    @property
+    def initial(self) -> datetime | None:
+        if self.watermark.initial is None:
+            return None
+        return parse_timestamp(self.watermark.initial, "watermark.initial")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, base: Path | None = None) -> Config:
+        """Validate a parsed config (``base``: folder that relative paths are relative to)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("the config file must hold a table of sections")
+        unknown = sorted(set(data) - set(_SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown section(s) {', '.join(unknown)}",
+                key=unknown[0],
+                hint=f"known sections: {', '.join(sorted(_SECTIONS))}",
+            )
+        for required in ("source", "archive"):
+            if required not in data:
+                raise ConfigError(f"the [{required}] section is required", key=required)
+        sections: dict[str, Any] = {}
+        for name, section_type in _SECTIONS.items():
+            raw = _interpolate(data.get(name, {}), name)
+            if not isinstance(raw, Mapping):
+                raise ConfigError("must be a table of settings", key=name)
+            sections[name] = _build_section(section_type, name, raw)
+        config = cls(path=None, **sections)
+        config = _resolve_paths(config, base)
+        config._validate()
+        return config
+
+    def _validate(self) -> None:
+        parse_timezone(self.source.timezone, "source.timezone")
+        if self.watermark.lag_days < 0:
+            raise ConfigError(
+                f"must be zero or positive, got {self.watermark.lag_days}", key="watermark.lag_days"
+            )
+        if self.watermark.initial is not None:
+            parse_timestamp(self.watermark.initial, "watermark.initial")
+        if self.source.page_size < 1:
+            raise ConfigError("must be at least 1", key="source.page_size")
+        if self.files.max_workers < 1:
+            raise ConfigError("must be at least 1", key="files.max_workers")
+        if self.files.retries < 0:
+            raise ConfigError("must be zero or positive", key="files.retries")
+        if self.watermark.kind == "object" and not self.watermark.url:
+            raise ConfigError(
+                'kind = "object" needs the folder or URL of the watermark objects',
+                key="watermark.url",
+                hint='e.g. url = "s3://bucket/deswm-watermarks" or a local folder',
+            )
+        if self.watermark.kind == "legacy" and self.run.partitions > 1:
+            raise ConfigError(
+                "the legacy des_archive_config table holds one watermark, not one per partition",
+                key="watermark.kind",
+                hint='use kind = "sql" (the default) with run.partitions > 1',
+            )
+        if not 0 <= self.run.max_failure_ratio <= 1:
+            raise ConfigError("must be from 0 to 1", key="run.max_failure_ratio")
+        try:
+            Partition(self.run.partition, self.run.partitions)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="run.partition") from None
+
+    # --- building components ------------------------------------------------------------
+
+    def build_router(self) -> DesRouter:
+        from deswm.routing import DesRouter
+
+        return DesRouter(self.archive.n_bits)
+
+    def build_engines(self) -> tuple[sa.Engine, sa.Engine]:
+        """Engines for the source and for deswm's own tables (one engine for one URL).
+
+        With ``watermark.kind = "object"`` the watermark is not in a database, and the
+        error table lives in the source database.
+        """
+        from deswm._engines import create_engine
+
+        source = create_engine(self.source.url, key="source.url")
+        if self.watermark.kind == "object" or self.watermark_url == self.source.url:
+            return source, source
+        return source, create_engine(self.watermark_url, key="watermark.url")
+
+    def build_source(self, engine: sa.Engine) -> SqlSourceProvider:
+        from deswm.sources.sql import SqlSourceProvider
+
+        provider_type: type[SqlSourceProvider] = SqlSourceProvider
+        if self.source.provider:
+            provider_type = _import_class(
+                self.source.provider, "source.provider", SqlSourceProvider
+            )
+        size_column = self.source.size_column or None
+        return provider_type(
+            engine,
+            self.source.table,
+            schema=self.source.schema,
+            uid_column=self.source.uid_column,
+            created_at_column=self.source.created_at_column,
+            location_column=self.source.location_column,
+            size_column=size_column,
+            timezone=parse_timezone(self.source.timezone, "source.timezone"),
+            page_size=self.source.page_size,
+        )
+
+    def build_store(self, engine: sa.Engine) -> WatermarkStore:
+        """The watermark store ``watermark.kind`` names (``engine``: for the SQL kinds)."""
+        settings = self.watermark
+        if settings.kind == "object":
+            from deswm.stores.objectstore import ObjectStoreWatermarkStore
+
+            assert settings.url is not None  # validated
+            return ObjectStoreWatermarkStore(
+                settings.url, storage_options=settings.storage_options or None
+            )
+        if settings.kind == "legacy":
+            from deswm.stores.legacy import LEGACY_TABLE, LegacyArchiveConfigStore
+
+            return LegacyArchiveConfigStore(
+                engine,
+                table=settings.table or LEGACY_TABLE,
+                schema=settings.schema,
+                row_id=settings.row_id,
+                pipeline=self.pipeline,
+            )
+        from deswm.stores.sql import DEFAULT_TABLE, SqlWatermarkStore
+
+        return SqlWatermarkStore(
+            engine, table=settings.table or DEFAULT_TABLE, schema=settings.schema
+        )
+
+    def build_error_store(self, engine: sa.Engine) -> SqlErrorStore:
+        from deswm.stores.errors import SqlErrorStore
+
+        return SqlErrorStore(engine, table=self.run.error_table, schema=self.watermark.schema)
+
+    def build_reader(self) -> FsspecFileReader:
+        from deswm.readers import FsspecFileReader
+
+        return FsspecFileReader(
+            root=self.files.root,
+            storage_options=self.files.storage_options or None,
+            max_workers=self.files.max_workers,
+            retries=self.files.retries,
+        )
+
+    def build_packer(self, router: DesRouter | None = None) -> DesPacker:
+        from deswm.packer import DesPacker
+
+        return DesPacker(
+            self.archive.url,
+            router or self.build_router(),
+            storage_options=self.archive.storage_options or None,
+            compression=self.archive.compression,
+            compression_level=self.archive.compression_level,
+            max_shard_size=self.archive.max_shard_size,
+            big_file_threshold=self.archive.big_file_threshold,
+            spill_threshold=self.archive.spill_threshold,
+            workers=self.archive.workers,
+        )
+
+    def build_archive(self) -> Archive:
+        from deswm.archive import Archive
+
+        return Archive(
+            self.archive.url,
+            self.build_router(),
+            storage_options=self.archive.storage_options or None,
+        )
+
+    def build_flag_job(self) -> FlagJob:
+        """The flag stage: back-fills ``flag.column`` behind the archived watermark."""
+        from deswm.flagging import FlagJob
+        from deswm.sources.sql import SqlSourceProvider
+
+        orchestrator = self.build_orchestrator(partition=0)
+        source = orchestrator.source
+        if not isinstance(source, SqlSourceProvider):  # pragma: no cover - config builds one
+            raise ConfigError("the flag stage needs a SQL source", key="source.url")
+        return FlagJob(
+            orchestrator.store,
+            source,
+            orchestrator.router,
+            pipeline=self.pipeline,
+            initial=orchestrator.initial_position(),
+            column=self.flag.column,
+            value=self.flag.value,
+            batch_size=self.flag.batch_size,
+            max_rows_per_second=self.flag.max_rows_per_second,
+        )
+
+    def build_purge_job(self, *, partition: int | None = None, verify: str = "content") -> PurgeJob:
+        """The purge stage for this pipeline (deletes archived, verified source files)."""
+        from deswm.purge import PurgeJob
+
+        orchestrator = self.build_orchestrator(partition=partition)
+        return PurgeJob(
+            orchestrator.store,
+            orchestrator.source,
+            orchestrator.reader,
+            self.build_archive(),
+            orchestrator.router,
+            pipeline=self.pipeline,
+            initial=orchestrator.initial_position(),
+            partition=orchestrator.partition,
+            verify=verify,  # type: ignore[arg-type]  # PurgeJob validates it
+            error_store=orchestrator.error_store,
+        )
+
+    def build_orchestrator(
+        self, *, partition: int | None = None, **overrides: Any
+    ) -> WatermarkOrchestrator:
+        """The orchestrator this file describes; ``overrides`` go to its constructor."""
+        from deswm.orchestrator import WatermarkOrchestrator
+
+        source_engine, store_engine = self.build_engines()
+        router = self.build_router()
+        index = self.run.partition if partition is None else partition
+        try:
+            part = Partition(index, self.run.partitions)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="run.partition") from None
+        options: dict[str, Any] = {
+            "pipeline": self.pipeline,
+            "lag": self.lag,
+            "partition": part,
+            "initial": self.initial,
+            "on_error": self.run.on_error,
+            "error_store": self.build_error_store(store_engine),
+            "max_failure_ratio": self.run.max_failure_ratio,
+            "max_buckets": self.run.max_buckets,
+        }
+        options.update(overrides)
+        return WatermarkOrchestrator(
+            self.build_store(store_engine),
+            self.build_source(source_engine),
+            self.build_reader(),
+            router,
+            self.build_packer(router),
+            **options,
+        )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, interpolate and validate a ``.toml``, ``.yaml`` or ``.yml`` config file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(file)!r} does not exist", hint="pass -c PATH")
+    suffix = file.suffix.lower()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(file)!r}: {exc}") from exc
+    if suffix == ".toml":
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(
+                "YAML config files need PyYAML", hint="pip install 'deswm[yaml]' or use TOML"
+            ) from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: invalid YAML: {exc}") from None
+    else:
+        raise ConfigError(
+            f"unknown config file type {suffix!r} ({file})", hint="use .toml, .yaml or .yml"
+        )
+    return attrs.evolve(Config.from_mapping(data, base=file.resolve().parent), path=file)
+
+
+# --- validation helpers ---------------------------------------------------------------------
+
+
+def _interpolate(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is None:
+                if default is None:
+                    raise ConfigError(
+                        f"environment variable {name} is not set",
+                        key=key,
+                        hint=f"export {name}=... or write ${{{name}:-default}}",
+                    )
+                return default
+            return found
+
+        return _ENV.sub(replace, value)
+    if isinstance(value, Mapping):
+        return {k: _interpolate(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _build_section(section_type: type, name: str, raw: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in attrs.fields(section_type)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]!r}",
+            key=f"{name}.{unknown[0]}",
+            hint=f"settings of [{name}]: {', '.join(sorted(fields))}",
+        )
+    hints = typing.get_type_hints(section_type)
+    values: dict[str, Any] = {}
+    for field_name, value in raw.items():
+        key = f"{name}.{field_name}"
+        metadata = fields[field_name].metadata
+        if metadata.get("size"):
+            values[field_name] = parse_size(value, key)
+        elif metadata.get("timestamp") and isinstance(value, date | datetime):
+            # A native TOML/YAML date (initial = 2024-05-01, unquoted) means the same.
+            values[field_name] = format_utc(parse_timestamp(value, key))
+        else:
+            values[field_name] = _coerce(value, hints[field_name], key)
+    try:
+        return section_type(**values)
+    except TypeError as exc:
+        missing = [f for f, a in fields.items() if a.default is attrs.NOTHING and f not in raw]
+        if missing:
+            raise ConfigError("is required", key=f"{name}.{missing[0]}") from None
+        raise ConfigError(str(exc), key=name) from None
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(
+                f"must be one of {', '.join(map(repr, allowed))}, got {value!r}", key=key
+            )
+        return value
+    if origin is dict or annotation is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"must be a table, got {type(value).__name__}", key=key)
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"must be true or false, got {value!r}", key=key)
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"must be an integer, got {value!r}", key=key)
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"must be an integer, got {value!r}", key=key) from None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"must be a number, got {value!r}", key=key)
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"must be a number, got {value!r}", key=key) from None
+    if annotation is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"must be a non-empty string, got {value!r}", key=key)
+        return value
+    raise ConfigError(f"unsupported setting type {annotation!r}", key=key)  # pragma: no cover
+
+
+def _resolve_paths(config: Config, base: Path | None) -> Config:
+    if base is None:
+        return config
+    from deswm._engines import resolve_sqlite_url
+
+    def local(path: str | None) -> str | None:
+        if path is None or "://" in path or os.path.isabs(path):
+            return path
+        return str((base / path).resolve())
+
+    return attrs.evolve(
+        config,
+        source=attrs.evolve(config.source, url=resolve_sqlite_url(config.source.url, base)),
+        watermark=attrs.evolve(
+            config.watermark,
+            url=_watermark_url(config.watermark, base, local),
+        ),
+        archive=attrs.evolve(config.archive, url=local(config.archive.url) or config.archive.url),
+        files=attrs.evolve(config.files, root=local(config.files.root)),
+    )
+
+
+def _watermark_url(settings: WatermarkSettings, base: Path, local: Any) -> str | None:
+    from deswm._engines import resolve_sqlite_url
+
+    if settings.url is None:
+        return None
+    if settings.kind == "object":
+        return str(local(settings.url))
+    return resolve_sqlite_url(settings.url, base)
+
+
+def _import_class(spec: str, key: str, base: type) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{spec!r} is not 'package.module:Class'", key=key)
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import {spec!r}: {exc}", key=key) from None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(f"{spec!r} is not a subclass of {base.__name__}", key=key)
+    return found

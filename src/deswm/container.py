@@ -1,0 +1,616 @@
+"""The DES2 shard container: bytes in, bytes out, no storage policy.
+
+Layout (little-endian): ``[HEADER 8][DATA][INDEX][FOOTER 12]``. The header is
+``b"DES2"``, a version byte (2; version 1 is read too) and three zero bytes. Payloads
+follow back to back. The index is ``u32 count`` and one record per entry; the footer is
+``b"DESI"`` and ``u64 index_size``. docs/format.md describes every field.
+
+deswm adds, in each entry's JSON meta, the sha256 of the uncompressed bytes and the
+row's ``created_at`` (fixed-width ISO 8601 UTC), with sorted keys and compact
+separators so the same entry always serialises to the same bytes (G2). Readers verify
+the checksum when it is there and still read entries without meta (other DES writers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from functools import cached_property
+from typing import IO, Any, Final
+
+import attrs
+import zstandard
+
+from deswm.errors import ConfigError, CorruptShardError
+from deswm.model import Codec
+from deswm.timeutil import format_utc
+
+__all__ = [
+    "FOOTER_SIZE",
+    "HEADER_SIZE",
+    "MAX_UID_BYTES",
+    "Compressor",
+    "IndexEntry",
+    "ShardIndex",
+    "ShardWriter",
+    "build_shard",
+    "decode_payload",
+    "encode_header",
+    "make_meta",
+    "parse_footer",
+    "parse_header",
+    "parse_index",
+    "read_shard",
+]
+
+MAGIC: Final = b"DES2"
+INDEX_MAGIC: Final = b"DESI"
+HEADER_SIZE: Final = 8
+FOOTER_SIZE: Final = 12
+MAX_UID_BYTES: Final = 0xFFFF
+"""A uid is stored with a ``u16`` length, so its UTF-8 form must fit in 65,535 bytes."""
+
+CODEC_IDS: Final[Mapping[str, int]] = {"none": 0, "zstd": 1, "lz4": 2}
+CODEC_NAMES: Final[Mapping[int, Codec]] = {0: "none", 1: "zstd", 2: "lz4"}
+FLAG_BIG: Final = 0x01
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_INLINE = struct.Struct("<QQBQQI")  # offset, length, codec, compressed, uncompressed, meta_len
+_INLINE_V1 = struct.Struct("<QQBQQ")  # version 1: the same without meta_len
+_BIG_TAIL = struct.Struct("<QI")  # size, meta_len
+_FOOTER = struct.Struct("<4sQ")
+
+
+@attrs.frozen
+class IndexEntry:
+    """One index record.
+
+    Inline entries hold ``length`` stored bytes at absolute ``offset``; big-file entries
+    (``big_sha256`` set) refer to ``_bigFiles/<sha256>`` beside the shards and have
+    ``offset == length == 0``. ``meta`` is the raw JSON bytes (``b""`` when absent).
+    """
+
+    uid: str
+    offset: int
+    length: int
+    codec: Codec
+    size: int
+    meta: bytes = b""
+    big_sha256: str | None = None
+
+    @property
+    def big(self) -> bool:
+        return self.big_sha256 is not None
+
+    @cached_property
+    def _meta_value(self) -> object:
+        if not self.meta:
+            return {}
+        try:
+            return json.loads(self.meta)
+        except ValueError:
+            return None
+
+    @property
+    def meta_dict(self) -> dict[str, Any]:
+        value = self._meta_value
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def meta_valid(self) -> bool:
+        """Whether the meta is absent or a JSON object; anything else is corruption.
+
+        A damaged meta must not read as "no checksum", which would skip verification.
+        """
+        return isinstance(self._meta_value, dict)
+
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 of the uncompressed bytes, when the writer recorded one."""
+        if self.big_sha256 is not None:
+            return self.big_sha256
+        value = self.meta_dict.get("sha256")
+        return value if isinstance(value, str) else None
+
+    @property
+    def created_at_text(self) -> str | None:
+        """``created_at`` as written in the meta (fixed-width UTC), if any."""
+        value = self.meta_dict.get("created_at")
+        return value if isinstance(value, str) else None
+
+    @property
+    def created_at(self) -> datetime | None:
+        text = self.created_at_text
+        if text is None:
+            return None
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            return None
+
+
+@attrs.frozen
+class ShardIndex:
+    """The parsed index of one shard object."""
+
+    name: str
+    version: int
+    size: int
+    index_start: int
+    entries: tuple[IndexEntry, ...]
+
+    @cached_property
+    def by_uid(self) -> dict[str, IndexEntry]:
+        return {entry.uid: entry for entry in self.entries}
+
+    def get(self, uid: str) -> IndexEntry | None:
+        return self.by_uid.get(uid)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.by_uid
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def make_meta(
+    sha256_hex: str, created_at: datetime, extra: Mapping[str, Any] | None = None
+) -> bytes:
+    """The deterministic meta deswm writes for an entry."""
+    meta: dict[str, Any] = dict(extra or {})
+    meta["sha256"] = sha256_hex
+    meta["created_at"] = format_utc(created_at)
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class Compressor:
+    """Compresses payloads for one codec, reusing the compressor object.
+
+    ``compress`` stores the payload uncompressed when compression does not make it
+    smaller, which beats guessing from file extensions.
+    """
+
+    def __init__(self, codec: Codec = "zstd", level: int = 3) -> None:
+        if codec not in ("zstd", "none"):
+            raise ConfigError(
+                f"deswm writes 'zstd' or 'none', got {codec!r}",
+                key="archive.compression",
+                hint="lz4 entries are read but not written",
+            )
+        if codec == "zstd" and not -7 <= level <= 22:
+            raise ConfigError(
+                f"zstd level must be from -7 to 22, got {level}", key="archive.compression_level"
+            )
+        self.codec: Codec = codec
+        self.level = level
+        self._zstd = zstandard.ZstdCompressor(level=level) if codec == "zstd" else None
+
+    def compress(self, data: bytes) -> tuple[Codec, bytes]:
+        if self._zstd is None or not data:
+            return "none", data
+        packed: bytes = self._zstd.compress(data)
+        if len(packed) >= len(data):
+            return "none", data
+        return "zstd", packed
+
+    def compress_many(self, payloads: Sequence[bytes]) -> list[tuple[Codec, bytes]]:
+        """:meth:`compress` of each payload, in one call into zstd where it can.
+
+        With zstandard's C backend, ``multi_compress_to_buffer`` compresses the whole
+        batch with the GIL released once (per payload, other threads would take the
+        GIL at every release and hand it back late). Each frame is exactly what
+        :meth:`compress` makes; the tests check both paths give the same bytes.
+        """
+        zstd = self._zstd
+        many = getattr(zstd, "multi_compress_to_buffer", None)
+        if zstd is None or many is None or len(payloads) < 2:
+            return [self.compress(data) for data in payloads]
+        todo = [data for data in payloads if data]
+        packed = many(todo, threads=0) if todo else ()
+        out: list[tuple[Codec, bytes]] = []
+        index = 0
+        for data in payloads:
+            if not data:
+                out.append(("none", data))
+                continue
+            frame = packed[index]
+            index += 1
+            if len(frame) >= len(data):
+                out.append(("none", data))
+            else:
+                out.append(("zstd", frame.tobytes()))
+        return out
+
+
+def decode_payload(entry: IndexEntry, stored: bytes, *, name: str) -> bytes:
+    """Decompress an inline entry's stored bytes and verify its checksum.
+
+    Raises :class:`CorruptShardError` when the bytes do not decompress, have the wrong
+    size, or do not match the sha256 in the meta. Never returns unverified bytes of an
+    entry that has a checksum.
+    """
+    if len(stored) != entry.length:
+        raise CorruptShardError(
+            name, entry.offset, f"entry {entry.uid!r}: read {len(stored)} of {entry.length} bytes"
+        )
+    data = _decompress(entry, stored, name=name)
+    if len(data) != entry.size:
+        raise CorruptShardError(
+            name,
+            entry.offset,
+            f"entry {entry.uid!r}: {len(data)} bytes after decoding, index says {entry.size}",
+        )
+    verify_checksum(entry, data, name=name)
+    return data
+
+
+def verify_checksum(entry: IndexEntry, data: bytes, *, name: str) -> None:
+    """Raise :class:`CorruptShardError` if ``data`` does not match the entry's sha256.
+
+    An entry whose meta is present but not a JSON object raises too: its checksum (if it
+    had one) cannot be read, and the bytes must not pass as unverified foreign data.
+    """
+    if not entry.meta_valid:
+        raise CorruptShardError(
+            name, entry.offset, f"entry {entry.uid!r}: meta is not a JSON object"
+        )
+    expected = entry.sha256
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected.lower():
+        raise CorruptShardError(
+            name, entry.offset, f"entry {entry.uid!r}: sha256 mismatch (expected {expected})"
+        )
+
+
+def _decompress(entry: IndexEntry, stored: bytes, *, name: str) -> bytes:
+    try:
+        if entry.codec == "none":
+            return stored
+        if entry.codec == "zstd":
+            return bytes(
+                zstandard.ZstdDecompressor().decompress(stored, max_output_size=max(entry.size, 1))
+            )
+        return _lz4_decompress(stored)
+    except (zstandard.ZstdError, ValueError) as exc:
+        raise CorruptShardError(
+            name, entry.offset, f"entry {entry.uid!r}: {entry.codec} frame does not decode ({exc})"
+        ) from exc
+
+
+def _lz4_decompress(stored: bytes) -> bytes:
+    try:
+        import lz4.frame
+    except ImportError:
+        raise ConfigError(
+            "this shard has lz4 entries but the lz4 package is not installed",
+            hint="pip install 'deswm[lz4]'",
+        ) from None
+    try:
+        return bytes(lz4.frame.decompress(stored))
+    except RuntimeError as exc:  # lz4 reports bad frames as RuntimeError
+        raise ValueError(str(exc)) from exc
+
+
+def encode_header(version: int = 2) -> bytes:
+    return MAGIC + bytes((version, 0, 0, 0))
+
+
+def _encode_entry(entry: IndexEntry, version: int) -> bytes:
+    name = entry.uid.encode("utf-8")
+    parts = [_U16.pack(len(name)), name]
+    if version >= 2:
+        parts.append(bytes((FLAG_BIG if entry.big else 0,)))
+    if entry.big:
+        assert entry.big_sha256 is not None
+        digest = entry.big_sha256.encode("ascii")
+        parts += [_U16.pack(len(digest)), digest, _BIG_TAIL.pack(entry.size, len(entry.meta))]
+    elif version >= 2:
+        parts.append(
+            _INLINE.pack(
+                entry.offset,
+                entry.length,
+                CODEC_IDS[entry.codec],
+                entry.length,
+                entry.size,
+                len(entry.meta),
+            )
+        )
+    else:  # version 1 records end after the uncompressed size: no meta_len, no meta
+        parts.append(
+            _INLINE_V1.pack(
+                entry.offset, entry.length, CODEC_IDS[entry.codec], entry.length, entry.size
+            )
+        )
+    parts.append(entry.meta)
+    return b"".join(parts)
+
+
+class ShardWriter:
+    """Streams a shard into a binary file object: header, payloads, then index and footer.
+
+    Entries are written in the order they are added; the caller decides that order
+    (deswm adds them in canonical ``(created_at, uid)`` order).
+    """
+
+    def __init__(self, fp: IO[bytes], *, version: int = 2) -> None:
+        if version not in (1, 2):
+            raise ValueError(f"DES container version must be 1 or 2, got {version}")
+        self._fp = fp
+        self.version = version
+        self._position = HEADER_SIZE
+        self._index: list[bytes] = []
+        self._uids: set[str] = set()
+        self._finished = False
+        fp.write(encode_header(version))
+
+    @property
+    def position(self) -> int:
+        """Bytes written so far (header and payloads)."""
+        return self._position
+
+    @property
+    def count(self) -> int:
+        return len(self._index)
+
+    def add(
+        self, uid: str, stored: bytes, *, codec: Codec, size: int, meta: bytes = b""
+    ) -> IndexEntry:
+        """Append one inline entry whose payload is already compressed with ``codec``."""
+        entry = IndexEntry(uid, self._position, len(stored), codec, size, meta)
+        self._append(entry)
+        self._fp.write(stored)
+        self._position += len(stored)
+        return entry
+
+    def append(
+        self, uid: str, stored: bytes | memoryview, *, codec: Codec, size: int, meta: bytes = b""
+    ) -> None:
+        """:meth:`add` without building the :class:`IndexEntry` (the packer's hot path).
+
+        Writes exactly the bytes :meth:`add` writes and checks the same things.
+        """
+        if self._finished:
+            raise ValueError("the shard is already finished")
+        if uid in self._uids:
+            raise ValueError(f"uid {uid!r} is already in this shard")
+        name = uid.encode("utf-8")
+        if len(name) > MAX_UID_BYTES:
+            raise ValueError(f"uid of {len(name)} UTF-8 bytes exceeds {MAX_UID_BYTES}")
+        length = len(stored)
+        if self.version >= 2:
+            record = b"%s%s\x00%s%s" % (
+                _U16.pack(len(name)),
+                name,
+                _INLINE.pack(self._position, length, CODEC_IDS[codec], length, size, len(meta)),
+                meta,
+            )
+        else:
+            if meta:
+                raise ValueError("container version 1 has no meta")
+            record = (
+                _U16.pack(len(name))
+                + name
+                + _INLINE_V1.pack(self._position, length, CODEC_IDS[codec], length, size)
+            )
+        self._uids.add(uid)
+        self._index.append(record)
+        self._fp.write(stored)
+        self._position += length
+
+    def add_big(self, uid: str, sha256_hex: str, *, size: int, meta: bytes = b"") -> IndexEntry:
+        """Append a big-file entry; its bytes live in ``_bigFiles/<sha256>``."""
+        if self.version < 2:
+            raise ValueError("big-file entries need container version 2")
+        entry = IndexEntry(uid, 0, 0, "none", size, meta, big_sha256=sha256_hex)
+        self._append(entry)
+        return entry
+
+    def copy_entry(self, entry: IndexEntry, stored: bytes) -> IndexEntry:
+        """Append an entry taken from another shard, byte for byte (merges)."""
+        if entry.big:
+            assert entry.big_sha256 is not None
+            return self.add_big(entry.uid, entry.big_sha256, size=entry.size, meta=entry.meta)
+        return self.add(entry.uid, stored, codec=entry.codec, size=entry.size, meta=entry.meta)
+
+    def _append(self, entry: IndexEntry) -> None:
+        if self._finished:
+            raise ValueError("the shard is already finished")
+        if entry.uid in self._uids:
+            raise ValueError(f"uid {entry.uid!r} is already in this shard")
+        if len(entry.uid.encode("utf-8")) > MAX_UID_BYTES:
+            raise ValueError(
+                f"uid of {len(entry.uid.encode())} UTF-8 bytes exceeds {MAX_UID_BYTES}"
+            )
+        if self.version < 2 and entry.meta:
+            raise ValueError("container version 1 has no meta")
+        self._uids.add(entry.uid)
+        self._index.append(_encode_entry(entry, self.version))
+
+    def finish(self) -> int:
+        """Write the index and footer; return the shard's total size."""
+        if self._finished:
+            raise ValueError("the shard is already finished")
+        self._finished = True
+        index = _U32.pack(len(self._index)) + b"".join(self._index)
+        self._fp.write(index)
+        self._fp.write(_FOOTER.pack(INDEX_MAGIC, len(index)))
+        self._position += len(index) + FOOTER_SIZE
+        return self._position
+
+
+def build_shard(
+    entries: Iterable[tuple[str, bytes] | tuple[str, bytes, Codec]],
+    *,
+    level: int = 3,
+    meta: Callable[[str, bytes], bytes] | None = None,
+    version: int = 2,
+) -> bytes:
+    """Build a whole shard in memory from ``(uid, data[, codec])`` tuples.
+
+    A convenience for tests and small tools; the packer streams instead. ``meta``
+    computes each entry's meta from ``(uid, data)`` (none by default).
+    """
+    import io
+
+    buffer = io.BytesIO()
+    writer = ShardWriter(buffer, version=version)
+    zstd = Compressor("zstd", level)
+    for item in entries:
+        uid, data = item[0], item[1]
+        wanted: Codec = item[2] if len(item) == 3 else "zstd"
+        codec: Codec
+        if wanted == "lz4":
+            import lz4.frame
+
+            codec, stored = "lz4", bytes(lz4.frame.compress(data))
+        elif wanted == "zstd":
+            codec, stored = zstd.compress(data)
+        else:
+            codec, stored = "none", data
+        entry_meta = meta(uid, data) if meta else b""
+        writer.add(uid, stored, codec=codec, size=len(data), meta=entry_meta)
+    writer.finish()
+    return buffer.getvalue()
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def parse_header(head: bytes, *, name: str) -> int:
+    """Validate the 8-byte header and return the container version."""
+    if len(head) < HEADER_SIZE:
+        raise CorruptShardError(name, 0, f"{len(head)} bytes is too short for a DES header")
+    if head[:4] != MAGIC:
+        raise CorruptShardError(name, 0, f"bad magic {head[:4]!r}, expected {MAGIC!r}")
+    version = head[4]
+    if version not in (1, 2):
+        raise CorruptShardError(name, 4, f"unsupported container version {version}")
+    if head[5:8] != b"\0\0\0":
+        raise CorruptShardError(name, 5, "reserved header bytes are not zero")
+    return version
+
+
+def parse_footer(tail: bytes, *, size: int, name: str) -> tuple[int, int]:
+    """From the last bytes of a shard (at least 12) return ``(index_start, index_size)``."""
+    if size < HEADER_SIZE + FOOTER_SIZE or len(tail) < FOOTER_SIZE:
+        raise CorruptShardError(name, size, f"{size} bytes is too short for a DES shard")
+    magic, index_size = _FOOTER.unpack_from(tail, len(tail) - FOOTER_SIZE)
+    if magic != INDEX_MAGIC:
+        raise CorruptShardError(
+            name, size - FOOTER_SIZE, f"bad footer magic {magic!r}, expected {INDEX_MAGIC!r}"
+        )
+    index_start = size - FOOTER_SIZE - index_size
+    if index_start < HEADER_SIZE:
+        raise CorruptShardError(
+            name, size - FOOTER_SIZE, f"index size {index_size} does not fit in {size} bytes"
+        )
+    return index_start, index_size
+
+
+def parse_index(
+    buf: bytes | memoryview, *, name: str, version: int, index_start: int
+) -> tuple[IndexEntry, ...]:
+    """Parse and validate an index; offsets in errors are absolute object positions."""
+    view = memoryview(buf)
+    end = len(view)
+    pos = 0
+
+    def need(count: int, what: str) -> None:
+        if pos + count > end:
+            raise CorruptShardError(name, index_start + pos, f"index truncated in {what}")
+
+    need(4, "entry count")
+    (count,) = _U32.unpack_from(view, 0)
+    pos = 4
+    entries: list[IndexEntry] = []
+    seen: set[str] = set()
+    for number in range(count):
+        at = index_start + pos
+        need(2, f"entry {number} name length")
+        (name_len,) = _U16.unpack_from(view, pos)
+        pos += 2
+        need(name_len, f"entry {number} name")
+        try:
+            uid = bytes(view[pos : pos + name_len]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptShardError(name, at, f"entry {number} name is not UTF-8") from None
+        pos += name_len
+        if uid in seen:
+            raise CorruptShardError(name, at, f"uid {uid!r} appears twice in the index")
+        seen.add(uid)
+        flags = 0
+        if version >= 2:
+            need(1, f"entry {uid!r} flags")
+            flags = view[pos]
+            pos += 1
+        if flags & FLAG_BIG:
+            need(2, f"entry {uid!r} hash length")
+            (hash_len,) = _U16.unpack_from(view, pos)
+            pos += 2
+            need(hash_len + _BIG_TAIL.size, f"entry {uid!r} big-file record")
+            try:
+                digest = bytes(view[pos : pos + hash_len]).decode("ascii")
+            except UnicodeDecodeError:
+                raise CorruptShardError(name, at, f"entry {uid!r} hash is not ASCII") from None
+            pos += hash_len
+            size, meta_len = _BIG_TAIL.unpack_from(view, pos)
+            pos += _BIG_TAIL.size
+            entry = IndexEntry(uid, 0, 0, "none", size, b"", big_sha256=digest)
+        else:
+            need(_INLINE.size if version >= 2 else _INLINE_V1.size, f"entry {uid!r} record")
+            if version >= 2:
+                offset, length, codec_id, compressed, size, meta_len = _INLINE.unpack_from(
+                    view, pos
+                )
+                pos += _INLINE.size
+            else:
+                offset, length, codec_id, compressed, size = _INLINE_V1.unpack_from(view, pos)
+                pos += _INLINE_V1.size
+                meta_len = 0
+            codec = CODEC_NAMES.get(codec_id)
+            if codec is None:
+                raise CorruptShardError(name, at, f"entry {uid!r} has unknown codec {codec_id}")
+            if compressed != length:
+                raise CorruptShardError(
+                    name, at, f"entry {uid!r} length {length} != compressed size {compressed}"
+                )
+            if offset < HEADER_SIZE or offset + length > index_start:
+                raise CorruptShardError(
+                    name,
+                    at,
+                    f"entry {uid!r} spans {offset}..{offset + length}, outside the data "
+                    f"region {HEADER_SIZE}..{index_start}",
+                )
+            entry = IndexEntry(uid, offset, length, codec, size, b"")
+        need(meta_len, f"entry {uid!r} meta")
+        meta = bytes(view[pos : pos + meta_len])
+        pos += meta_len
+        if meta:
+            try:
+                meta.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptShardError(name, at, f"entry {uid!r} meta is not UTF-8") from None
+            entry = attrs.evolve(entry, meta=meta)
+        entries.append(entry)
+    if pos != end:
+        raise CorruptShardError(
+            name, index_start + pos, f"{end - pos} unexpected bytes after the last index entry"
+        )
+    return tuple(entries)
+
+
+def read_shard(data: bytes, *, name: str = "<shard>") -> ShardIndex:
+    """Parse a whole shard held in memory (tests, small tools)."""
+    version = parse_header(data[:HEADER_SIZE], name=name)
+    index_start, _ = parse_footer(data[-FOOTER_SIZE:], size=len(data), name=name)
+    entries = parse_index(
+        memoryview(data)[index_start : len(data) - FOOTER_SIZE],
+        name=name,
+        version=version,
+        index_start=index_start,
+    )
+    return ShardIndex(name, version, len(data), index_start, entries)

@@ -1,0 +1,257 @@
+"""One exception hierarchy for everything deswm raises on purpose.
+
+Every error says what it is about (the row, file, object or setting) and what to do
+next, so an operator reading a log line can act on it without the source code::
+
+    DeswmError
+    ├── ConfigError                 a setting is missing, unknown or invalid
+    │   └── NaiveDatetimeError      a datetime without a timezone where UTC is required
+    ├── SourceError                 the source table could not be read
+    │   └── BadRowError             one row cannot be archived (NULL created_at, bad uid, ...)
+    ├── FileReadError               a source file could not be read
+    │   └── FileMissingError        the location does not exist
+    ├── PackError                   shards could not be built or published
+    │   └── DuplicateUidError       two rows of one shard group share a uid
+    ├── ShardError                  problems with published shards
+    │   ├── CorruptShardError       bytes that are not a valid DES shard, or a bad checksum
+    │   ├── NotArchivedError        the uid is not in the archive
+    │   └── ObjectChangedError      a shard was rewritten while it was being read
+    ├── WatermarkError              the watermark store refused a change
+    │   └── WatermarkConflict       another runner moved the watermark first
+    └── CycleError                  a cycle stopped because files failed; nothing advanced
+
+Errors that wrap a lower-level exception chain it (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deswm.model import CycleResult, FileFailure, WatermarkKey
+
+__all__ = [
+    "BadRowError",
+    "ConfigError",
+    "CorruptShardError",
+    "CycleError",
+    "DeswmError",
+    "DuplicateUidError",
+    "FileMissingError",
+    "FileReadError",
+    "NaiveDatetimeError",
+    "NotArchivedError",
+    "ObjectChangedError",
+    "PackError",
+    "ShardError",
+    "SourceError",
+    "WatermarkConflict",
+    "WatermarkError",
+]
+
+
+class DeswmError(Exception):
+    """Base of every error deswm raises on purpose.
+
+    Args:
+        message: what went wrong, naming the row, file, object or setting.
+        hint: what the reader should do about it.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message}. {hint}" if hint else message)
+
+
+class ConfigError(DeswmError):
+    """A setting is missing, unknown or has the wrong type or value.
+
+    ``key`` is the dotted name of the setting (``source.table``) when there is one.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, hint: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message, hint=hint)
+
+
+class NaiveDatetimeError(ConfigError, ValueError):
+    """A datetime without tzinfo was given where deswm needs an unambiguous instant."""
+
+    def __init__(self, what: str, value: object) -> None:
+        super().__init__(
+            f"{what} is a naive datetime ({value!r}); deswm only accepts timezone-aware values",
+            key=None,
+            hint="Pass an aware datetime, e.g. datetime(..., tzinfo=timezone.utc)",
+        )
+
+
+class SourceError(DeswmError):
+    """The source table could not be read (connection, permissions, missing columns)."""
+
+
+class BadRowError(SourceError):
+    """One source row cannot be archived; the message names its uid and created_at."""
+
+    def __init__(self, message: str, *, uid: object, created_at: object = None) -> None:
+        self.uid = uid
+        self.created_at = created_at
+        where = f"row uid={uid!r}" + (f" created_at={created_at}" if created_at is not None else "")
+        super().__init__(
+            f"{where}: {message}",
+            hint="Fix the row in the source table, or exclude it in "
+            "SqlSourceProvider.filter_query()",
+        )
+
+
+def _printable(text: str) -> str:
+    """``text``, escaped if it holds newlines or other control characters.
+
+    A location with a newline would otherwise split an error over lines and could forge
+    log records.
+    """
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+class FileReadError(DeswmError):
+    """A source file could not be read; ``location`` names it."""
+
+    def __init__(self, message: str, *, location: str, hint: str | None = None) -> None:
+        self.location = location
+        super().__init__(f"{_printable(location)}: {message}", hint=hint)
+
+
+class FileMissingError(FileReadError):
+    """The source file does not exist (deleted, moved, or a wrong location column)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(
+            "file does not exist",
+            location=location,
+            hint="Restore the file or correct file_location; the bucket is retried next cycle",
+        )
+
+
+class PackError(DeswmError):
+    """Shards could not be built or published; nothing was committed for the bucket."""
+
+
+class DuplicateUidError(PackError):
+    """Two rows routed to the same shard group share a uid: DES names must be unique."""
+
+    def __init__(self, uid: str, first: object, second: object, *, shard: str) -> None:
+        self.uid = uid
+        self.first = first
+        self.second = second
+        super().__init__(
+            f"uid {uid!r} appears twice in shard group {shard}: "
+            f"rows created_at={first} and created_at={second}",
+            hint="uids must be unique per day and shard; remove or rename one of the rows",
+        )
+
+
+class ShardError(DeswmError):
+    """A problem with a published shard object."""
+
+
+class CorruptShardError(ShardError):
+    """Bytes that are not a valid DES shard, or an entry whose checksum does not match.
+
+    ``name`` is the object and ``offset`` the byte position where reading failed.
+    """
+
+    def __init__(self, name: str, offset: int | None, reason: str) -> None:
+        self.name = name
+        self.offset = offset
+        self.reason = reason
+        at = f" at offset {offset}" if offset is not None else ""
+        super().__init__(
+            f"{name}{at}: {reason}",
+            hint="The object is damaged or not a DES shard; restore it from a replica or "
+            "replay its day (deswm watermark adjust) while the source files still exist",
+        )
+
+
+class NotArchivedError(ShardError, KeyError):
+    """The uid is not in any shard of its day and group."""
+
+    def __init__(self, uid: str, created_at: object, looked_in: Sequence[str]) -> None:
+        self.uid = uid
+        self.created_at = created_at
+        self.looked_in = tuple(looked_in)
+        where = ", ".join(looked_in) if looked_in else "no shard objects exist for its group"
+        DeswmError.__init__(
+            self,
+            f"uid {uid!r} created_at={created_at} is not archived (looked in: {where})",
+            hint="Check the uid and created_at (routing uses the UTC day) and that its day "
+            "is below the watermark",
+        )
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return Exception.__str__(self)
+
+
+class ObjectChangedError(ShardError):
+    """An object is no longer the version that was listed or indexed.
+
+    Raised by version-pinned reads when a shard was rewritten or deleted between two
+    requests. The archive reacts by dropping its cached view and reading afresh; the
+    packer turns it into a :class:`PackError` (another writer is active).
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        super().__init__(
+            f"{name}: {reason}",
+            hint="Another process rewrote or deleted the object; read it again",
+        )
+
+
+class WatermarkError(DeswmError):
+    """The watermark store refused a change (e.g. moving backwards through ``advance``)."""
+
+
+class WatermarkConflict(WatermarkError):
+    """Compare-and-set lost: another runner changed the watermark since it was read."""
+
+    def __init__(self, key: WatermarkKey, expected_version: int, actual: object) -> None:
+        self.key = key
+        self.expected_version = expected_version
+        self.actual = actual
+        super().__init__(
+            f"watermark {key} was changed by another runner "
+            f"(expected version {expected_version}, found {actual})",
+            hint="Another process is archiving the same pipeline and partition; run one "
+            "runner per partition. This runner stopped before committing this step "
+            "(buckets it committed earlier stay committed); rerun is safe",
+        )
+
+
+class CycleError(DeswmError):
+    """Files failed in a bucket and ``on_error="stop"``: the watermark did not pass it."""
+
+    def __init__(
+        self,
+        failures: Sequence[FileFailure],
+        *,
+        bucket: object,
+        result: CycleResult | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.failures = tuple(failures)
+        self.bucket = bucket
+        self.result = result
+        """What the cycle committed before it stopped (earlier buckets stay committed)."""
+        self.reason = reason
+        shown = "; ".join(
+            f"{f.uid!r} ({_printable(f.location)}): {f.error_type}: {f.message}"
+            for f in self.failures[:10]
+        )
+        more = f" and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{len(self.failures)} file(s) failed in bucket {bucket}{why}: {shown}{more}",
+            hint="Nothing was committed for this bucket; fix the files and rerun, or use "
+            'on_error="record" to archive the rest and list failures in the error table',
+        )

@@ -1,0 +1,646 @@
+"""The watermark orchestrator: one window per cycle, one watermark write per bucket.
+
+A cycle reads the watermark ``W``, computes the target ``T = bucket_start(now - lag)``
+once, streams the rows of ``[W, T)`` in ``(created_at, uid)`` order, packs each day
+bucket as a whole, and only after a bucket's shards are published moves the watermark
+past it with a compare-and-set. The source table is only ever read.
+
+It depends on the five protocols and nothing else, so every component can be replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Literal
+
+import attrs
+
+from deswm._checkpoints import reach
+from deswm.errors import (
+    ConfigError,
+    CycleError,
+    DeswmError,
+    DuplicateUidError,
+    FileMissingError,
+    FileReadError,
+    SourceError,
+    WatermarkError,
+)
+from deswm.model import (
+    DEFAULT_STAGE,
+    BucketResult,
+    CyclePlan,
+    CycleResult,
+    FileFailure,
+    Partition,
+    PendingStats,
+    RetryResult,
+    SourceRecord,
+    Watermark,
+    WatermarkKey,
+    Window,
+)
+from deswm.protocols import (
+    ErrorStore,
+    FileReader,
+    Packer,
+    ReadResult,
+    ShardRouter,
+    SourceProvider,
+    WatermarkStore,
+)
+from deswm.timeutil import format_utc, require_utc
+
+__all__ = ["CycleObserver", "WatermarkOrchestrator", "utc_now"]
+
+log = logging.getLogger("deswm.orchestrator")
+
+OnError = Literal["stop", "record"]
+DEFAULT_INITIAL_AGE = timedelta(days=30)
+
+
+def utc_now() -> datetime:
+    """The default clock."""
+    return datetime.now(UTC)
+
+
+class CycleObserver:
+    """Hooks called by the orchestrator; subclass and override what you need.
+
+    Metrics exporters and progress bars plug in here. Hooks run on the cycle's thread;
+    an exception in a hook propagates (a broken exporter should be noticed).
+    """
+
+    def cycle_started(self, key: WatermarkKey, window: Window) -> None:
+        """A non-empty window is about to be streamed."""
+
+    def file_done(self, record: SourceRecord, size: int) -> None:
+        """One file was handed to the packer (``size`` bytes read)."""
+
+    def bucket_committed(
+        self, key: WatermarkKey, result: BucketResult, watermark: Watermark
+    ) -> None:
+        """A bucket was published and the watermark moved past it."""
+
+    def cycle_finished(self, result: CycleResult) -> None:
+        """A cycle ended without raising."""
+
+
+@attrs.define
+class _Totals:
+    files: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    kept: int = 0
+    shards: int = 0
+    buckets: int = 0
+    failures: list[FileFailure] = attrs.Factory(list)
+
+
+class WatermarkOrchestrator:
+    """Moves a watermark over a source table, packing each day bucket it passes.
+
+    Args:
+        store: where the watermark lives.
+        source: the rows to archive.
+        reader: the bytes of each row's file.
+        router: routing and bucket arithmetic (UTC days for :class:`~deswm.DesRouter`).
+        packer: builds and publishes the shards of a bucket.
+        pipeline: the watermark's name; one per source table.
+        lag: only rows older than ``now - lag`` (rounded down to a bucket) are archived.
+        partition: this runner's partition; with ``count > 1`` it only packs the
+            shard indexes it owns and keeps its own watermark row.
+        initial: where a new watermark starts (aligned down to a bucket boundary);
+            default 30 days before the first run.
+        on_error: ``"stop"`` (default): any failed file aborts the cycle before the
+            watermark passes its bucket, raising :class:`~deswm.errors.CycleError`.
+            ``"record"``: failed files go to ``error_store`` and the rest of the bucket
+            is committed, unless more than ``max_failure_ratio`` of the bucket failed.
+        error_store: where ``"record"`` lists failed files (required for it).
+        max_failure_ratio: the share of a bucket's files that may fail in ``"record"``
+            mode before the bucket is refused (nothing committed for it).
+        clock: returns the current aware time; injectable for tests.
+        max_buckets: commit at most this many buckets per cycle (``None``: all).
+        observers: hooks for metrics and progress.
+    """
+
+    def __init__(
+        self,
+        store: WatermarkStore,
+        source: SourceProvider,
+        reader: FileReader,
+        router: ShardRouter,
+        packer: Packer,
+        *,
+        pipeline: str,
+        lag: timedelta = timedelta(days=7),
+        partition: Partition | int = 0,
+        initial: datetime | None = None,
+        on_error: OnError = "stop",
+        error_store: ErrorStore | None = None,
+        max_failure_ratio: float = 0.1,
+        clock: Callable[[], datetime] = utc_now,
+        max_buckets: int | None = None,
+        observers: tuple[CycleObserver, ...] | list[CycleObserver] = (),
+        stage: str = DEFAULT_STAGE,
+    ) -> None:
+        if not pipeline or not isinstance(pipeline, str):
+            raise ConfigError("must be a non-empty string", key="watermark.pipeline")
+        if not isinstance(lag, timedelta) or lag < timedelta(0):
+            raise ConfigError(
+                f"must be zero or positive, got {lag!r}",
+                key="watermark.lag_days",
+                hint="lag is how old a file must be before it is archived, e.g. 7 days",
+            )
+        if on_error not in ("stop", "record"):
+            raise ConfigError(f'must be "stop" or "record", got {on_error!r}', key="run.on_error")
+        if on_error == "record" and error_store is None:
+            raise ConfigError(
+                'on_error="record" needs an error store',
+                key="run.on_error",
+                hint="pass error_store=SqlErrorStore(...) (the config file does this for you)",
+            )
+        if not 0 <= max_failure_ratio <= 1:
+            raise ConfigError(
+                f"must be from 0 to 1, got {max_failure_ratio}", key="run.max_failure_ratio"
+            )
+        if max_buckets is not None and max_buckets < 1:
+            raise ConfigError(f"must be at least 1, got {max_buckets}", key="run.max_buckets")
+        self.store = store
+        self.source = source
+        self.reader = reader
+        self.router = router
+        self.packer = packer
+        self.partition = partition if isinstance(partition, Partition) else Partition(partition, 1)
+        if self.partition.count > router.shard_count:
+            raise ConfigError(
+                f"{self.partition.count} partitions but only {router.shard_count} shards per day",
+                key="run.partitions",
+                hint="use at most as many partitions as shards (2**n_bits)",
+            )
+        self.key = WatermarkKey(pipeline, stage, self.partition.index)
+        self.lag = lag
+        self.initial = require_utc(initial, "watermark.initial") if initial is not None else None
+        self.on_error = on_error
+        self.error_store = error_store
+        self.max_failure_ratio = max_failure_ratio
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self.observers = tuple(observers)
+        self._stop = threading.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"WatermarkOrchestrator({self.key}, lag={self.lag}, "
+            f"partition={self.partition.index}/{self.partition.count})"
+        )
+
+    # --- positions ----------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return require_utc(self.clock(), "clock()")
+
+    def target(self, now: datetime | None = None) -> datetime:
+        """The exclusive end of what may be archived at ``now``: ``bucket_start(now - lag)``."""
+        return self.router.bucket_start((now or self._now()) - self.lag)
+
+    def initial_position(self, now: datetime | None = None) -> datetime:
+        """Where a new watermark starts: ``initial`` or 30 days back, aligned down (G5)."""
+        start = (
+            self.initial if self.initial is not None else (now or self._now()) - DEFAULT_INITIAL_AGE
+        )
+        return self.router.bucket_start(start)
+
+    def _load(self, now: datetime) -> Watermark:
+        watermark = self.store.get(self.key)
+        if watermark is None:
+            watermark = self.store.initialize(
+                self.key,
+                self.initial_position(now),
+                lag=self.lag,
+                partitions=self.partition.count,
+            )
+        if watermark.partitions != self.partition.count:
+            raise ConfigError(
+                f"watermark {self.key} was created for {watermark.partitions} partition(s), "
+                f"this runner is configured for {self.partition.count}",
+                key="run.partitions",
+                hint="changing the partition count changes which runner owns which shard; "
+                "use a new pipeline name for the new layout",
+            )
+        return watermark
+
+    # --- planning -----------------------------------------------------------------------
+
+    def plan(self) -> CyclePlan:
+        """The window the next cycle would process and what it holds. Writes nothing."""
+        now = self._now()
+        stored = self.store.get(self.key)
+        position = stored.position if stored is not None else self.initial_position(now)
+        target = self.target(now)
+        start = min(self.router.bucket_start(position), target)
+        window = Window(start, target)
+        if window.empty:
+            pending = PendingStats(window, 0, 0, None, None)
+        else:
+            pending = self.source.pending_stats(window)
+        return CyclePlan(
+            key=self.key,
+            watermark=position,
+            target=target,
+            window=window,
+            pending=pending,
+            initialised=stored is not None,
+        )
+
+    # --- running ------------------------------------------------------------------------
+
+    def run_cycle(self) -> CycleResult:
+        """Archive every complete bucket between the watermark and the target.
+
+        Returns what was done. Raises :class:`~deswm.errors.CycleError` when files
+        failed (the watermark stays before their bucket; earlier buckets stay
+        committed) and :class:`~deswm.errors.WatermarkConflict` when another runner
+        moved the watermark.
+        """
+        return self._run_cycle(self._stop)
+
+    async def arun_cycle(self) -> CycleResult:
+        """:meth:`run_cycle` for asyncio hosts, on a worker thread.
+
+        Cancelling the task stops the cycle at the next bucket boundary (what was
+        committed stays committed) and then re-raises the cancellation.
+        """
+        stop = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(None, self._run_cycle, stop)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await future
+            raise
+
+    def request_stop(self) -> None:
+        """Ask a running cycle or :meth:`run_forever` to stop at the next bucket boundary."""
+        self._stop.set()
+
+    def run_forever(
+        self,
+        interval: float,
+        *,
+        handle_signals: bool = True,
+        max_cycles: int | None = None,
+    ) -> None:
+        """Run cycles every ``interval`` seconds until SIGTERM/SIGINT or :meth:`request_stop`.
+
+        A signal lets the current bucket finish and commit, then returns. A cycle that
+        fails with a :class:`~deswm.errors.DeswmError` (other than a configuration
+        error) is logged and retried after the interval.
+        """
+        if interval < 0:
+            raise ConfigError(f"must be zero or positive, got {interval}", key="run.interval")
+        self._stop.clear()
+        restore = self._install_signal_handlers() if handle_signals else {}
+        try:
+            cycles = 0
+            while not self._stop.is_set():
+                try:
+                    self._run_cycle(self._stop)
+                except ConfigError:
+                    raise
+                except DeswmError:
+                    log.exception("cycle for %s failed; retrying in %ss", self.key, interval)
+                cycles += 1
+                if max_cycles is not None and cycles >= max_cycles:
+                    break
+                self._stop.wait(interval)
+        finally:
+            for signum, handler in restore.items():
+                signal.signal(signum, handler)
+
+    def _install_signal_handlers(self) -> dict[int, signal._HANDLER]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s; stopping after the current bucket", signal.Signals(signum).name)
+            self._stop.set()
+
+        previous: dict[int, signal._HANDLER] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, on_signal)
+        return previous
+
+    # --- the cycle ----------------------------------------------------------------------
+
+    def _run_cycle(self, stop: threading.Event) -> CycleResult:
+        started = time.monotonic()
+        now = self._now()
+        watermark = self._load(now)
+        target = self.target(now)
+        before = watermark.position
+        if before > now:
+            raise WatermarkError(
+                f"watermark {self.key} is at {format_utc(before)}, in the future "
+                f"(now {format_utc(now)}): rows created before it would never be archived",
+                hint="Set it back with `deswm watermark set --to <date>` (store.set); "
+                "nothing was archived or moved",
+            )
+        start = self.router.bucket_start(before)
+        window = Window(min(start, target), target)
+        totals = _Totals()
+        stopped = False
+        reach("cycle.started")
+        if not window.empty:
+            for observer in self.observers:
+                observer.cycle_started(self.key, window)
+            watermark, stopped = self._archive(window, before, watermark, totals, stop, started)
+        result = self._result(window, before, watermark, totals, started, stopped=stopped)
+        log.info("cycle done: %s", result.summary())
+        for observer in self.observers:
+            observer.cycle_finished(result)
+        return result
+
+    def _result(
+        self,
+        window: Window,
+        before: datetime,
+        watermark: Watermark,
+        totals: _Totals,
+        started: float,
+        *,
+        stopped: bool = False,
+        failures: tuple[FileFailure, ...] | None = None,
+    ) -> CycleResult:
+        return CycleResult(
+            key=self.key,
+            window=window,
+            watermark_before=before,
+            watermark_after=watermark.position,
+            files=totals.files,
+            bytes_in=totals.bytes_in,
+            bytes_out=totals.bytes_out,
+            kept=totals.kept,
+            shards_written=totals.shards,
+            buckets_committed=totals.buckets,
+            failures=tuple(totals.failures) if failures is None else failures,
+            duration=timedelta(seconds=time.monotonic() - started),
+            stopped_early=stopped,
+        )
+
+    def _owned(self, window: Window) -> Iterator[SourceRecord]:
+        """The window's rows this partition owns, checked for order and bounds."""
+        router, partition = self.router, self.partition
+        last: SourceRecord | None = None
+        for record in self.source.iter_records(window):
+            created_at = record.created_at
+            if created_at.tzinfo is None or created_at.utcoffset() != timedelta(0):
+                raise SourceError(
+                    f"source returned created_at {created_at!r} for uid {record.uid!r}, "
+                    "which is not aware UTC",
+                    hint="SourceProvider.iter_records must return aware UTC datetimes",
+                )
+            if created_at not in window or (last is not None and created_at < last.created_at):
+                raise SourceError(
+                    f"source returned uid {record.uid!r} at {format_utc(created_at)} out of "
+                    f"order or outside window {window}",
+                    hint="SourceProvider.iter_records must return the window's rows ordered "
+                    "by (created_at, uid)",
+                )
+            last = record
+            if partition.count == 1 or partition.owns(router.shard_index(record.uid)):
+                yield record
+
+    def _archive(
+        self,
+        window: Window,
+        before: datetime,
+        watermark: Watermark,
+        totals: _Totals,
+        stop: threading.Event,
+        started: float,
+    ) -> tuple[Watermark, bool]:
+        """Stream the window bucket by bucket; return the last watermark and if stopped."""
+        results = self.reader.read_many(self._owned(window))
+        with contextlib.closing(_ClosingIterator(results)) as items:
+            pending = next(items, None)
+            while pending is not None:
+                if stop.is_set() or (
+                    self.max_buckets is not None and totals.buckets >= self.max_buckets
+                ):
+                    return watermark, stop.is_set()
+                bucket = self.router.bucket_start(pending[0].created_at)
+                outcome = self._pack_bucket(bucket, pending, items, totals)
+                pending = outcome.next_item
+                if outcome.result is None:
+                    partial = self._result(
+                        window, before, watermark, totals, started, failures=outcome.failures
+                    )
+                    raise CycleError(
+                        outcome.failures,
+                        bucket=format_utc(bucket),
+                        result=partial,
+                        reason=outcome.reason,
+                    )
+                if outcome.failures:
+                    # Listed before the watermark passes them: archived or listed (G1).
+                    self._error_store().record(self.key, outcome.failures)
+                    totals.failures.extend(outcome.failures)
+                end = (
+                    window.end
+                    if pending is None
+                    else self.router.bucket_start(pending[0].created_at)
+                )
+                reach("bucket.after_publish")
+                watermark = self.store.advance(watermark, end)
+                reach("bucket.after_commit")
+                self._committed(bucket, outcome.result, watermark, totals)
+            if watermark.position < window.end:
+                # The rest of the window holds no rows for this partition.
+                watermark = self.store.advance(watermark, window.end)
+        return watermark, False
+
+    def _committed(
+        self, bucket: datetime, result: BucketResult, watermark: Watermark, totals: _Totals
+    ) -> None:
+        totals.buckets += 1
+        totals.shards += len(result.shards)
+        totals.bytes_out += result.bytes_out
+        log.info(
+            "committed %s bucket %s: %d files, %d shards, %d -> %d bytes; watermark -> %s",
+            self.key,
+            bucket.date().isoformat(),
+            result.files,
+            len(result.shards),
+            result.bytes_in,
+            result.bytes_out,
+            format_utc(watermark.position),
+        )
+        for observer in self.observers:
+            observer.bucket_committed(self.key, result, watermark)
+
+    def _pack_bucket(
+        self,
+        bucket: datetime,
+        first: ReadResult,
+        items: Iterator[ReadResult],
+        totals: _Totals,
+    ) -> _Outcome:
+        """Pack one bucket: publish it, or abort it when files failed and may not be skipped."""
+        failures: list[FileFailure] = []
+        bucket_end = self.router.next_bucket(bucket)
+        item: ReadResult | None = first
+        seen = 0
+        with self.packer.open_bucket(bucket) as writer:
+            while item is not None:
+                record, data = item
+                if record.created_at >= bucket_end:
+                    break
+                seen += 1
+                if isinstance(data, FileReadError):
+                    if isinstance(data, FileMissingError) and writer.archived(record) is not None:
+                        totals.kept += 1
+                    else:
+                        failures.append(FileFailure.from_exception(record, "read", data))
+                else:
+                    try:
+                        writer.add(record, data)
+                    except DuplicateUidError as exc:
+                        if self.on_error == "stop":
+                            raise
+                        failures.append(FileFailure.from_exception(record, "pack", exc))
+                    else:
+                        totals.files += 1
+                        totals.bytes_in += len(data)
+                        for observer in self.observers:
+                            observer.file_done(record, len(data))
+                item = next(items, None)
+            reason = self._refusal(failures, seen)
+            if reason is not None:
+                writer.abort()
+                return _Outcome(item, tuple(failures), None, reason)
+            reach("bucket.before_publish")
+            return _Outcome(item, tuple(failures), writer.publish(), None)
+
+    def _refusal(self, failures: list[FileFailure], seen: int) -> str | None:
+        """Why the bucket must not be committed with these failures, or ``None``."""
+        if not failures:
+            return None
+        if self.on_error == "stop":
+            return 'on_error="stop"'
+        ratio = len(failures) / seen
+        if ratio > self.max_failure_ratio:
+            return (
+                f"{len(failures)} of {seen} files failed ({ratio:.1%}), more than "
+                f"run.max_failure_ratio={self.max_failure_ratio:.1%}"
+            )
+        return None
+
+    def _error_store(self) -> ErrorStore:
+        if self.error_store is None:  # guarded in __init__; kept for type narrowing
+            raise ConfigError('on_error="record" needs an error store', key="run.on_error")
+        return self.error_store
+
+    # --- retrying recorded failures ------------------------------------------------------
+
+    def retry_errors(self, *, limit: int | None = None) -> RetryResult:
+        """Read recorded failures again and merge the files that now work into their shards.
+
+        Each day is merged into what is already published (G3: nothing is dropped); a
+        retried file that succeeds leaves the error table, one that fails again counts
+        another attempt. Run it where the cycles of this partition run (one writer per
+        shard group), e.g. between cycles.
+        """
+        store = self._error_store()
+        started = time.monotonic()
+        recorded = store.list(self.key, limit=limit)
+        by_bucket: dict[datetime, list[SourceRecord]] = {}
+        for entry in recorded:
+            record = entry.record
+            by_bucket.setdefault(self.router.bucket_start(record.created_at), []).append(record)
+        archived = shards = 0
+        still: list[FileFailure] = []
+        for bucket in sorted(by_bucket):
+            done, failed, written = self._retry_bucket(bucket, by_bucket[bucket])
+            store.resolve(self.key, done)
+            store.record(self.key, failed)
+            archived += len(done)
+            shards += written
+            still.extend(failed)
+        result = RetryResult(
+            key=self.key,
+            attempted=len(recorded),
+            archived=archived,
+            failures=tuple(still),
+            shards_written=shards,
+            duration=timedelta(seconds=time.monotonic() - started),
+        )
+        log.info(
+            "retried %d recorded failure(s) of %s: %d archived, %d still failing",
+            result.attempted,
+            self.key,
+            result.archived,
+            len(result.failures),
+        )
+        return result
+
+    def _retry_bucket(
+        self, bucket: datetime, records: list[SourceRecord]
+    ) -> tuple[list[SourceRecord], list[FileFailure], int]:
+        done: list[SourceRecord] = []
+        failed: list[FileFailure] = []
+        added = False
+        with self.packer.open_bucket(bucket) as writer:
+            for record, data in self.reader.read_many(records):
+                if isinstance(data, FileReadError):
+                    if isinstance(data, FileMissingError) and writer.archived(record) is not None:
+                        done.append(record)  # archived meanwhile, e.g. by a replay
+                    else:
+                        failed.append(FileFailure.from_exception(record, "read", data))
+                    continue
+                try:
+                    writer.add(record, data)
+                except DuplicateUidError as exc:
+                    failed.append(FileFailure.from_exception(record, "pack", exc))
+                    continue
+                done.append(record)
+                added = True
+            if not added:
+                writer.abort()
+                return done, failed, 0
+            result = writer.publish()
+        return done, failed, len(result.shards)
+
+
+@attrs.frozen
+class _Outcome:
+    next_item: ReadResult | None
+    failures: tuple[FileFailure, ...]
+    result: BucketResult | None
+    """``None`` when the bucket was aborted (see ``reason``)."""
+    reason: str | None
+
+
+class _ClosingIterator(Iterator[ReadResult]):
+    """Wraps the reader's iterator so leaving a cycle early shuts its threads down."""
+
+    def __init__(self, inner: Iterator[ReadResult]) -> None:
+        self._inner = inner
+
+    def __next__(self) -> ReadResult:
+        return next(self._inner)
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()

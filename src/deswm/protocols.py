@@ -1,0 +1,252 @@
+"""The five seams of deswm, as ``typing.Protocol`` classes.
+
+The orchestrator depends on these and nothing else, so any of the reference
+implementations can be swapped for a subclass or a from-scratch implementation. The
+docstring of each method is its contract; :mod:`deswm.testing` ships contract test
+suites that check an implementation against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from deswm.errors import FileReadError
+from deswm.model import (
+    ArchivedEntry,
+    BucketResult,
+    FileFailure,
+    PendingStats,
+    RecordedFailure,
+    ShardKey,
+    SourceRecord,
+    Watermark,
+    WatermarkChange,
+    WatermarkKey,
+    Window,
+)
+
+__all__ = [
+    "BucketWriter",
+    "ErrorStore",
+    "FileReader",
+    "Packer",
+    "ReadResult",
+    "ShardRouter",
+    "SourceProvider",
+    "WatermarkStore",
+]
+
+ReadResult = tuple[SourceRecord, "bytes | FileReadError"]
+"""A record with its bytes, or the error that reading it raised."""
+
+
+@runtime_checkable
+class WatermarkStore(Protocol):
+    """Keeps one position per (pipeline, stage, partition) with compare-and-set writes."""
+
+    def get(self, key: WatermarkKey) -> Watermark | None:
+        """The stored watermark, or ``None`` if it was never initialised."""
+        ...
+
+    def initialize(
+        self,
+        key: WatermarkKey,
+        position: datetime,
+        *,
+        lag: timedelta | None = None,
+        partitions: int = 1,
+    ) -> Watermark:
+        """Create the watermark at ``position`` if absent and return the stored one.
+
+        Idempotent and race-safe: when two runners initialise at once, both get the row
+        that won; an existing watermark is never changed.
+        """
+        ...
+
+    def advance(self, current: Watermark, position: datetime) -> Watermark:
+        """Move the watermark forward to ``position`` if nobody changed it since ``current``.
+
+        A compare-and-set on ``current.version``: raises
+        :class:`~deswm.errors.WatermarkConflict` when the stored version differs, and
+        :class:`~deswm.errors.WatermarkError` when ``position < current.position``
+        (advance never moves backwards). An equal position returns ``current``
+        unchanged without writing. On a conflict, ``WatermarkConflict.actual`` is the
+        stored version, or ``"missing"`` when no watermark exists. Returns the new
+        watermark (version + 1).
+        """
+        ...
+
+    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
+        """Manually set the position (any direction) and append a history record.
+
+        Creates the watermark if absent. Moving it back makes the next cycle replay, which
+        is safe (packing is idempotent).
+        """
+        ...
+
+    def list(self, pipeline: str | None = None) -> Sequence[Watermark]:
+        """Every stored watermark, or those of one pipeline, ordered by key."""
+        ...
+
+    def history(
+        self, key: WatermarkKey | None = None, *, limit: int = 100
+    ) -> Sequence[WatermarkChange]:
+        """Manual changes, newest first."""
+        ...
+
+
+@runtime_checkable
+class SourceProvider(Protocol):
+    """Reads the rows of the source table; never writes to it."""
+
+    def iter_records(self, window: Window) -> Iterator[SourceRecord]:
+        """Rows with ``window.start <= created_at < window.end``, ordered by (created_at, uid).
+
+        ``created_at`` of every record is aware UTC. Memory must stay bounded however
+        many rows the window holds. A row that cannot be archived raises
+        :class:`~deswm.errors.BadRowError` naming it.
+        """
+        ...
+
+    def pending_stats(self, window: Window) -> PendingStats:
+        """Files, bytes, oldest and newest ``created_at`` in ``window``, in one query."""
+        ...
+
+
+@runtime_checkable
+class FileReader(Protocol):
+    """Gets the bytes of a file location (and deletes it, for the purge stage)."""
+
+    def read(self, location: str) -> bytes:
+        """All bytes at ``location``; a zero-byte file gives ``b""``.
+
+        Raises :class:`~deswm.errors.FileMissingError` when it does not exist and
+        :class:`~deswm.errors.FileReadError` for any other failure to read it.
+        """
+        ...
+
+    def read_many(self, records: Iterable[SourceRecord]) -> Iterator[ReadResult]:
+        """Read every record's file, yielding results in input order.
+
+        Implementations may read ahead concurrently but must bound how far ahead.
+        Failures are yielded as :class:`~deswm.errors.FileReadError` values, not raised,
+        so one bad file does not end the stream.
+        """
+        ...
+
+    def delete(self, location: str) -> None:
+        """Delete the file at ``location``; a missing file is not an error."""
+        ...
+
+
+@runtime_checkable
+class ShardRouter(Protocol):
+    """Pure routing ``(uid, created_at) -> ShardKey`` and the bucket arithmetic."""
+
+    @property
+    def shard_count(self) -> int:
+        """How many shard indexes exist per bucket."""
+        ...
+
+    def shard_index(self, uid: str | int) -> int:
+        """The shard index of ``uid``, the same in every process and Python version."""
+        ...
+
+    def route(self, uid: str | int, created_at: datetime) -> ShardKey:
+        """The bucket and shard of a file; ``created_at`` must be aware."""
+        ...
+
+    def group(self, bucket: datetime, index: int) -> ShardKey:
+        """The key of shard ``index`` in ``bucket`` (a bucket start)."""
+        ...
+
+    def bucket_start(self, instant: datetime) -> datetime:
+        """The start of the bucket holding ``instant``."""
+        ...
+
+    def next_bucket(self, bucket: datetime) -> datetime:
+        """The start of the bucket after the one starting at ``bucket``."""
+        ...
+
+
+@runtime_checkable
+class BucketWriter(Protocol):
+    """Collects one bucket's files and publishes its shards, or nothing."""
+
+    @property
+    def bucket(self) -> datetime:
+        """The start of the bucket this writer packs."""
+        ...
+
+    def add(self, record: SourceRecord, data: bytes) -> None:
+        """Add one file; records arrive in (created_at, uid) order within the bucket."""
+        ...
+
+    def archived(self, record: SourceRecord) -> ArchivedEntry | None:
+        """The already published entry of ``record`` (same uid and day, with a checksum).
+
+        Lets the orchestrator accept a source file that is gone because an earlier cycle
+        archived it (and the purge stage deleted it).
+        """
+        ...
+
+    def publish(self) -> BucketResult:
+        """Durably publish every shard of the bucket, merged with what is already there.
+
+        When this returns, every added file and every entry that was already published
+        for the bucket can be read back. On error nothing partial is visible.
+        """
+        ...
+
+    def abort(self) -> None:
+        """Discard what was added; publish nothing. Safe to call more than once."""
+        ...
+
+    def __enter__(self) -> BucketWriter: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Abort unless :meth:`publish` completed."""
+        ...
+
+
+@runtime_checkable
+class Packer(Protocol):
+    """Turns buckets of files into published, deterministic shard objects."""
+
+    def open_bucket(self, bucket: datetime) -> BucketWriter:
+        """A writer for the bucket starting at ``bucket``."""
+        ...
+
+
+@runtime_checkable
+class ErrorStore(Protocol):
+    """The error table of ``on_error="record"``: failed files that did not stop the cycle.
+
+    Not one of the five core seams: only needed when failures are recorded instead of
+    stopping the cycle. Rows are keyed by (watermark key, uid, created_at).
+    """
+
+    def record(self, key: WatermarkKey, failures: Sequence[FileFailure]) -> None:
+        """Add failures, or for known ones count another attempt and update the error.
+
+        Must be durable when it returns: the watermark moves past these files next.
+        """
+        ...
+
+    def list(
+        self, key: WatermarkKey | None = None, *, limit: int | None = None
+    ) -> Sequence[RecordedFailure]:
+        """Recorded failures (of one watermark key, or all), oldest ``created_at`` first."""
+        ...
+
+    def resolve(self, key: WatermarkKey, records: Sequence[SourceRecord]) -> int:
+        """Remove the rows of files that are archived now; return how many were removed."""
+        ...

@@ -1,0 +1,251 @@
+"""The purge stage: delete source files, only after they are archived and verified (G8).
+
+A purge has its own watermark (stage ``purged``) and never passes the ``archived`` one:
+it walks the rows of ``[purged, archived)`` day by day, checks each file's entry in the
+published shards, deletes the source file, and commits ``purged`` past a day only when
+every file of that day was handled. A file whose entry is missing, unverifiable or
+different from the source is never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+import attrs
+
+from deswm.errors import (
+    ConfigError,
+    CorruptShardError,
+    DeswmError,
+    FileMissingError,
+    FileReadError,
+    NotArchivedError,
+)
+from deswm.model import (
+    DEFAULT_STAGE,
+    ArchivedEntry,
+    FileFailure,
+    Partition,
+    SourceRecord,
+    Watermark,
+    WatermarkKey,
+    Window,
+)
+from deswm.protocols import ErrorStore, FileReader, ShardRouter, SourceProvider, WatermarkStore
+from deswm.timeutil import format_utc
+
+__all__ = ["PURGED_STAGE", "PurgeError", "PurgeJob", "PurgeResult"]
+
+log = logging.getLogger("deswm.purge")
+
+PURGED_STAGE = "purged"
+Verify = Literal["content", "index"]
+
+
+class ArchiveReader(Protocol):
+    """What the purge needs from the read side (:class:`deswm.archive.Archive`)."""
+
+    def stat(self, uid: str, created_at: datetime) -> ArchivedEntry: ...
+
+    def get(self, uid: str, created_at: datetime) -> bytes: ...
+
+
+class PurgeError(DeswmError):
+    """Files of a day could not be verified in the archive, so the purge stopped there."""
+
+    def __init__(self, failures: tuple[FileFailure, ...], *, bucket: datetime) -> None:
+        self.failures = failures
+        self.bucket = bucket
+        shown = "; ".join(f"{f.uid!r}: {f.message}" for f in failures[:10])
+        more = f" and {len(failures) - 10} more" if len(failures) > 10 else ""
+        super().__init__(
+            f"{len(failures)} file(s) of {bucket.date()} were not deleted: {shown}{more}",
+            hint="Their source files are kept. Replay the day (deswm watermark adjust) or "
+            "run deswm verify to find out why the archive lacks them",
+        )
+
+
+@attrs.frozen
+class PurgeResult:
+    """What one purge run did."""
+
+    key: WatermarkKey
+    window: Window
+    deleted: int
+    already_gone: int
+    kept_listed: int
+    buckets_committed: int
+    duration: timedelta
+    dry_run: bool = False
+
+
+class PurgeJob:
+    """Deletes the source files of archived days, verified, never ahead of ``archived``.
+
+    Args:
+        store, source, reader, router: as for the orchestrator (same pipeline).
+        archive: the read side of the destination (:class:`deswm.archive.Archive`).
+        pipeline, partition: whose files to purge.
+        initial: where a new ``purged`` watermark starts.
+        verify: ``"content"`` (default) reads the archived copy (checksum verified)
+            and deletes the source only if its bytes are identical; ``"index"`` only
+            requires the entry to be in a published shard with a checksum.
+        error_store: files listed there (``on_error="record"``) are kept, not deleted.
+        max_buckets: commit at most this many days per run.
+    """
+
+    def __init__(
+        self,
+        store: WatermarkStore,
+        source: SourceProvider,
+        reader: FileReader,
+        archive: ArchiveReader,
+        router: ShardRouter,
+        *,
+        pipeline: str,
+        initial: datetime,
+        partition: Partition | None = None,
+        verify: Verify = "content",
+        error_store: ErrorStore | None = None,
+        max_buckets: int | None = None,
+    ) -> None:
+        if verify not in ("content", "index"):
+            raise ConfigError(f'must be "content" or "index", got {verify!r}', key="--verify")
+        self.store = store
+        self.source = source
+        self.reader = reader
+        self.archive = archive
+        self.router = router
+        self.partition = partition or Partition()
+        self.archived_key = WatermarkKey(pipeline, DEFAULT_STAGE, self.partition.index)
+        self.key = WatermarkKey(pipeline, PURGED_STAGE, self.partition.index)
+        self.initial = router.bucket_start(initial)
+        self.verify = verify
+        self.error_store = error_store
+        self.max_buckets = max_buckets
+
+    def __repr__(self) -> str:
+        return f"PurgeJob({self.key}, verify={self.verify!r})"
+
+    def window(self) -> Window:
+        """``[purged, archived)``: what a run may delete now (empty if nothing)."""
+        archived = self.store.get(self.archived_key)
+        purged = self.store.get(self.key)
+        start = purged.position if purged is not None else self.initial
+        end = archived.position if archived is not None else start
+        return Window(min(start, end), end)
+
+    def run(self, *, dry_run: bool = False) -> PurgeResult:
+        """Delete what may be deleted; ``dry_run`` verifies and counts but deletes nothing."""
+        started = time.monotonic()
+        window = self.window()
+        counts = {"deleted": 0, "gone": 0, "listed": 0, "buckets": 0}
+        if not window.empty:
+            self._purge(window, counts, dry_run=dry_run)
+        return PurgeResult(
+            key=self.key,
+            window=window,
+            deleted=counts["deleted"],
+            already_gone=counts["gone"],
+            kept_listed=counts["listed"],
+            buckets_committed=counts["buckets"],
+            duration=timedelta(seconds=time.monotonic() - started),
+            dry_run=dry_run,
+        )
+
+    def _purge(self, window: Window, counts: dict[str, int], *, dry_run: bool) -> None:
+        listed = self._listed()
+        watermark: Watermark | None = None
+        if not dry_run:
+            watermark = self.store.get(self.key) or self.store.initialize(
+                self.key, window.start, partitions=self.partition.count
+            )
+        rows = self._owned(window)
+        record = next(rows, None)
+        while record is not None:
+            if self.max_buckets is not None and counts["buckets"] >= self.max_buckets:
+                return
+            bucket = self.router.bucket_start(record.created_at)
+            bucket_end = self.router.next_bucket(bucket)
+            failures: list[FileFailure] = []
+            while record is not None and record.created_at < bucket_end:
+                if (record.uid, record.created_at) in listed:
+                    counts["listed"] += 1
+                else:
+                    self._purge_one(record, failures, counts, dry_run=dry_run)
+                record = next(rows, None)
+            if failures:
+                raise PurgeError(tuple(failures), bucket=bucket)
+            counts["buckets"] += 1
+            if watermark is not None:
+                end = window.end if record is None else self.router.bucket_start(record.created_at)
+                watermark = self.store.advance(watermark, end)
+                log.info("purged %s day %s -> %s", self.key, bucket.date(), format_utc(end))
+        if watermark is not None and watermark.position < window.end:
+            self.store.advance(watermark, window.end)
+
+    def _purge_one(
+        self,
+        record: SourceRecord,
+        failures: list[FileFailure],
+        counts: dict[str, int],
+        *,
+        dry_run: bool,
+    ) -> None:
+        reason = self._unsafe(record)
+        if reason == "gone":
+            counts["gone"] += 1
+            return
+        if reason is not None:
+            failures.append(
+                FileFailure(
+                    record.uid, record.created_at, record.location, "purge", "PurgeError", reason
+                )
+            )
+            return
+        if not dry_run:
+            self.reader.delete(record.location)
+        counts["deleted"] += 1
+
+    def _unsafe(self, record: SourceRecord) -> str | None:
+        """Why ``record``'s file must not be deleted, ``"gone"``, or ``None`` (delete it)."""
+        try:
+            entry = self.archive.stat(record.uid, record.created_at)
+        except NotArchivedError:
+            return "not in the archive"
+        if entry.sha256 is None:
+            return f"its entry in {entry.shard} has no checksum to verify"
+        if self.verify == "index":
+            return None
+        try:
+            archived = self.archive.get(record.uid, record.created_at)
+        except (NotArchivedError, CorruptShardError) as exc:
+            return f"the archived copy does not verify: {exc.message}"
+        try:
+            current = self.reader.read(record.location)
+        except FileMissingError:
+            return "gone"
+        except FileReadError as exc:
+            return f"cannot read the source file to compare: {exc.message}"
+        if current != archived:
+            return "the source file differs from its archived copy (changed after archiving?)"
+        return None
+
+    def _listed(self) -> set[tuple[str, datetime]]:
+        if self.error_store is None:
+            return set()
+        return {
+            (entry.failure.uid, entry.failure.created_at)
+            for entry in self.error_store.list(self.archived_key)
+        }
+
+    def _owned(self, window: Window) -> Iterator[SourceRecord]:
+        for record in self.source.iter_records(window):
+            if self.partition.count == 1 or self.partition.owns(
+                self.router.shard_index(record.uid)
+            ):
+                yield record

@@ -1,0 +1,640 @@
+"""File readers: the bytes behind a ``file_location``.
+
+:class:`FileReaderBase` turns a ``read()`` into a bounded, ordered, concurrent
+``read_many()``, so an in-house blob store needs only ``read`` and ``delete``.
+:class:`FsspecFileReader` reads local paths with plain ``open()`` and every other
+location through fsspec (``s3://``, ``memory://``, ...), retrying only transient errors.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+
+import fsspec
+
+from deswm._redact import redact
+from deswm.errors import ConfigError, FileMissingError, FileReadError
+from deswm.model import SourceRecord
+from deswm.protocols import ReadResult
+
+__all__ = ["FileReaderBase", "FsspecFileReader"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+# errno values that say "try again": busy/throttled (s3fs maps SlowDown and 503 to EBUSY),
+# remote I/O (s3fs maps 500 to EREMOTEIO), timeouts and dropped connections, stale NFS.
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EPIPE,
+        errno.EREMOTEIO,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+    }
+)
+# Exception class names of HTTP stacks (botocore, aiohttp, urllib3) that are transient.
+_TRANSIENT_NAMES = re.compile(
+    r"Timeout|ConnectionError|ConnectionClosed|ServerDisconnected|ClientPayloadError"
+    r"|IncompleteRead|ProtocolError|ResponseStreamingError"
+)
+_SECRET_KEYS = re.compile(r"secret|password|token|key|credential|signature|sas", re.IGNORECASE)
+
+
+class FileReaderBase(abc.ABC):
+    """A :class:`~deswm.protocols.FileReader` built on two primitives: ``read`` and ``delete``.
+
+    ``read_many`` reads with a pool of ``max_workers`` threads, keeps at most
+    ``read_ahead`` results in flight (default ``2 * max_workers``, so memory stays bounded
+    by that many files), and yields results in input order. A
+    :class:`~deswm.errors.FileReadError` is yielded as a value; any other exception is a
+    bug or a systematic failure and is raised. Closing the iterator early cancels what
+    was queued and does not wait for reads in progress.
+
+    Slow reads (object stores, cold disks) go one per task, so all ``max_workers``
+    threads wait on I/O at once; faster ones go in batches of up to ``read_ahead // 2``
+    files, about a millisecond of reading each. Reads that take only microseconds (a
+    local file in the page cache) are done in the consuming thread itself, in order,
+    until they slow down again: a hand-off to a thread would cost more than the read.
+
+    Args:
+        max_workers: reader threads (I/O bound: more than the CPU count is fine).
+        read_ahead: results in flight at most; at least ``1``.
+    """
+
+    def __init__(self, *, max_workers: int = 8, read_ahead: int | None = None) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigError(
+                f"must be a positive integer, got {max_workers!r}", key="reader.max_workers"
+            )
+        if read_ahead is None:
+            read_ahead = 2 * max_workers
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 1:
+            raise ConfigError(
+                f"must be a positive integer, got {read_ahead!r}", key="reader.read_ahead"
+            )
+        self.max_workers = max_workers
+        self.read_ahead = read_ahead
+
+    @abc.abstractmethod
+    def read(self, location: str) -> bytes:
+        """All bytes at ``location``; ``b""`` for a zero-byte file.
+
+        Raise :class:`~deswm.errors.FileMissingError` when it does not exist and
+        :class:`~deswm.errors.FileReadError` for any other failure to read it.
+        """
+
+    @abc.abstractmethod
+    def delete(self, location: str) -> None:
+        """Delete the file at ``location``; a missing file is not an error."""
+
+    def read_many(self, records: Iterable[SourceRecord]) -> Generator[ReadResult, None, None]:
+        """Read every record's file concurrently, yielding ``(record, bytes | error)`` in order.
+
+        Returns a generator: ``close()`` it to stop early (the pool is shut down).
+        """
+        return self._read_many(iter(records))
+
+    def _read_many(self, records: Iterator[SourceRecord]) -> Generator[ReadResult, None, None]:
+        pool = ThreadPoolExecutor(
+            max_workers=self.max_workers, thread_name_prefix=f"deswm-{type(self).__name__}"
+        )
+        pending: deque[tuple[list[SourceRecord], Future[list[bytes | BaseException]]]] = deque()
+        held = 0  # files submitted and not yet yielded (the batch being yielded included)
+        pace = _Pace(max(1, self.read_ahead // 2))
+        batch: list[SourceRecord] = []
+        finished = False
+        read = self.read
+        clock = time.perf_counter
+        try:
+            for record in records:
+                if pace.inline:
+                    # Reads are fast (a warm page cache): read here, in order, after
+                    # whatever is still queued; a hand-off would cost more than the read.
+                    if pending or batch:
+                        while pending:
+                            yield from _outcomes(*pending.popleft())
+                        held = 0
+                        for queued in batch:
+                            yield self._read_inline(queued, pace)
+                        batch = []
+                    started = clock()
+                    try:
+                        data: bytes | FileReadError = read(record.location)
+                    except FileReadError as exc:
+                        data = exc
+                    pace.observe_inline(clock() - started)
+                    yield record, data
+                    continue
+                batch.append(record)
+                if len(batch) < pace.batch_size():
+                    continue
+                while pending and held + len(batch) > self.read_ahead:
+                    done, future = pending.popleft()
+                    yield from _outcomes(done, future)
+                    held -= len(done)
+                pending.append((batch, pool.submit(self._read_batch, batch, pace)))
+                held += len(batch)
+                batch = []
+            if batch:
+                pending.append((batch, pool.submit(self._read_batch, batch, pace)))
+            while pending:
+                yield from _outcomes(*pending.popleft())
+            finished = True
+        finally:
+            # Abandoned (closed early, or an error): cancel what has not started and do
+            # not wait for reads in progress; their results are discarded.
+            pool.shutdown(wait=finished, cancel_futures=True)
+
+    def _read_inline(self, record: SourceRecord, pace: _Pace) -> ReadResult:
+        started = time.perf_counter()
+        try:
+            data = self.read(record.location)
+        except FileReadError as exc:
+            return record, exc
+        finally:
+            pace.observe_inline(time.perf_counter() - started)
+        return record, data
+
+    def _read_batch(self, batch: list[SourceRecord], pace: _Pace) -> list[bytes | BaseException]:
+        """Read a batch in order; stop at the first error that is not a ``FileReadError``."""
+        out: list[bytes | BaseException] = []
+        clock = time.perf_counter
+        started = clock()
+        for record in batch:
+            try:
+                out.append(self.read(record.location))
+            except FileReadError as exc:
+                out.append(exc)
+            except BaseException as exc:
+                out.append(exc)  # raised when its record's turn comes
+                break
+        pace.observe(clock() - started, len(out))
+        return out
+
+
+class _Pace:
+    """How files are read: in the consumer's thread, or in batches on the pool.
+
+    Reads start on the pool, in batches of about ``_BATCH_SECONDS`` of reading (at most
+    ``limit`` files; one file per task while reads are slow). Once the median time per
+    read of a window of ``_WINDOW`` reads is under ``_INLINE_SECONDS`` (a local file in
+    the page cache takes a few microseconds), reads move to the consumer's thread, where
+    a hand-off cannot cost more than the read; a window whose median is over twice that
+    moves them back to the pool. Medians, not means: a read that waited for the GIL
+    must not look like slow storage. The reader threads update the estimates without a
+    lock (a lost update only makes one estimate slightly stale).
+    """
+
+    _BATCH_SECONDS: Final = 0.001
+    _INLINE_SECONDS: Final = 0.00005
+    _WINDOW: Final = 32
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 1
+        self._samples: list[float] = []
+        self.inline = False
+
+    def batch_size(self) -> int:
+        return self._size
+
+    def observe(self, seconds: float, reads: int) -> None:
+        """A batch of ``reads`` on the pool took ``seconds``."""
+        if reads <= 0:
+            return
+        per_read = seconds / reads
+        self._size = (
+            self._limit
+            if per_read <= 0
+            else max(1, min(self._limit, int(self._BATCH_SECONDS / per_read)))
+        )
+        median = self._window([per_read] * min(reads, self._WINDOW))
+        if median is not None and median < self._INLINE_SECONDS:
+            self.inline = True
+
+    def observe_inline(self, seconds: float) -> None:
+        """One read in the consumer's thread took ``seconds``."""
+        window = self._samples
+        window.append(seconds)
+        if len(window) >= self._WINDOW:
+            self._samples = []
+            if sorted(window)[len(window) // 2] > 2 * self._INLINE_SECONDS:
+                self.inline = False
+
+    def _window(self, samples: list[float]) -> float | None:
+        """Add samples; when a window is full, return its median and start a new one."""
+        window = self._samples
+        window.extend(samples)
+        if len(window) < self._WINDOW:
+            return None
+        self._samples = []
+        return sorted(window)[len(window) // 2]
+
+
+def _outcomes(
+    batch: list[SourceRecord], future: Future[list[bytes | BaseException]]
+) -> Iterator[ReadResult]:
+    for record, outcome in zip(batch, future.result(), strict=False):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, FileReadError):
+            raise outcome
+        yield record, outcome
+
+
+class FsspecFileReader(FileReaderBase):
+    """Reads local files and any fsspec URL; the reference :class:`FileReader`.
+
+    Locations:
+
+    * an absolute local path or a ``file://`` URL is read with ``open()`` (no fsspec);
+    * a relative path is joined to ``root`` (a local folder or any URL);
+    * any other URL (``s3://``, ``memory://``, ``gs://``, ...) goes through one cached
+      fsspec filesystem per protocol.
+
+    Args:
+        root: where relative locations live; without it a relative location fails.
+        storage_options: options for the fsspec filesystems: a dict keyed by protocol
+            (``{"s3": {...}, "gs": {...}}``), or one flat dict used for the protocol of
+            ``root`` (when ``root`` is a URL) or else for every non-local protocol.
+        max_workers, read_ahead: concurrency of :meth:`read_many`.
+        retries: extra attempts after a transient failure (connection reset, timeout,
+            HTTP 5xx, throttling). Missing files, 403 and permission errors fail at once.
+        retry_backoff: the first delay in seconds; it doubles with every retry (with
+            jitter, so throttled readers do not retry in lockstep).
+
+    Credentials in ``storage_options`` never appear in reprs, logs or error messages;
+    userinfo and signed query parameters are masked in the locations errors show.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        max_workers: int = 8,
+        read_ahead: int | None = None,
+        retries: int = 3,
+        retry_backoff: float = 0.2,
+    ) -> None:
+        super().__init__(max_workers=max_workers, read_ahead=read_ahead)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigError(
+                f"must be a non-negative integer, got {retries!r}", key="reader.retries"
+            )
+        if not isinstance(retry_backoff, int | float) or retry_backoff < 0:
+            raise ConfigError(
+                f"must be a non-negative number of seconds, got {retry_backoff!r}",
+                key="reader.retry_backoff",
+            )
+        self.retries = retries
+        self.retry_backoff = float(retry_backoff)
+        self.root = None if root is None else _normalise_root(os.fspath(root))
+        self._local_prefix = (
+            None
+            if self.root is None or _URL.match(self.root)
+            else self.root
+            if self.root.endswith("/")
+            else self.root + "/"
+        )
+        self._options = _split_options(storage_options, self.root)
+        self._secrets = _secret_values(storage_options or {})
+        self._filesystems: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        protocols = sorted(self._options.per_protocol)
+        return (
+            f"{type(self).__name__}(root={self._show(self.root) if self.root else None!r}, "
+            f"storage_options_for={protocols}, max_workers={self.max_workers}, "
+            f"retries={self.retries})"
+        )
+
+    # --- FileReader ---------------------------------------------------------------------
+
+    def read(self, location: str) -> bytes:
+        """All bytes at ``location``, retrying transient failures."""
+        protocol, path = self._resolve(location)
+        if protocol is None:
+            return self._with_retries("read", location, lambda: _read_local(path))
+        fs = self._filesystem(protocol, location)
+        return self._with_retries("read", location, lambda: _read_remote(fs, path))
+
+    def delete(self, location: str) -> None:
+        """Delete the file at ``location``; a missing file is not an error.
+
+        A local directory is refused (:class:`~deswm.errors.FileReadError`); object
+        stores have no directories, so there a "folder" is simply not a file to delete.
+        """
+        protocol, path = self._resolve(location)
+        if protocol is None:
+            self._with_retries("delete", location, lambda: _delete_local(path))
+        else:
+            fs = self._filesystem(protocol, location)
+            self._with_retries("delete", location, lambda: _delete_remote(fs, path))
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _resolve(self, location: str) -> tuple[str | None, str]:
+        """``(None, local path)`` or ``(protocol, URL)`` for ``location``."""
+        if type(location) is str and location and "://" not in location and os.sep == "/":
+            # The common case, without regular expressions: a local path, absolute or
+            # relative to a local root (exactly what the general rules below give).
+            if location[0] == "/":
+                return None, location
+            if self._local_prefix is not None:
+                return None, self._local_prefix + location
+        if not isinstance(location, str) or not location:
+            raise FileReadError(
+                "is not a file location (empty or not a string)", location=repr(location)
+            )
+        if not _URL.match(location) and not os.path.isabs(location):
+            if self.root is None:
+                raise FileReadError(
+                    "is a relative location and the reader has no root",
+                    location=self._show(location),
+                    hint="Pass FsspecFileReader(root=...) (a folder or URL) or store "
+                    "absolute locations",
+                )
+            location = _join(self.root, location)
+        match = _URL.match(location)
+        if match is None:
+            return None, location
+        protocol = match.group(0)[:-3].lower()
+        if protocol in _LOCAL_PROTOCOLS:
+            return None, _local_path(location)
+        return protocol, location
+
+    def _filesystem(self, protocol: str, location: str) -> Any:
+        with self._lock:
+            fs = self._filesystems.get(protocol)
+            if fs is None:
+                try:
+                    fs = fsspec.filesystem(protocol, **self._options.for_protocol(protocol))
+                except ImportError as exc:
+                    raise ConfigError(
+                        f"the fsspec backend for {protocol}:// is not installed "
+                        f"({type(exc).__name__}: {self._scrub(str(exc))})",
+                        key="reader",
+                        hint="Install it, e.g. pip install 'deswm[s3]' for s3://",
+                    ) from exc
+                except ValueError as exc:
+                    raise FileReadError(
+                        f"no fsspec filesystem knows the protocol {protocol!r}",
+                        location=self._show(location),
+                    ) from exc
+                self._filesystems[protocol] = fs
+            return fs
+
+    def _with_retries(self, action: str, location: str, attempt: Callable[[], _T]) -> _T:
+        for tries in range(self.retries + 1):
+            try:
+                return attempt()
+            except _Directory as exc:
+                raise FileReadError(
+                    "is a directory, not a file",
+                    location=self._show(location),
+                    hint="file_location must name a file",
+                ) from exc.__cause__
+            except FileNotFoundError as exc:
+                raise FileMissingError(self._show(location)) from exc
+            except PermissionError as exc:
+                raise FileReadError(
+                    f"permission denied ({action})",
+                    location=self._show(location),
+                    hint="Grant the archiving process read access (and delete access for "
+                    "the purge stage), or check the storage credentials",
+                ) from exc
+            except Exception as exc:
+                if tries < self.retries and is_transient(exc):
+                    delay = self.retry_backoff * 2**tries * (0.5 + random.random() / 2)
+                    log.warning(
+                        "%s %s failed (%s), retry %d of %d in %.2fs",
+                        action,
+                        self._show(location),
+                        self._describe(exc),
+                        tries + 1,
+                        self.retries,
+                        delay,
+                    )
+                    time.sleep(delay)
+                    continue
+                attempts = f" after {tries + 1} attempts" if tries else ""
+                raise FileReadError(
+                    f"could not {action}{attempts}: {self._describe(exc)}",
+                    location=self._show(location),
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _describe(self, exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {self._scrub(str(exc))}"
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return redact(text)
+
+    def _show(self, location: str) -> str:
+        return self._scrub(location)
+
+
+class _Directory(Exception):
+    """Internal: the location is a directory (raised from the read primitives)."""
+
+
+def _read_local(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data: bytes = handle.read()
+            return data
+    except IsADirectoryError as exc:
+        raise _Directory from exc
+    except NotADirectoryError as exc:  # a parent is a file: nothing exists there
+        raise FileNotFoundError(errno.ENOENT, "no such file", path) from exc
+
+
+def _read_remote(fs: Any, path: str) -> bytes:
+    try:
+        data = fs.cat_file(path)
+    except IsADirectoryError as exc:
+        raise _Directory from exc
+    except FileNotFoundError:
+        # Object stores report a "folder" as missing; say what it is instead.
+        if _is_dir(fs, path):
+            raise _Directory from None
+        raise
+    return bytes(data)
+
+
+def _is_dir(fs: Any, path: str) -> bool:
+    """Whether ``path`` is a directory; a failing probe only costs the better message."""
+    try:
+        return bool(fs.isdir(path))
+    except Exception as exc:
+        log.debug("isdir probe of a missing location failed: %s", type(exc).__name__)
+        return False
+
+
+def _delete_local(path: str) -> None:
+    try:
+        os.remove(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except IsADirectoryError as exc:
+        raise _Directory from exc
+    except PermissionError:
+        if os.path.isdir(path):  # macOS and some filesystems say EPERM for a directory
+            raise _Directory from None
+        raise
+
+
+def _delete_remote(fs: Any, path: str) -> None:
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        return
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying might help: connection trouble, timeouts, HTTP 5xx, throttling.
+
+    Looks through the exception and its causes (s3fs chains the botocore error). Missing
+    files, permission errors and HTTP 4xx other than 429 are never transient.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, FileNotFoundError | PermissionError | IsADirectoryError):
+            return False
+        verdict = _transient_verdict(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _transient_verdict(exc: BaseException) -> bool | None:
+    if _error_code(exc) in _TRANSIENT_CODES:
+        return True
+    status = _http_status(exc)
+    if status is not None:
+        return status >= 500 or status == 429
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    if any(_TRANSIENT_NAMES.search(cls.__name__) for cls in type(exc).__mro__):
+        return True
+    return None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    status = getattr(exc, "status", None)  # aiohttp ClientResponseError
+    return status if isinstance(status, int) and 100 <= status <= 599 else None
+
+
+def _error_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        code = response.get("Error", {}).get("Code")
+        return code if isinstance(code, str) else None
+    return None
+
+
+class _Options:
+    """Storage options per protocol."""
+
+    def __init__(self, per_protocol: dict[str, dict[str, Any]], default: dict[str, Any]) -> None:
+        self.per_protocol = per_protocol
+        self.default = default
+
+    def for_protocol(self, protocol: str) -> dict[str, Any]:
+        return dict(self.per_protocol.get(protocol, self.default))
+
+
+def _split_options(options: Mapping[str, Any] | None, root: str | None) -> _Options:
+    if options is None:
+        return _Options({}, {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(
+            f"must be a mapping, got {type(options).__name__}", key="reader.storage_options"
+        )
+    known = set(fsspec.available_protocols()) | set(fsspec.registry)
+    if options and all(k in known and isinstance(v, Mapping) for k, v in options.items()):
+        return _Options({k: dict(v) for k, v in options.items()}, {})
+    root_match = _URL.match(root) if root else None
+    if root_match is not None:
+        return _Options({root_match.group(0)[:-3].lower(): dict(options)}, {})
+    return _Options({}, dict(options))
+
+
+def _secret_values(options: Mapping[str, Any]) -> list[str]:
+    """String values under secret-looking keys, longest first, to mask in messages."""
+    found: set[str] = set()
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                walk(inner, secret or bool(_SECRET_KEYS.search(str(key))))
+        elif isinstance(value, list | tuple):
+            for inner in value:
+                walk(inner, secret)
+        elif secret and isinstance(value, str) and len(value) >= 4:
+            found.add(value)
+
+    walk(options, False)
+    return sorted(found, key=len, reverse=True)
+
+
+def _normalise_root(root: str) -> str:
+    if _URL.match(root):
+        protocol = root.split("://", 1)[0].lower()
+        return _local_path(root) if protocol in _LOCAL_PROTOCOLS else root
+    return os.path.abspath(root)
+
+
+def _local_path(url: str) -> str:
+    path = url.split("://", 1)[1]
+    if path.startswith("localhost/"):
+        path = path[len("localhost") :]
+    return path
+
+
+def _join(root: str, relative: str) -> str:
+    if _URL.match(root):
+        return f"{root.rstrip('/')}/{relative.lstrip('/')}"
+    return os.path.join(root, relative)

@@ -1,0 +1,248 @@
+"""The error table of ``on_error="record"``, in any SQLAlchemy database.
+
+One row per failed file and watermark key: where the file is, the stage that failed, the
+error's class and message, how many attempts failed and when the first and the last did.
+The orchestrator writes failures here *before* it moves the watermark past their bucket,
+so a file is always either archived or listed here (G1); ``retry_errors()`` removes rows
+as their files get archived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from deswm._engines import engine_from
+from deswm._redact import redact
+from deswm._sqlschema import create_tables, key_string
+from deswm.errors import ConfigError, DeswmError
+from deswm.model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
+from deswm.sqltypes import UtcDateTime
+from deswm.timeutil import require_utc
+
+__all__ = ["DEFAULT_ERROR_TABLE", "SqlErrorStore"]
+
+DEFAULT_ERROR_TABLE: Final = "deswm_errors"
+_MESSAGE_MAX: Final = 4000
+
+
+def _error_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("pipeline", key_string(255), primary_key=True),
+        sa.Column("stage", key_string(64), primary_key=True),
+        sa.Column("partition_index", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("created_at", UtcDateTime(), primary_key=True),
+        sa.Column("uid_key", sa.String(64), primary_key=True),
+        sa.Column("uid", sa.Text, nullable=False),
+        sa.Column("location", sa.Text, nullable=False),
+        sa.Column("failure_stage", sa.String(32), nullable=False),
+        sa.Column("error_type", sa.String(200), nullable=False),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("first_failure", UtcDateTime(), nullable=False),
+        sa.Column("last_failure", UtcDateTime(), nullable=False),
+        schema=schema,
+    )
+
+
+def _uid_key(uid: str) -> str:
+    """The sha256 of the uid: a fixed-width key for uids of any length on every database."""
+    return hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SqlErrorStore:
+    """:class:`~deswm.protocols.ErrorStore` in a table (default ``deswm_errors``).
+
+    Args:
+        engine_or_url: the database; usually the watermark's.
+        table: the table name (created on first use).
+        schema: its schema.
+    """
+
+    def __init__(
+        self,
+        engine_or_url: sa.Engine | sa.URL | str,
+        *,
+        table: str = DEFAULT_ERROR_TABLE,
+        schema: str | None = None,
+    ) -> None:
+        if not isinstance(table, str) or not table.strip():
+            raise ConfigError(
+                f"must be a non-empty table name, got {table!r}", key="run.error_table"
+            )
+        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
+        self._metadata = sa.MetaData()
+        self._table = _error_table(self._metadata, table, schema)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqlErrorStore({self._table.fullname!r}, url={self.url!r})"
+
+    @property
+    def url(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
+
+    @property
+    def table(self) -> sa.Table:
+        return self._table
+
+    def close(self) -> None:
+        """Dispose of the engine if this store created it."""
+        if self._owns_engine:
+            self._engine.dispose()
+
+    # --- the protocol -------------------------------------------------------------------
+
+    def record(self, key: WatermarkKey, failures: Sequence[FileFailure]) -> None:
+        if not failures:
+            return
+        self._ensure_table()
+        now = datetime.now(UTC)
+        table = self._table
+        with (
+            self._db_errors(f"record {len(failures)} failure(s) of {key}"),
+            self._engine.begin() as conn,
+        ):
+            for failure in failures:
+                created_at = require_utc(failure.created_at, "failure.created_at")
+                where = self._row_clause(key, failure.uid, created_at)
+                values = {
+                    "uid": failure.uid,
+                    "location": failure.location,
+                    "failure_stage": failure.stage[:32],
+                    "error_type": failure.error_type[:200],
+                    "message": redact(failure.message)[:_MESSAGE_MAX],
+                    "last_failure": now,
+                }
+                updated = conn.execute(
+                    sa.update(table).where(where).values(attempts=table.c.attempts + 1, **values)
+                )
+                if updated.rowcount == 0:
+                    conn.execute(
+                        sa.insert(table).values(
+                            pipeline=key.pipeline,
+                            stage=key.stage,
+                            partition_index=key.partition,
+                            created_at=created_at,
+                            uid_key=_uid_key(failure.uid),
+                            attempts=1,
+                            first_failure=now,
+                            **values,
+                        )
+                    )
+
+    def list(
+        self, key: WatermarkKey | None = None, *, limit: int | None = None
+    ) -> list[RecordedFailure]:
+        if limit is not None and limit < 0:
+            raise ConfigError(f"must be zero or positive, got {limit}", key="limit")
+        self._ensure_table()
+        table = self._table
+        query = sa.select(table).order_by(
+            table.c.pipeline,
+            table.c.stage,
+            table.c.partition_index,
+            table.c.created_at,
+            table.c.uid,
+        )
+        if key is not None:
+            query = query.where(self._key_clause(key))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._db_errors("list recorded failures"), self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_to_recorded(row) for row in rows]
+
+    def resolve(self, key: WatermarkKey, records: Sequence[SourceRecord]) -> int:
+        if not records:
+            return 0
+        self._ensure_table()
+        removed = 0
+        with self._db_errors(f"resolve failures of {key}"), self._engine.begin() as conn:
+            for record in records:
+                created_at = require_utc(record.created_at, "record.created_at")
+                result = conn.execute(
+                    sa.delete(self._table).where(self._row_clause(key, record.uid, created_at))
+                )
+                removed += result.rowcount
+        return removed
+
+    def count(self, key: WatermarkKey | None = None) -> int:
+        """How many failures are recorded (for one key, or in all)."""
+        self._ensure_table()
+        query = sa.select(sa.func.count()).select_from(self._table)
+        if key is not None:
+            query = query.where(self._key_clause(key))
+        with self._db_errors("count recorded failures"), self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _key_clause(self, key: WatermarkKey) -> sa.ColumnElement[bool]:
+        table = self._table
+        return sa.and_(
+            table.c.pipeline == key.pipeline,
+            table.c.stage == key.stage,
+            table.c.partition_index == key.partition,
+        )
+
+    def _row_clause(
+        self, key: WatermarkKey, uid: str, created_at: datetime
+    ) -> sa.ColumnElement[bool]:
+        table = self._table
+        return sa.and_(
+            self._key_clause(key),
+            table.c.created_at == created_at,
+            table.c.uid_key == _uid_key(uid),
+        )
+
+    def _ensure_table(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if not self._ready:
+                with self._db_errors("create the error table"):
+                    create_tables(self._engine, self._metadata, (self._table,))
+                self._ready = True
+
+    @contextlib.contextmanager
+    def _db_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as exc:
+            orig: Any = getattr(exc, "orig", None) or exc
+            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            raise DeswmError(
+                f"could not {action} in table {self._table.fullname!r} at {self.url}: "
+                f"{type(orig).__name__}: {redact(first)}",
+                hint="Check that the database is reachable and that this account may create, "
+                "read and write the error table; the cause is chained",
+            ) from exc
+
+
+def _to_recorded(row: sa.RowMapping) -> RecordedFailure:
+    key = WatermarkKey(row["pipeline"], row["stage"], int(row["partition_index"]))
+    failure = FileFailure(
+        uid=row["uid"],
+        created_at=row["created_at"],
+        location=row["location"],
+        stage=row["failure_stage"],
+        error_type=row["error_type"],
+        message=row["message"],
+    )
+    return RecordedFailure(
+        key=key,
+        failure=failure,
+        attempts=int(row["attempts"]),
+        first_failure=row["first_failure"],
+        last_failure=row["last_failure"],
+    )

@@ -1,0 +1,1006 @@
+"""The watermark store as JSON objects: a local folder, S3, or the fsspec memory filesystem.
+
+No database needed: each watermark is one small JSON object, each manual change one more.
+Layout under the store's URL (every pipeline and stage name is one path segment, with
+``/``, ``%``, a leading ``.`` and any character outside ``A-Z a-z 0-9 _ - .`` written as
+``%XX`` UTF-8 escapes, so no name can climb out of its folder or hide itself)::
+
+    watermarks/{pipeline}/{stage}/{partition}.json     the current watermark
+    history/{changed_at}-{key digest}-{version}.json   one object per manual set()
+
+``changed_at`` is ``YYYYMMDDTHHMMSSffffffZ`` (names sort by time) and the key digest the
+first 16 hex digits of the sha256 of ``pipeline NUL stage NUL partition``, so a listing
+alone finds the history of one watermark. Every object names its full key inside, and a
+read checks it: on a case-insensitive folder ``Orders`` and ``orders`` would share a file,
+and that raises :class:`~deswm.errors.WatermarkError` instead of mixing two watermarks.
+
+**Compare-and-set.** Every object carries its ``version``; a write replaces the object
+only if it is still the one read:
+
+* S3: ``PutObject`` with ``IfMatch=<ETag read>`` (``IfNoneMatch="*"`` to create), sent
+  through the s3fs client. A failed precondition (HTTP 412) is a conflict; S3's 409
+  (another conditional write in flight) is retried; any other error is an error, never a
+  conflict. Each object holds a random ``write_id``, so when a write's answer is lost and
+  s3fs retries it into a 412, re-reading the object tells "we won" from "they won".
+* Local folder: the object is replaced with a temp file, fsync and ``os.replace`` (readers
+  see the old or the new object, never a part) while an exclusive ``flock`` on a lock file
+  beside it (``.{partition}.json.lock``, never deleted: deleting it would let two
+  processes lock two different files) is held across read-compare-write. ``flock`` locks
+  belong to an open file, so they exclude threads as well as processes, and the kernel
+  drops them when a process dies: a crash leaves no stale lock. Creation links a complete
+  temp file into place with ``os.link``, which fails if the name exists.
+* Memory filesystem: it exists only inside one process, so one process-wide lock.
+
+The store remembers the token (on S3 the ETag) of the version it last read or wrote, so a
+runner's ``advance`` is one conditional PUT on S3, with no GET first, while nobody else
+writes; if somebody did, the condition fails and it is a conflict as before.
+
+**History.** ``set()`` first replaces the watermark (the compare-and-set), then creates
+its history object. The watermark object keeps the change it made until the next write,
+which first creates that history object if it is missing, so a crash between the two
+writes delays the record, never loses it. ``history(key)`` orders by version (exact);
+``history()`` of all keys orders by the writers' clocks (``changed_at``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
+
+import fsspec
+import fsspec.asyn
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from deswm._checkpoints import reach
+from deswm._engines import default_actor
+from deswm._redact import redact
+from deswm.errors import ConfigError, DeswmError, WatermarkConflict, WatermarkError
+from deswm.model import Watermark, WatermarkChange, WatermarkKey
+from deswm.timeutil import format_utc, require_utc
+
+__all__ = ["ObjectStoreWatermarkStore"]
+
+FORMAT: Final = "deswm.watermark/1"
+CHANGE_FORMAT: Final = "deswm.watermark-change/1"
+WATERMARKS: Final = "watermarks"
+HISTORY: Final = "history"
+
+_SEGMENT_MAX: Final = 200
+_ACTOR_MAX: Final = 255
+_SET_ATTEMPTS: Final = 10
+_CONFLICT_RETRIES: Final = 5
+_LOCK_TIMEOUT: Final = 60.0
+_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+_HISTORY_NAME: Final = re.compile(
+    r"^(?P<stamp>\d{8}T\d{12}Z)-(?P<digest>[0-9a-f]{16})-(?P<version>\d+)\.json$"
+)
+_SECRET_KEYS: Final = re.compile(
+    r"secret|password|token|key|credential|signature|sas", re.IGNORECASE
+)
+_MEMORY_LOCK: Final = threading.Lock()
+"""The memory filesystem is one dict per process: one lock orders every write to it."""
+
+
+def _segment(text: str) -> str:
+    """``text`` as one safe path segment (see the module docs)."""
+    out: list[str] = []
+    for index, char in enumerate(text):
+        if char in _SAFE and not (index == 0 and char == "."):
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def _digest(key: WatermarkKey) -> str:
+    text = f"{key.pipeline}\0{key.stage}\0{key.partition}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _content_token(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _instant(value: object, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is {value!r}, not a timestamp")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"{what} {value!r} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def _optional_instant(value: object, what: str) -> datetime | None:
+    return None if value is None else _instant(value, what)
+
+
+def _write_id(data: bytes) -> object:
+    """The ``write_id`` of an object's bytes, or ``None`` when they hold none."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc.get("write_id") if isinstance(doc, dict) else None
+
+
+def _encode(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+# --- backends ---------------------------------------------------------------------------
+
+
+class _Backend(Protocol):
+    """Objects by name (``/``-separated, relative to the store's root).
+
+    ``read`` gives the bytes and a token naming that exact content, or ``None`` when
+    the object does not exist. ``create`` and ``replace`` return the new object's token,
+    or ``None`` when the object already exists (create) or is no longer the one
+    ``token`` names or is gone (replace). Any other failure raises.
+    """
+
+    def read(self, name: str) -> tuple[bytes, str] | None: ...
+
+    def create(self, name: str, data: bytes) -> str | None: ...
+
+    def replace(self, name: str, data: bytes, token: str) -> str | None: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
+
+def _fsync_dir(folder: str) -> None:
+    if os.name != "posix":  # pragma: no cover - directories cannot be opened elsewhere
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalBackend:
+    """A local (or NFS) folder: POSIX calls, ``flock`` for compare-and-set."""
+
+    def __init__(self, root: str) -> None:
+        try:
+            import fcntl
+        except ImportError as exc:  # pragma: no cover - Windows
+            raise ConfigError(
+                "a local watermark folder needs POSIX file locks (fcntl), which this "
+                "platform lacks",
+                key="watermark.url",
+                hint="Use an s3:// URL or SqlWatermarkStore",
+            ) from exc
+        self._fcntl = fcntl
+        self.root = root
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, *name.split("/"))
+
+    def read(self, name: str) -> tuple[bytes, str] | None:
+        try:
+            with open(self._path(name), "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        return data, _content_token(data)
+
+    def _write_temp(self, path: str, data: bytes) -> str:
+        folder, base = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        temp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        return temp
+
+    def create(self, name: str, data: bytes) -> str | None:
+        path = self._path(name)
+        temp = self._write_temp(path, data)
+        try:
+            os.link(temp, path)  # atomic, and never replaces an existing object
+        except FileExistsError:
+            return None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        _fsync_dir(os.path.dirname(path))
+        return _content_token(data)
+
+    def replace(self, name: str, data: bytes, token: str) -> str | None:
+        path = self._path(name)
+        with self._locked(path):
+            current = self.read(name)
+            if current is None or current[1] != token:
+                return None
+            temp = self._write_temp(path, data)
+            try:
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+            _fsync_dir(os.path.dirname(path))
+        return _content_token(data)
+
+    @contextlib.contextmanager
+    def _locked(self, path: str) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on ``.{name}.lock`` beside ``path``."""
+        folder, base = os.path.split(path)
+        lock_path = os.path.join(folder, f".{base}.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            deadline = time.monotonic() + _LOCK_TIMEOUT
+            delay = 0.001
+            while True:
+                try:
+                    self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            errno.ETIMEDOUT,
+                            f"another process held the lock for {_LOCK_TIMEOUT:.0f}s",
+                            lock_path,
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                yield
+            finally:
+                self._fcntl.flock(fd, self._fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def list(self, prefix: str) -> list[str]:
+        start = self._path(prefix.rstrip("/"))
+        names: list[str] = []
+        for folder, dirs, files in os.walk(start):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            relative = os.path.relpath(folder, self.root).replace(os.sep, "/")
+            for file in files:
+                if not file.startswith("."):
+                    names.append(f"{relative}/{file}")
+        return names
+
+
+class _MemoryBackend:
+    """fsspec's memory filesystem: one process, one lock."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def read(self, name: str) -> tuple[bytes, str] | None:
+        with _MEMORY_LOCK:
+            return self._read(name)
+
+    def _read(self, name: str) -> tuple[bytes, str] | None:
+        try:
+            data = bytes(self.fs.cat_file(self._path(name)))
+        except FileNotFoundError:
+            return None
+        return data, _content_token(data)
+
+    def create(self, name: str, data: bytes) -> str | None:
+        with _MEMORY_LOCK:
+            if self._read(name) is not None:
+                return None
+            self.fs.pipe_file(self._path(name), data)
+        return _content_token(data)
+
+    def replace(self, name: str, data: bytes, token: str) -> str | None:
+        with _MEMORY_LOCK:
+            current = self._read(name)
+            if current is None or current[1] != token:
+                return None
+            self.fs.pipe_file(self._path(name), data)
+        return _content_token(data)
+
+    def list(self, prefix: str) -> list[str]:
+        start = self._path(prefix.rstrip("/"))
+        try:
+            found = self.fs.find(start)
+        except FileNotFoundError:
+            return []
+        cut = len(self.root) + 1
+        return [str(path)[cut:] for path in found]
+
+
+def _error_response(exc: BaseException) -> tuple[str, int | None]:
+    """The S3 error code and HTTP status behind an s3fs ``OSError``, if any."""
+    for candidate in (exc, exc.__cause__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return code, status if isinstance(status, int) else None
+    return "", None
+
+
+def _is_precondition_failed(exc: BaseException) -> bool:
+    code, status = _error_response(exc)
+    return code in ("PreconditionFailed", "412") or status == 412
+
+
+def _is_conditional_conflict(exc: BaseException) -> bool:
+    """S3's 409: another conditional write on the key is in flight; retry."""
+    code, status = _error_response(exc)
+    return code == "ConditionalRequestConflict" or status == 409
+
+
+def _is_missing_key(exc: BaseException) -> bool:
+    """A missing object, as opposed to a missing bucket (which is an error)."""
+    if not isinstance(exc, FileNotFoundError):
+        return False
+    code, _ = _error_response(exc)
+    return code != "NoSuchBucket"
+
+
+class _S3Backend:
+    """S3 through s3fs's client, so the conditional headers reach S3 as given."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs = fs
+        bucket, key, _ = fs.split_path(root)
+        self.bucket: str = bucket
+        self.prefix: str = f"{key.strip('/')}/" if key.strip("/") else ""
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    async def _get(self, name: str) -> tuple[bytes, str]:
+        response = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._key(name))
+        body = response["Body"]
+        try:
+            data = await body.read()
+        finally:
+            body.close()
+        return bytes(data), str(response["ETag"])
+
+    def read(self, name: str) -> tuple[bytes, str] | None:
+        try:
+            found: tuple[bytes, str] = fsspec.asyn.sync(self.fs.loop, self._get, name)
+        except FileNotFoundError as exc:
+            if _is_missing_key(exc):
+                return None
+            raise
+        return found
+
+    def _put(self, name: str, data: bytes, **condition: str) -> str:
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            try:
+                response = self.fs.call_s3(
+                    "put_object", Bucket=self.bucket, Key=self._key(name), Body=data, **condition
+                )
+            except OSError as exc:
+                if attempt < _CONFLICT_RETRIES and _is_conditional_conflict(exc):
+                    time.sleep(0.05 * 2**attempt * (0.5 + random.random()))
+                    continue
+                raise
+            return str(response["ETag"])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def create(self, name: str, data: bytes) -> str | None:
+        try:
+            return self._put(name, data, IfNoneMatch="*")
+        except FileExistsError:  # s3fs's translation of a failed If-None-Match
+            return None
+        except OSError as exc:
+            # s3fs only translates a 412 naming its condition; a bare 412 means the same.
+            if _is_precondition_failed(exc):
+                return None
+            raise
+
+    def replace(self, name: str, data: bytes, token: str) -> str | None:
+        try:
+            return self._put(name, data, IfMatch=token)
+        except OSError as exc:
+            # A failed If-Match surfaces as a plain OSError: only a 412 is a conflict.
+            if _is_precondition_failed(exc) or _is_missing_key(exc):
+                return None
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        names: list[str] = []
+        while True:
+            page = self.fs.call_s3("list_objects_v2", **kwargs)
+            names.extend(str(item["Key"])[len(self.prefix) :] for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return names
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def _secret_values(options: Mapping[str, Any]) -> list[str]:
+    """String values under secret-looking keys, longest first, to mask in messages."""
+    found: set[str] = set()
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                walk(inner, secret or bool(_SECRET_KEYS.search(str(key))))
+        elif isinstance(value, list | tuple):
+            for inner in value:
+                walk(inner, secret)
+        elif secret and isinstance(value, str) and len(value) >= 4:
+            found.add(value)
+
+    walk(options, False)
+    return sorted(found, key=len, reverse=True)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+_Stored = tuple[dict[str, Any], str]
+"""A watermark object as read: its JSON document and the token of that exact content."""
+
+
+class ObjectStoreWatermarkStore:
+    """:class:`~deswm.protocols.WatermarkStore` as JSON objects with conditional writes.
+
+    Args:
+        url: a local folder, ``file://``, ``s3://bucket/prefix`` or ``memory://name``.
+            Other filesystems raise :class:`~deswm.errors.ConfigError`: they would need
+            their own conditional write.
+        storage_options: passed to fsspec (credentials, ``client_kwargs``, ...); never
+            shown in reprs, logs or errors.
+        actor: recorded as ``updated_by`` and in the history; default ``user@host``.
+
+    See the module documentation for the layout and the compare-and-set per backend.
+    Filesystem failures raise :class:`~deswm.errors.WatermarkError` naming the object.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        if not isinstance(url, str | os.PathLike) or not os.fspath(url):
+            raise ConfigError(f"must be a folder or URL, got {url!r}", key="watermark.url")
+        self._url = os.fspath(url)
+        if storage_options is not None and not isinstance(storage_options, Mapping):
+            raise ConfigError(
+                f"must be a mapping, got {type(storage_options).__name__}",
+                key="watermark.storage_options",
+            )
+        options = dict(storage_options or {})
+        self._secrets = _secret_values(options)
+        try:
+            fs, root = fsspec.core.url_to_fs(self._url, **options)
+        except (ImportError, ValueError, TypeError, OSError) as exc:
+            raise ConfigError(
+                f"cannot open {redact(self._url)}: {type(exc).__name__}: {self._scrub(str(exc))}",
+                key="watermark.url",
+                hint="Check the URL and storage_options (install s3fs for s3:// URLs)",
+            ) from None
+        root = str(root).rstrip("/") or str(root)
+        self._backend: _Backend
+        if isinstance(fs, LocalFileSystem):
+            self.kind = "local"
+            self._backend = _LocalBackend(root)
+        elif isinstance(fs, MemoryFileSystem):
+            self.kind = "memory"
+            self._backend = _MemoryBackend(fs, root)
+        elif hasattr(fs, "_call_s3") and "s3" in _protocols(fs):
+            self.kind = "s3"
+            self._backend = _S3Backend(fs, root)
+        else:
+            raise ConfigError(
+                f"{redact(self._url)} is on {type(fs).__name__}, which deswm cannot "
+                "compare-and-set on",
+                key="watermark.url",
+                hint="Use a local folder, s3:// or memory://, or SqlWatermarkStore",
+            )
+        if actor is None:
+            actor = default_actor()
+        if not isinstance(actor, str) or not actor or len(actor) > _ACTOR_MAX:
+            raise ConfigError(f"must be a string of 1 to {_ACTOR_MAX} characters", key="actor")
+        self._actor = actor
+        self._cache: dict[str, _Stored] = {}
+        self._cache_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The store's URL with any userinfo or signed parameters masked."""
+        return redact(self._url)
+
+    @property
+    def actor(self) -> str:
+        return self._actor
+
+    def close(self) -> None:
+        """Nothing to release (fsspec owns its connections); for symmetry with SQL stores."""
+
+    def __repr__(self) -> str:
+        return f"ObjectStoreWatermarkStore({self.url!r}, kind={self.kind})"
+
+    # --- WatermarkStore -----------------------------------------------------------
+
+    def get(self, key: WatermarkKey) -> Watermark | None:
+        """The stored watermark, or ``None`` if its object does not exist."""
+        name = self._name(key)
+        stored = self._load(name)
+        return None if stored is None else self._watermark(stored[0], name, key)
+
+    def initialize(
+        self,
+        key: WatermarkKey,
+        position: datetime,
+        *,
+        lag: timedelta | None = None,
+        partitions: int = 1,
+    ) -> Watermark:
+        """Create the object at version 1 unless it exists; return the stored watermark.
+
+        Racing initializations all return the object that was created first (S3
+        ``IfNoneMatch``, a local ``os.link``).
+        """
+        name = self._name(key)
+        position = require_utc(position, "initial watermark position")
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise ConfigError(f"must be an integer >= 1, got {partitions!r}", key="partitions")
+        if lag is not None and not isinstance(lag, timedelta):
+            raise ConfigError(f"must be a timedelta, got {lag!r}", key="lag")
+        existing = self._load(name)
+        if existing is not None:
+            return self._watermark(existing[0], name, key)
+        doc = self._doc(key, position, version=1, lag=lag, partitions=partitions)
+        if self._create(name, doc) is None:
+            winner = self._load(name)
+            if winner is None:
+                raise WatermarkError(
+                    f"{self._where(name)} was reported to exist but cannot be read",
+                    hint="Check the store's permissions and consistency",
+                )
+            return self._watermark(winner[0], name, key)
+        return self._watermark(doc, name, key)
+
+    def advance(self, current: Watermark, position: datetime) -> Watermark:
+        """Replace the object with version + 1 if it still holds ``current.version``.
+
+        One conditional write when this store wrote or read that version last; else a
+        read first. Raises :class:`~deswm.errors.WatermarkConflict` when the version
+        differs or the object is missing, :class:`~deswm.errors.WatermarkError` for a
+        backwards move. An equal position writes nothing.
+        """
+        position = require_utc(position, "new watermark position")
+        if position < current.position:
+            raise WatermarkError(
+                f"watermark {current.key} cannot move backwards from "
+                f"{format_utc(current.position)} to {format_utc(position)} with advance()",
+                hint="To replay on purpose use set() (deswm watermark set), which records "
+                "a reason in the history",
+            )
+        if position == current.position:
+            return current
+        key = current.key
+        name = self._name(key)
+        stored = self._cached(name, current.version) or self._load(name)
+        if stored is None:
+            raise WatermarkConflict(key, current.version, "missing")
+        doc, token = stored
+        held = self._watermark(doc, name, key)
+        if held.version != current.version:
+            raise WatermarkConflict(key, current.version, held.version)
+        self._record_pending_change(doc)
+        now = _now()
+        updated = self._evolve(doc, position, now, change=None)
+        if self._replace(name, updated, token) is None:
+            actual = self._load(name)
+            raise WatermarkConflict(
+                key,
+                current.version,
+                "missing" if actual is None else self._watermark(actual[0], name, key).version,
+            )
+        reach("store.advance.after_commit")
+        return self._watermark(updated, name, key)
+
+    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
+        """Set the position in any direction (creating the object), then record why.
+
+        The compare-and-set is retried when another writer gets in first; the history
+        object follows the watermark write (see the module docs for a crash in between).
+        """
+        name = self._name(key)
+        position = require_utc(position, "watermark position")
+        if not isinstance(reason, str):
+            raise ConfigError(f"must be a string, got {type(reason).__name__}", key="reason")
+        for attempt in range(_SET_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, 0.005 * attempt))  # let the winner finish
+            stored = self._load(name)
+            now = _now()
+            if stored is None:
+                change = self._change(now, None, position, reason)
+                doc = self._doc(key, position, version=1, change=change, now=now)
+                if self._create(name, doc) is None:
+                    continue
+            else:
+                old, token = stored
+                previous = self._watermark(old, name, key)
+                self._record_pending_change(old)
+                change = self._change(now, previous.position, position, reason)
+                doc = self._evolve(old, position, now, change=change)
+                if self._replace(name, doc, token) is None:
+                    continue
+            reach("store.set.in_transaction")
+            written = self._watermark(doc, name, key)
+            try:
+                self._record_change(doc)
+            except WatermarkError as exc:
+                raise WatermarkError(
+                    f"watermark {key} WAS set to {format_utc(position)} (version "
+                    f"{written.version}), but its history record could not be written: "
+                    f"{exc.message}",
+                    hint="The next write of this watermark writes the record; nothing else "
+                    "needs doing",
+                ) from exc
+            return written
+        raise WatermarkError(
+            f"could not set watermark {key} at {self._where(name)}: other writers changed "
+            f"it during each of {_SET_ATTEMPTS} attempts",
+            hint="Stop the runners of this pipeline and partition, then set it again",
+        )
+
+    def list(self, pipeline: str | None = None) -> Sequence[Watermark]:
+        """Every watermark object (or one pipeline's), read and ordered by key."""
+        prefix = f"{WATERMARKS}/"
+        if pipeline is not None:
+            if not isinstance(pipeline, str) or not pipeline:
+                return []
+            prefix += f"{_segment(pipeline)}/"
+        with self._errors("list", prefix):
+            names = self._backend.list(prefix)
+        found: list[Watermark] = []
+        for name in sorted(names):
+            if not name.endswith(".json") or any(p.startswith(".") for p in name.split("/")):
+                continue
+            stored = self._load(name)
+            if stored is None:
+                continue  # never deleted by deswm; someone removed it meanwhile
+            watermark = self._watermark(stored[0], name, None)
+            if pipeline is None or watermark.key.pipeline == pipeline:
+                found.append(watermark)
+        return sorted(found, key=lambda w: w.key)
+
+    def history(
+        self, key: WatermarkKey | None = None, *, limit: int = 100
+    ) -> Sequence[WatermarkChange]:
+        """Manual changes, newest first, at most ``limit`` (one read per change returned)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
+        if limit == 0:
+            return []
+        digest = None if key is None else _digest(self._check_key(key))
+        prefix = f"{HISTORY}/"
+        with self._errors("list", prefix):
+            names = self._backend.list(prefix)
+        entries: list[tuple[tuple[int, str], str]] = []
+        for name in names:
+            match = _HISTORY_NAME.match(name[len(prefix) :])
+            if match is None or (digest is not None and match["digest"] != digest):
+                continue
+            # One watermark: by version, exact. All of them: by the writers' clocks.
+            order = (int(match["version"]), match["stamp"]) if digest else (0, match["stamp"])
+            entries.append((order, name))
+        entries.sort(reverse=True)
+        changes: list[WatermarkChange] = []
+        for _, name in entries:
+            stored = self._load(name)
+            if stored is None:
+                continue
+            change = self._parse_change(stored[0], name)
+            if key is None or change.key == key:
+                changes.append(change)
+                if len(changes) == limit:
+                    break
+        return changes
+
+    # --- internals: names and documents -------------------------------------------
+
+    def _check_key(self, key: WatermarkKey) -> WatermarkKey:
+        if not isinstance(key, WatermarkKey):
+            raise ConfigError(f"expected a WatermarkKey, got {type(key).__name__}", key="key")
+        for what, value in (("pipeline", key.pipeline), ("stage", key.stage)):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(
+                    f"watermark {what} must be a non-empty string, got {value!r}", key=what
+                )
+            if len(_segment(value)) > _SEGMENT_MAX:
+                raise ConfigError(
+                    f"watermark {what} {value[:40]!r}... is too long for an object name "
+                    f"({len(_segment(value))} characters escaped, at most {_SEGMENT_MAX})",
+                    key=what,
+                )
+        if isinstance(key.partition, bool) or not isinstance(key.partition, int):
+            raise ConfigError(
+                f"watermark partition must be an integer, got {key.partition!r}", key="partition"
+            )
+        return key
+
+    def _name(self, key: WatermarkKey) -> str:
+        self._check_key(key)
+        return f"{WATERMARKS}/{_segment(key.pipeline)}/{_segment(key.stage)}/{key.partition}.json"
+
+    def _doc(
+        self,
+        key: WatermarkKey,
+        position: datetime,
+        *,
+        version: int,
+        lag: timedelta | None = None,
+        partitions: int = 1,
+        change: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "pipeline": key.pipeline,
+            "stage": key.stage,
+            "partition": key.partition,
+            "position": format_utc(position),
+            "version": version,
+            "lag_us": None if lag is None else lag // timedelta(microseconds=1),
+            "partitions": partitions,
+            "updated_at": format_utc(now or _now()),
+            "updated_by": self._actor,
+            "write_id": secrets.token_hex(16),
+            "change": change,
+        }
+
+    def _evolve(
+        self,
+        doc: Mapping[str, Any],
+        position: datetime,
+        now: datetime,
+        *,
+        change: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        return {
+            **doc,
+            "position": format_utc(position),
+            "version": int(doc["version"]) + 1,
+            "updated_at": format_utc(now),
+            "updated_by": self._actor,
+            "write_id": secrets.token_hex(16),
+            "change": change,
+        }
+
+    def _change(
+        self, now: datetime, previous: datetime | None, position: datetime, reason: str
+    ) -> dict[str, Any]:
+        return {
+            "changed_at": format_utc(now),
+            "actor": self._actor,
+            "previous": None if previous is None else format_utc(previous),
+            "position": format_utc(position),
+            "reason": reason,
+        }
+
+    def _watermark(
+        self, doc: Mapping[str, Any], name: str, expected: WatermarkKey | None
+    ) -> Watermark:
+        """The watermark an object holds; it must name ``expected`` (when given)."""
+        try:
+            if doc.get("format") != FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
+            key = WatermarkKey(str(doc["pipeline"]), str(doc["stage"]), int(doc["partition"]))
+            lag_us = doc["lag_us"]
+            watermark = Watermark(
+                key=key,
+                position=_instant(doc["position"], "position"),
+                version=int(doc["version"]),
+                lag=None if lag_us is None else timedelta(microseconds=int(lag_us)),
+                partitions=int(doc["partitions"]),
+                updated_at=_optional_instant(doc.get("updated_at"), "updated_at"),
+                updated_by=doc.get("updated_by"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WatermarkError(
+                f"{self._where(name)} is not a deswm watermark object: {exc}",
+                hint="Restore it from a backup or the history objects, or delete it and "
+                "set the watermark again (deswm watermark set)",
+            ) from exc
+        if expected is not None and key != expected:
+            raise WatermarkError(
+                f"{self._where(name)} holds watermark {key}, not {expected}",
+                hint="Names that differ only in case share a file on a case-insensitive "
+                "folder; use pipeline names that differ otherwise, or an s3:// store",
+            )
+        return watermark
+
+    def _parse_change(self, doc: Mapping[str, Any], name: str) -> WatermarkChange:
+        try:
+            if doc.get("format") != CHANGE_FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, expected {CHANGE_FORMAT!r}")
+            return WatermarkChange(
+                key=WatermarkKey(str(doc["pipeline"]), str(doc["stage"]), int(doc["partition"])),
+                changed_at=_instant(doc["changed_at"], "changed_at"),
+                actor=str(doc["actor"]),
+                previous=_optional_instant(doc["previous"], "previous"),
+                position=_optional_instant(doc["position"], "position"),
+                reason=str(doc["reason"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WatermarkError(
+                f"{self._where(name)} is not a deswm history object: {exc}",
+                hint="Move the object out of the history folder",
+            ) from exc
+
+    # --- internals: history ----------------------------------------------------------
+
+    def _history_name(self, doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        change = doc["change"]
+        key = WatermarkKey(str(doc["pipeline"]), str(doc["stage"]), int(doc["partition"]))
+        stamp = _instant(change["changed_at"], "changed_at").strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"{HISTORY}/{stamp}-{_digest(key)}-{int(doc['version']):012d}.json"
+        record = {
+            "format": CHANGE_FORMAT,
+            "pipeline": key.pipeline,
+            "stage": key.stage,
+            "partition": key.partition,
+            "version": int(doc["version"]),
+            **change,
+        }
+        return name, record
+
+    def _record_change(self, doc: Mapping[str, Any]) -> None:
+        """Create the history object of the change ``doc`` made (idempotent)."""
+        name, record = self._history_name(doc)
+        data = _encode(record)
+        with self._errors("write", name):
+            self._backend.create(name, data)  # an existing one is this very record
+
+    def _record_pending_change(self, doc: Mapping[str, Any]) -> None:
+        """Before replacing an object that made a manual change, make sure it is recorded."""
+        if doc.get("change"):
+            self._record_change(doc)
+
+    # --- internals: reads and conditional writes ---------------------------------
+
+    def _load(self, name: str) -> _Stored | None:
+        with self._errors("read", name):
+            found = self._backend.read(name)
+        if found is None:
+            return None
+        data, token = found
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise WatermarkError(
+                f"{self._where(name)} is not valid JSON: {exc}",
+                hint="Restore it from a backup or the history objects",
+            ) from exc
+        if not isinstance(doc, dict):
+            raise WatermarkError(f"{self._where(name)} does not hold a JSON object")
+        if name.startswith(f"{WATERMARKS}/"):
+            self._remember(name, (doc, token))
+        return doc, token
+
+    def _cached(self, name: str, version: int) -> _Stored | None:
+        """What this store last read or wrote at ``name``, if it is at ``version``.
+
+        Only an optimisation: the conditional write still fails if the object changed.
+        """
+        with self._cache_lock:
+            stored = self._cache.get(name)
+        if stored is None or stored[0].get("version") != version:
+            return None
+        return stored
+
+    def _remember(self, name: str, stored: _Stored) -> None:
+        with self._cache_lock:
+            self._cache[name] = stored
+
+    def _create(self, name: str, doc: dict[str, Any]) -> str | None:
+        """Create ``name``; ``None`` when another writer's object is there."""
+        data = _encode(doc)
+        try:
+            token = self._backend.create(name, data)
+        except Exception as exc:
+            token = self._ours_after_error(name, doc, exc, "create")
+        if token is None:
+            # A retried request may have met our own first attempt: check the write_id.
+            found = self._load(name)
+            if found is None or found[0].get("write_id") != doc["write_id"]:
+                return None
+            token = found[1]
+        self._remember(name, (doc, token))
+        return token
+
+    def _replace(self, name: str, doc: dict[str, Any], token: str) -> str | None:
+        """Replace ``name`` if it is still ``token``; ``None`` when it is not."""
+        data = _encode(doc)
+        try:
+            new_token = self._backend.replace(name, data, token)
+        except Exception as exc:
+            new_token = self._ours_after_error(name, doc, exc, "write")
+        if new_token is None:
+            found = self._load(name)
+            if found is None or found[0].get("write_id") != doc["write_id"]:
+                return None
+            new_token = found[1]
+        self._remember(name, (doc, new_token))
+        return new_token
+
+    def _ours_after_error(
+        self, name: str, doc: Mapping[str, Any], exc: Exception, action: str
+    ) -> str:
+        """After a failed write whose outcome is unknown: our token if it landed, else raise.
+
+        Never a conflict: only a failed precondition is one.
+        """
+        if isinstance(exc, DeswmError):
+            raise exc
+        try:
+            found = self._backend.read(name)
+        except Exception as check_exc:
+            error = self._wrap(action, name, exc)
+            error.add_note(
+                f"checking whether the write landed also failed: {type(check_exc).__name__}: "
+                f"{self._scrub(str(check_exc))}"
+            )
+            raise error from exc
+        if found is not None and _write_id(found[0]) == doc["write_id"]:
+            return found[1]
+        raise self._wrap(action, name, exc) from exc
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, name: str) -> Iterator[None]:
+        """Raise filesystem failures as :class:`WatermarkError` naming the object."""
+        try:
+            yield
+        except DeswmError:
+            raise
+        except Exception as exc:
+            raise self._wrap(action, name, exc) from exc
+
+    def _wrap(self, action: str, name: str, exc: BaseException) -> WatermarkError:
+        return WatermarkError(
+            f"could not {action} {self._where(name)}: {type(exc).__name__}: "
+            f"{self._scrub(str(exc))}",
+            hint="Check that the store is reachable and that these credentials may read "
+            "and write it; the cause is chained",
+        )
+
+    def _where(self, name: str) -> str:
+        return f"{self.url.rstrip('/')}/{name}"
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return redact(text)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

@@ -1,0 +1,531 @@
+"""The watermark store on a SQL database (SQLite, PostgreSQL, MySQL/MariaDB).
+
+Two small tables, created on first use:
+
+* the watermark table: one row per (pipeline, stage, partition_index) holding the
+  position (an exclusive upper bound), a version that every write increments, and who
+  wrote it when;
+* the history table: one row per manual :meth:`SqlWatermarkStore.set`, so an operator
+  can see who moved a watermark, from where, to where and why.
+
+Runners move a watermark only with a compare-and-set ``UPDATE ... WHERE version = :v``:
+its rowcount is reliable on all three databases, whereas ``UPDATE ... RETURNING`` is not
+available on MariaDB. Everything is SQLAlchemy Core, so table names of any spelling are
+quoted by SQLAlchemy and never formatted into SQL text (G13).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import attrs
+import sqlalchemy as sa
+
+from deswm._checkpoints import reach
+from deswm._engines import default_actor, engine_from
+from deswm._sqlschema import create_tables, key_string
+from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
+from deswm.model import Watermark, WatermarkChange, WatermarkKey
+from deswm.sqltypes import UtcDateTime
+from deswm.timeutil import format_utc, require_utc
+
+__all__ = ["DEFAULT_TABLE", "SqlWatermarkStore"]
+
+DEFAULT_TABLE: Final = "deswm_watermark"
+"""The watermark table's name unless configured otherwise."""
+
+
+PIPELINE_MAX: Final = 255
+STAGE_MAX: Final = 64
+ACTOR_MAX: Final = 255
+
+_SET_ATTEMPTS: Final = 10
+# Serialization failure and deadlock (PostgreSQL SQLSTATE), deadlock (MySQL errno):
+# the database aborted one of two concurrent writers, so trying again is correct.
+_RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
+_MYSQL_DEADLOCK: Final = 1213
+
+
+def _watermark_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("pipeline", key_string(PIPELINE_MAX), primary_key=True),
+        sa.Column("stage", key_string(STAGE_MAX), primary_key=True),
+        sa.Column("partition_index", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("position", UtcDateTime(), nullable=False),
+        sa.Column("version", sa.BigInteger, nullable=False),
+        sa.Column("lag_seconds", sa.Double, nullable=True),
+        sa.Column("partitions", sa.Integer, nullable=False),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        sa.Column("updated_by", sa.String(ACTOR_MAX), nullable=True),
+        schema=schema,
+    )
+
+
+def _history_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
+    # No index beyond the primary key: rows are manual changes, a handful per year.
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(
+            "id",
+            # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("pipeline", key_string(PIPELINE_MAX), nullable=False),
+        sa.Column("stage", key_string(STAGE_MAX), nullable=False),
+        sa.Column("partition_index", sa.Integer, nullable=False),
+        sa.Column("changed_at", UtcDateTime(), nullable=False),
+        sa.Column("actor", sa.String(ACTOR_MAX), nullable=False),
+        sa.Column("previous_position", UtcDateTime(), nullable=True),
+        sa.Column("new_position", UtcDateTime(), nullable=True),
+        sa.Column("reason", sa.Text, nullable=False),
+        schema=schema,
+    )
+
+
+def _key_clause(table: sa.Table, key: WatermarkKey) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        table.c.pipeline == key.pipeline,
+        table.c.stage == key.stage,
+        table.c.partition_index == key.partition,
+    )
+
+
+def _row_values(watermark: Watermark) -> dict[str, Any]:
+    key = watermark.key
+    return {
+        "pipeline": key.pipeline,
+        "stage": key.stage,
+        "partition_index": key.partition,
+        "position": watermark.position,
+        "version": watermark.version,
+        "lag_seconds": None if watermark.lag is None else watermark.lag.total_seconds(),
+        "partitions": watermark.partitions,
+        "updated_at": watermark.updated_at,
+        "updated_by": watermark.updated_by,
+    }
+
+
+def _to_watermark(row: sa.RowMapping) -> Watermark:
+    lag = row["lag_seconds"]
+    return Watermark(
+        key=WatermarkKey(row["pipeline"], row["stage"], int(row["partition_index"])),
+        position=row["position"],
+        version=int(row["version"]),
+        lag=None if lag is None else timedelta(seconds=float(lag)),
+        partitions=int(row["partitions"]),
+        updated_at=row["updated_at"],
+        updated_by=row["updated_by"],
+    )
+
+
+def _to_change(row: sa.RowMapping) -> WatermarkChange:
+    return WatermarkChange(
+        key=WatermarkKey(row["pipeline"], row["stage"], int(row["partition_index"])),
+        changed_at=row["changed_at"],
+        actor=row["actor"],
+        previous=row["previous_position"],
+        position=row["new_position"],
+        reason=row["reason"],
+    )
+
+
+def _is_write_race(exc: sa.exc.DBAPIError) -> bool:
+    """Whether ``exc`` means a concurrent writer got in first (worth one more try)."""
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _RETRY_SQLSTATES:
+        return True
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] == _MYSQL_DEADLOCK
+
+
+def _check_name(value: object, setting: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"must be a non-empty table or schema name, got {value!r}", key=setting)
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlWatermarkStore:
+    """:class:`~deswm.protocols.WatermarkStore` on any SQLAlchemy database.
+
+    Args:
+        engine_or_url: an :class:`sqlalchemy.Engine` (shared with the caller, never
+            disposed here) or a database URL (the store creates and owns its engine;
+            SQLite gets a busy timeout so a concurrent reader does not fail writes).
+        table: name of the watermark table; any spelling works, SQLAlchemy quotes it.
+        history_table: name of the history table; default ``f"{table}_history"``.
+        schema: schema (PostgreSQL) or database (MySQL) holding both tables.
+        actor: recorded as ``updated_by`` and in the history; default ``user@host``.
+
+    The tables are created on first use. Errors from the database are raised as
+    :class:`~deswm.errors.WatermarkError` naming the table and the URL with its
+    password hidden; the original exception is chained.
+    """
+
+    def __init__(
+        self,
+        engine_or_url: sa.Engine | sa.URL | str,
+        *,
+        table: str = DEFAULT_TABLE,
+        history_table: str | None = None,
+        schema: str | None = None,
+        actor: str | None = None,
+    ) -> None:
+        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
+        table = _check_name(table, "table")
+        history_table = _check_name(
+            f"{table}_history" if history_table is None else history_table, "history_table"
+        )
+        if history_table == table:
+            raise ConfigError(
+                f"must differ from the watermark table {table!r}", key="history_table"
+            )
+        if schema is not None:
+            schema = _check_name(schema, "schema")
+        if actor is None:
+            actor = default_actor()
+        if not isinstance(actor, str) or not actor or len(actor) > ACTOR_MAX:
+            raise ConfigError(f"must be a string of 1 to {ACTOR_MAX} characters", key="actor")
+        self._actor = actor
+        self._metadata = sa.MetaData()
+        self._table = _watermark_table(self._metadata, table, schema)
+        self._history = _history_table(self._metadata, history_table, schema)
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    # --- configuration ------------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self._engine
+
+    @property
+    def watermark_table(self) -> sa.Table:
+        """The watermark table (for reporting queries and tests)."""
+        return self._table
+
+    @property
+    def history_table(self) -> sa.Table:
+        """The history table of manual changes."""
+        return self._history
+
+    @property
+    def actor(self) -> str:
+        return self._actor
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password replaced by ``***``."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Dispose the engine if this store created it; a passed-in engine is left alone."""
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SqlWatermarkStore(table={self._table.fullname!r}, url={self.url!r})"
+
+    # --- WatermarkStore -----------------------------------------------------------
+
+    def get(self, key: WatermarkKey) -> Watermark | None:
+        """The stored watermark, or ``None`` if it was never initialised."""
+        self._check_key(key)
+        self._ensure_tables()
+        with self._db_errors(f"read watermark {key}"):
+            return self._read(key)
+
+    def initialize(
+        self,
+        key: WatermarkKey,
+        position: datetime,
+        *,
+        lag: timedelta | None = None,
+        partitions: int = 1,
+    ) -> Watermark:
+        """Insert the watermark at ``position`` unless it exists; return the stored row.
+
+        Two runners racing here both get the row that won: the loser's INSERT hits the
+        primary key and it reads the winner's row instead. An existing row is never
+        changed, whatever ``position``, ``lag`` and ``partitions`` say.
+        """
+        self._check_key(key)
+        position = require_utc(position, "initial watermark position")
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise ConfigError(f"must be an integer >= 1, got {partitions!r}", key="partitions")
+        self._ensure_tables()
+        with self._db_errors(f"initialize watermark {key}"):
+            existing = self._read(key)
+            if existing is not None:
+                return existing
+            created = Watermark(
+                key=key,
+                position=position,
+                version=1,
+                lag=lag,
+                partitions=partitions,
+                updated_at=_now(),
+                updated_by=self._actor,
+            )
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(sa.insert(self._table).values(_row_values(created)))
+                    reach("store.initialize.in_transaction")
+            except sa.exc.IntegrityError as exc:
+                winner = self._read(key)
+                if winner is None:
+                    raise WatermarkError(
+                        f"could not initialize watermark {key} in table "
+                        f"{self._table.fullname!r} at {self.url}: the insert was refused "
+                        "but no row exists",
+                        hint="Check the table's constraints; see the chained error",
+                    ) from exc
+                return winner
+            return created
+
+    def advance(self, current: Watermark, position: datetime) -> Watermark:
+        """Compare-and-set ``current`` to ``position``: one UPDATE, or none if unchanged.
+
+        Raises :class:`~deswm.errors.WatermarkConflict` (with the stored version, or
+        ``"missing"``) when the row is not at ``current.version`` any more, and
+        :class:`~deswm.errors.WatermarkError` before touching the database when
+        ``position`` is behind ``current.position``. An equal position returns
+        ``current`` without a write, so a cycle with nothing new costs no write (G4).
+        """
+        position = require_utc(position, "new watermark position")
+        if position < current.position:
+            raise WatermarkError(
+                f"watermark {current.key} cannot move backwards from "
+                f"{format_utc(current.position)} to {format_utc(position)} with advance()",
+                hint="To replay on purpose use set() (deswm watermark set), which records "
+                "a reason in the history",
+            )
+        if position == current.position:
+            return current
+        self._check_key(current.key)
+        self._ensure_tables()
+        table = self._table
+        updated = attrs.evolve(
+            current,
+            position=position,
+            version=current.version + 1,
+            updated_at=_now(),
+            updated_by=self._actor,
+        )
+        with self._db_errors(f"advance watermark {current.key}"), self._engine.begin() as conn:
+            result = conn.execute(
+                sa.update(table)
+                .where(_key_clause(table, current.key), table.c.version == current.version)
+                .values(
+                    position=updated.position,
+                    version=updated.version,
+                    updated_at=updated.updated_at,
+                    updated_by=updated.updated_by,
+                )
+            )
+            if result.rowcount == 1:
+                reach("store.advance.in_transaction")
+                committed = True
+            else:
+                committed = False
+                actual = conn.execute(
+                    sa.select(table.c.version).where(_key_clause(table, current.key))
+                ).scalar_one_or_none()
+        if committed:
+            reach("store.advance.after_commit")
+            return updated
+        raise WatermarkConflict(
+            current.key, current.version, "missing" if actual is None else int(actual)
+        )
+
+    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
+        """Set the position in any direction, creating the row if absent, with history.
+
+        One transaction reads the row (``FOR UPDATE`` where the database has it), writes
+        version + 1 (compare-and-set, so SQLite, which cannot lock a row, stays exact),
+        and appends ``(when, actor, previous, position, reason)`` to the history. When
+        a concurrent writer wins, it starts over with the new row.
+        """
+        self._check_key(key)
+        position = require_utc(position, "watermark position")
+        if not isinstance(reason, str):
+            raise ConfigError(f"must be a string, got {type(reason).__name__}", key="reason")
+        self._ensure_tables()
+        with self._db_errors(f"set watermark {key}"):
+            last_race: sa.exc.DBAPIError | None = None
+            for _ in range(_SET_ATTEMPTS):
+                try:
+                    with self._engine.begin() as conn:
+                        written = self._set_once(conn, key, position, reason)
+                except sa.exc.DBAPIError as exc:
+                    if not _is_write_race(exc):
+                        raise
+                    last_race = exc
+                    continue
+                if written is not None:
+                    return written
+            raise WatermarkError(
+                f"could not set watermark {key} in table {self._table.fullname!r}: other "
+                f"writers changed it during each of {_SET_ATTEMPTS} attempts",
+                hint="Stop the runners of this pipeline and partition, then set it again",
+            ) from last_race
+
+    def list(self, pipeline: str | None = None) -> Sequence[Watermark]:
+        """Every stored watermark, or one pipeline's, ordered by key.
+
+        Sorted in Python: database collations disagree about case and accents, and the
+        protocol promises :class:`~deswm.model.WatermarkKey` order.
+        """
+        self._ensure_tables()
+        table = self._table
+        query = sa.select(table)
+        if pipeline is not None:
+            query = query.where(table.c.pipeline == pipeline)
+        with self._db_errors("list watermarks"), self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return sorted((_to_watermark(row) for row in rows), key=lambda w: w.key)
+
+    def history(
+        self, key: WatermarkKey | None = None, *, limit: int = 100
+    ) -> Sequence[WatermarkChange]:
+        """Manual changes (from :meth:`set`), newest first, at most ``limit``.
+
+        Newest means last inserted (the autoincrement id): clocks of different hosts
+        need not agree, insertion order does.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
+        self._ensure_tables()
+        history = self._history
+        query = sa.select(history).order_by(history.c.id.desc()).limit(limit)
+        if key is not None:
+            query = query.where(_key_clause(history, key))
+        with self._db_errors("read the watermark history"), self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_to_change(row) for row in rows]
+
+    # --- internals ----------------------------------------------------------------
+
+    def _read(self, key: WatermarkKey) -> Watermark | None:
+        query = sa.select(self._table).where(_key_clause(self._table, key))
+        with self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _to_watermark(row)
+
+    def _set_once(
+        self, conn: sa.Connection, key: WatermarkKey, position: datetime, reason: str
+    ) -> Watermark | None:
+        """One attempt of :meth:`set`; ``None`` when a concurrent writer got in first."""
+        table = self._table
+        where = _key_clause(table, key)
+        row = conn.execute(sa.select(table).where(where).with_for_update()).mappings().first()
+        now = _now()
+        previous: datetime | None
+        if row is None:
+            written = Watermark(
+                key=key, position=position, version=1, updated_at=now, updated_by=self._actor
+            )
+            previous = None
+            conn.execute(sa.insert(table).values(_row_values(written)))
+        else:
+            stored = _to_watermark(row)
+            written = attrs.evolve(
+                stored,
+                position=position,
+                version=stored.version + 1,
+                updated_at=now,
+                updated_by=self._actor,
+            )
+            result = conn.execute(
+                sa.update(table)
+                .where(where, table.c.version == stored.version)
+                .values(
+                    position=position,
+                    version=written.version,
+                    updated_at=now,
+                    updated_by=self._actor,
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            previous = stored.position
+        reach("store.set.in_transaction")
+        conn.execute(
+            sa.insert(self._history).values(
+                pipeline=key.pipeline,
+                stage=key.stage,
+                partition_index=key.partition,
+                changed_at=now,
+                actor=self._actor,
+                previous_position=previous,
+                new_position=position,
+                reason=reason,
+            )
+        )
+        return written
+
+    def _check_key(self, key: WatermarkKey) -> None:
+        """Reject keys the columns cannot hold, before the database truncates or fails."""
+        if not isinstance(key, WatermarkKey):
+            raise ConfigError(f"expected a WatermarkKey, got {type(key).__name__}", key="key")
+        for what, value, limit in (
+            ("pipeline", key.pipeline, PIPELINE_MAX),
+            ("stage", key.stage, STAGE_MAX),
+        ):
+            if not isinstance(value, str) or not value or len(value) > limit:
+                raise ConfigError(
+                    f"watermark {what} must be a string of 1 to {limit} characters, got {value!r}",
+                    key=what,
+                )
+        if isinstance(key.partition, bool) or not isinstance(key.partition, int):
+            raise ConfigError(
+                f"watermark partition must be an integer, got {key.partition!r}", key="partition"
+            )
+
+    def _ensure_tables(self) -> None:
+        """Create both tables once per store; safe against other processes doing the same."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if not self._ready:  # another thread may have finished while we waited
+                with self._db_errors("create the watermark tables"):
+                    create_tables(self._engine, self._metadata, (self._table, self._history))
+                self._ready = True
+
+    @contextlib.contextmanager
+    def _db_errors(self, action: str) -> Iterator[None]:
+        """Raise database failures as :class:`WatermarkError` naming table and URL."""
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as exc:
+            raise WatermarkError(
+                f"could not {action} in table {self._table.fullname!r} at {self.url}: "
+                f"{self._describe(exc)}",
+                hint="Check that the database is reachable and that this account may "
+                "create, read and update the watermark tables; the cause is chained",
+            ) from exc
+
+    def _describe(self, exc: sa.exc.SQLAlchemyError) -> str:
+        """First line of the driver's message, with the password scrubbed out."""
+        orig = getattr(exc, "orig", None) or exc
+        lines = str(orig).strip().splitlines()
+        text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+        password = self._engine.url.password
+        if password:
+            text = text.replace(str(password), "***")
+        return text

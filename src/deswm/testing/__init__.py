@@ -1,0 +1,190 @@
+"""Fakes, fault injectors, strategies, checks and contract suites for code built on deswm.
+
+A public, versioned API: users import it to prove their own providers replay safely.
+
+* in-memory implementations of the protocols: :class:`MemoryWatermarkStore`,
+  :class:`MemorySourceProvider`, :class:`MemoryFileReader`, :class:`RecordingRouter`
+  (records the calls to any router), :func:`memory_packer` (the real ``DesPacker`` on a
+  private ``memory://`` root) and :class:`MemoryErrorStore`; each keeps its state on the
+  instance and records calls as named tuples;
+* fault injection: :func:`inject` with :func:`fail_on`, :func:`fail_after`,
+  :func:`missing_on`, :func:`fail_mid_stream`, ... for any component, and
+  :func:`at_checkpoint` for named points inside the write path;
+* checks: :func:`assert_no_loss`, :func:`assert_idempotent_replay`, :func:`snapshot`;
+* hypothesis strategies (need ``hypothesis``): :func:`uids`, :func:`created_ats`,
+  :func:`file_contents`, :func:`source_records`, :func:`datasets`,
+  :func:`interruptions`;
+* contract suites (need ``pytest`` and ``hypothesis``): one mixin class per protocol.
+
+Strategies and contracts are imported on first use, so the fakes, faults and checks
+work without ``hypothesis`` or ``pytest`` installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from deswm.testing.checks import (
+    BuildOrchestrator,
+    Contents,
+    ReadsBack,
+    ReplayReport,
+    ReplayWorld,
+    StepOutcome,
+    assert_idempotent_replay,
+    assert_no_loss,
+)
+from deswm.testing.dataset import Dataset
+from deswm.testing.errors import MemoryErrorStore
+from deswm.testing.faults import (
+    Action,
+    CheckpointAction,
+    CheckpointHit,
+    Fault,
+    FaultCall,
+    FaultyComponent,
+    InjectedFault,
+    at_checkpoint,
+    corrupt_on,
+    delay_on,
+    drop_on,
+    fail_after,
+    fail_mid_stream,
+    fail_on,
+    inject,
+    missing_on,
+)
+from deswm.testing.packers import (
+    Destination,
+    archive_for,
+    clear_destination,
+    memory_packer,
+    read_objects,
+    snapshot,
+)
+from deswm.testing.readers import MemoryFileReader, ReaderCall
+from deswm.testing.routers import RecordingRouter, RouterCall
+from deswm.testing.schedules import Cycle, Interruption, Rewind, Step, Target
+from deswm.testing.sources import MemorySourceProvider, SourceCall
+from deswm.testing.stores import MemoryWatermarkStore
+
+if TYPE_CHECKING:
+    from deswm.testing.contracts import (
+        FileReaderContract,
+        MakePacker,
+        MakeReader,
+        MakeSource,
+        PackerContract,
+        ShardRouterContract,
+        SourceProviderContract,
+        WatermarkStoreContract,
+    )
+    from deswm.testing.strategies import (
+        DEFAULT_CHECKPOINTS,
+        created_ats,
+        datasets,
+        file_contents,
+        interruptions,
+        source_records,
+        uids,
+    )
+
+__all__ = [
+    "DEFAULT_CHECKPOINTS",
+    "Action",
+    "BuildOrchestrator",
+    "CheckpointAction",
+    "CheckpointHit",
+    "Contents",
+    "Cycle",
+    "Dataset",
+    "Destination",
+    "Fault",
+    "FaultCall",
+    "FaultyComponent",
+    "FileReaderContract",
+    "InjectedFault",
+    "Interruption",
+    "MakePacker",
+    "MakeReader",
+    "MakeSource",
+    "MemoryErrorStore",
+    "MemoryFileReader",
+    "MemorySourceProvider",
+    "MemoryWatermarkStore",
+    "PackerContract",
+    "ReaderCall",
+    "ReadsBack",
+    "RecordingRouter",
+    "ReplayReport",
+    "ReplayWorld",
+    "Rewind",
+    "RouterCall",
+    "ShardRouterContract",
+    "SourceCall",
+    "SourceProviderContract",
+    "Step",
+    "StepOutcome",
+    "Target",
+    "WatermarkStoreContract",
+    "archive_for",
+    "assert_idempotent_replay",
+    "assert_no_loss",
+    "at_checkpoint",
+    "clear_destination",
+    "corrupt_on",
+    "created_ats",
+    "datasets",
+    "delay_on",
+    "drop_on",
+    "fail_after",
+    "fail_mid_stream",
+    "fail_on",
+    "file_contents",
+    "inject",
+    "interruptions",
+    "memory_packer",
+    "missing_on",
+    "read_objects",
+    "snapshot",
+    "source_records",
+    "uids",
+]
+
+_LAZY = {
+    "deswm.testing.strategies": (
+        "DEFAULT_CHECKPOINTS",
+        "created_ats",
+        "datasets",
+        "file_contents",
+        "interruptions",
+        "source_records",
+        "uids",
+    ),
+    "deswm.testing.contracts": (
+        "FileReaderContract",
+        "MakePacker",
+        "MakeReader",
+        "MakeSource",
+        "PackerContract",
+        "ShardRouterContract",
+        "SourceProviderContract",
+        "WatermarkStoreContract",
+    ),
+}
+_LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import strategies (hypothesis) and contracts (pytest) only when first used."""
+    module = _LAZY_MODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deswm.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,183 @@
+"""An in-memory :class:`~deswm.protocols.WatermarkStore` for tests.
+
+It keeps the SQL store's semantics (versions, compare-and-set conflicts, history of
+manual changes) so a test of the orchestrator proves the same thing it would prove on a
+database, in microseconds. State lives on the instance: two stores never share it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import attrs
+
+from deswm._engines import default_actor
+from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
+from deswm.model import Watermark, WatermarkChange, WatermarkKey
+from deswm.timeutil import format_utc, require_utc
+
+__all__ = ["MemoryWatermarkStore"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryWatermarkStore:
+    """:class:`~deswm.protocols.WatermarkStore` in a dict, safe to share between threads.
+
+    Args:
+        actor: recorded as ``updated_by`` and in the history; default ``user@host``.
+        clock: gives ``updated_at`` and ``changed_at`` (inject one for stable values).
+
+    :attr:`writes` counts successful writes, so a test can check "exactly one
+    watermark write per committed bucket" (G4) without a database.
+    """
+
+    def __init__(
+        self,
+        *,
+        actor: str | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._actor = default_actor() if actor is None else actor
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._rows: dict[WatermarkKey, Watermark] = {}
+        self._changes: list[WatermarkChange] = []
+        self._writes = 0
+
+    @property
+    def actor(self) -> str:
+        return self._actor
+
+    @property
+    def writes(self) -> int:
+        """How many writes succeeded (initialise inserts, advances, sets)."""
+        with self._lock:
+            return self._writes
+
+    def __repr__(self) -> str:
+        # No lock: a repr must never block, e.g. in a debugger stopped inside a write.
+        return f"MemoryWatermarkStore({len(self._rows)} watermarks, {self._writes} writes)"
+
+    def get(self, key: WatermarkKey) -> Watermark | None:
+        """The stored watermark, or ``None`` if it was never initialised."""
+        with self._lock:
+            return self._rows.get(key)
+
+    def initialize(
+        self,
+        key: WatermarkKey,
+        position: datetime,
+        *,
+        lag: timedelta | None = None,
+        partitions: int = 1,
+    ) -> Watermark:
+        """Store the watermark at ``position`` unless it exists; return the stored one."""
+        position = require_utc(position, "initial watermark position")
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise ConfigError(f"must be an integer >= 1, got {partitions!r}", key="partitions")
+        with self._lock:
+            existing = self._rows.get(key)
+            if existing is not None:
+                return existing
+            created = Watermark(
+                key=key,
+                position=position,
+                version=1,
+                lag=lag,
+                partitions=partitions,
+                updated_at=self._now(),
+                updated_by=self._actor,
+            )
+            self._rows[key] = created
+            self._writes += 1
+            return created
+
+    def advance(self, current: Watermark, position: datetime) -> Watermark:
+        """Compare-and-set ``current`` to ``position`` (see the protocol)."""
+        position = require_utc(position, "new watermark position")
+        if position < current.position:
+            raise WatermarkError(
+                f"watermark {current.key} cannot move backwards from "
+                f"{format_utc(current.position)} to {format_utc(position)} with advance()",
+                hint="To replay on purpose use set(), which records a reason in the history",
+            )
+        if position == current.position:
+            return current
+        with self._lock:
+            stored = self._rows.get(current.key)
+            if stored is None or stored.version != current.version:
+                raise WatermarkConflict(
+                    current.key,
+                    current.version,
+                    "missing" if stored is None else stored.version,
+                )
+            updated = attrs.evolve(
+                stored,
+                position=position,
+                version=stored.version + 1,
+                updated_at=self._now(),
+                updated_by=self._actor,
+            )
+            self._rows[current.key] = updated
+            self._writes += 1
+            return updated
+
+    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
+        """Set the position in any direction, creating it if absent, and record why."""
+        position = require_utc(position, "watermark position")
+        if not isinstance(reason, str):
+            raise ConfigError(f"must be a string, got {type(reason).__name__}", key="reason")
+        with self._lock:
+            now = self._now()
+            stored = self._rows.get(key)
+            if stored is None:
+                written = Watermark(
+                    key=key, position=position, version=1, updated_at=now, updated_by=self._actor
+                )
+            else:
+                written = attrs.evolve(
+                    stored,
+                    position=position,
+                    version=stored.version + 1,
+                    updated_at=now,
+                    updated_by=self._actor,
+                )
+            self._rows[key] = written
+            self._changes.append(
+                WatermarkChange(
+                    key=key,
+                    changed_at=now,
+                    actor=self._actor,
+                    previous=None if stored is None else stored.position,
+                    position=position,
+                    reason=reason,
+                )
+            )
+            self._writes += 1
+            return written
+
+    def list(self, pipeline: str | None = None) -> Sequence[Watermark]:
+        """Every stored watermark, or one pipeline's, ordered by key."""
+        with self._lock:
+            rows = [
+                w for w in self._rows.values() if pipeline is None or w.key.pipeline == pipeline
+            ]
+        return sorted(rows, key=lambda w: w.key)
+
+    def history(
+        self, key: WatermarkKey | None = None, *, limit: int = 100
+    ) -> Sequence[WatermarkChange]:
+        """Manual changes, newest first, at most ``limit``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
+        with self._lock:
+            newest_first = [c for c in reversed(self._changes) if key is None or c.key == key]
+        return newest_first[:limit]
+
+    def _now(self) -> datetime:
+        return require_utc(self._clock(), "the store clock's time")

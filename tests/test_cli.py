@@ -1,0 +1,273 @@
+"""The deswm command, in process and (for the README's demo and signals) as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from deswm.cli import main
+from deswm.demo import run_demo
+
+
+def deswm_script() -> str:
+    """The installed console script (tests the entry point, not just the module)."""
+    found = Path(sys.executable).parent / "deswm"
+    return str(found) if found.exists() else shutil.which("deswm") or "deswm"
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("demo")
+    run_demo(directory, files=300, echo=lambda _: None)
+    return directory
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_readme_demo_command_on_a_clean_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "fresh"
+    done = subprocess.run(
+        [deswm_script(), "demo", "--dir", str(folder), "--files", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "identical" in done.stdout
+    assert "deswm stats -c" in done.stdout
+    assert list((folder / "archive").glob("*.des"))
+    again = subprocess.run(
+        [deswm_script(), "demo", "--dir", str(folder), "--files", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "nothing new to archive" in again.stdout
+
+
+def test_stats_json(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["stats", "-c", str(demo_dir / "deswm.toml"), "--json"], capsys)
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["pipeline"] == "demo"
+    assert stats["watermark"] == stats["target"]
+    assert stats["pending_files"] == 0
+    assert stats["lag_behind_seconds"] == 0
+
+
+def test_watermark_get_json_has_the_documented_fields(
+    demo_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["watermark", "get", "-c", str(demo_dir / "deswm.toml"), "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert {"pipeline", "stage", "partition", "position", "version"} <= set(data)
+    assert data["position"].endswith("T00:00:00.000000Z")
+    assert data["stage"] == "archived"
+
+
+def test_adjust_replays_and_history_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_demo(tmp_path, files=150, echo=lambda _: None)
+    config = str(tmp_path / "deswm.toml")
+    objects = sorted(p.read_bytes() for p in (tmp_path / "archive").glob("*.des"))
+    _, before, _ = run(["watermark", "get", "-c", config, "--json"], capsys)
+
+    code, _, _ = run(
+        ["watermark", "adjust", "-c", config, "--days-offset", "-2", "--reason", "replay test"],
+        capsys,
+    )
+    assert code == 0
+    code, out, _ = run(["watermark", "history", "-c", config, "--json"], capsys)
+    history = json.loads(out)
+    assert history[0]["reason"] == "replay test"
+    code, out, _ = run(["run", "-c", config, "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["buckets_committed"] >= 1
+    _, after, _ = run(["watermark", "get", "-c", config, "--json"], capsys)
+    assert json.loads(after)["position"] == json.loads(before)["position"]
+    assert sorted(p.read_bytes() for p in (tmp_path / "archive").glob("*.des")) == objects
+
+
+def test_moving_forward_needs_force(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(demo_dir / "deswm.toml")
+    code, _, err = run(["watermark", "adjust", "-c", config, "--days-offset", "3"], capsys)
+    assert code == 2
+    assert "--force" in err
+
+
+def test_get_writes_the_file(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = sa.create_engine(f"sqlite:///{demo_dir / 'source.sqlite3'}")
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT uid, created_at, file_location FROM files ORDER BY created_at LIMIT 1")
+        ).one()
+    engine.dispose()
+    created = str(row.created_at).replace(" ", "T") + "Z"
+    out_file = tmp_path / "out.bin"
+    code, _, _ = run(
+        [
+            "get",
+            "-c",
+            str(demo_dir / "deswm.toml"),
+            row.uid,
+            "--created-at",
+            created,
+            "-o",
+            str(out_file),
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert out_file.read_bytes() == (demo_dir / row.file_location).read_bytes()
+
+
+def test_get_unknown_uid_exits_1(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        ["get", "-c", str(demo_dir / "deswm.toml"), "no-such-uid", "--created-at", "2020-01-01"],
+        capsys,
+    )
+    assert code == 1
+    assert "NotArchivedError" in err
+
+
+def test_verify_passes_then_finds_a_missing_shard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_demo(tmp_path, files=120, echo=lambda _: None)
+    config = str(tmp_path / "deswm.toml")
+    code, out, _ = run(["verify", "-c", config, "--deep"], capsys)
+    assert code == 0, out
+    assert "0 missing, 0 corrupt" in out
+    victim = sorted((tmp_path / "archive").glob("*.des"))[0]
+    victim.unlink()
+    code, out, _ = run(["verify", "-c", config, "--json"], capsys)
+    assert code == 1
+    assert json.loads(out)["missing_count"] > 0
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_demo(tmp_path, files=100, echo=lambda _: None)
+    config = str(tmp_path / "deswm.toml")
+    run(["watermark", "adjust", "-c", config, "--days-offset", "-3"], capsys)
+    listing = sorted(os.listdir(tmp_path / "archive"))
+    code, out, _ = run(["run", "-c", config, "--dry-run", "--json"], capsys)
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["pending_files"] > 0
+    assert sorted(os.listdir(tmp_path / "archive")) == listing
+
+
+def test_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[source]\nurl = "sqlite:///x.db"\n[archive]\nurl = "a"\nn_bits = 99\n')
+    code, _, err = run(["stats", "-c", str(bad)], capsys)
+    assert code == 2
+    assert "archive.n_bits" in err
+    code, _, err = run(["stats"], capsys)
+    assert code == 2
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--bogus"])
+    assert caught.value.code == 2
+
+
+def test_password_is_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[source]\nurl = "postgresql+psycopg://user:hunter2@127.0.0.1:1/nope"\n'
+        '[archive]\nurl = "a"\n'
+    )
+    code, out, err = run(["stats", "-c", str(config)], capsys)
+    assert code != 0
+    assert "hunter2" not in out + err
+
+
+def test_run_interval_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    run_demo(tmp_path, files=100, echo=lambda _: None)
+    process = subprocess.Popen(
+        [deswm_script(), "run", "-c", str(tmp_path / "deswm.toml"), "--interval", "3600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        # The first cycle's log line proves the signal handlers are installed.
+        for line in process.stderr:
+            if "cycle done" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 0
+
+
+def test_demo_dates_follow_the_clock(tmp_path: Path) -> None:
+    now = datetime(2024, 3, 10, 15, tzinfo=UTC)
+    report = run_demo(tmp_path, files=80, echo=lambda _: None, now=now)
+    assert report.result.watermark_after == datetime(2024, 3, 3, tzinfo=UTC)
+    assert report.checked_created_at is not None
+    assert report.checked_created_at < report.result.watermark_after
+    assert report.result.window.end - report.result.window.start == timedelta(days=8)
+
+
+def test_errors_list_and_retry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    now = datetime(2024, 3, 10, 15, tzinfo=UTC)
+    run_demo(tmp_path, files=1, echo=lambda _: None, now=now)  # creates config and source
+    config_path = tmp_path / "deswm.toml"
+    text = config_path.read_text()
+    config_path.write_text(text + '\n[run]\non_error = "record"\nmax_failure_ratio = 0.5\n')
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'source.sqlite3'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM files"))
+        for number in range(4):
+            name = f"r{number}.txt"
+            (tmp_path / name).write_bytes(b"x" * number)
+            conn.execute(
+                sa.text("INSERT INTO files VALUES (:u, :c, :l, :s)"),
+                {"u": name, "c": "2024-03-01 10:00:00.000000", "l": name, "s": number},
+            )
+    engine.dispose()
+    (tmp_path / "r3.txt").rename(tmp_path / "away.txt")
+    config = str(config_path)
+    code, _, err = run(["watermark", "set", "-c", config, "--to", "2024-03-01"], capsys)
+    assert code == 0, err
+    code, out, err = run(["run", "-c", config, "--json"], capsys)
+    assert code == 0, err
+    assert [f["uid"] for f in json.loads(out)["failures"]] == ["r3.txt"]
+
+    code, out, _ = run(["errors", "list", "-c", config, "--json"], capsys)
+    listed = json.loads(out)
+    assert [e["failure"]["uid"] for e in listed] == ["r3.txt"]
+    assert listed[0]["attempts"] == 1
+
+    code, out, _ = run(["errors", "retry", "-c", config], capsys)
+    assert code == 1  # still failing
+    assert "still failing" in out
+    (tmp_path / "away.txt").rename(tmp_path / "r3.txt")
+    code, out, _ = run(["errors", "retry", "-c", config], capsys)
+    assert code == 0, out
+    assert "1 archived" in out
+    code, out, _ = run(["errors", "list", "-c", config], capsys)
+    assert "no recorded failures" in out

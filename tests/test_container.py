@@ -1,0 +1,357 @@
+"""The DES2 container: byte layout, round trips, and every way a shard can be corrupt."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from datetime import UTC, datetime
+
+import lz4.frame
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deswm.container import (
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    MAX_UID_BYTES,
+    Compressor,
+    IndexEntry,
+    ShardWriter,
+    build_shard,
+    decode_payload,
+    make_meta,
+    read_shard,
+)
+from deswm.errors import ConfigError, CorruptShardError
+
+EXAMPLE_71 = bytes.fromhex(
+    "44455332" "02" "000000"
+    "68656c6c6f"
+    "01000000"
+    "0200" "6162"
+    "00"
+    "0800000000000000" "0500000000000000"
+    "00"
+    "0500000000000000" "0500000000000000"
+    "00000000"
+    "44455349" "2e00000000000000"
+)  # fmt: skip
+
+
+def payloads(data: bytes, *, name: str = "t.des") -> dict[str, bytes]:
+    """Every entry of an in-memory shard, decoded and verified."""
+    index = read_shard(data, name=name)
+    return {
+        e.uid: decode_payload(e, data[e.offset : e.offset + e.length], name=name)
+        for e in index.entries
+    }
+
+
+def sha_meta(uid: str, data: bytes) -> bytes:
+    return make_meta(hashlib.sha256(data).hexdigest(), datetime(2024, 5, 17, tzinfo=UTC))
+
+
+# --- layout ------------------------------------------------------------------------------
+
+
+def test_the_71_byte_example_byte_for_byte() -> None:
+    built = build_shard([("ab", b"hello", "none")])
+    assert len(built) == 71
+    assert built == EXAMPLE_71
+    index = read_shard(EXAMPLE_71)
+    assert index.version == 2
+    assert index.index_start == 13
+    assert index.entries == (IndexEntry("ab", 8, 5, "none", 5),)
+    assert payloads(EXAMPLE_71) == {"ab": b"hello"}
+
+
+def test_writer_streams_what_build_shard_builds() -> None:
+    buffer = io.BytesIO()
+    writer = ShardWriter(buffer)
+    writer.add("ab", b"hello", codec="none", size=5)
+    assert writer.position == 13
+    assert writer.finish() == 71
+    assert buffer.getvalue() == EXAMPLE_71
+
+
+def test_meta_is_deterministic_and_sorted() -> None:
+    meta = make_meta("ab" * 32, datetime(2024, 5, 17, 12, tzinfo=UTC), {"z": 1, "a": "x"})
+    assert meta == (
+        b'{"a":"x","created_at":"2024-05-17T12:00:00.000000Z","sha256":"' + b"ab" * 32 + b'","z":1}'
+    )
+
+
+def test_compressor_stores_raw_when_compression_does_not_shrink() -> None:
+    compressor = Compressor("zstd", 3)
+    assert compressor.compress(b"") == ("none", b"")
+    random_bytes = bytes(range(256)) * 1
+    assert compressor.compress(random_bytes)[0] == "none"
+    codec, packed = compressor.compress(b"a" * 1000)
+    assert codec == "zstd"
+    assert len(packed) < 1000
+    assert Compressor("none").compress(b"a" * 1000) == ("none", b"a" * 1000)
+
+
+@pytest.mark.parametrize(("codec", "level", "key"), [
+    ("lz4", 3, "archive.compression"),
+    ("gzip", 3, "archive.compression"),
+    ("zstd", 23, "archive.compression_level"),
+])  # fmt: skip
+def test_compressor_rejects_bad_settings(codec: str, level: int, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Compressor(codec, level)  # type: ignore[arg-type]
+    assert info.value.key == key
+
+
+# --- round trips -------------------------------------------------------------------------
+
+uids = st.text(min_size=0, max_size=60) | st.text(
+    alphabet=st.sampled_from("aż€😀"), min_size=200, max_size=400
+)
+contents = st.binary(max_size=3000) | st.builds(
+    lambda n, b: b * n, st.integers(0, 500), st.binary(min_size=1, max_size=4)
+)
+entries = st.lists(
+    st.tuples(uids, contents, st.sampled_from(["none", "zstd", "lz4"])),
+    max_size=20,
+    unique_by=lambda item: item[0],
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(entries, st.booleans())
+def test_any_entries_round_trip_and_build_identically(
+    items: list[tuple[str, bytes, str]], with_meta: bool
+) -> None:
+    meta = sha_meta if with_meta else None
+    built = build_shard(items, meta=meta)  # type: ignore[arg-type]
+    assert build_shard(items, meta=meta) == built  # type: ignore[arg-type]
+    index = read_shard(built, name="p.des")
+    assert [e.uid for e in index.entries] == [uid for uid, _, _ in items]
+    assert payloads(built) == {uid: data for uid, data, _ in items}
+    for entry, (_, data, _) in zip(index.entries, items, strict=True):
+        assert entry.size == len(data)
+        assert entry.sha256 == (hashlib.sha256(data).hexdigest() if with_meta else None)
+
+
+def test_longest_uid_round_trips_and_longer_is_rejected() -> None:
+    uid = "€" * (MAX_UID_BYTES // 3)  # 65,535 UTF-8 bytes
+    built = build_shard([(uid, b"x", "none")])
+    assert payloads(built) == {uid: b"x"}
+    with pytest.raises(ValueError, match="exceeds"):
+        build_shard([(uid + "a", b"x", "none")])
+
+
+def test_big_file_entries_round_trip() -> None:
+    buffer = io.BytesIO()
+    writer = ShardWriter(buffer)
+    digest = hashlib.sha256(b"big").hexdigest()
+    meta = make_meta(digest, datetime(2024, 5, 17, tzinfo=UTC))
+    writer.add("small", b"s", codec="none", size=1)
+    writer.add_big("big", digest, size=3, meta=meta)
+    writer.finish()
+    index = read_shard(buffer.getvalue())
+    big = index.get("big")
+    assert big is not None
+    assert big.big
+    assert (big.offset, big.length, big.size, big.big_sha256, big.meta) == (0, 0, 3, digest, meta)
+    assert big.sha256 == digest
+    assert big.created_at == datetime(2024, 5, 17, tzinfo=UTC)
+    with pytest.raises(ValueError, match="version 2"):
+        ShardWriter(io.BytesIO(), version=1).add_big("b", digest, size=3)
+
+
+def test_version_1_layout_has_no_flags_and_no_meta() -> None:
+    expected = bytes.fromhex(
+        "44455332" "01" "000000" "68656c6c6f" "01000000" "0200" "6162"
+        "0800000000000000" "0500000000000000" "00" "0500000000000000" "0500000000000000"
+        "44455349" "2900000000000000"
+    )  # fmt: skip
+    assert build_shard([("ab", b"hello", "none")], version=1) == expected
+    assert payloads(expected) == {"ab": b"hello"}
+
+
+def test_version_1_entries_are_read() -> None:
+    items = [("one", b"first", "none"), ("two", b"second" * 50, "zstd"), ("3", b"", "lz4")]
+    built = build_shard(items, version=1)  # type: ignore[arg-type]
+    assert built[4] == 1
+    index = read_shard(built)
+    assert index.version == 1
+    assert all(e.meta == b"" and not e.big for e in index.entries)
+    assert payloads(built) == {"one": b"first", "two": b"second" * 50, "3": b""}
+    with pytest.raises(ValueError, match="no meta"):
+        build_shard([("a", b"x", "none")], meta=sha_meta, version=1)
+
+
+# --- corruption --------------------------------------------------------------------------
+
+
+def two_entry_shard() -> bytes:
+    return build_shard([("aa", b"hello", "none"), ("ab", b"world", "none")], meta=sha_meta)
+
+
+def index_start(data: bytes) -> int:
+    (size,) = struct.unpack_from("<Q", data, len(data) - 8)
+    return len(data) - FOOTER_SIZE - size
+
+
+def replace_footer_size(data: bytes, delta: int) -> bytes:
+    (size,) = struct.unpack_from("<Q", data, len(data) - 8)
+    return data[:-8] + struct.pack("<Q", size + delta)
+
+
+def corrupt(data: bytes, at: int, new: bytes) -> bytes:
+    return data[:at] + new + data[at + len(new) :]
+
+
+def first_entry_at(data: bytes) -> int:
+    return index_start(data) + 4
+
+
+def second_entry_at(data: bytes) -> int:
+    start = first_entry_at(data)
+    (meta_len,) = struct.unpack_from("<I", data, start + 2 + 2 + 1 + 33)
+    return start + 2 + 2 + 1 + 37 + meta_len
+
+
+def case_magic(data: bytes) -> tuple[bytes, int]:
+    return b"XES2" + data[4:], 0
+
+
+def case_version(data: bytes) -> tuple[bytes, int]:
+    return corrupt(data, 4, b"\x03"), 4
+
+
+def case_reserved(data: bytes) -> tuple[bytes, int]:
+    return corrupt(data, 6, b"\x01"), 5
+
+
+def case_truncated_footer(data: bytes) -> tuple[bytes, int]:
+    cut = data[:-3]
+    return cut, len(cut) - FOOTER_SIZE
+
+
+def case_too_short(data: bytes) -> tuple[bytes, int]:
+    return data[:19], 19
+
+
+def case_index_size_too_big(data: bytes) -> tuple[bytes, int]:
+    return replace_footer_size(data, len(data)), len(data) - FOOTER_SIZE
+
+
+def case_truncated_index(data: bytes) -> tuple[bytes, int]:
+    # Drop the index's last byte and shrink index_size to match: the last meta is cut,
+    # and the error points at the start of that meta.
+    end = len(data) - FOOTER_SIZE
+    cut = replace_footer_size(data[: end - 1] + data[end:], -1)
+    return cut, second_entry_at(data) + 2 + 2 + 1 + 37
+
+
+def case_offset_past_index(data: bytes) -> tuple[bytes, int]:
+    at = second_entry_at(data)
+    return corrupt(data, at + 2 + 2 + 1, struct.pack("<Q", index_start(data) - 2)), at
+
+
+def case_duplicate_uid(data: bytes) -> tuple[bytes, int]:
+    at = second_entry_at(data)
+    return corrupt(data, at + 2, b"aa"), at
+
+
+def case_bad_utf8_name(data: bytes) -> tuple[bytes, int]:
+    at = first_entry_at(data)
+    return corrupt(data, at + 2, b"\xff\xfe"), at
+
+
+def case_trailing_garbage(data: bytes) -> tuple[bytes, int]:
+    garbage = data + b"junk"
+    return garbage, len(garbage) - FOOTER_SIZE
+
+
+def case_garbage_after_last_entry(data: bytes) -> tuple[bytes, int]:
+    end = len(data) - FOOTER_SIZE
+    return replace_footer_size(data[:end] + b"\0\0" + data[end:], 2), end
+
+
+def case_unknown_codec(data: bytes) -> tuple[bytes, int]:
+    at = first_entry_at(data)
+    return corrupt(data, at + 2 + 2 + 1 + 16, b"\x07"), at
+
+
+def case_bad_meta_utf8(data: bytes) -> tuple[bytes, int]:
+    at = first_entry_at(data)
+    return corrupt(data, at + 2 + 2 + 1 + 37, b"\xff"), at
+
+
+STRUCTURAL = [
+    case_magic,
+    case_version,
+    case_reserved,
+    case_truncated_footer,
+    case_too_short,
+    case_index_size_too_big,
+    case_truncated_index,
+    case_offset_past_index,
+    case_duplicate_uid,
+    case_bad_utf8_name,
+    case_trailing_garbage,
+    case_garbage_after_last_entry,
+    case_unknown_codec,
+    case_bad_meta_utf8,
+]
+
+
+@pytest.mark.parametrize("case", STRUCTURAL, ids=lambda case: case.__name__[5:])
+def test_every_structural_corruption_names_object_and_offset(case: object) -> None:
+    data, offset = case(two_entry_shard())  # type: ignore[operator]
+    with pytest.raises(CorruptShardError) as info:
+        read_shard(data, name="20240517_39_0000.des")
+    assert info.value.name == "20240517_39_0000.des"
+    assert info.value.offset == offset
+    assert "20240517_39_0000.des" in str(info.value)
+    assert f"offset {offset}" in str(info.value)
+
+
+def test_checksum_mismatch_raises() -> None:
+    data = two_entry_shard()
+    bad = data.replace(b"world", b"w0rld")
+    index = read_shard(bad, name="x.des")
+    entry = index.entries[1]
+    with pytest.raises(CorruptShardError, match="sha256 mismatch") as info:
+        decode_payload(entry, bad[entry.offset : entry.offset + entry.length], name="x.des")
+    assert (info.value.name, info.value.offset) == ("x.des", entry.offset)
+
+
+def test_undecodable_zstd_raises() -> None:
+    frame = zstandard.ZstdCompressor().compress(b"payload" * 100)
+    entry = IndexEntry("z", HEADER_SIZE, len(frame), "zstd", 700)
+    garbage = frame[:4] + bytes(len(frame) - 4)
+    with pytest.raises(CorruptShardError, match="does not decode") as info:
+        decode_payload(entry, garbage, name="z.des")
+    assert (info.value.name, info.value.offset) == ("z.des", HEADER_SIZE)
+
+
+def test_undecodable_lz4_raises() -> None:
+    frame = lz4.frame.compress(b"payload" * 100)
+    entry = IndexEntry("z", HEADER_SIZE, len(frame), "lz4", 700)
+    with pytest.raises(CorruptShardError, match="does not decode"):
+        decode_payload(entry, b"\0" * len(frame), name="z.des")
+
+
+def test_wrong_decoded_size_and_short_read_raise() -> None:
+    entry = IndexEntry("n", HEADER_SIZE, 5, "none", 6)
+    with pytest.raises(CorruptShardError, match="index says 6"):
+        decode_payload(entry, b"hello", name="n.des")
+    with pytest.raises(CorruptShardError, match="read 4 of 5"):
+        decode_payload(IndexEntry("n", HEADER_SIZE, 5, "none", 5), b"hell", name="n.des")
+
+
+def test_damaged_meta_is_corruption_not_a_missing_checksum() -> None:
+    meta = make_meta(hashlib.sha256(b"x").hexdigest(), datetime(2024, 5, 17, tzinfo=UTC))
+    entry = IndexEntry("m", HEADER_SIZE, 1, "none", 1, b"{" + meta[1:-1])
+    assert entry.sha256 is None
+    with pytest.raises(CorruptShardError, match="not a JSON object"):
+        decode_payload(entry, b"x", name="m.des")
+    assert decode_payload(IndexEntry("m", HEADER_SIZE, 1, "none", 1, meta), b"x", name="m") == b"x"

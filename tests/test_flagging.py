@@ -1,0 +1,128 @@
+"""The flag stage on SQLite, PostgreSQL and MariaDB: back-fills the legacy column in
+batches, only for rows below the archived watermark (every partition's), never others."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from deswm.errors import ConfigError
+from deswm.flagging import FlagJob
+from deswm.model import WatermarkKey
+from deswm.routing import DesRouter
+from deswm.sources.sql import SqlSourceProvider
+from deswm.testing import MemoryWatermarkStore
+
+START = datetime(2024, 5, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def files(engine: sa.Engine) -> sa.Table:
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "files",
+        metadata,
+        sa.Column("uid", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("file_location", sa.String(200), nullable=False),
+        sa.Column("tenant", sa.String(20), nullable=False),
+        sa.Column("archived", sa.Boolean, nullable=False),
+    )
+    metadata.create_all(engine)
+    rows = [
+        {
+            "uid": number,
+            "created_at": (START + timedelta(hours=5 * number)).replace(tzinfo=None),
+            "file_location": f"/data/{number}",
+            "tenant": "acme" if number % 3 else "other",
+            "archived": False,
+        }
+        for number in range(60)  # 12.5 days, from May 10
+    ]
+    with engine.begin() as conn:
+        conn.execute(table.insert(), rows)
+    return table
+
+
+def flagged(engine: sa.Engine, table: sa.Table) -> set[int]:
+    with engine.connect() as conn:
+        return {row.uid for row in conn.execute(sa.select(table.c.uid).where(table.c.archived))}
+
+
+def job(engine: sa.Engine, store: MemoryWatermarkStore, **options: Any) -> FlagJob:
+    source = options.pop("source", None) or SqlSourceProvider(engine, "files", size_column=None)
+    return FlagJob(store, source, DesRouter(8), pipeline="files", initial=START, **options)
+
+
+def test_flags_rows_below_the_archived_watermark(engine: sa.Engine, files: sa.Table) -> None:
+    store = MemoryWatermarkStore()
+    store.initialize(WatermarkKey("files"), datetime(2024, 5, 15, tzinfo=UTC))
+
+    result = job(engine, store, batch_size=7).run()
+
+    below = {
+        n for n in range(60) if START + timedelta(hours=5 * n) < datetime(2024, 5, 15, tzinfo=UTC)
+    }
+    assert flagged(engine, files) == below
+    assert result.rows_updated == len(below)
+    assert result.batches >= len(below) // 7
+    assert result.buckets_committed == 5
+    mark = store.get(WatermarkKey("files", "flagged"))
+    assert mark is not None
+    assert mark.position == datetime(2024, 5, 15, tzinfo=UTC)
+
+    again = job(engine, store).run()  # nothing new: no window, no writes
+    assert again.window.empty
+    assert again.rows_updated == 0
+
+
+def test_flagging_follows_filter_query(engine: sa.Engine, files: sa.Table) -> None:
+    class AcmeOnly(SqlSourceProvider):
+        def filter_query(self, query: Any) -> Any:
+            return query.where(self.table.c["tenant"] == "acme")
+
+    store = MemoryWatermarkStore()
+    store.initialize(WatermarkKey("files"), datetime(2024, 5, 13, tzinfo=UTC))
+    job(engine, store, source=AcmeOnly(engine, "files", size_column=None)).run()
+    assert flagged(engine, files) == {n for n in range(15) if n % 3}
+
+
+def test_waits_for_every_partition(engine: sa.Engine, files: sa.Table) -> None:
+    store = MemoryWatermarkStore()
+    store.initialize(
+        WatermarkKey("files", partition=0), datetime(2024, 5, 14, tzinfo=UTC), partitions=2
+    )
+    assert job(engine, store).run().rows_updated == 0  # partition 1 has not started
+    store.initialize(
+        WatermarkKey("files", partition=1), datetime(2024, 5, 12, tzinfo=UTC), partitions=2
+    )
+    job(engine, store).run()
+    assert max(flagged(engine, files)) < 10  # bounded by the slower partition (May 12)
+
+
+def test_dry_run_and_rate_limit(engine: sa.Engine, files: sa.Table) -> None:
+    store = MemoryWatermarkStore()
+    store.initialize(WatermarkKey("files"), datetime(2024, 5, 12, tzinfo=UTC))
+    dry = job(engine, store).run(dry_run=True)
+    assert dry.rows_updated == 10
+    assert flagged(engine, files) == set()
+    assert store.get(WatermarkKey("files", "flagged")) is None
+
+    sleeps: list[float] = []
+    job(engine, store, batch_size=4, max_rows_per_second=2.0, sleep=sleeps.append).run()
+    assert flagged(engine, files) == set(range(10))
+    assert sleeps
+    assert sum(sleeps) > 3  # 10 rows at 2 rows/s: about 5 s of waiting, minus the work
+
+
+def test_bad_settings(engine: sa.Engine, files: sa.Table) -> None:
+    store = MemoryWatermarkStore()
+    with pytest.raises(ConfigError, match=r"flag\.batch_size"):
+        job(engine, store, batch_size=0)
+    store.initialize(WatermarkKey("files"), datetime(2024, 5, 12, tzinfo=UTC))
+    with pytest.raises(ConfigError) as caught:
+        job(engine, store, column="is_archived").run()
+    assert caught.value.key == "flag.column"

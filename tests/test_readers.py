@@ -1,0 +1,459 @@
+"""FsspecFileReader: the FileReader contract on local, memory and S3, and the edge cases."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from fsspec.spec import AbstractFileSystem
+
+from conftest import FsTarget
+from deswm._redact import redact
+from deswm.errors import ConfigError, FileMissingError, FileReadError
+from deswm.readers import FsspecFileReader, is_transient
+from deswm.testing.contracts.reader import FileReaderContract, MakeReader
+
+
+def _store(target: FsTarget, files: Mapping[str, bytes]) -> dict[str, str]:
+    fs = target.filesystem()
+    locations = {}
+    for name, data in files.items():
+        location = target.join(name)
+        if target.kind == "local":
+            fs.makedirs(os.path.dirname(location), exist_ok=True)
+        fs.pipe_file(location, data)
+        locations[name] = location
+    return locations
+
+
+class TestFsspecReaderAbsolute(FileReaderContract):
+    """Locations as the table would hold them: absolute paths and full URLs."""
+
+    @pytest.fixture
+    def make_reader(self, fs_target: FsTarget) -> MakeReader:
+        def make(files: Mapping[str, bytes]) -> tuple[FsspecFileReader, dict[str, str]]:
+            locations = _store(fs_target, files)
+            reader = FsspecFileReader(
+                storage_options={fs_target.kind: fs_target.storage_options}
+                if fs_target.kind == "s3"
+                else None,
+                retry_backoff=0,
+            )
+            return reader, locations
+
+        return make
+
+
+class TestFsspecReaderRelative(FileReaderContract):
+    """Relative locations resolved against ``root`` (a folder or URL).
+
+    S3 shares the URL-root code path with memory (and has its own root tests below), so
+    it is left out here to keep the suite fast.
+    """
+
+    @pytest.fixture(params=["local", "memory"])
+    def fs_backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def make_reader(self, fs_target: FsTarget) -> MakeReader:
+        def make(files: Mapping[str, bytes]) -> tuple[FsspecFileReader, dict[str, str]]:
+            _store(fs_target, files)
+            reader = FsspecFileReader(
+                root=fs_target.url, storage_options=fs_target.storage_options, retry_backoff=0
+            )
+            return reader, {name: name for name in files}
+
+        return make
+
+
+class TestFsspecReaderFileUrl(FileReaderContract):
+    """``file://`` URLs take the plain-open fast path."""
+
+    @pytest.fixture
+    def make_reader(self, tmp_path: Path) -> MakeReader:
+        def make(files: Mapping[str, bytes]) -> tuple[FsspecFileReader, dict[str, str]]:
+            locations = {}
+            for name, data in files.items():
+                path = tmp_path / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                locations[name] = f"file://{path}"
+            return FsspecFileReader(max_workers=2), locations
+
+        return make
+
+
+# --- explicit cases ------------------------------------------------------------------
+
+
+def test_zero_byte_file_is_valid(fs_target: FsTarget) -> None:
+    locations = _store(fs_target, {"empty": b""})
+    reader = FsspecFileReader(root=fs_target.url, storage_options=fs_target.storage_options)
+    assert reader.read(locations["empty"]) == b""
+    assert reader.read("empty") == b""
+
+
+def test_directory_is_a_read_error(fs_target: FsTarget) -> None:
+    _store(fs_target, {"folder/inside.bin": b"x"})
+    reader = FsspecFileReader(storage_options=fs_target.storage_options, root=fs_target.url)
+    with pytest.raises(FileReadError, match="is a directory") as caught:
+        reader.read("folder")
+    assert not isinstance(caught.value, FileMissingError)
+
+
+def test_local_directory_delete_is_an_error(tmp_path: Path) -> None:
+    reader = FsspecFileReader()
+    with pytest.raises(FileReadError, match="is a directory"):
+        reader.delete(str(tmp_path))
+    assert tmp_path.is_dir()
+
+
+def test_local_missing_parent_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    reader = FsspecFileReader()
+    with pytest.raises(FileMissingError):
+        reader.read(str(tmp_path / "file" / "below"))
+    reader.delete(str(tmp_path / "file" / "below"))
+    reader.delete(str(tmp_path / "never" / "there"))
+
+
+def test_local_permission_denied(tmp_path: Path) -> None:
+    path = tmp_path / "secret.bin"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user who can read a mode-000 file (root)")
+        with pytest.raises(FileReadError, match="permission denied") as caught:
+            FsspecFileReader().read(str(path))
+        assert not isinstance(caught.value, FileMissingError)
+        assert caught.value.hint is not None
+        assert "read access" in caught.value.hint
+    finally:
+        path.chmod(0o600)
+
+
+def test_local_permission_error_is_mapped_even_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # root reads mode-000 files, so also prove the mapping by making open() refuse.
+    def refuse(path: str, mode: str = "r") -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr("deswm.readers.open", refuse, raising=False)
+    reader = FsspecFileReader(retries=3)
+    with pytest.raises(FileReadError, match="permission denied") as caught:
+        reader.read(str(tmp_path / "x.bin"))
+    assert not isinstance(caught.value, FileMissingError)
+    assert isinstance(caught.value.__cause__, PermissionError)
+
+
+def test_file_url_with_localhost(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    reader = FsspecFileReader()
+    assert reader.read(f"file://localhost{tmp_path}/a.bin") == b"abc"
+
+
+def test_local_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.bin").write_bytes(b"abc")
+    monkeypatch.chdir(tmp_path)
+    reader = FsspecFileReader(root="data")
+    monkeypatch.chdir("/")
+    assert reader.read("a.bin") == b"abc"
+    assert reader.root == str(tmp_path / "data")
+
+
+def test_relative_location_without_root() -> None:
+    with pytest.raises(FileReadError, match="relative location and the reader has no root"):
+        FsspecFileReader().read("some/file.bin")
+
+
+def test_empty_location() -> None:
+    with pytest.raises(FileReadError, match="not a file location"):
+        FsspecFileReader().read("")
+
+
+def test_unknown_protocol_is_a_read_error() -> None:
+    with pytest.raises(FileReadError, match="no fsspec filesystem knows the protocol 'nope'"):
+        FsspecFileReader().read("nope://x/y")
+
+
+def test_missing_backend_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"gcs:// is not installed"):
+        FsspecFileReader().read("gcs://bucket/key")
+
+
+def test_s3_missing_object_and_bad_bucket(moto_s3: Any, s3_bucket: str) -> None:
+    reader = FsspecFileReader(storage_options={"s3": moto_s3.storage_options})
+    with pytest.raises(FileMissingError):
+        reader.read(f"s3://{s3_bucket}/nope.bin")
+    with pytest.raises(FileMissingError):
+        reader.read("s3://deswm-no-such-bucket-here/nope.bin")
+    reader.delete(f"s3://{s3_bucket}/nope.bin")
+
+
+def test_filesystem_is_cached_per_protocol(moto_s3: Any, s3_bucket: str) -> None:
+    fs = moto_s3.filesystem()
+    fs.pipe_file(f"{s3_bucket}/a", b"1")
+    fs.pipe_file(f"{s3_bucket}/b", b"2")
+    reader = FsspecFileReader(storage_options={"s3": moto_s3.storage_options})
+    assert reader.read(f"s3://{s3_bucket}/a") == b"1"
+    assert reader.read(f"s3://{s3_bucket}/b") == b"2"
+    assert list(reader._filesystems) == ["s3"]
+
+
+@pytest.mark.parametrize(
+    ("options", "root", "expected"),
+    [
+        (None, None, {}),
+        ({"s3": {"anon": True}, "memory": {}}, None, {"s3": {"anon": True}, "memory": {}}),
+        ({"anon": True}, "s3://bucket/prefix", {"s3": {"anon": True}}),
+        ({"anon": True}, None, {"s3": {"anon": True}, "gcs": {"anon": True}}),
+    ],
+)
+def test_storage_options_per_protocol(
+    options: dict[str, Any] | None, root: str | None, expected: dict[str, dict[str, Any]]
+) -> None:
+    reader = FsspecFileReader(storage_options=options, root=root)
+    for protocol, wanted in expected.items():
+        assert reader._options.for_protocol(protocol) == wanted
+    if root is not None:
+        assert reader._options.for_protocol("gcs") == {}
+
+
+# --- retries with a fake filesystem --------------------------------------------------
+
+
+class FlakyFS(AbstractFileSystem):
+    """Fails with the queued exceptions, then serves ``data``; logs every call."""
+
+    protocol = "deswmflaky"
+    cachable = False
+
+    def __init__(
+        self,
+        failures: list[BaseException] | None = None,
+        calls: list[str] | None = None,
+        data: bytes = b"payload",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.failures = failures if failures is not None else []
+        self.calls = calls if calls is not None else []
+        self.data = data
+
+    def cat_file(self, path: str, start: Any = None, end: Any = None, **kwargs: Any) -> bytes:
+        self.calls.append(f"cat {path}")
+        if self.failures:
+            raise self.failures.pop(0)
+        return self.data
+
+    def rm_file(self, path: str) -> None:
+        self.calls.append(f"rm {path}")
+        if self.failures:
+            raise self.failures.pop(0)
+
+    def isdir(self, path: str) -> bool:
+        self.calls.append(f"isdir {path}")
+        return False
+
+
+fsspec.register_implementation("deswmflaky", FlakyFS, clobber=True)
+
+
+class _ClientError(Exception):
+    """Shaped like botocore's ClientError (``response`` with a code and status)."""
+
+    def __init__(self, code: str, status: int) -> None:
+        super().__init__(f"An error occurred ({code})")
+        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+
+def _s3fs_style(code: str, status: int, translated: OSError) -> OSError:
+    translated.__cause__ = _ClientError(code, status)
+    return translated
+
+
+def _flaky(failures: list[BaseException], **kwargs: Any) -> tuple[FsspecFileReader, list[str]]:
+    calls: list[str] = []
+    options = {"deswmflaky": {"failures": failures, "calls": calls}}
+    return FsspecFileReader(storage_options=options, retry_backoff=0, **kwargs), calls
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+        TimeoutError("read timed out"),
+        _s3fs_style("SlowDown", 503, OSError(errno.EBUSY, "Please reduce your request rate")),
+        _s3fs_style("InternalError", 500, OSError(121, "We encountered an internal error")),
+        _ClientError("ThrottlingException", 400),
+        OSError(errno.ETIMEDOUT, "timed out"),
+    ],
+    ids=["reset", "timeout", "slowdown", "http500", "throttling", "etimedout"],
+)
+def test_transient_errors_are_retried(failure: BaseException) -> None:
+    reader, calls = _flaky([failure, failure], retries=3)
+    assert reader.read("deswmflaky://bucket/key") == b"payload"
+    assert len(calls) == 3
+
+
+def test_gives_up_after_retries() -> None:
+    failure = _s3fs_style("SlowDown", 503, OSError(errno.EBUSY, "Please reduce your request rate"))
+    reader, calls = _flaky([failure] * 10, retries=2)
+    with pytest.raises(FileReadError, match="after 3 attempts") as caught:
+        reader.read("deswmflaky://bucket/key")
+    assert len(calls) == 3
+    assert caught.value.__cause__ is failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "message"),
+    [
+        (PermissionError(errno.EACCES, "Access Denied"), FileReadError, "permission denied"),
+        (FileNotFoundError(errno.ENOENT, "NoSuchKey"), FileMissingError, "does not exist"),
+        (_ClientError("AccessDenied", 403), FileReadError, "AccessDenied"),
+        (_s3fs_style("404", 404, OSError(errno.EIO, "Not Found")), FileReadError, "Not Found"),
+        (ValueError("bad path"), FileReadError, "ValueError: bad path"),
+    ],
+    ids=["permission", "missing", "http403", "http404", "unknown"],
+)
+def test_permanent_errors_are_not_retried(
+    failure: BaseException, error: type[Exception], message: str
+) -> None:
+    reader, calls = _flaky([failure] * 5, retries=3)
+    with pytest.raises(error, match=message):
+        reader.read("deswmflaky://bucket/key")
+    assert [call for call in calls if call.startswith("cat")] == ["cat deswmflaky://bucket/key"]
+
+
+def test_permission_error_has_a_hint() -> None:
+    reader, _ = _flaky([PermissionError(errno.EACCES, "Access Denied")])
+    with pytest.raises(FileReadError) as caught:
+        reader.read("deswmflaky://bucket/key")
+    assert caught.value.hint is not None
+    assert "read access" in caught.value.hint
+
+
+def test_backoff_is_exponential(monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr("deswm.readers.time.sleep", delays.append)
+    failure = ConnectionResetError("reset")
+    calls: list[str] = []
+    reader = FsspecFileReader(
+        storage_options={"deswmflaky": {"failures": [failure] * 3, "calls": calls}},
+        retries=3,
+        retry_backoff=0.1,
+    )
+    assert reader.read("deswmflaky://b/k") == b"payload"
+    assert len(delays) == 3
+    for n, delay in enumerate(delays):
+        assert 0.05 * 2**n <= delay <= 0.1 * 2**n
+
+
+def test_delete_retries_and_ignores_missing() -> None:
+    reader, calls = _flaky([ConnectionResetError("reset"), FileNotFoundError("gone")])
+    reader.delete("deswmflaky://b/k")
+    assert calls == ["rm deswmflaky://b/k", "rm deswmflaky://b/k"]
+
+
+def test_read_many_yields_failures_as_values() -> None:
+    from datetime import UTC, datetime
+
+    from deswm.model import SourceRecord
+
+    reader, _ = _flaky([PermissionError("denied")], max_workers=1)
+    records = [
+        SourceRecord(f"u{n}", datetime(2024, 1, 1, tzinfo=UTC), "deswmflaky://b/k")
+        for n in range(3)
+    ]
+    outcomes = [outcome for _, outcome in reader.read_many(records)]
+    assert isinstance(outcomes[0], FileReadError)
+    assert outcomes[1:] == [b"payload", b"payload"]
+
+
+# --- no leaks --------------------------------------------------------------------------
+
+
+def test_credentials_never_in_repr_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "wJalrXUtnFEMI-very-secret"
+    failure = ConnectionResetError(f"reset while signing with {secret}")
+    calls: list[str] = []
+    reader = FsspecFileReader(
+        storage_options={
+            "deswmflaky": {"failures": [failure] * 5, "calls": calls, "secret": secret},
+        },
+        retries=1,
+        retry_backoff=0,
+    )
+    assert secret not in repr(reader)
+    with (
+        caplog.at_level(logging.DEBUG, logger="deswm.readers"),
+        pytest.raises(FileReadError) as caught,
+    ):
+        reader.read("deswmflaky://user:hunter2pass@bucket/key?X-Amz-Signature=abcdef123")
+    text = str(caught.value) + caught.value.location + caplog.text
+    assert caplog.records, "the retry was logged"
+    for leaked in (secret, "hunter2pass", "abcdef123"):
+        assert leaked not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://user:pw@host/a", "https://user:***@host/a"),
+        ("s3://bucket/key?X-Amz-Signature=abc&x=1", "s3://bucket/key?X-Amz-Signature=***&x=1"),
+        ("/plain/path:with@chars", "/plain/path:with@chars"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_is_transient_follows_the_cause_chain() -> None:
+    inner = ConnectionResetError("reset")
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = inner
+    assert is_transient(outer)
+    assert not is_transient(PermissionError("denied"))
+    assert not is_transient(_ClientError("NoSuchKey", 404))
+    assert is_transient(_ClientError("SlowDown", 503))
+
+
+def test_real_botocore_errors() -> None:
+    botocore = pytest.importorskip("botocore.exceptions")
+    slow = botocore.ClientError(
+        {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"
+    )
+    denied = botocore.ClientError(
+        {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+        "GetObject",
+    )
+    assert is_transient(slow)
+    assert not is_transient(denied)
+    assert is_transient(botocore.EndpointConnectionError(endpoint_url="http://x"))
+    assert is_transient(botocore.ReadTimeoutError(endpoint_url="http://x"))
+    assert not is_transient(botocore.NoCredentialsError())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"retries": -1}, "reader.retries"),
+        ({"retry_backoff": -0.1}, "reader.retry_backoff"),
+        ({"storage_options": ["a"]}, "reader.storage_options"),
+        ({"max_workers": 0}, "reader.max_workers"),
+    ],
+)
+def test_validates_settings(kwargs: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        FsspecFileReader(**kwargs)
+    assert caught.value.key == key
