@@ -1,0 +1,71 @@
+"""The benchmark harness runs end to end (``python -m benchmarks --smoke``).
+
+It checks the harness, not performance: tiny data, every step, the JSON shape. There
+are no timing assertions (timings on shared machines belong to the benchmark's report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURE_KEYS = {"id", "figure", "deswm", "baseline", "ratio", "target", "met", "unit", "note"}
+
+
+def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    env.pop("DESWM_CRASH_AT", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--smoke",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--results-dir",
+            str(results),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    files = list(results.glob("bench-*-smoke.json"))
+    assert len(files) == 1, files
+    result = json.loads(files[0].read_text())
+
+    assert result["smoke"] is True
+    assert {"nproc", "memory_gib", "python", "load_average_start"} <= set(result["machine"])
+    assert result["dataset"]["files"] == 300
+    runs = result["runs"]
+    for key in ("python_loop", "deswm_sqlite", "per_record_sqlite", "partitions"):
+        assert runs[key]["files"] == 300, key
+    assert runs["deswm_sqlite"]["verified"] > 0
+    assert runs["deswm_sqlite"]["source_rows_updated"] == 0
+    assert runs["per_record_sqlite"]["source_rows_updated"] == 300
+    assert runs["deswm_sqlite"]["sql"]["statements"] > 0
+    assert [r["rows"] for r in runs["scaling"]] == [200, 400, 800]
+    assert runs["pending_stats"]["statements"] == 1
+
+    figures = {row["id"]: row for row in result["figures"] if row["id"]}
+    assert set(figures) == {f"P{n}" for n in range(1, 9)}
+    for row in result["figures"]:
+        assert set(row) == FIGURE_KEYS
+        assert row["met"] in (True, False, None)
+    for ident in ("P2", "P5", "P6", "P8"):
+        assert figures[ident]["met"] is not None, ident
+    assert figures["P3"]["met"] is None  # PostgreSQL figures need --db postgresql
+    table = done.stdout
+    assert "| P1 " in table and "| P8 " in table and "met?" in table
