@@ -211,6 +211,34 @@ def test_filesystem_is_cached_per_protocol(moto_s3: Any, s3_bucket: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("extra", "per_file"), [({}, ["GET"]), ({"max_concurrency": 4}, ["HEAD", "GET"])]
+)
+def test_s3_reads_a_file_with_one_request(
+    moto_s3: Any, s3_bucket: str, extra: dict[str, Any], per_file: list[str]
+) -> None:
+    """s3fs asks for an object's size before a whole-object read unless told to read it in
+    one request: deswm does, so archiving N small files costs N GETs, not 2N requests.
+    A ``max_concurrency`` in the storage options is the user's choice and is kept."""
+    fs = moto_s3.filesystem()
+    for name in "abc":
+        fs.pipe_file(f"{s3_bucket}/{name}", name.encode() * 3)
+    reader = FsspecFileReader(storage_options={"s3": {**moto_s3.storage_options, **extra}})
+    assert reader.read(f"s3://{s3_bucket}/a") == b"aaa"  # creates the filesystem
+    sent: list[str] = []
+
+    def seen(request: Any, **_: Any) -> None:
+        sent.append(request.method)
+
+    s3 = reader._filesystems["s3"].s3
+    s3.meta.events.register("before-send.s3", seen)
+    try:
+        assert [reader.read(f"s3://{s3_bucket}/{n}") for n in "bc"] == [b"bbb", b"ccc"]
+    finally:
+        s3.meta.events.unregister("before-send.s3", seen)
+    assert sent == per_file * 2
+
+
+@pytest.mark.parametrize(
     ("options", "root", "expected"),
     [
         (None, None, {}),
