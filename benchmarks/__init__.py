@@ -11,5 +11,5 @@ Modules:
 * :mod:`benchmarks.report`: the figures P1 to P8, their targets and the printed table;
 * :mod:`benchmarks.cli`: the command line that runs everything and writes the JSON.
 
-``benchmarks/packer_memory.py`` is a separate script: the peak RSS of one bucket.
+``python -m benchmarks.packer_memory`` is a separate command: the peak RSS of one bucket.
 """

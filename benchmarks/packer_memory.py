@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/packer_memory.py 200000 [--spill-threshold BYTES] [--n-bits 8]
+    python -m benchmarks.packer_memory 200000 [--spill-threshold BYTES] [--n-bits 8]
         [--workers 2] [--dest DIR]
 
 Files are generated on the fly (compressible JSON-like lines of 200 to 4,000 bytes,
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+from benchmarks.probes import peak_rss_mib, ru_maxrss_mib
 from deswm.model import SourceRecord
 from deswm.packer import DesPacker
 from deswm.routing import DesRouter
@@ -44,24 +43,6 @@ def synthetic_files(count: int, seed: int = 7) -> Iterator[tuple[SourceRecord, b
         )
         data = line * rnd.randrange(3, 60)
         yield SourceRecord(f"file-{i:08d}.json", created, f"/src/{i}"), data
-
-
-def ru_maxrss_mib() -> float:
-    """``ru_maxrss``: on Linux it keeps the parent's peak across fork and exec."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak RSS: ``VmHWM`` where /proc has it, else ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return ru_maxrss_mib()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,12 @@ import os
 import re
 import resource
 import sqlite3
+import sys
 import time
 from collections import Counter
 from typing import Any
 
-__all__ = ["SqlTimer", "peak_rss_mib", "wal_bytes_since", "wal_lsn"]
+__all__ = ["SqlTimer", "peak_rss_mib", "ru_maxrss_mib", "wal_bytes_since", "wal_lsn"]
 
 _DML = re.compile(
     r"^\s*(UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+((?:\"[^\"]+\"|\w+)(?:\.(?:\"[^\"]+\"|\w+))?)",
@@ -40,7 +41,13 @@ def peak_rss_mib() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return ru_maxrss_mib()
+
+
+def ru_maxrss_mib() -> float:
+    """``ru_maxrss`` in MiB: on Linux it keeps the parent's peak across fork and exec."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 class SqlTimer:

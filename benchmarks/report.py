@@ -56,6 +56,21 @@ def _wal_bytes(run: dict[str, Any]) -> float | None:
     return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
+def _reported(
+    figure: str,
+    deswm: float | None,
+    baseline: float | None,
+    unit: str,
+    *,
+    inverse: bool = False,
+    note: str = "",
+) -> Row:
+    """A context row without a target; its ratio is ``deswm / baseline`` (or the
+    inverse, for figures named "baseline / deswm")."""
+    ratio = _ratio(baseline, deswm) if inverse else _ratio(deswm, baseline)
+    return _row("", figure, deswm, baseline, ratio, "(reported)", None, unit, note)
+
+
 def _seconds(run: dict[str, Any] | None) -> float | None:
     return None if run is None else float(run["seconds"])
 
@@ -86,14 +101,10 @@ def figures(runs: dict[str, Any]) -> list[Row]:
     if variant is not None:
         bits = variant.get("n_bits", "?")
         rows.append(
-            _row(
-                "",
+            _reported(
                 f"full cycle with n_bits {bits} / native (s): {variant['shards']:,} shards",
                 _seconds(variant),
                 _seconds(native),
-                _ratio(_seconds(variant), _seconds(native)),
-                "(reported)",
-                None,
                 "s",
             )
         )
@@ -130,15 +141,12 @@ def figures(runs: dict[str, Any]) -> list[Row]:
             )
         )
         rows.append(
-            _row(
-                "",
+            _reported(
                 "total time per-record / deswm (s), PostgreSQL",
                 _seconds(deswm_pg),
                 _seconds(per_record_pg),
-                _ratio(_seconds(per_record_pg), _seconds(deswm_pg)),
-                "(reported)",
-                None,
                 "s",
+                inverse=True,
             )
         )
         d_wal, p_wal = _wal_bytes(deswm_pg), _wal_bytes(per_record_pg)
@@ -302,76 +310,54 @@ def figures(runs: dict[str, Any]) -> list[Row]:
 
     # Context: the other baselines and sizes.
     rows.append(
-        _row(
-            "",
+        _reported(
             "Python loop / native (s)",
             _seconds(loop),
             _seconds(native),
-            _ratio(_seconds(loop), _seconds(native)),
-            "(reported)",
-            None,
             "s",
         )
     )
     rows.append(
-        _row(
-            "",
+        _reported(
             "full cycle / Python loop (s)",
             _seconds(deswm),
             _seconds(loop),
-            _ratio(_seconds(deswm), _seconds(loop)),
-            "(reported)",
-            None,
             "s",
         )
     )
     if deswm and per_record:
         rows.append(
-            _row(
-                "",
+            _reported(
                 "database time per-record / deswm (s), SQLite",
                 deswm["sql"]["db_s"],
                 per_record["sql"]["db_s"],
-                _ratio(per_record["sql"]["db_s"], deswm["sql"]["db_s"]),
-                "(reported)",
-                None,
                 "s",
+                inverse=True,
             )
         )
         rows.append(
-            _row(
-                "",
+            _reported(
                 "total time per-record / deswm (s), SQLite",
                 _seconds(deswm),
                 _seconds(per_record),
-                _ratio(_seconds(per_record), _seconds(deswm)),
-                "(reported)",
-                None,
                 "s",
+                inverse=True,
             )
         )
     if deswm and native:
         rows.append(
-            _row(
-                "",
+            _reported(
                 "output bytes / native",
                 deswm["bytes_out"],
                 native["bytes_out"],
-                _ratio(deswm["bytes_out"], native["bytes_out"]),
-                "(reported)",
-                None,
                 "B",
-                "per-file zstd frames vs one stream",
+                note="per-file zstd frames vs one stream",
             )
         )
         rows.append(
-            _row(
-                "",
+            _reported(
                 "peak RSS of the full cycle (MiB)",
                 deswm["peak_rss_mib"],
-                None,
-                None,
-                "(reported)",
                 None,
                 "MiB",
             )

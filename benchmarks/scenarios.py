@@ -265,7 +265,7 @@ def _sample_rows(sqlite_path: str, count: int, seed: int = 7) -> list[tuple[str,
             uid, created, location = db.execute(
                 "SELECT uid, created_at, file_location FROM files WHERE rowid = ?", (rowid,)
             ).fetchone()
-            rows.append((uid, datetime.fromisoformat(created).replace(tzinfo=UTC), location))
+            rows.append((uid, _aware(created), location))
         return rows
     finally:
         db.close()
@@ -685,7 +685,7 @@ def _first_rows_of_a_day(sqlite_path: str, limit: int) -> list[tuple[str, dateti
         start = day.strftime("%Y-%m-%d")
         end = (day + timedelta(days=1)).strftime("%Y-%m-%d")
         return [
-            (uid, datetime.fromisoformat(created).replace(tzinfo=UTC), location)
+            (uid, _aware(created), location)
             for uid, created, location in db.execute(
                 "SELECT uid, created_at, file_location FROM files WHERE created_at >= ? "
                 "AND created_at < ? ORDER BY created_at, uid LIMIT ?",

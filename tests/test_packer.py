@@ -913,12 +913,13 @@ def test_any_bucket_reads_back_and_packs_identically(fs_target: Any) -> None:
 def test_peak_memory_of_a_200k_file_bucket_is_bounded(tmp_path: Path) -> None:
     """Pack 200,000 small files in a child process and read its own peak RSS (VmHWM;
     ru_maxrss would include this pytest process's peak, inherited across fork and exec)."""
-    script = ROOT / "benchmarks" / "packer_memory.py"
+    spill = str(4 * 2**20)
     done = subprocess.run(
-        [sys.executable, str(script), "200000", "--spill-threshold", str(4 * 2**20)],
+        [sys.executable, "-m", "benchmarks.packer_memory", "200000", "--spill-threshold", spill],
         capture_output=True,
         text=True,
         check=True,
+        cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp_path)},
         timeout=300,
     )
