@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
 from fsspec.spec import AbstractFileSystem
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import FsTarget
+from deswm import _contain
 from deswm._redact import redact
-from deswm.errors import ConfigError, FileMissingError, FileReadError
+from deswm.errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
+from deswm.model import SourceRecord
 from deswm.readers import FsspecFileReader, is_transient
 from deswm.testing.contracts.reader import FileReaderContract, MakeReader
+
+NOW = datetime(2024, 5, 10, tzinfo=UTC)
 
 
 def _store(target: FsTarget, files: Mapping[str, bytes]) -> dict[str, str]:
@@ -485,3 +493,320 @@ def test_validates_settings(kwargs: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         FsspecFileReader(**kwargs)
     assert caught.value.key == key
+
+
+# --- containment: a location must stay inside root / allowed_roots ------------------------
+
+
+class _Tree:
+    """``root/`` with files and links, and ``outside/victim.txt`` beside it."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "root"
+        self.outside = base / "outside"
+        self.victim = self.outside / "victim.txt"
+        (self.root / "sub").mkdir(parents=True)
+        self.outside.mkdir()
+        (base / "root2").mkdir()
+        (base / "root2" / "x.txt").write_bytes(b"sibling folder")
+        self.victim.write_bytes(b"OUTSIDE")
+        (self.root / "inside.txt").write_bytes(b"inside")
+        (self.root / "sub" / "deep.txt").write_bytes(b"deep")
+        (self.root / "link-out").symlink_to(self.victim)
+        (self.root / "dir-out").symlink_to(self.outside)
+        (self.root / "link-in").symlink_to(self.root / "sub" / "deep.txt")
+
+    def reader(self, **kwargs: Any) -> FsspecFileReader:
+        return FsspecFileReader(root=self.root, retries=0, **kwargs)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> _Tree:
+    return _Tree(tmp_path)
+
+
+LOCAL_ESCAPES = {
+    "dotdot": lambda t: "../outside/victim.txt",
+    "dotdot-deep": lambda t: "sub/../../outside/victim.txt",
+    "absolute": lambda t: str(t.victim),
+    "sibling-prefix": lambda t: str(t.base / "root2" / "x.txt"),
+    "symlink-out": lambda t: "link-out",
+    "symlink-dir-out": lambda t: "dir-out/victim.txt",
+    "absolute-through-symlink": lambda t: str(t.root / "dir-out" / "victim.txt"),
+    "file-url": lambda t: f"file://{t.victim}",
+    "file-url-host": lambda t: "file://outside/victim.txt",
+    "home": lambda t: "~/victim.txt",
+    "home-user": lambda t: "~root/victim.txt",
+    "nul": lambda t: "inside.txt\x00../../outside/victim.txt",
+    "backslash": lambda t: "..\\outside\\victim.txt",
+    "other-scheme": lambda t: "memory://outside/victim.txt",
+    "the-root-itself": lambda t: ".",
+}
+
+
+@pytest.mark.parametrize("escape", sorted(LOCAL_ESCAPES))
+def test_local_location_outside_the_root_is_never_read_or_deleted(tree: _Tree, escape: str) -> None:
+    location = LOCAL_ESCAPES[escape](tree)
+    reader = tree.reader()
+    with pytest.raises(LocationOutsideRootError) as caught:
+        reader.read(location)
+    assert caught.value.location == redact(location)
+    assert "is outside files.root" in str(caught.value)
+    assert "files.allowed_roots" in str(caught.value)
+    with pytest.raises(LocationOutsideRootError):
+        reader.delete(location)
+    [(_, outcome)] = list(reader.read_many([SourceRecord("u", NOW, location)]))
+    assert isinstance(outcome, LocationOutsideRootError)
+    assert tree.victim.read_bytes() == b"OUTSIDE"
+    assert (tree.base / "root2" / "x.txt").exists()
+    assert (tree.root / "link-out").is_symlink()
+
+
+@pytest.mark.parametrize("proc_fd", [True, False], ids=["proc-fd", "realpath"])
+def test_symlink_out_is_refused_with_and_without_proc(
+    tree: _Tree, proc_fd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_contain, "_PROC_FD", proc_fd and _contain._PROC_FD)
+    reader = tree.reader()
+    for location in ("link-out", "dir-out/victim.txt"):
+        with pytest.raises(LocationOutsideRootError, match="through a symlink"):
+            reader.read(location)
+        with pytest.raises(LocationOutsideRootError):
+            reader.delete(location)
+    assert tree.victim.read_bytes() == b"OUTSIDE"
+    assert reader.read("link-in") == b"deep"
+    reader.delete("link-in")  # deletes the resolved file, inside the root
+    assert not (tree.root / "sub" / "deep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("inside.txt", b"inside"),
+        ("./inside.txt", b"inside"),
+        ("sub/../inside.txt", b"inside"),
+        ("sub//deep.txt", b"deep"),
+        ("link-in", b"deep"),
+        ("ok~/tilde-inside.txt", b"tilde"),
+    ],
+)
+def test_local_locations_inside_the_root_are_read(
+    tree: _Tree, location: str, expected: bytes
+) -> None:
+    (tree.root / "ok~").mkdir()
+    (tree.root / "ok~" / "tilde-inside.txt").write_bytes(b"tilde")
+    assert tree.reader().read(location) == expected
+
+
+def test_absolute_and_file_url_locations_inside_the_root_are_read(tree: _Tree) -> None:
+    reader = tree.reader()
+    assert reader.read(str(tree.root / "inside.txt")) == b"inside"
+    assert reader.read(f"file://{tree.root / 'inside.txt'}") == b"inside"
+    assert reader.read(str(tree.root.resolve() / "sub" / "deep.txt")) == b"deep"
+
+
+def test_a_root_behind_a_symlink_still_contains_its_files(tree: _Tree) -> None:
+    alias = tree.base / "alias"
+    alias.symlink_to(tree.root)
+    reader = FsspecFileReader(root=alias)
+    assert reader.read("inside.txt") == b"inside"
+    assert reader.read(str(alias / "sub" / "deep.txt")) == b"deep"
+    assert reader.read(str(tree.root / "sub" / "deep.txt")) == b"deep"
+    with pytest.raises(LocationOutsideRootError):
+        reader.read("link-out")
+
+
+def test_allowed_roots_contain_absolute_locations_the_same_way(tree: _Tree) -> None:
+    reader = FsspecFileReader(allowed_roots=[tree.root, tree.base / "root2"])
+    assert reader.roots == (str(tree.root), str(tree.base / "root2"))
+    assert reader.read(str(tree.base / "root2" / "x.txt")) == b"sibling folder"
+    assert reader.read(str(tree.root / "inside.txt")) == b"inside"
+    with pytest.raises(LocationOutsideRootError):
+        reader.read(str(tree.victim))
+    with pytest.raises(LocationOutsideRootError):
+        reader.read(str(tree.root / "link-out"))
+    with pytest.raises(FileReadError, match="relative location and the reader has no root"):
+        reader.read("inside.txt")
+    assert "allowed_roots=" in repr(reader)
+
+
+def test_without_roots_absolute_locations_are_read_anywhere(tree: _Tree) -> None:
+    reader = FsspecFileReader()
+    assert reader.roots == ()
+    assert reader.read(str(tree.victim)) == b"OUTSIDE"
+
+
+def test_special_files_inside_the_root_are_refused_without_blocking(tree: _Tree) -> None:
+    os.mkfifo(tree.root / "fifo")
+    with pytest.raises(FileReadError, match="not a regular file"):
+        tree.reader().read("fifo")
+
+
+def test_delete_refuses_a_folder_swapped_for_a_symlink_out(
+    tree: _Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder of the resolved file is re-checked right before the unlink."""
+    reader = tree.reader()
+    real_open = os.open
+    swapped = []
+
+    def swap_then_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & getattr(os, "O_DIRECTORY", 0) and str(path).endswith("/sub") and not swapped:
+            (tree.root / "sub").rename(tree.root / "sub-moved")
+            (tree.root / "sub").symlink_to(tree.outside)
+            (tree.outside / "deep.txt").write_bytes(b"OUTSIDE TOO")
+            swapped.append(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    if not _contain._PROC_FD:  # pragma: no cover - Linux CI has /proc
+        pytest.skip("needs /proc/self/fd")
+    monkeypatch.setattr(_contain.os, "open", swap_then_open)
+    with pytest.raises(LocationOutsideRootError, match="its folder now resolves to"):
+        reader.delete("sub/deep.txt")
+    assert swapped
+    assert (tree.outside / "deep.txt").read_bytes() == b"OUTSIDE TOO"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"allowed_roots": "/one/path"}, "reader.allowed_roots"),
+        ({"allowed_roots": [""]}, "reader.allowed_roots"),
+        ({"allowed_roots": [3]}, "reader.allowed_roots"),
+        ({"root": "/a\x00b"}, "files.root"),
+        ({"root": "s3://bucket/a/../b"}, "files.root"),
+        ({"root": "s3://"}, "files.root"),
+    ],
+)
+def test_validates_roots(kwargs: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        FsspecFileReader(**kwargs)
+    assert caught.value.key == key
+
+
+def _url_escapes(bucket: str) -> dict[str, str]:
+    return {
+        "dotdot": "../root2/victim.txt",
+        "dotdot-in-url": f"s3://{bucket}/root/../root2/victim.txt",
+        "encoded-dotdot": f"s3://{bucket}/root/%2E%2E/root2/victim.txt",
+        "sibling-prefix": f"s3://{bucket}/root2/victim.txt",
+        "bucket-itself": f"s3://{bucket}/victim.txt",
+        "other-bucket": "s3://other-bucket/root/victim.txt",
+        "other-scheme": f"gs://{bucket}/root/victim.txt",
+        "memory-scheme": f"memory://{bucket}/root/victim.txt",
+        "local-absolute": "/etc/hostname",
+        "file-url": "file:///etc/hostname",
+        "home": "~/victim.txt",
+        "nul": "a\x00b",
+        "backslash": "..\\root2\\victim.txt",
+        "the-root-itself": f"s3://{bucket}/root",
+    }
+
+
+@pytest.mark.parametrize(
+    "escape", sorted(_url_escapes("b")), ids=lambda name: name.replace("_", "-")
+)
+def test_s3_location_outside_the_root_is_never_read_or_deleted(
+    moto_s3: Any, s3_bucket: str, escape: str
+) -> None:
+    fs = moto_s3.filesystem()
+    fs.pipe_file(f"{s3_bucket}/root/inside.txt", b"inside")
+    fs.pipe_file(f"{s3_bucket}/root2/victim.txt", b"OUTSIDE")
+    fs.pipe_file(f"{s3_bucket}/victim.txt", b"OUTSIDE")
+    fs.pipe_file(f"{s3_bucket}/root", b"OUTSIDE: the key the prefix is named after")
+    reader = FsspecFileReader(
+        root=f"s3://{s3_bucket}/root",
+        storage_options={"s3": moto_s3.storage_options},
+        retries=0,
+    )
+    location = _url_escapes(s3_bucket)[escape]
+    assert reader.read("inside.txt") == b"inside"
+    with pytest.raises(LocationOutsideRootError) as caught:
+        reader.read(location)
+    assert caught.value.location == redact(location)
+    with pytest.raises(LocationOutsideRootError):
+        reader.delete(location)
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{s3_bucket}/root2/victim.txt") == b"OUTSIDE"
+    assert fs.cat_file(f"{s3_bucket}/victim.txt") == b"OUTSIDE"
+    assert fs.cat_file(f"{s3_bucket}/root").startswith(b"OUTSIDE")
+
+
+def test_s3_location_outside_redacts_credentials(moto_s3: Any, s3_bucket: str) -> None:
+    reader = FsspecFileReader(
+        root=f"s3://{s3_bucket}/root", storage_options={"s3": moto_s3.storage_options}
+    )
+    with pytest.raises(LocationOutsideRootError) as caught:
+        reader.read(f"s3://user:hunter22@{s3_bucket}/root/x?X-Amz-Signature=abcdef")
+    assert "hunter22" not in str(caught.value)
+    assert "abcdef" not in str(caught.value)
+
+
+def _read_or_error(reader: FsspecFileReader, location: str) -> bytes | FileReadError:
+    try:
+        return reader.read(location)
+    except FileReadError as exc:  # outside, missing, a directory: typed, nothing else
+        return exc
+
+
+_SEGMENTS = st.sampled_from(
+    [
+        "..",
+        ".",
+        "",
+        "a",
+        "sub",
+        "link-out",
+        "dir-out",
+        "link-in",
+        "~",
+        "~root",
+        "\\",
+        "a\\..",
+        "\x00",
+        "inside.txt",
+        "victim.txt",
+        "outside",
+        "root",
+        "root2",
+        "file:",
+        "/",
+    ]
+)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    segments=st.lists(_SEGMENTS, min_size=1, max_size=6),
+    prefix=st.sampled_from(["", "/", "ROOT/", "BASE/", "file://", "file://ROOT/", "~/"]),
+)
+def test_every_accepted_location_resolves_inside_the_root(
+    tree: _Tree, segments: list[str], prefix: str
+) -> None:
+    """Whatever the table holds, a location is either inside the root (and read or
+    deleted there) or gets a typed error; the outside never changes."""
+    location = prefix.replace("ROOT", str(tree.root)).replace("BASE", str(tree.base)) + "/".join(
+        segments
+    )
+    reader = tree.reader()
+    outcome = _read_or_error(reader, location)
+    if isinstance(outcome, LocationOutsideRootError):
+        assert outcome.location == redact(location)
+    elif isinstance(outcome, bytes):
+        joined = location if location.startswith("/") else str(tree.root / location)
+        if location.startswith("file://"):
+            joined = location[len("file://") :]
+        real = os.path.realpath(os.path.normpath(joined))
+        assert real.startswith(str(tree.root.resolve()) + "/"), (location, real)
+        assert outcome != b"OUTSIDE"
+    with contextlib.suppress(FileReadError):  # only typed errors; anything else fails
+        reader.delete(location)
+    assert tree.victim.read_bytes() == b"OUTSIDE"
+    assert (tree.base / "root2" / "x.txt").exists()
+    for name in ("inside.txt", "sub/deep.txt"):  # restore what an inside delete removed
+        path = tree.root / name
+        if not path.exists():
+            path.write_bytes(name.encode())

@@ -60,6 +60,7 @@ __all__ = [
     "FlagSettings",
     "FsspecFileReader",
     "LegacyArchiveConfigStore",
+    "LocationOutsideRootError",
     "NaiveDatetimeError",
     "NotArchivedError",
     "ObjectChangedError",

@@ -9,7 +9,8 @@ next, so an operator reading a log line can act on it without the source code::
     ├── SourceError                 the source table could not be read
     │   └── BadRowError             one row cannot be archived (NULL created_at, bad uid, ...)
     ├── FileReadError               a source file could not be read
-    │   └── FileMissingError        the location does not exist
+    │   ├── FileMissingError        the location does not exist
+    │   └── LocationOutsideRootError  the location is not inside files.root / allowed_roots
     ├── PackError                   shards could not be built or published
     │   └── DuplicateUidError       two rows of one shard group share a uid
     ├── ShardError                  problems with published shards
@@ -40,6 +41,7 @@ __all__ = [
     "DuplicateUidError",
     "FileMissingError",
     "FileReadError",
+    "LocationOutsideRootError",
     "NaiveDatetimeError",
     "NotArchivedError",
     "ObjectChangedError",
@@ -130,6 +132,27 @@ class FileMissingError(FileReadError):
             "file does not exist",
             location=location,
             hint="Restore the file or correct file_location; the bucket is retried next cycle",
+        )
+
+
+class LocationOutsideRootError(FileReadError):
+    """A file location that leads outside the reader's declared roots: a bad row.
+
+    ``..``, an absolute path or ``file://`` URL elsewhere, a symlink out, ``~``, a NUL
+    byte, a backslash, another scheme, bucket or prefix. Such a file is never read,
+    archived or deleted; ``reason`` says which rule the location broke.
+    """
+
+    def __init__(self, location: str, reason: str, *, roots: Sequence[str]) -> None:
+        self.reason = reason
+        self.roots = tuple(roots)
+        declared = ", ".join(self.roots) if self.roots else "none"
+        super().__init__(
+            f"is outside files.root / files.allowed_roots ({declared}): {reason}; "
+            "it is not read, archived or deleted",
+            location=location,
+            hint="Correct file_location in the source table to name a file under files.root, "
+            "or, if deswm owns that folder too, add it to files.allowed_roots",
         )
 
 

@@ -24,8 +24,9 @@ from typing import Any, Final, TypeVar
 
 import fsspec
 
+from deswm._contain import NotRegular, Outside, Roots, delete_local, open_local
 from deswm._redact import redact
-from deswm.errors import ConfigError, FileMissingError, FileReadError
+from deswm.errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
 from deswm.model import SourceRecord
 from deswm.protocols import ReadResult
 
@@ -282,8 +283,20 @@ class FsspecFileReader(FileReaderBase):
     * any other URL (``s3://``, ``memory://``, ``gs://``, ...) goes through one cached
       fsspec filesystem per protocol.
 
+    Containment: with ``root`` or ``allowed_roots``, every location must resolve strictly
+    inside one of them, or it raises :class:`~deswm.errors.LocationOutsideRootError` and
+    is never read, archived or deleted. ``..`` climbing out, an absolute path or
+    ``file://`` URL elsewhere, a symlink whose target leaves the root (checked on the
+    file actually opened), another scheme, bucket or prefix (compared component by
+    component), a leading ``~``, NUL bytes and backslashes are all outside. The table
+    is data: a row must not turn the reader into an arbitrary read, nor the purge into
+    an arbitrary delete. Without either, absolute locations are read wherever they point
+    (and :class:`~deswm.purge.PurgeJob` refuses such a reader).
+
     Args:
         root: where relative locations live; without it a relative location fails.
+        allowed_roots: further folders or URLs that absolute locations may be in (for
+            tables that store absolute locations across several roots).
         storage_options: options for the fsspec filesystems: a dict keyed by protocol
             (``{"s3": {...}, "gs": {...}}``), or one flat dict used for the protocol of
             ``root`` (when ``root`` is a URL) or else for every non-local protocol.
@@ -301,6 +314,7 @@ class FsspecFileReader(FileReaderBase):
         self,
         *,
         root: str | os.PathLike[str] | None = None,
+        allowed_roots: Iterable[str | os.PathLike[str]] | None = None,
         storage_options: Mapping[str, Any] | None = None,
         max_workers: int = 8,
         read_ahead: int | None = None,
@@ -320,6 +334,9 @@ class FsspecFileReader(FileReaderBase):
         self.retries = retries
         self.retry_backoff = float(retry_backoff)
         self.root = None if root is None else _normalise_root(os.fspath(root))
+        self.allowed_roots = _allowed_roots(allowed_roots)
+        declared = ((self.root,) if self.root is not None else ()) + self.allowed_roots
+        self._roots = Roots(declared)
         self._local_prefix = (
             None
             if self.root is None or _URL.match(self.root)
@@ -327,19 +344,31 @@ class FsspecFileReader(FileReaderBase):
             if self.root.endswith("/")
             else self.root + "/"
         )
-        self._options = _split_options(storage_options, self.root)
+        self._options = _split_options(storage_options, declared[0] if declared else None)
         self._secrets = _secret_values(storage_options or {})
         self._filesystems: dict[str, Any] = {}
         self._cat_options: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._shown_roots = tuple(self._show(r) for r in declared)
 
     def __repr__(self) -> str:
         protocols = sorted(self._options.per_protocol)
+        allowed = f"allowed_roots={list(self._shown_roots[1 if self.root else 0 :])}, "
         return (
             f"{type(self).__name__}(root={self._show(self.root) if self.root else None!r}, "
+            f"{allowed if self.allowed_roots else ''}"
             f"storage_options_for={protocols}, max_workers={self.max_workers}, "
             f"retries={self.retries})"
         )
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """``root`` and ``allowed_roots``: where this reader reads and deletes.
+
+        Empty when neither is set: then absolute locations are read wherever they point,
+        and the purge refuses to run (deleting needs a declared owner).
+        """
+        return ((self.root,) if self.root is not None else ()) + self.allowed_roots
 
     # --- FileReader ---------------------------------------------------------------------
 
@@ -347,6 +376,9 @@ class FsspecFileReader(FileReaderBase):
         """All bytes at ``location``, retrying transient failures."""
         protocol, path = self._resolve(location)
         if protocol is None:
+            if self._roots:
+                roots = self._roots
+                return self._with_retries("read", location, lambda: _read_local(path, roots))
             return self._with_retries("read", location, lambda: _read_local(path))
         fs = self._filesystem(protocol, location)
         options = self._cat_options[protocol]
@@ -357,10 +389,17 @@ class FsspecFileReader(FileReaderBase):
 
         A local directory is refused (:class:`~deswm.errors.FileReadError`); object
         stores have no directories, so there a "folder" is simply not a file to delete.
+        With roots, containment is checked again right before the delete, which removes
+        the resolved file (symlinks followed) and only if it is inside a root:
+        :class:`~deswm.errors.LocationOutsideRootError` otherwise.
         """
         protocol, path = self._resolve(location)
         if protocol is None:
-            self._with_retries("delete", location, lambda: _delete_local(path))
+            if self._roots:
+                roots = self._roots
+                self._with_retries("delete", location, lambda: _delete_local(path, roots))
+            else:
+                self._with_retries("delete", location, lambda: _delete_local(path))
         else:
             fs = self._filesystem(protocol, location)
             self._with_retries("delete", location, lambda: _delete_remote(fs, path))
@@ -368,7 +407,32 @@ class FsspecFileReader(FileReaderBase):
     # --- internals ----------------------------------------------------------------------
 
     def _resolve(self, location: str) -> tuple[str | None, str]:
-        """``(None, local path)`` or ``(protocol, URL)`` for ``location``."""
+        """``(None, local path)`` or ``(protocol, URL)`` for ``location``.
+
+        With roots, a location that is not inside one raises
+        :class:`~deswm.errors.LocationOutsideRootError` here, before any I/O.
+        """
+        if not self._roots:
+            return self._resolve_anywhere(location)
+        if not isinstance(location, str) or not location:
+            raise FileReadError(
+                "is not a file location (empty or not a string)", location=repr(location)
+            )
+        try:
+            self._roots.check_text(location)
+            protocol, path = self._resolve_anywhere(location)
+            if protocol is None:
+                return None, self._roots.local_path(path)
+            return protocol, self._roots.url(protocol, path)
+        except Outside as exc:
+            raise self._outside(location, exc) from None
+
+    def _outside(self, location: str, exc: Outside) -> LocationOutsideRootError:
+        return LocationOutsideRootError(
+            self._show(location), self._scrub(exc.reason), roots=self._shown_roots
+        )
+
+    def _resolve_anywhere(self, location: str) -> tuple[str | None, str]:
         if type(location) is str and location and "://" not in location and os.sep == "/":
             # The common case, without regular expressions: a local path, absolute or
             # relative to a local root (exactly what the general rules below give).
@@ -423,6 +487,14 @@ class FsspecFileReader(FileReaderBase):
         for tries in range(self.retries + 1):
             try:
                 return attempt()
+            except Outside as exc:
+                raise self._outside(location, exc) from None
+            except NotRegular:
+                raise FileReadError(
+                    "is not a regular file (a FIFO, device or socket)",
+                    location=self._show(location),
+                    hint="file_location must name a regular file",
+                ) from None
             except _Directory as exc:
                 raise FileReadError(
                     "is a directory, not a file",
@@ -475,9 +547,10 @@ class _Directory(Exception):
     """Internal: the location is a directory (raised from the read primitives)."""
 
 
-def _read_local(path: str) -> bytes:
+def _read_local(path: str, roots: Roots | None = None) -> bytes:
+    """The bytes at ``path``; with ``roots``, only of a regular file verified inside them."""
     try:
-        with open(path, "rb") as handle:
+        with open(path if roots is None else open_local(path, roots), "rb") as handle:
             data: bytes = handle.read()
             return data
     except IsADirectoryError as exc:
@@ -525,7 +598,13 @@ def _is_dir(fs: Any, path: str) -> bool:
         return False
 
 
-def _delete_local(path: str) -> None:
+def _delete_local(path: str, roots: Roots | None = None) -> None:
+    if roots is not None:
+        try:
+            delete_local(path, roots)
+        except IsADirectoryError as exc:
+            raise _Directory from exc
+        return
     try:
         os.remove(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -639,6 +718,25 @@ def _secret_values(options: Mapping[str, Any]) -> list[str]:
 
     walk(options, False)
     return sorted(found, key=len, reverse=True)
+
+
+def _allowed_roots(roots: Iterable[str | os.PathLike[str]] | None) -> tuple[str, ...]:
+    if roots is None:
+        return ()
+    if isinstance(roots, str | bytes | os.PathLike) or not isinstance(roots, Iterable):
+        raise ConfigError(
+            f"must be a list of folders or URLs, got {type(roots).__name__}",
+            key="reader.allowed_roots",
+        )
+    out = []
+    for root in roots:
+        if not isinstance(root, str | os.PathLike) or not os.fspath(root):
+            raise ConfigError(
+                f"must be a list of folders or URLs, got the item {root!r}",
+                key="reader.allowed_roots",
+            )
+        out.append(_normalise_root(os.fspath(root)))
+    return tuple(out)
 
 
 def _normalise_root(root: str) -> str:

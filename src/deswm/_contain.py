@@ -1,0 +1,249 @@
+"""Path containment: a file location must stay inside the roots a reader was given.
+
+A source table is data, often filled from user input (upload names, tenant paths). A row
+naming ``../../etc/x``, an absolute path elsewhere, a symlink out of the folder or another
+bucket must not turn the reader into an arbitrary read, nor the purge into an arbitrary
+delete. :class:`Roots` is the rule; the ``open_local``/``delete_local`` primitives apply it
+to the file actually opened (the kernel's answer, not a string comparison), so a symlink
+swapped in between a check and the open cannot lead outside either.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Sequence
+from typing import Final
+from urllib.parse import unquote
+
+import attrs
+
+from deswm.errors import ConfigError
+
+__all__ = ["Outside", "Roots", "delete_local", "open_local"]
+
+_URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_LOCAL_PROTOCOLS: Final = frozenset({"file", "local"})
+# Linux: open with O_PATH (no side effects: a FIFO does not block, a device is not
+# opened), ask /proc which file that is, and only then open it for reading.
+_PROC_FD: Final = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
+_NOCTTY: Final = getattr(os, "O_NOCTTY", 0)
+
+
+class Outside(Exception):
+    """Internal: ``reason`` why a location is not inside the roots."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotRegular(Exception):
+    """Internal: a FIFO, device or socket, which deswm never opens for reading."""
+
+
+@attrs.frozen
+class _LocalRoot:
+    lexical: str
+    """``os.path.abspath`` of the root as given."""
+    real: str
+    """Its ``os.path.realpath``: what a file opened below it resolves to."""
+
+
+@attrs.frozen
+class _UrlRoot:
+    protocol: str
+    parts: tuple[str, ...]
+    """Bucket (or host) and prefix components, compared one by one."""
+
+
+def _below(path: str, root: str) -> bool:
+    """Whether ``path`` is strictly below the folder ``root`` (both normalised)."""
+    prefix = root if root.endswith("/") else root + "/"
+    return path.startswith(prefix) and len(path) > len(prefix)
+
+
+class Roots:
+    """The folders and URL prefixes a reader may read from and delete in.
+
+    Local roots are compared after ``os.path.normpath`` (lexically) and, on the file
+    actually opened, after resolving every symlink. URL roots compare protocol, bucket
+    and prefix component by component, so ``s3://b/root2/x`` is not inside ``s3://b/root``.
+    """
+
+    def __init__(self, roots: Sequence[str]) -> None:
+        local: list[_LocalRoot] = []
+        urls: list[_UrlRoot] = []
+        for root in roots:
+            reason = _unsafe_text(root)
+            if reason:
+                raise ConfigError(f"{root!r} is not a usable root: {reason}", key="files.root")
+            match = _URL.match(root)
+            protocol = match.group(0)[:-3].lower() if match else None
+            if protocol is None or protocol in _LOCAL_PROTOCOLS:
+                path = root.split("://", 1)[1] if protocol else root
+                if path.startswith("localhost/"):
+                    path = path[len("localhost") :]
+                path = os.path.abspath(path)
+                local.append(_LocalRoot(path, os.path.realpath(path)))
+                continue
+            parts = tuple(root.split("://", 1)[1].rstrip("/").split("/"))
+            if not parts[0] or any(unquote(p) in (".", "..") for p in parts):
+                raise ConfigError(
+                    f"{root!r} is not a usable root: it needs a bucket or host and no "
+                    "'.' or '..' segments",
+                    key="files.root",
+                )
+            urls.append(_UrlRoot(protocol, parts))
+        self.local = tuple(local)
+        self.urls = tuple(urls)
+
+    def __bool__(self) -> bool:
+        return bool(self.local or self.urls)
+
+    def check_text(self, location: str) -> None:
+        """Refuse what is ambiguous before any joining: NUL, backslashes, ``~``."""
+        reason = _unsafe_text(location)
+        if reason:
+            raise Outside(reason)
+        if location.startswith("~"):
+            raise Outside("starts with '~', a home folder that deswm never expands")
+
+    def local_path(self, path: str) -> str:
+        """``path`` normalised, if it is lexically below a local root; else :class:`Outside`."""
+        if not os.path.isabs(path):
+            raise Outside("is not an absolute path (a file:// URL with a host?)")
+        normal = os.path.normpath(path)
+        for root in self.local:
+            if _below(normal, root.lexical) or _below(normal, root.real):
+                return normal
+        raise Outside(f"resolves to {normal}, which is not below {self._local_names()}")
+
+    def url(self, protocol: str, location: str) -> str:
+        """``location`` if it is below a URL root of the same protocol; else :class:`Outside`."""
+        parts = location.split("://", 1)[1].split("/")
+        if any(unquote(p) in (".", "..") for p in parts):
+            raise Outside("has a '.' or '..' segment, which object stores do not resolve")
+        for root in self.urls:
+            if (
+                root.protocol == protocol
+                and len(parts) > len(root.parts)
+                and tuple(parts[: len(root.parts)]) == root.parts
+            ):
+                return location
+        raise Outside(f"is not below {self._url_names()}")
+
+    def holds_real(self, real: str, *, or_root: bool = False) -> bool:
+        """Whether a fully resolved local path is below (or, ``or_root``, is) a root."""
+        return any(
+            _below(real, root.real) or (or_root and real == root.real) for root in self.local
+        )
+
+    def _local_names(self) -> str:
+        names = [r.lexical for r in self.local]
+        return " or ".join(names) if names else "any local root (only URL roots are set)"
+
+    def _url_names(self) -> str:
+        names = [f"{r.protocol}://{'/'.join(r.parts)}/" for r in self.urls]
+        return " or ".join(names) if names else "any URL root (only local roots are set)"
+
+
+def _unsafe_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL byte"
+    if "\\" in text:
+        return "contains a backslash, which systems resolve differently ('a\\..\\b')"
+    return None
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _check_regular(mode: int, path: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "is a directory", path)
+    if not stat.S_ISREG(mode):
+        raise NotRegular(path)
+
+
+def open_local(path: str, roots: Roots) -> int:
+    """A read-only descriptor of the regular file at ``path``, verified inside ``roots``.
+
+    Raises :class:`Outside` when the file opened (symlinks resolved) is not below a root,
+    ``IsADirectoryError`` or :class:`NotRegular` for what is not a regular file, and the
+    usual ``OSError`` otherwise.
+    """
+    if _PROC_FD:
+        handle = os.open(path, os.O_PATH | _CLOEXEC)
+        try:
+            real = _fd_path(handle)
+            if not roots.holds_real(real):
+                raise Outside(f"resolves to {real} (through a symlink), outside the root")
+            _check_regular(os.fstat(handle).st_mode, path)
+            # Re-open the very inode checked above, not the path (which may have changed).
+            return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | _CLOEXEC | _NOCTTY)
+        finally:
+            os.close(handle)
+    real = os.path.realpath(path)
+    if not roots.holds_real(real):
+        raise Outside(f"resolves to {real} (through a symlink), outside the root")
+    # realpath resolved every symlink: one now at the last step was swapped in since.
+    fd = os.open(real, os.O_RDONLY | _CLOEXEC | _NOFOLLOW | _NONBLOCK | _NOCTTY)
+    try:
+        _check_regular(os.fstat(fd).st_mode, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def delete_local(path: str, roots: Roots) -> None:
+    """Delete the file ``path`` resolves to, only if that file is inside ``roots``.
+
+    The name removed is the resolved one, looked up in a directory descriptor that was
+    itself verified inside a root, so a symlink swapped into the path meanwhile cannot
+    redirect the delete. A missing file is not an error.
+    """
+    if not _PROC_FD:
+        real = os.path.realpath(path)
+        if not roots.holds_real(real):
+            raise Outside(f"resolves to {real} (through a symlink), outside the root")
+        if os.path.isdir(real):
+            raise IsADirectoryError(21, "is a directory", path)
+        try:
+            os.remove(real)
+        except FileNotFoundError:
+            return
+        return
+    try:
+        handle = os.open(path, os.O_PATH | _CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        real = _fd_path(handle)
+        if not roots.holds_real(real):
+            raise Outside(f"resolves to {real} (through a symlink), outside the root")
+        if stat.S_ISDIR(os.fstat(handle).st_mode):
+            raise IsADirectoryError(21, "is a directory", path)
+    finally:
+        os.close(handle)
+    folder, name = posixpath.split(real)
+    try:
+        parent = os.open(folder, os.O_PATH | os.O_DIRECTORY | _CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        where = _fd_path(parent)
+        if not roots.holds_real(where, or_root=True):
+            raise Outside(f"its folder now resolves to {where}, outside the root")
+        os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    finally:
+        os.close(parent)
