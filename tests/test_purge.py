@@ -11,11 +11,12 @@ import pytest
 
 from deswm.archive import Archive
 from deswm.container import read_shard
-from deswm.errors import FileReadError
+from deswm.errors import ConfigError, FileReadError
 from deswm.model import Partition, SourceRecord, WatermarkKey
 from deswm.orchestrator import WatermarkOrchestrator
 from deswm.packer import DesPacker
 from deswm.purge import PurgeError, PurgeJob
+from deswm.readers import FsspecFileReader
 from deswm.routing import DesRouter
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
 from deswm.testing.errors import MemoryErrorStore
@@ -204,3 +205,135 @@ def test_partitions_purge_only_their_own_files(tmp_path: Path) -> None:
     for record in world.records:
         owned = router.shard_index(record.uid) % 2 == 0
         assert (record.location in world.present()) != owned
+
+
+# --- containment: the purge deletes only inside files.root / allowed_roots ---------------
+
+
+class LocalWorld(World):
+    """The same rows, as real files under ``root/``, with ``outside/victim.txt`` beside it."""
+
+    def __init__(self, root: Path, days: list[int], per_day: int = 3) -> None:
+        super().__init__(root, days, per_day)
+        self.root = root / "root"
+        self.victim = root / "outside" / "victim.txt"
+        self.victim.parent.mkdir()
+        self.victim.write_bytes(b"OUTSIDE")
+        for location, data in self.files.items():
+            path = self.root / location
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        self.reader = FsspecFileReader(root=self.root, retries=0)  # type: ignore[assignment]
+
+    def point_outside(self, record: SourceRecord, location: str) -> SourceRecord:
+        """The row changes after it was archived: its location now leads outside."""
+        changed = SourceRecord(record.uid, record.created_at, location)
+        self.source = MemorySourceProvider([changed if r == record else r for r in self.records])
+        return changed
+
+
+def test_purge_refuses_to_start_without_a_declared_root(tmp_path: Path) -> None:
+    world = World(tmp_path, [10])
+    world.reader = FsspecFileReader()  # type: ignore[assignment]
+    with pytest.raises(ConfigError) as caught:
+        world.purge()
+    assert caught.value.key == "files.root"
+    assert "files.allowed_roots" in str(caught.value)
+    assert "needs to know which folders it owns" in str(caught.value)
+
+
+def test_purge_accepts_allowed_roots_alone(tmp_path: Path) -> None:
+    world = LocalWorld(tmp_path, [10])
+    absolute = [
+        SourceRecord(r.uid, r.created_at, str(world.root / r.location)) for r in world.records
+    ]
+    world.source = MemorySourceProvider(absolute)
+    world.reader = FsspecFileReader(allowed_roots=[world.root])  # type: ignore[assignment]
+    world.orchestrator().run_cycle()
+    assert world.purge().run().deleted == 3
+    assert not any((world.root / r.location).exists() for r in world.records)
+    assert world.victim.exists()
+
+
+@pytest.mark.parametrize("verify", ["content", "index"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["delete", "dry-run"])
+@pytest.mark.parametrize(
+    "escape",
+    ["../outside/victim.txt", "ABSOLUTE", "symlink", "file://ABSOLUTE", "~/victim.txt"],
+)
+def test_a_row_moved_outside_after_archiving_is_never_deleted(
+    tmp_path: Path, verify: str, dry_run: bool, escape: str
+) -> None:
+    world = LocalWorld(tmp_path, [10, 11])
+    world.orchestrator().run_cycle()
+    victim_row = world.records[4]  # day 11
+    if escape == "symlink":  # the same bytes, but behind a link that leaves the root
+        world.victim.write_bytes(world.files[victim_row.location])
+        (world.root / victim_row.location).unlink()
+        (world.root / victim_row.location).symlink_to(world.victim)
+        location = victim_row.location
+    else:
+        location = escape.replace("ABSOLUTE", str(world.victim))
+        world.point_outside(victim_row, location)
+    outside_bytes = world.victim.read_bytes()
+
+    with pytest.raises(PurgeError) as caught:
+        world.purge(verify=verify).run(dry_run=dry_run)
+
+    assert world.victim.read_bytes() == outside_bytes
+    message = str(caught.value)
+    assert repr(victim_row.uid) in message
+    assert location in message
+    assert "is outside files.root" in message
+    [failure] = caught.value.failures
+    assert failure.error_type == "LocationOutsideRootError"
+    if not dry_run:
+        purged = world.store.get(PURGED)
+        assert purged is not None
+        assert purged.position == at(11, 0)  # day 10 done, day 11 kept
+
+
+def test_delete_checks_containment_again_itself(tmp_path: Path) -> None:
+    """Even when the check before it is skipped, the delete refuses a link out."""
+    world = LocalWorld(tmp_path, [10])
+    world.orchestrator().run_cycle()
+    row = world.records[1]
+    world.victim.write_bytes(world.files[row.location])
+    (world.root / row.location).unlink()
+    (world.root / row.location).symlink_to(world.victim)
+
+    class Unchecked(FsspecFileReader):
+        def check_location(self, location: str) -> None:
+            return None
+
+    world.reader = Unchecked(root=world.root)  # type: ignore[assignment]
+    with pytest.raises(PurgeError, match="through a symlink"):
+        world.purge(verify="index").run()
+    assert world.victim.exists()
+
+
+def test_s3_rows_outside_the_root_are_never_deleted(
+    tmp_path: Path, moto_s3: Any, s3_bucket: str
+) -> None:
+    world = World(tmp_path, [10], per_day=3)
+    fs = moto_s3.filesystem()
+    for location, data in world.files.items():
+        fs.pipe_file(f"{s3_bucket}/root/{location}", data)
+    fs.pipe_file(f"{s3_bucket}/root2/victim.txt", b"OUTSIDE")
+    world.reader = FsspecFileReader(  # type: ignore[assignment]
+        root=f"s3://{s3_bucket}/root", storage_options={"s3": moto_s3.storage_options}
+    )
+    world.orchestrator().run_cycle()
+    row = world.records[0]
+    for location in (
+        f"s3://{s3_bucket}/root2/victim.txt",
+        "../root2/victim.txt",
+        f"s3://{s3_bucket}/root/../root2/victim.txt",
+    ):
+        world.source = MemorySourceProvider(
+            [SourceRecord(row.uid, row.created_at, location), *world.records[1:]]
+        )
+        with pytest.raises(PurgeError, match=r"is outside files\.root"):
+            world.purge(verify="index").run()
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{s3_bucket}/root2/victim.txt") == b"OUTSIDE"

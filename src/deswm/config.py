@@ -140,6 +140,10 @@ class FilesSettings:
     """``[files]``: how source files are read."""
 
     root: str | None = None
+    """Where relative locations live, and a folder or prefix every location must be in."""
+    allowed_roots: tuple[str, ...] = ()
+    """Further folders or URLs that absolute locations may be in, each contained the same
+    way. Without ``root`` or ``allowed_roots`` the purge refuses to run."""
     storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
     max_workers: int = 8
     retries: int = 3
@@ -376,6 +380,7 @@ class Config:
 
         return FsspecFileReader(
             root=self.files.root,
+            allowed_roots=self.files.allowed_roots,
             storage_options=self.files.storage_options or None,
             max_workers=self.files.max_workers,
             retries=self.files.retries,
@@ -590,6 +595,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 f"must be one of {', '.join(map(repr, allowed))}, got {value!r}", key=key
             )
         return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"must be a list, got {type(value).__name__}", key=key)
+        (item,) = {a for a in typing.get_args(annotation) if a is not Ellipsis}
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict or annotation is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"must be a table, got {type(value).__name__}", key=key)
@@ -637,7 +647,11 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
             url=_watermark_url(config.watermark, base, local),
         ),
         archive=attrs.evolve(config.archive, url=local(config.archive.url) or config.archive.url),
-        files=attrs.evolve(config.files, root=local(config.files.root)),
+        files=attrs.evolve(
+            config.files,
+            root=local(config.files.root),
+            allowed_roots=tuple(str(local(r)) for r in config.files.allowed_roots),
+        ),
     )
 
 

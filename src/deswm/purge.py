@@ -4,7 +4,8 @@ A purge has its own watermark (stage ``purged``) and never passes the ``archived
 it walks the rows of ``[purged, archived)`` day by day, checks each file's entry in the
 published shards, deletes the source file, and commits ``purged`` past a day only when
 every file of that day was handled. A file whose entry is missing, unverifiable or
-different from the source is never deleted.
+different from the source is never deleted, nor is one outside the reader's declared
+roots (checked again right before each delete: a row can change after it was archived).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from deswm.errors import (
     DeswmError,
     FileMissingError,
     FileReadError,
+    LocationOutsideRootError,
     NotArchivedError,
 )
 from deswm.model import (
@@ -36,6 +38,7 @@ from deswm.model import (
     Window,
 )
 from deswm.protocols import ErrorStore, FileReader, ShardRouter, SourceProvider, WatermarkStore
+from deswm.readers import FsspecFileReader
 from deswm.timeutil import format_utc
 
 __all__ = ["PURGED_STAGE", "PurgeError", "PurgeJob", "PurgeResult"]
@@ -96,6 +99,12 @@ class PurgeJob:
             requires the entry to be in a published shard with a checksum.
         error_store: files listed there (``on_error="record"``) are kept, not deleted.
         max_buckets: commit at most this many days per run.
+
+    Raises:
+        ConfigError: ``reader`` is an :class:`~deswm.readers.FsspecFileReader` without
+            ``root`` or ``allowed_roots``: deleting needs a declared owner, or any
+            absolute location in the table could be deleted. (A custom reader's
+            ``delete`` is responsible for its own containment.)
     """
 
     def __init__(
@@ -115,6 +124,16 @@ class PurgeJob:
     ) -> None:
         if verify not in ("content", "index"):
             raise ConfigError(f'must be "content" or "index", got {verify!r}', key="--verify")
+        if isinstance(reader, FsspecFileReader) and not reader.roots:
+            raise ConfigError(
+                "is not set, nor files.allowed_roots: the purge deletes source files and "
+                "needs to know which folders it owns, or any absolute file_location in the "
+                "table could be deleted",
+                key="files.root",
+                hint="Set files.root (FsspecFileReader(root=...)) to the folder or URL the "
+                "files live in, or files.allowed_roots = [...] when the table holds "
+                "absolute locations in several folders",
+            )
         self.store = store
         self.source = source
         self.reader = reader
@@ -196,6 +215,11 @@ class PurgeJob:
         *,
         dry_run: bool,
     ) -> None:
+        try:
+            self._check_contained(record.location)
+        except LocationOutsideRootError as exc:
+            failures.append(FileFailure.from_exception(record, "purge", exc))
+            return
         reason = self._unsafe(record)
         if reason == "gone":
             counts["gone"] += 1
@@ -208,8 +232,16 @@ class PurgeJob:
             )
             return
         if not dry_run:
-            self.reader.delete(record.location)
+            try:
+                self.reader.delete(record.location)  # checks containment once more, atomically
+            except LocationOutsideRootError as exc:
+                failures.append(FileFailure.from_exception(record, "purge", exc))
+                return
         counts["deleted"] += 1
+
+    def _check_contained(self, location: str) -> None:
+        if isinstance(self.reader, FsspecFileReader):
+            self.reader.check_location(location)
 
     def _unsafe(self, record: SourceRecord) -> str | None:
         """Why ``record``'s file must not be deleted, ``"gone"``, or ``None`` (delete it)."""

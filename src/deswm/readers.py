@@ -404,6 +404,21 @@ class FsspecFileReader(FileReaderBase):
             fs = self._filesystem(protocol, location)
             self._with_retries("delete", location, lambda: _delete_remote(fs, path))
 
+    def check_location(self, location: str) -> None:
+        """Raise :class:`~deswm.errors.LocationOutsideRootError` if ``location`` is outside.
+
+        No I/O but resolving symlinks of a local path; :meth:`read` and :meth:`delete`
+        check again on the file itself. Without roots there is nothing to check.
+        """
+        if not self._roots:
+            return
+        protocol, path = self._resolve(location)
+        if protocol is None:
+            real = os.path.realpath(path)
+            if not self._roots.holds_real(real):
+                reason = f"resolves to {real} (through a symlink), outside the root"
+                raise self._outside(location, Outside(reason))
+
     # --- internals ----------------------------------------------------------------------
 
     def _resolve(self, location: str) -> tuple[str | None, str]:
