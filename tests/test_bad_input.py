@@ -36,6 +36,7 @@ import pytest
 import sqlalchemy as sa
 
 from deswm import readers as readers_module
+from deswm._redact import redact
 from deswm.archive import Archive
 from deswm.cli import main as cli_main
 from deswm.config import Config, load_config
@@ -660,10 +661,10 @@ def test_unreadable_file(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) ->
     if os.geteuid() == 0:  # root reads anything: simulate the EACCES open() would give
         real = readers_module._read_local
 
-        def denied(path: str) -> bytes:
+        def denied(path: str, roots: Any = None) -> bytes:
             if Path(path) == victim:
                 raise PermissionError(errno.EACCES, "Permission denied", path)
-            return real(path)
+            return real(path, roots)
 
         monkeypatch.setattr(readers_module, "_read_local", denied)
     else:  # pragma: no cover - CI runs as root
@@ -698,6 +699,219 @@ def test_relative_location_without_a_root(pipeline: Pipeline) -> None:
     says(caught.value, "is a relative location and the reader has no root", "root=")
     pipeline.assert_nothing_moved()
     pipeline.finish(9)
+
+
+_ESCAPES = {
+    "dotdot": lambda p: "../outside/victim.txt",
+    "dotdot-to-the-watermark-db": lambda p: "../watermark.db",
+    "absolute": lambda p: str(p.root / "outside" / "victim.txt"),
+    "symlink-out": lambda p: "link-out.txt",
+    "file-url": lambda p: f"file://{p.root / 'outside' / 'victim.txt'}",
+    "home": lambda p: "~/victim.txt",
+    "nul": lambda p: "ok.txt\x00/../../outside/victim.txt",
+    "backslash": lambda p: "..\\outside\\victim.txt",
+    "other-scheme": lambda p: "memory://outside/victim.txt",
+}
+
+
+def _outside_files(pipeline: Pipeline) -> dict[Path, bytes]:
+    victim = pipeline.root / "outside" / "victim.txt"
+    victim.parent.mkdir(exist_ok=True)
+    victim.write_bytes(b"not deswm's to archive or delete")
+    (pipeline.files / "link-out.txt").symlink_to(victim)
+    return {victim: victim.read_bytes(), pipeline.root / "watermark.db": b""}
+
+
+def _still_there(outside: dict[Path, bytes]) -> None:
+    for path, data in outside.items():
+        assert path.exists(), f"{path} was deleted"
+        if data:
+            assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("escape", sorted(_ESCAPES))
+def test_location_outside_files_root(pipeline: Pipeline, escape: str) -> None:
+    """A row must not reach outside files.root: never read, archived or deleted, with
+    on_error="stop" (the cycle stops) and "record" (an error-table row), through
+    ``errors retry`` and ``purge`` alike."""
+    from deswm.purge import PurgeJob
+    from deswm.stores.errors import SqlErrorStore
+
+    outside = _outside_files(pipeline)
+    location = _ESCAPES[escape](pipeline)
+    pipeline.good_rows()
+    pipeline.add("escapee", at(10, 5), None, location=location)
+    with pytest.raises(CycleError) as caught:
+        pipeline.run()
+    [failure] = caught.value.failures
+    assert (failure.uid, failure.location) == ("escapee", location)
+    assert failure.error_type == "LocationOutsideRootError"
+    says(caught.value, "'escapee'", "is outside files.root", "files.allowed_roots")
+    assert ("\x00" in location) != (location in str(caught.value))  # NUL is shown escaped
+    pipeline.assert_nothing_moved()
+    _still_there(outside)
+
+    errors = SqlErrorStore(pipeline.store.url)
+    try:
+        options: dict[str, Any] = {"on_error": "record", "error_store": errors}
+        result = pipeline.run(**options, max_failure_ratio=0.5)
+        assert result.watermark_after == TARGET
+        [listed] = errors.list(KEY)
+        assert (listed.failure.uid, listed.failure.location) == ("escapee", location)
+        assert listed.failure.error_type == "LocationOutsideRootError"
+        retried = pipeline.orchestrator(**options).retry_errors()
+        assert [f.error_type for f in retried.failures] == ["LocationOutsideRootError"]
+        purge = PurgeJob(
+            pipeline.store,
+            pipeline.source(),
+            pipeline.reader(),
+            pipeline.archive(),
+            pipeline.router,
+            pipeline=KEY.pipeline,
+            initial=START,
+            error_store=errors,
+        ).run()
+        assert (purge.deleted, purge.kept_listed) == (9, 1)
+        _still_there(outside)
+        checked = assert_no_loss(
+            pipeline.source(),
+            pipeline.archive(),
+            pipeline.store,
+            KEY,
+            pipeline.contents,
+            since=START,
+            errors=errors,
+        )
+        assert checked == 10  # nine archived, the escapee listed
+        assert not any(uid == "escapee" for uid in _archived_uids(pipeline)), (
+            "the outside file was archived"
+        )
+    finally:
+        errors.close()
+
+
+def _archived_uids(pipeline: Pipeline) -> set[str]:
+    from deswm.container import read_shard
+
+    return {
+        entry.uid
+        for part in pipeline.archive_dir.glob("*.des")
+        for entry in read_shard(part.read_bytes()).entries
+    }
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "sibling-prefix",
+        "other-bucket",
+        "other-scheme",
+        "dotdot",
+        "dotdot-in-url",
+        "local-file",
+        "credentials-in-url",
+    ],
+)
+def test_s3_location_outside_files_root(
+    pipeline: Pipeline, moto_s3: Any, s3_bucket: str, escape: str
+) -> None:
+    fs = moto_s3.filesystem()
+    other = moto_s3.new_bucket()
+    fs.pipe_file(f"{s3_bucket}/root2/victim.txt", b"OUTSIDE")
+    fs.pipe_file(f"{other}/root/victim.txt", b"OUTSIDE")
+    outside_local = _outside_files(pipeline)
+    location = {
+        "sibling-prefix": f"s3://{s3_bucket}/root2/victim.txt",
+        "other-bucket": f"s3://{other}/root/victim.txt",
+        "other-scheme": f"memory://{s3_bucket}/root/victim.txt",
+        "dotdot": "../root2/victim.txt",
+        "dotdot-in-url": f"s3://{s3_bucket}/root/../root2/victim.txt",
+        "local-file": str(pipeline.root / "outside" / "victim.txt"),
+        "credentials-in-url": f"s3://key:hunter22@{s3_bucket}/root2/victim.txt?X-Amz-Signature=s1g",
+    }[escape]
+    for n in range(3):
+        fs.pipe_file(f"{s3_bucket}/root/good-{n}.dat", b"good %d" % n)
+        pipeline.add(f"good-{n}", at(10, 2 + n), None, location=f"good-{n}.dat")
+        pipeline.contents[f"good-{n}.dat"] = b"good %d" % n
+    pipeline.add("escapee", at(10, 6), None, location=location)
+    reader = FsspecFileReader(
+        root=f"s3://{s3_bucket}/root", storage_options={"s3": moto_s3.storage_options}
+    )
+    with pytest.raises(CycleError) as caught:
+        pipeline.run(reader=reader)
+    says(caught.value, "'escapee'", redact(location), "LocationOutsideRootError", "is outside")
+    assert "hunter22" not in str(caught.value)
+    assert "s1g" not in str(caught.value)
+    pipeline.assert_nothing_moved()
+    from deswm.purge import PurgeJob
+    from deswm.stores.errors import SqlErrorStore
+
+    errors = SqlErrorStore(pipeline.store.url)
+    try:
+        pipeline.run(reader=reader, on_error="record", error_store=errors, max_failure_ratio=0.5)
+        [listed] = errors.list(KEY)
+        assert (listed.failure.uid, listed.failure.location) == ("escapee", location)
+        PurgeJob(
+            pipeline.store,
+            pipeline.source(),
+            reader,
+            pipeline.archive(),
+            pipeline.router,
+            pipeline=KEY.pipeline,
+            initial=START,
+            error_store=errors,
+            verify="index",
+        ).run()
+    finally:
+        errors.close()
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{s3_bucket}/root2/victim.txt") == b"OUTSIDE"
+    assert fs.cat_file(f"{other}/root/victim.txt") == b"OUTSIDE"
+    assert not fs.exists(f"{s3_bucket}/root/good-0.dat")  # inside: purged as usual
+    _still_there(outside_local)
+
+
+def test_purge_without_files_root_refuses_to_start(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline.good_rows()
+    config = write_config(tmp_path, pipeline)
+    text = config.read_text().replace(f"root = {json.dumps(str(pipeline.files))}\n", "")
+    config.write_text(text.replace('table = "files"', 'table = "files"\n', 1))
+    with restored_logging():
+        code = cli_main(["purge", "-c", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2
+    says_text(err, "files.root", "files.allowed_roots", "which folders it owns")
+
+
+def test_allowed_roots_keep_absolute_locations_across_folders(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table of absolute locations in several folders: list them in allowed_roots."""
+    outside = _outside_files(pipeline)
+    second = tmp_path / "second-volume"
+    second.mkdir()
+    (second / "b.dat").write_bytes(b"on the second volume")
+    (pipeline.files / "a.dat").write_bytes(b"on the first")
+    pipeline.add("a", at(10, 2), None, location=str(pipeline.files / "a.dat"))
+    pipeline.add("b", at(10, 3), None, location=str(second / "b.dat"))
+    pipeline.add("out", at(11, 3), None, location=str(pipeline.root / "outside" / "victim.txt"))
+    config = write_config(tmp_path, pipeline)
+    text = config.read_text().replace(
+        f"root = {json.dumps(str(pipeline.files))}\n",
+        f"allowed_roots = [{json.dumps(str(pipeline.files))}, {json.dumps(str(second))}]\n",
+    )
+    config.write_text(text + '[run]\non_error = "record"\nmax_failure_ratio = 1\n')
+    with restored_logging():
+        assert cli_main(["run", "-c", str(config)]) == 0
+        assert cli_main(["purge", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    says_text(out, "deleted 2 file(s)", "1 kept (in the error table)")
+    assert not (second / "b.dat").exists()
+    assert not (pipeline.files / "a.dat").exists()
+    _still_there(outside)
+    assert pipeline.archive().get("b", at(10, 3)) == b"on the second volume"
 
 
 def test_empty_file_is_archived(pipeline: Pipeline) -> None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from deswm._redact import redact
+
 if TYPE_CHECKING:
     from deswm.model import CycleResult, FileFailure, WatermarkKey
 
@@ -268,7 +270,7 @@ class CycleError(DeswmError):
         """What the cycle committed before it stopped (earlier buckets stay committed)."""
         self.reason = reason
         shown = "; ".join(
-            f"{f.uid!r} ({_printable(f.location)}): {f.error_type}: {f.message}"
+            f"{f.uid!r} ({_printable(redact(f.location))}): {f.error_type}: {f.message}"
             for f in self.failures[:10]
         )
         more = f" and {len(self.failures) - 10} more" if len(self.failures) > 10 else ""
