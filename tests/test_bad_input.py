@@ -67,6 +67,7 @@ from deswm.testing import (
     read_objects,
     snapshot,
 )
+from deswm.timeutil import format_utc
 
 START = datetime(2024, 5, 10, tzinfo=UTC)
 NOW = datetime(2024, 5, 14, 9, tzinfo=UTC)  # lag 1 day: the target is May 13 00:00
@@ -616,6 +617,8 @@ def test_unknown_config_key(tmp_path: Path, extra: str, key: str, text: str) -> 
         ("run", 'on_error = "skip"', "run.on_error", "'stop', 'record'"),
         ("source", 'timezone = "Mars/Olympus"', "source.timezone", "IANA name"),
         ("run", "partitions = 0", "run.partition", "0 <= index < count"),
+        ("files", 'allowed_roots = "/data"', "files.allowed_roots", "must be a list, got str"),
+        ("files", "allowed_roots = [1]", "files.allowed_roots[0]", "must be a non-empty string"),
     ],
 )
 def test_wrong_types_and_values_in_config(
@@ -912,6 +915,84 @@ def test_allowed_roots_keep_absolute_locations_across_folders(
     assert not (pipeline.files / "a.dat").exists()
     _still_there(outside)
     assert pipeline.archive().get("b", at(10, 3)) == b"on the second volume"
+
+
+def test_get_into_a_folder_never_writes_outside_it(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``deswm get -o DIR`` names the file after the uid: a uid is a name, not a path."""
+    uids = ["plain", "../../escape", "a/b", "..", "back\\slash"]
+    for n, uid in enumerate(uids):
+        pipeline.add(uid, at(10, 3, n), b"bytes of %d" % n)
+    pipeline.finish(len(uids))
+    config = str(write_config(tmp_path, pipeline))
+    out = tmp_path / "out" / "deep"
+    out.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"OUTSIDE")
+    (out / "linked").symlink_to(victim)
+    pipeline.add("linked", at(10, 4), b"would overwrite the victim")
+    pipeline.store.set(KEY, START, reason="archive the linked row too")
+    pipeline.run()
+
+    def get(uid: str, minute: int, target: str, hour: int = 3) -> tuple[int, str]:
+        when = format_utc(at(10, hour, minute))
+        with restored_logging():
+            code = cli_main(["get", "-c", config, uid, "--created-at", when, "-o", target])
+        return code, capsys.readouterr().err
+
+    assert get("plain", 0, str(out))[0] == 0
+    assert (out / "plain").read_bytes() == b"bytes of 0"
+    for n, uid in enumerate(uids[1:], start=1):
+        code, err = get(uid, n, str(out) + "/")
+        assert code == 2, err
+        says_text(err, "--output", repr(uid), "cannot be a file name in", "Pass -o with a file")
+    code, err = get("linked", 0, str(out), hour=4)
+    assert code == 1
+    says_text(err, "cannot write", "linked", "a symlink named after the uid is not followed")
+    assert victim.read_bytes() == b"OUTSIDE"
+    assert sorted(p.name for p in out.iterdir()) == ["linked", "plain"]
+    assert not (tmp_path / "escape").exists()
+    assert not (tmp_path / "out" / "escape").exists()
+    assert get("../../escape", 1, str(tmp_path / "chosen.bin"))[0] == 0  # -o FILE: any uid
+    assert (tmp_path / "chosen.bin").read_bytes() == b"bytes of 1"
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")}
+
+
+def test_demo_refuses_a_folder_it_did_not_create(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``deswm demo --dir`` runs the config it finds there: only its own, or a new folder."""
+    from deswm.demo import run_demo
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "deswm.toml").write_text("# the production config\n[source]\nurl = 'x'\n")
+    (project / "source.sqlite3").write_bytes(b"their database")
+    before = _tree_bytes(project)
+    with restored_logging():
+        code = cli_main(["demo", "--dir", str(project), "--files", "5"])
+    assert code == 2
+    says_text(capsys.readouterr().err, "--dir", "is not empty and is not a folder of deswm demo")
+    (tmp_path / "a-file").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        run_demo(tmp_path / "a-file", files=5, echo=lambda _: None)
+    assert _tree_bytes(project) == before
+
+    demo = tmp_path / "demo"
+    run_demo(demo, files=5, echo=lambda _: None)
+    run_demo(demo, files=5, echo=lambda _: None)  # its own folder: reused
+    victim = tmp_path / "outside"
+    victim.mkdir()
+    (demo / "source.sqlite3").unlink()
+    shutil.rmtree(demo / "files")
+    (demo / "files").symlink_to(victim)
+    with pytest.raises(DeswmError, match="leads outside"):
+        run_demo(demo, files=5, echo=lambda _: None)
+    assert list(victim.iterdir()) == []
 
 
 def test_empty_file_is_archived(pipeline: Pipeline) -> None:

@@ -206,3 +206,17 @@ def test_watermark_kind_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, MINIMAL + '[watermark]\nkind = "redis"\n'))
     assert caught.value.key == "watermark.kind"
+
+
+def test_allowed_roots_resolve_like_root_and_reach_the_reader(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            MINIMAL + '[files]\nallowed_roots = ["volume-a", "/mnt/b", "s3://bucket/files"]\n',
+        )
+    )
+    assert config.files.root is None
+    assert config.files.allowed_roots == (str(tmp_path / "volume-a"), "/mnt/b", "s3://bucket/files")
+    reader = config.build_reader()
+    assert reader.roots == config.files.allowed_roots
+    assert load_config(write(tmp_path, MINIMAL)).files.allowed_roots == ()

@@ -364,14 +364,60 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     config = _config(args)
     created_at = parse_timestamp(args.created_at, "--created-at")
-    data = config.build_archive().get(args.uid, created_at)
     if args.output in (None, "-"):
+        data = config.build_archive().get(args.uid, created_at)
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    else:
-        Path(args.output).write_bytes(data)
-        print(f"wrote {len(data)} bytes to {args.output}", file=sys.stderr)
+        return EXIT_OK
+    output = Path(args.output)
+    into_folder = output.is_dir() or args.output.endswith(("/", os.sep))
+    if into_folder:
+        output = output / _file_name(args.uid, output)
+    data = config.build_archive().get(args.uid, created_at)
+    _write_file(output, data, follow=not into_folder)
+    print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
     return EXIT_OK
+
+
+def _file_name(uid: str, folder: Path) -> str:
+    """``uid`` as one file name in ``folder``; a uid that is not one is refused.
+
+    A uid is a name in the archive, not a path: ``../../x`` or ``a/b`` must not write
+    outside ``folder`` (``-o FILE`` chooses any name).
+    """
+    reason = None
+    if uid in ("", ".", ".."):
+        reason = "is not a file name"
+    elif "/" in uid or "\\" in uid or (os.altsep and os.altsep in uid):
+        reason = "contains a path separator"
+    elif "\x00" in uid:
+        reason = "contains a NUL byte"
+    elif len(os.fsencode(uid)) > 255:
+        reason = "is longer than a file name may be (255 bytes)"
+    if reason is None:
+        return uid
+    raise ConfigError(
+        f"the uid {uid!r} {reason}, so it cannot be a file name in {folder}",
+        key="--output",
+        hint="Pass -o with a file path to choose the name, or -o - for stdout",
+    )
+
+
+def _write_file(path: Path, data: bytes, *, follow: bool) -> None:
+    """Write ``data`` to ``path``; with ``follow=False`` never through a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+        with open(fd, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise DeswmError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="Check the folder exists and is writable (a symlink named after the uid "
+            "is not followed)",
+        ) from exc
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

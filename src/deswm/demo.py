@@ -4,11 +4,17 @@ It creates a SQLite source table and sample files spread over past days, writes 
 file, runs one cycle, reads one file back from the archive and checks it byte for byte.
 Everything is deterministic and idempotent: running it again reuses the data and the
 watermark, so the second cycle finds nothing new to do.
+
+It only ever works in a folder it owns: a new or empty one, or one holding the config it
+wrote itself. Any other folder is refused, so ``--dir`` pointed at a real project cannot
+run its config, touch its database or overwrite its files; and the demo writes its sample
+files without following symlinks out of the folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,7 +24,7 @@ import attrs
 import sqlalchemy as sa
 
 from deswm.config import load_config
-from deswm.errors import DeswmError
+from deswm.errors import ConfigError, DeswmError
 from deswm.model import CycleResult
 from deswm.timeutil import floor_day, format_utc
 
@@ -28,8 +34,10 @@ CONFIG_NAME = "deswm.toml"
 LAG_DAYS = 7
 DAYS = 14
 
-_CONFIG = """\
-# Written by `deswm demo`. Paths are relative to this file's folder.
+_HEADER = "# Written by `deswm demo`."
+_CONFIG = (
+    _HEADER
+    + """ Paths are relative to this file's folder.
 [source]
 url = "sqlite:///source.sqlite3"
 table = "files"
@@ -52,6 +60,7 @@ n_bits = 4
 compression = "zstd"
 compression_level = 3
 """
+)
 
 
 @attrs.frozen
@@ -110,9 +119,7 @@ def _create_source(directory: Path, files: int, today: datetime) -> int:
                 suffix, data = _sample(rng, number)
                 uid = f"demo-{number:06d}{suffix}"
                 relative = Path("files") / created_at.strftime("%Y%m%d") / uid
-                path = directory / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                _write_inside(directory, relative, data)
                 rows.append(
                     {
                         "uid": uid,
@@ -127,6 +134,47 @@ def _create_source(directory: Path, files: int, today: datetime) -> int:
         engine.dispose()
 
 
+def _claim(directory: Path) -> None:
+    """Refuse a folder the demo did not create: it would run, write and read there."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a folder", key="--dir", hint=_DIR_HINT)
+    if next(directory.iterdir(), None) is None:
+        return
+    config = directory / CONFIG_NAME
+    if config.is_file() and not config.is_symlink():
+        with config.open("rb") as handle:
+            if handle.read(len(_HEADER)) == _HEADER.encode():
+                return
+    raise ConfigError(
+        f"{directory} is not empty and is not a folder of deswm demo (it has no "
+        f"{CONFIG_NAME} written by the demo); the demo creates a database, sample files and "
+        "a config there and runs that config, so it only uses a new or empty folder or "
+        "its own",
+        key="--dir",
+        hint=_DIR_HINT,
+    )
+
+
+_DIR_HINT = "Pass --dir with a new or empty folder, e.g. --dir deswm-demo"
+
+
+def _write_inside(directory: Path, relative: Path, data: bytes) -> None:
+    """Write a sample file below ``directory``, never through a symlink out of it."""
+    path = directory / relative
+    for _ in range(2):  # before creating its folder, and after
+        if not os.path.realpath(path.parent).startswith(str(directory) + os.sep):
+            raise DeswmError(
+                f"refusing to write {path}: its folder leads outside {directory} (a symlink?)",
+                hint=_DIR_HINT,
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with open(os.open(path, flags, 0o666), "wb") as handle:
+        handle.write(data)
+
+
 def run_demo(
     directory: Path,
     files: int = 1000,
@@ -138,6 +186,7 @@ def run_demo(
     if files < 1:
         raise DeswmError("the demo needs at least one file", hint="pass --files 1000")
     directory = directory.resolve()
+    _claim(directory)
     directory.mkdir(parents=True, exist_ok=True)
     today = floor_day(now or datetime.now(UTC))
     config_path = directory / CONFIG_NAME
@@ -191,7 +240,8 @@ def run_demo(
             created_at = datetime.fromisoformat(created_at)
         checked_at = created_at.replace(tzinfo=UTC)
         archived = config.build_archive().get(checked_uid, checked_at)
-        original = (directory / row.file_location).read_bytes()
+        # Through the reader: a location is contained in files.root like any other.
+        original = config.build_reader().read(str(row.file_location))
         if archived != original:
             raise DeswmError(
                 f"read-back check failed for {checked_uid!r}: archive and source differ"
