@@ -563,11 +563,15 @@ def test_local_location_outside_the_root_is_never_read_or_deleted(tree: _Tree, e
     assert (tree.root / "link-out").is_symlink()
 
 
-@pytest.mark.parametrize("proc_fd", [True, False], ids=["proc-fd", "realpath"])
-def test_symlink_out_is_refused_with_and_without_proc(
-    tree: _Tree, proc_fd: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["openat2", "proc-fd", "realpath"])
+def test_symlink_out_is_refused_by_every_resolution_path(
+    tree: _Tree, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_contain, "_PROC_FD", proc_fd and _contain._PROC_FD)
+    """openat2 (Linux 5.6+), O_PATH and /proc/self/fd, or realpath elsewhere."""
+    if mode != "openat2":
+        monkeypatch.setattr(_contain, "_OPENAT2", None)
+    if mode == "realpath":
+        monkeypatch.setattr(_contain, "_PROC_FD", False)
     reader = tree.reader()
     for location in ("link-out", "dir-out/victim.txt"):
         with pytest.raises(LocationOutsideRootError, match="through a symlink"):
@@ -776,18 +780,28 @@ _SEGMENTS = st.sampled_from(
 )
 
 
+@pytest.mark.parametrize("mode", ["openat2", "proc-fd", "realpath"])
 @settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     segments=st.lists(_SEGMENTS, min_size=1, max_size=6),
     prefix=st.sampled_from(["", "/", "ROOT/", "BASE/", "file://", "file://ROOT/", "~/"]),
 )
 def test_every_accepted_location_resolves_inside_the_root(
-    tree: _Tree, segments: list[str], prefix: str
+    tree: _Tree, mode: str, segments: list[str], prefix: str
 ) -> None:
     """Whatever the table holds, a location is either inside the root (and read or
     deleted there) or gets a typed error; the outside never changes."""
+    with pytest.MonkeyPatch.context() as patch:
+        if mode != "openat2":
+            patch.setattr(_contain, "_OPENAT2", None)
+        if mode == "realpath":
+            patch.setattr(_contain, "_PROC_FD", False)
+        _check_one_location(tree, prefix, segments)
+
+
+def _check_one_location(tree: _Tree, prefix: str, segments: list[str]) -> None:
     location = prefix.replace("ROOT", str(tree.root)).replace("BASE", str(tree.base)) + "/".join(
         segments
     )

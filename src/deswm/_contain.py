@@ -10,11 +10,17 @@ swapped in between a check and the open cannot lead outside either.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import platform
 import posixpath
 import re
 import stat
-from collections.abc import Sequence
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Final
 from urllib.parse import unquote
 
@@ -33,6 +39,48 @@ _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
 _NOCTTY: Final = getattr(os, "O_NOCTTY", 0)
+_READ_FLAGS: Final = os.O_RDONLY | _CLOEXEC | _NONBLOCK | _NOCTTY
+_DIR_FLAGS: Final = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+
+
+def _load_openat2() -> Callable[[int, str], int] | None:
+    """``openat2(dirfd, path, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`` on Linux, or None.
+
+    The kernel then refuses any resolution that leaves ``dirfd`` (``..``, absolute or
+    escaping symlinks: ``EXDEV``), in one system call and with no window for a swap.
+    """
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return None
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):  # pragma: no cover - a libc without syscall()
+        return None
+    syscall.restype = ctypes.c_long
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = (
+            ("flags", ctypes.c_uint64),
+            ("mode", ctypes.c_uint64),
+            ("resolve", ctypes.c_uint64),
+        )
+
+    how = OpenHow(_READ_FLAGS, 0, 0x08 | 0x02)  # RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+    ref, size, number = ctypes.byref(how), ctypes.sizeof(how), 437  # same on both arches
+
+    def openat2(dirfd: int, path: str) -> int:
+        fd = int(syscall(number, dirfd, os.fsencode(path), ref, size))
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+        return fd
+
+    return openat2
+
+
+_OPENAT2: Callable[[int, str], int] | None = _load_openat2()
+# Errors after which the careful path decides: an escaping or absolute symlink (EXDEV),
+# a loop, or a kernel or sandbox without openat2.
+_RETRY_CAREFULLY: Final = frozenset({errno.EXDEV, errno.ELOOP, errno.ENOSYS, errno.EPERM})
 
 
 class Outside(Exception):
@@ -102,6 +150,33 @@ class Roots:
             urls.append(_UrlRoot(protocol, parts))
         self.local = tuple(local)
         self.urls = tuple(urls)
+        self._fds: list[int | None] = [None] * len(self.local)
+        self._fds_lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._fds)
+
+    def beneath(self, path: str) -> tuple[int, str] | None:
+        """``(descriptor of its root, path relative to it)`` for a normalised local path."""
+        for index, root in enumerate(self.local):
+            for prefix in (root.lexical, root.real):
+                if _below(path, prefix):
+                    fd = self._fds[index]
+                    if fd is None:
+                        fd = self._open_root(index)
+                        if fd is None:
+                            return None
+                    return fd, path[len(prefix) :].lstrip("/")
+        return None
+
+    def _open_root(self, index: int) -> int | None:
+        with self._fds_lock:
+            fd = self._fds[index]
+            if fd is None:
+                try:
+                    fd = os.open(self.local[index].real, _DIR_FLAGS)
+                except OSError:
+                    return None  # not there (yet): the careful path says what is wrong
+                self._fds[index] = fd
+            return fd
 
     def __bool__(self) -> bool:
         return bool(self.local or self.urls)
@@ -161,6 +236,12 @@ def _unsafe_text(text: str) -> str | None:
     return None
 
 
+def _close_all(fds: list[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
 def _fd_path(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
@@ -179,6 +260,28 @@ def open_local(path: str, roots: Roots) -> int:
     ``IsADirectoryError`` or :class:`NotRegular` for what is not a regular file, and the
     usual ``OSError`` otherwise.
     """
+    global _OPENAT2
+    if _OPENAT2 is not None:
+        found = roots.beneath(path)
+        if found is not None:
+            try:
+                fd = _OPENAT2(*found)
+            except OSError as exc:
+                if exc.errno == errno.ENOSYS:
+                    _OPENAT2 = None
+                if exc.errno not in _RETRY_CAREFULLY:
+                    raise
+            else:
+                try:
+                    _check_regular(os.fstat(fd).st_mode, path)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                return fd
+    return _open_carefully(path, roots)
+
+
+def _open_carefully(path: str, roots: Roots) -> int:
     if _PROC_FD:
         handle = os.open(path, os.O_PATH | _CLOEXEC)
         try:
