@@ -681,6 +681,7 @@ def test_delete_refuses_a_folder_swapped_for_a_symlink_out(
         ({"root": "/a\x00b"}, "files.root"),
         ({"root": "s3://bucket/a/../b"}, "files.root"),
         ({"root": "s3://"}, "files.root"),
+        ({"allowed_roots": ["/ok", "/a\\b"]}, "files.allowed_roots"),
     ],
 )
 def test_validates_roots(kwargs: dict[str, Any], key: str) -> None:

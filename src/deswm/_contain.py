@@ -124,13 +124,15 @@ class Roots:
     and prefix component by component, so ``s3://b/root2/x`` is not inside ``s3://b/root``.
     """
 
-    def __init__(self, roots: Sequence[str]) -> None:
+    def __init__(self, roots: Sequence[str], *, allowed_from: int = 0) -> None:
+        """``roots[allowed_from:]`` came from ``allowed_roots`` (for the error's key)."""
         local: list[_LocalRoot] = []
         urls: list[_UrlRoot] = []
-        for root in roots:
+        for index, root in enumerate(roots):
+            key = "files.root" if index < allowed_from else "files.allowed_roots"
             reason = _unsafe_text(root)
             if reason:
-                raise ConfigError(f"{root!r} is not a usable root: {reason}", key="files.root")
+                raise ConfigError(f"{root!r} is not a usable root: {reason}", key=key)
             match = _URL.match(root)
             protocol = match.group(0)[:-3].lower() if match else None
             if protocol is None or protocol in _LOCAL_PROTOCOLS:
@@ -145,7 +147,7 @@ class Roots:
                 raise ConfigError(
                     f"{root!r} is not a usable root: it needs a bucket or host and no "
                     "'.' or '..' segments",
-                    key="files.root",
+                    key=key,
                 )
             urls.append(_UrlRoot(protocol, parts))
         self.local = tuple(local)

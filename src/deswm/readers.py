@@ -336,7 +336,7 @@ class FsspecFileReader(FileReaderBase):
         self.root = None if root is None else _normalise_root(os.fspath(root))
         self.allowed_roots = _allowed_roots(allowed_roots)
         declared = ((self.root,) if self.root is not None else ()) + self.allowed_roots
-        self._roots = Roots(declared)
+        self._roots = Roots(declared, allowed_from=len(declared) - len(self.allowed_roots))
         self._local_prefix = (
             None
             if self.root is None or _URL.match(self.root)
