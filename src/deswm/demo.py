@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from deswm.config import load_config
 from deswm.errors import DeswmError
 from deswm.model import CycleResult
-from deswm.timeutil import floor_day, format_utc
+from deswm.timeutil import floor_day, format_day, format_utc
 
 __all__ = ["DemoReport", "run_demo"]
 
@@ -109,7 +109,7 @@ def _create_source(directory: Path, files: int, today: datetime) -> int:
                 created_at = day + offset
                 suffix, data = _sample(rng, number)
                 uid = f"demo-{number:06d}{suffix}"
-                relative = Path("files") / created_at.strftime("%Y%m%d") / uid
+                relative = Path("files") / format_day(created_at) / uid
                 path = directory / relative
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
