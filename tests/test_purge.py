@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from deswm.archive import Archive
 from deswm.container import read_shard
-from deswm.errors import FileReadError
+from deswm.errors import ConfigError, FileReadError
 from deswm.model import FileFailure, LocationReference, Partition, SourceRecord, WatermarkKey
 from deswm.orchestrator import WatermarkOrchestrator
 from deswm.packer import DesPacker
@@ -385,3 +385,18 @@ def test_shared_location_on_every_database(engine: sa.Engine, tmp_path: Path) ->
     archive = Archive(str(world.archive_dir), world.router)
     for record in (r1, r2):
         assert archive.get(record.uid, record.created_at) == b"one file, two rows"
+
+
+def test_a_source_without_location_references_is_refused(tmp_path: Path) -> None:
+    world = World(tmp_path, [10])
+
+    class OldSource:
+        def iter_records(self, window: Any) -> Iterator[SourceRecord]:
+            return world.source.iter_records(window)
+
+        def pending_stats(self, window: Any) -> Any:
+            return world.source.pending_stats(window)
+
+    world.source = OldSource()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="location_references"):
+        world.purge()

@@ -128,6 +128,13 @@ class PurgeJob:
     ) -> None:
         if verify not in ("content", "index"):
             raise ConfigError(f'must be "content" or "index", got {verify!r}', key="--verify")
+        if not callable(getattr(source, "location_references", None)):
+            raise ConfigError(
+                f"{type(source).__name__} has no location_references(); the purge needs it "
+                "to keep files that other rows still reference (G15)",
+                key="source",
+                hint="Implement SourceProvider.location_references() (see deswm.protocols)",
+            )
         self.store = store
         self.source = source
         self.reader = reader
