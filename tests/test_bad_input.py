@@ -50,6 +50,7 @@ from deswm.errors import (
     NaiveDatetimeError,
     PackError,
     SourceError,
+    UnplaceableRowError,
     WatermarkError,
 )
 from deswm.model import CycleResult, SourceRecord, WatermarkKey, Window
@@ -262,6 +263,49 @@ def test_null_created_at_is_never_in_a_window_and_is_reported(
     with restored_logging():
         cli_main(["stats", "--json", "-c", str(config)])
     assert json.loads(capsys.readouterr().out)["rows_with_null_created_at"] == ["no-date"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [(1715328000, "1715328000 (INTEGER)"), (2460441.5, "2460441.5 (REAL)"), (b"x", "X'78' (BLOB)")],
+    ids=["epoch-integer", "julian-real", "blob"],
+)
+def test_created_at_stored_as_a_number_or_blob_is_named_by_run_stats_and_verify(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    stored: object,
+    shown: str,
+) -> None:
+    """SQLite sorts numbers before every text bound and blobs after: no window holds the
+    row. Run stops before the watermark moves (G17), stats warns, verify fails."""
+    pipeline.good_rows()
+    location = pipeline.add("odd-type", at(10, 5), b"a number for a date")
+    with pipeline.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE files SET created_at = ? WHERE uid = 'odd-type'", (stored,))
+    with pytest.raises(UnplaceableRowError) as caught:
+        pipeline.run()
+    says(caught.value, "uid='odd-type'", shown, "no window can hold", "filter_query")
+    pipeline.assert_nothing_moved()
+    config = write_config(tmp_path, pipeline)
+    with restored_logging():
+        assert cli_main(["stats", "-c", str(config)]) == 0
+    says_text(capsys.readouterr().out, "no window can hold", "odd-type")
+    with restored_logging():
+        cli_main(["stats", "--json", "-c", str(config)])
+    assert json.loads(capsys.readouterr().out)["rows_with_unplaceable_created_at"] == ["odd-type"]
+    with restored_logging():
+        assert cli_main(["run", "-c", str(config)]) != 0
+    capsys.readouterr()
+    with restored_logging():
+        assert cli_main(["verify", "-c", str(config)]) == 1
+    says_text(capsys.readouterr().out, "unplaceable: 'odd-type'", shown)
+    with pipeline.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE files SET created_at = '2024-05-10 05:00:00' WHERE uid = 'odd-type'"
+        )
+    assert pipeline.contents[location] == b"a number for a date"
+    pipeline.finish(10)
 
 
 @pytest.mark.parametrize(

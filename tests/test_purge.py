@@ -3,21 +3,25 @@ watermark, and only when their entry is verified in a published shard."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from deswm.archive import Archive
 from deswm.container import read_shard
 from deswm.errors import ConfigError, FileReadError
-from deswm.model import Partition, SourceRecord, WatermarkKey
+from deswm.model import FileFailure, LocationReference, Partition, SourceRecord, WatermarkKey
 from deswm.orchestrator import WatermarkOrchestrator
 from deswm.packer import DesPacker
 from deswm.purge import PurgeError, PurgeJob
 from deswm.readers import FsspecFileReader
 from deswm.routing import DesRouter
+from deswm.sources.sql import SqlSourceProvider
+from deswm.sqltypes import UtcDateTime
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
 from deswm.testing.errors import MemoryErrorStore
 
@@ -337,3 +341,195 @@ def test_s3_rows_outside_the_root_are_never_deleted(
             world.purge(verify="index").run()
     fs.invalidate_cache()
     assert fs.cat_file(f"{s3_bucket}/root2/victim.txt") == b"OUTSIDE"
+
+
+# --- shared locations (G15) -------------------------------------------------------------------
+
+
+class CountingSource(MemorySourceProvider):
+    """Counts location lookups; ``on_lookup`` may change the table between them."""
+
+    def __init__(self, records: list[SourceRecord]) -> None:
+        super().__init__(records)
+        self.lookups: list[int] = []
+        self.on_lookup: Callable[[int], None] = lambda n: None
+
+    def location_references(self, locations: Collection[str]) -> Iterator[LocationReference]:
+        self.lookups.append(len(set(locations)))
+        self.on_lookup(len(self.lookups))
+        return super().location_references(locations)
+
+
+def shared_world(tmp_path: Path) -> tuple[World, SourceRecord, SourceRecord]:
+    """r1 (day 10, archived) and r2 (day 19, inside the lag) share one location."""
+    world = World(tmp_path, [10])
+    r1 = SourceRecord("r1", at(10, 3), "mem/shared")
+    r2 = SourceRecord("r2", at(19, 3), "mem/shared")
+    world.records += [r1, r2]
+    world.files["mem/shared"] = b"one file, two rows"
+    world.source = CountingSource(world.records)
+    world.reader = MemoryFileReader(world.files)
+    return world, r1, r2
+
+
+def test_a_location_a_newer_row_still_needs_is_kept(tmp_path: Path) -> None:
+    world, r1, r2 = shared_world(tmp_path)
+    world.orchestrator().run_cycle()  # archives day 10; r2 is inside the lag
+
+    result = world.purge().run()
+
+    assert "mem/shared" in world.present(), "r2 is not archived yet"
+    assert result.kept_shared == 1
+    assert result.deleted == 6
+    purged = world.store.get(PURGED)
+    assert purged is not None and purged.position == at(18, 0)
+
+    # r2's day comes: it is archived from the kept file, and only now is the file deleted.
+    later = NOW + timedelta(days=2)
+    world.orchestrator(clock=lambda: later).run_cycle()
+    archive = Archive(str(world.archive_dir), world.router)
+    assert archive.get(r2.uid, r2.created_at) == b"one file, two rows"
+    result = world.purge().run()
+    assert result.deleted == 1
+    assert result.kept_shared == 0
+    assert "mem/shared" not in world.present()
+    assert archive.get(r1.uid, r1.created_at) == b"one file, two rows"
+
+
+def test_rows_of_one_day_sharing_a_location_delete_it_once(tmp_path: Path) -> None:
+    world = World(tmp_path, [10], per_day=2)
+    twin = SourceRecord("twin", at(10, 5), world.records[0].location)
+    world.records.append(twin)
+    world.source = MemorySourceProvider(world.records)
+    world.orchestrator().run_cycle()
+
+    result = world.purge().run()
+
+    assert (result.deleted, result.already_gone, result.kept_shared) == (2, 1, 0)
+    assert world.present() == set()
+
+
+def test_a_location_of_a_listed_row_is_kept(tmp_path: Path) -> None:
+    world = World(tmp_path, [10], per_day=2)
+    listed = SourceRecord("listed", at(11, 1), world.records[0].location)
+    world.records.append(listed)
+    world.source = MemorySourceProvider(world.records)
+    world.orchestrator().run_cycle()
+    world.errors.record(
+        ARCHIVED,
+        [FileFailure("listed", listed.created_at, listed.location, "read", "X", "failed once")],
+    )
+
+    result = world.purge(error_store=world.errors).run()
+
+    assert result.kept_shared == 1
+    assert result.kept_listed == 1
+    assert world.records[0].location in world.present()
+
+
+def test_a_location_whose_other_row_is_not_in_the_archive_is_kept(tmp_path: Path) -> None:
+    world = World(tmp_path, [10], per_day=2)
+    world.orchestrator().run_cycle()
+    # A row added below the watermark after its day was archived: never archived.
+    late = SourceRecord("late", at(11, 1), world.records[0].location)
+    world.source.add(late)
+
+    with pytest.raises(PurgeError, match="'late': not in the archive"):
+        world.purge().run()
+
+    assert world.records[0].location in world.present()
+    assert world.records[1].location not in world.present()
+    purged = world.store.get(PURGED)
+    assert purged is not None and purged.position == at(11, 0), "day 10 done, its file kept"
+
+
+def test_a_reference_added_while_verifying_is_seen_before_the_delete(tmp_path: Path) -> None:
+    world, _, _ = shared_world(tmp_path)
+    world.source = CountingSource([r for r in world.records if r.uid != "r2"])
+    world.orchestrator().run_cycle()
+    victim = world.records[0]
+    source = world.source
+    assert isinstance(source, CountingSource)
+    # Between the first look and the re-check a new row starts to need the file.
+    source.on_lookup = lambda n: (
+        source.add(SourceRecord("new", at(19), victim.location)) if n == 1 else None
+    )
+
+    result = world.purge().run()
+
+    assert victim.location in world.present()
+    assert result.kept_shared == 1
+    assert len(source.lookups) == 2, "one look before verifying, one right before deleting"
+
+
+def test_references_are_looked_up_per_batch_not_per_row(tmp_path: Path) -> None:
+    world = World(tmp_path, [])
+    world.records = [
+        SourceRecord(f"f{day}-{i}", at(day, 0) + timedelta(seconds=i), f"mem/{day}/{i}")
+        for day in (10, 11)
+        for i in range(700)
+    ]
+    world.files = {r.location: r.uid.encode() for r in world.records}
+    world.reader = MemoryFileReader(world.files)
+    world.source = CountingSource(world.records)
+    world.orchestrator().run_cycle()
+
+    result = world.purge(verify="index").run()
+
+    assert result.deleted == 1400
+    source = world.source
+    assert isinstance(source, CountingSource)
+    # Per day: a batch of 500 and one of 200, each looked up twice.
+    assert source.lookups == [500, 500, 200, 200] * 2
+
+
+def test_shared_location_on_every_database(engine: sa.Engine, tmp_path: Path) -> None:
+    """The same scenario with the SQL source: the reference check is one IN (...) query."""
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "files",
+        metadata,
+        sa.Column("uid", sa.String(64)),
+        sa.Column("created_at", UtcDateTime()),
+        sa.Column("file_location", sa.String(255), index=True),
+        sa.Column("size_bytes", sa.BigInteger),
+    )
+    world, r1, r2 = shared_world(tmp_path)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(),
+            [
+                {"uid": r.uid, "created_at": r.created_at, "file_location": r.location}
+                for r in world.records
+            ],
+        )
+    world.source = SqlSourceProvider(engine, "files")
+    world.orchestrator().run_cycle()
+
+    result = world.purge().run()
+
+    assert (result.deleted, result.kept_shared) == (6, 1)
+    assert world.present() == {"mem/shared"}
+    later = NOW + timedelta(days=2)
+    world.orchestrator(clock=lambda: later).run_cycle()
+    assert world.purge().run().deleted == 1
+    assert world.present() == set()
+    archive = Archive(str(world.archive_dir), world.router)
+    for record in (r1, r2):
+        assert archive.get(record.uid, record.created_at) == b"one file, two rows"
+
+
+def test_a_source_without_location_references_is_refused(tmp_path: Path) -> None:
+    world = World(tmp_path, [10])
+
+    class OldSource:
+        def iter_records(self, window: Any) -> Iterator[SourceRecord]:
+            return world.source.iter_records(window)
+
+        def pending_stats(self, window: Any) -> Any:
+            return world.source.pending_stats(window)
+
+    world.source = OldSource()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="location_references"):
+        world.purge()

@@ -10,8 +10,10 @@ import zlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from deswm.errors import ConfigError, NaiveDatetimeError
+from deswm.errors import ConfigError, NaiveDatetimeError, SourceError
 from deswm.model import ShardKey
 from deswm.routing import DesRouter, uid_text
 
@@ -156,3 +158,46 @@ def test_routes_are_identical_across_processes_and_hash_seeds() -> None:
         )
         seen.append(json.loads(done.stdout))
     assert all(result == here for result in seen)
+
+
+# --- the whole datetime range (G17) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("created_at", "name"),
+    [
+        (datetime(999, 6, 1, 10, tzinfo=UTC), "09990601_0A_0000.des"),
+        (datetime(1, 1, 1, tzinfo=UTC), "00010101_0A_0000.des"),
+        (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "99991231_0A_0000.des"),
+    ],
+)
+def test_years_before_1000_and_the_last_day_have_four_digit_names(
+    created_at: datetime, name: str
+) -> None:
+    router = DesRouter(8)
+    key = router.route(10, created_at)
+    assert key.object_name(0) == name
+    assert router.bucket_of_day(key.day) == key.bucket
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_every_day_name_has_eight_digits_and_parses_back(created_at: datetime) -> None:
+    router = DesRouter(4)
+    key = router.route("x", created_at)
+    assert key.day == f"{created_at.year:04d}{created_at.month:02d}{created_at.day:02d}"
+    assert router.bucket_of_day(key.day) == key.bucket
+    if key.bucket < datetime(9999, 12, 31, tzinfo=UTC):
+        assert router.next_bucket(key.bucket) - key.bucket == timedelta(days=1)
+
+
+def test_the_last_day_has_no_end_and_says_so() -> None:
+    with pytest.raises(SourceError) as caught:
+        DesRouter(8).next_bucket(datetime(9999, 12, 31, tzinfo=UTC))
+    assert "99991231" in str(caught.value)
+    assert "filter_query" in str(caught.value)
+
+
+@pytest.mark.parametrize("day", ["9990601", "099906011", "0999-06-", "00000101", "20240230"])
+def test_a_day_name_is_exactly_eight_digits_of_a_real_day(day: str) -> None:
+    with pytest.raises(ConfigError):
+        DesRouter(8).bucket_of_day(day)

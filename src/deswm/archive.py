@@ -42,7 +42,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
@@ -60,7 +60,7 @@ from deswm.model import ArchivedEntry, ShardKey
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
 from deswm.shardio import PartInfo, ShardStore, parse_part_name
-from deswm.timeutil import require_utc
+from deswm.timeutil import format_day, parse_day, require_utc
 
 __all__ = ["Archive"]
 
@@ -231,7 +231,7 @@ class Archive:
         its ``n_bits``), so shards of a differently configured writer are not mixed in.
         """
         text = _day_text(day)
-        sample = self._router.group(datetime.strptime(text, "%Y%m%d").replace(tzinfo=UTC), 0)
+        sample = self._router.group(parse_day(text, "day"), 0)
         count = self._router.shard_count
         return [
             part
@@ -386,9 +386,9 @@ def _runs(entries: list[IndexEntry], limit: int) -> Iterator[list[IndexEntry]]:
 
 def _day_text(day: date | datetime | str) -> str:
     if isinstance(day, datetime):
-        return require_utc(day, "day").strftime("%Y%m%d")
+        return format_day(require_utc(day, "day"))
     if isinstance(day, date):
-        return day.strftime("%Y%m%d")
+        return f"{day.year:04d}{day.month:02d}{day.day:02d}"
     if isinstance(day, str) and len(day) == 8 and day.isascii() and day.isdigit():
         return day
     raise ConfigError(f"{day!r} is not a day (date, aware datetime or YYYYMMDD)", key="day")

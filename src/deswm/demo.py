@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from deswm.config import load_config
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import CycleResult
-from deswm.timeutil import floor_day, format_utc
+from deswm.timeutil import floor_day, format_day, format_utc
 
 __all__ = ["DemoReport", "run_demo"]
 
@@ -118,7 +118,7 @@ def _create_source(directory: Path, files: int, today: datetime) -> int:
                 created_at = day + offset
                 suffix, data = _sample(rng, number)
                 uid = f"demo-{number:06d}{suffix}"
-                relative = Path("files") / created_at.strftime("%Y%m%d") / uid
+                relative = Path("files") / format_day(created_at) / uid
                 _write_inside(directory, relative, data)
                 rows.append(
                     {

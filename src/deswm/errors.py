@@ -8,6 +8,8 @@ next, so an operator reading a log line can act on it without the source code::
     │   └── NaiveDatetimeError      a datetime without a timezone where UTC is required
     ├── SourceError                 the source table could not be read
     │   └── BadRowError             one row cannot be archived (NULL created_at, bad uid, ...)
+    │       └── UnplaceableRowError rows whose created_at no window can hold (a number, bytes,
+    │                               a year outside 0001-9999, the last day 9999-12-31)
     ├── FileReadError               a source file could not be read
     │   ├── FileMissingError        the location does not exist
     │   └── LocationOutsideRootError  the location is not inside files.root / allowed_roots
@@ -50,6 +52,7 @@ __all__ = [
     "PackError",
     "ShardError",
     "SourceError",
+    "UnplaceableRowError",
     "WatermarkConflict",
     "WatermarkError",
 ]
@@ -106,6 +109,33 @@ class BadRowError(SourceError):
             f"{where}: {message}",
             hint="Fix the row in the source table, or exclude it in "
             "SqlSourceProvider.filter_query()",
+        )
+
+
+class UnplaceableRowError(BadRowError):
+    """Rows whose ``created_at`` no window can ever hold, so the watermark would pass them.
+
+    A SQLite value stored as a number or bytes (they sort before or after every text
+    bound), a MariaDB zero date, a year outside 0001-9999 (PostgreSQL BC dates,
+    ``infinity``), or the last day 9999-12-31, whose end ``datetime`` cannot express.
+    ``rows`` holds ``(uid, stored value)`` pairs, at most ``limit`` of them; ``more`` says
+    whether there are others.
+    """
+
+    def __init__(self, rows: Sequence[tuple[str, str]], *, table: str, more: bool) -> None:
+        self.rows = tuple(rows)
+        self.more = more
+        self.uid = self.rows[0][0] if self.rows else None
+        self.created_at = self.rows[0][1] if self.rows else None
+        shown = ", ".join(f"uid={uid!r} created_at={value}" for uid, value in self.rows)
+        SourceError.__init__(
+            self,
+            f"table {table}: {len(self.rows)}{'+' if more else ''} row(s) have a created_at no "
+            f"window can hold, so they would never be archived: {shown}"
+            + (" and more" if more else ""),
+            hint="Store created_at as a timestamp from 0001-01-01 to 9999-12-30 (on SQLite "
+            "the text YYYY-MM-DD HH:MM:SS[.ffffff]), or exclude the rows in "
+            "SqlSourceProvider.filter_query(); nothing was archived or moved",
         )
 
 

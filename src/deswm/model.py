@@ -11,7 +11,7 @@ from typing import Literal
 
 import attrs
 
-from deswm.timeutil import format_utc
+from deswm.timeutil import format_day, format_utc
 
 __all__ = [
     "DEFAULT_STAGE",
@@ -21,6 +21,7 @@ __all__ = [
     "CyclePlan",
     "CycleResult",
     "FileFailure",
+    "LocationReference",
     "Partition",
     "PendingStats",
     "PublishedShard",
@@ -172,7 +173,7 @@ class ShardKey:
 
     @property
     def day(self) -> str:
-        return self.bucket.strftime("%Y%m%d")
+        return format_day(self.bucket)
 
     @property
     def prefix(self) -> str:
@@ -321,3 +322,17 @@ class CycleResult:
             f"{len(self.failures)} failures, watermark {format_utc(self.watermark_before)} -> "
             f"{format_utc(self.watermark_after)} in {self.duration.total_seconds():.2f}s"
         )
+
+
+@attrs.frozen
+class LocationReference:
+    """A source row that references a file location (see ``location_references``).
+
+    ``created_at`` is ``None`` when the stored value cannot be read as an instant (NULL,
+    a number or bytes on SQLite, a year outside 0001-9999): such a row can never be
+    verified in the archive, so it keeps its location from being purged.
+    """
+
+    location: str
+    uid: str
+    created_at: datetime | None

@@ -83,7 +83,7 @@ from deswm.model import ArchivedEntry, BucketResult, Codec, PublishedShard, Shar
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
 from deswm.shardio import BIG_FILES, PartInfo, ShardStore
-from deswm.timeutil import format_utc, require_utc
+from deswm.timeutil import format_day, format_utc, require_utc
 
 __all__ = ["DesBucketWriter", "DesPacker"]
 
@@ -284,7 +284,7 @@ class DesBucketWriter:
         self._router = router
         self._settings = settings
         self._bucket = bucket
-        self._day = bucket.strftime("%Y%m%d")
+        self._day = format_day(bucket)
         self._groups: dict[int, Group] = {}
         self._shard_index = router.shard_index if type(router) is DesRouter else None
         self._bucket_end = bucket + timedelta(days=1)

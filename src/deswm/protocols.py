@@ -8,7 +8,7 @@ suites that check an implementation against it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -18,6 +18,7 @@ from deswm.model import (
     ArchivedEntry,
     BucketResult,
     FileFailure,
+    LocationReference,
     PendingStats,
     RecordedFailure,
     ShardKey,
@@ -113,6 +114,18 @@ class SourceProvider(Protocol):
 
     def pending_stats(self, window: Window) -> PendingStats:
         """Files, bytes, oldest and newest ``created_at`` in ``window``, in one query."""
+        ...
+
+    def location_references(self, locations: Collection[str]) -> Iterator[LocationReference]:
+        """Every row whose location is one of ``locations``, whatever its ``created_at``.
+
+        The purge stage asks this right before it deletes files (G15): a location is
+        deleted only when every row that references it is archived and verified. Rows
+        the provider would not archive (filtered out) still count: they still need the
+        file. ``created_at`` is aware UTC, or ``None`` when the stored value cannot be
+        read as an instant. Any order; answered in batches (a database implementation
+        runs one ``IN (...)`` query per batch of locations, never one per location).
+        """
         ...
 
 

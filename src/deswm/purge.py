@@ -6,13 +6,21 @@ published shards, deletes the source file, and commits ``purged`` past a day onl
 every file of that day was handled. A file whose entry is missing, unverifiable or
 different from the source is never deleted, nor is one outside the reader's declared
 roots (checked again right before each delete: a row can change after it was archived).
+
+Several rows may reference one location (G15). A location is deleted only when every
+row that references it, whatever its ``created_at``, lies below the archived watermark
+and is verified in the archive (the rows of the batch being purged count as verified);
+otherwise the file is kept and counted in ``kept_shared``, and the purge of the last
+such row deletes it. The references are looked up in batches
+(:meth:`~deswm.protocols.SourceProvider.location_references`), once before the files
+of a batch are verified and again right before they are deleted.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -26,11 +34,13 @@ from deswm.errors import (
     FileReadError,
     LocationOutsideRootError,
     NotArchivedError,
+    ShardError,
 )
 from deswm.model import (
     DEFAULT_STAGE,
     ArchivedEntry,
     FileFailure,
+    LocationReference,
     Partition,
     SourceRecord,
     Watermark,
@@ -47,6 +57,7 @@ log = logging.getLogger("deswm.purge")
 
 PURGED_STAGE = "purged"
 Verify = Literal["content", "index"]
+_BATCH = 500  # rows verified, checked for other references and deleted together
 
 
 class ArchiveReader(Protocol):
@@ -84,6 +95,8 @@ class PurgeResult:
     buckets_committed: int
     duration: timedelta
     dry_run: bool = False
+    kept_shared: int = 0
+    """Verified files kept because another row not yet verified references them (G15)."""
 
 
 class PurgeJob:
@@ -134,6 +147,13 @@ class PurgeJob:
                 "files live in, or files.allowed_roots = [...] when the table holds "
                 "absolute locations in several folders",
             )
+        if not callable(getattr(source, "location_references", None)):
+            raise ConfigError(
+                f"{type(source).__name__} has no location_references(); the purge needs it "
+                "to keep files that other rows still reference (G15)",
+                key="source",
+                hint="Implement SourceProvider.location_references() (see deswm.protocols)",
+            )
         self.store = store
         self.source = source
         self.reader = reader
@@ -162,7 +182,7 @@ class PurgeJob:
         """Delete what may be deleted; ``dry_run`` verifies and counts but deletes nothing."""
         started = time.monotonic()
         window = self.window()
-        counts = {"deleted": 0, "gone": 0, "listed": 0, "buckets": 0}
+        counts = {"deleted": 0, "gone": 0, "listed": 0, "buckets": 0, "shared": 0}
         if not window.empty:
             self._purge(window, counts, dry_run=dry_run)
         return PurgeResult(
@@ -174,6 +194,7 @@ class PurgeJob:
             buckets_committed=counts["buckets"],
             duration=timedelta(seconds=time.monotonic() - started),
             dry_run=dry_run,
+            kept_shared=counts["shared"],
         )
 
     def _purge(self, window: Window, counts: dict[str, int], *, dry_run: bool) -> None:
@@ -191,12 +212,18 @@ class PurgeJob:
             bucket = self.router.bucket_start(record.created_at)
             bucket_end = self.router.next_bucket(bucket)
             failures: list[FileFailure] = []
+            batch: list[SourceRecord] = []
             while record is not None and record.created_at < bucket_end:
                 if (record.uid, record.created_at) in listed:
                     counts["listed"] += 1
                 else:
-                    self._purge_one(record, failures, counts, dry_run=dry_run)
+                    batch.append(record)
+                    if len(batch) >= _BATCH:
+                        self._purge_batch(batch, window.end, listed, failures, counts, dry_run)
+                        batch = []
                 record = next(rows, None)
+            if batch:
+                self._purge_batch(batch, window.end, listed, failures, counts, dry_run)
             if failures:
                 raise PurgeError(tuple(failures), bucket=bucket)
             counts["buckets"] += 1
@@ -207,37 +234,124 @@ class PurgeJob:
         if watermark is not None and watermark.position < window.end:
             self.store.advance(watermark, window.end)
 
-    def _purge_one(
+    def _purge_batch(
         self,
-        record: SourceRecord,
+        batch: Sequence[SourceRecord],
+        archived: datetime,
+        listed: set[tuple[str, datetime]],
         failures: list[FileFailure],
         counts: dict[str, int],
-        *,
         dry_run: bool,
     ) -> None:
-        try:
-            self._check_contained(record.location)
-        except LocationOutsideRootError as exc:
-            failures.append(FileFailure.from_exception(record, "purge", exc))
-            return
-        reason = self._unsafe(record)
-        if reason == "gone":
-            counts["gone"] += 1
-            return
-        if reason is not None:
-            failures.append(
-                FileFailure(
-                    record.uid, record.created_at, record.location, "purge", "PurgeError", reason
-                )
-            )
-            return
-        if not dry_run:
+        """Verify a batch of one day's rows and delete the files no other row still needs."""
+        mine = {(record.uid, record.created_at) for record in batch}
+        # First look: a file another row still needs is kept without reading it.
+        shared = self._shared(batch, mine, archived, listed)
+        verified: list[SourceRecord] = []
+        for record in batch:
             try:
-                self.reader.delete(record.location)  # checks containment once more, atomically
+                self._check_contained(record.location)
             except LocationOutsideRootError as exc:
                 failures.append(FileFailure.from_exception(record, "purge", exc))
-                return
-        counts["deleted"] += 1
+                continue
+            if record.location in shared:
+                self._keep_shared(record, shared[record.location], counts)
+                continue
+            reason = self._unsafe(record)
+            if reason == "gone":
+                counts["gone"] += 1
+            elif reason is not None:
+                failures.append(
+                    FileFailure(
+                        record.uid,
+                        record.created_at,
+                        record.location,
+                        "purge",
+                        "PurgeError",
+                        reason,
+                    )
+                )
+            else:
+                verified.append(record)
+        # Look again right before deleting: rows may have been added meanwhile, and a
+        # row of this batch that failed verification no longer counts as verified.
+        mine = {(record.uid, record.created_at) for record in verified}
+        shared = self._shared(verified, mine, archived, listed)
+        deleted: set[str] = set()
+        for record in verified:
+            if record.location in shared:
+                self._keep_shared(record, shared[record.location], counts)
+            elif record.location in deleted:
+                counts["gone"] += 1
+            else:
+                if not dry_run:
+                    try:
+                        # checks containment once more, atomically
+                        self.reader.delete(record.location)
+                    except LocationOutsideRootError as exc:
+                        failures.append(FileFailure.from_exception(record, "purge", exc))
+                        continue
+                deleted.add(record.location)
+                counts["deleted"] += 1
+
+    def _keep_shared(self, record: SourceRecord, why: str, counts: dict[str, int]) -> None:
+        counts["shared"] += 1
+        log.info("kept %s of uid %r: %s", record.location, record.uid, why)
+
+    def _shared(
+        self,
+        records: Sequence[SourceRecord],
+        mine: set[tuple[str, datetime]],
+        archived: datetime,
+        listed: set[tuple[str, datetime]],
+    ) -> dict[str, str]:
+        """The locations of ``records`` that another row still needs, with the reason (G15).
+
+        A row of ``mine`` (this batch, verified) does not count. Any other row counts
+        unless its ``created_at`` is below the archived watermark, it is not listed in the
+        error table, and its entry verifies in the archive.
+        """
+        if not records:
+            return {}
+        needed: dict[str, str] = {}
+        references = self.source.location_references({r.location for r in records})
+        for ref in references:
+            if ref.location in needed or (
+                ref.created_at is not None and (ref.uid, ref.created_at) in mine
+            ):
+                continue
+            why = self._still_needs(ref, archived, listed)
+            if why is not None:
+                needed[ref.location] = f"row uid={ref.uid!r} {why}"
+        return needed
+
+    def _still_needs(
+        self, ref: LocationReference, archived: datetime, listed: set[tuple[str, datetime]]
+    ) -> str | None:
+        """Why the row ``ref`` still needs its file, or ``None`` when it is archived."""
+        if ref.created_at is None:
+            return "has a created_at that cannot be read, so it is never archived"
+        at = format_utc(ref.created_at)
+        if ref.created_at >= archived:
+            return (
+                f"created_at={at} is not archived yet (archived watermark {format_utc(archived)})"
+            )
+        if (ref.uid, ref.created_at) in listed:
+            return f"created_at={at} is listed in the error table"
+        try:
+            entry = self.archive.stat(ref.uid, ref.created_at)
+            if entry.sha256 is None:
+                return f"created_at={at} has no checksum in {entry.shard}"
+            if entry.created_at is not None and entry.created_at != ref.created_at:
+                return (
+                    f"created_at={at} is not what {entry.shard} holds for the uid "
+                    f"({format_utc(entry.created_at)})"
+                )
+            if self.verify == "content":
+                self.archive.get(ref.uid, ref.created_at)
+        except ShardError as exc:
+            return f"created_at={at} does not verify in the archive: {exc.message}"
+        return None
 
     def _check_contained(self, location: str) -> None:
         if isinstance(self.reader, FsspecFileReader):

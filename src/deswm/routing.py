@@ -21,13 +21,15 @@ from __future__ import annotations
 import zlib
 from datetime import UTC, datetime, timedelta
 
-from deswm.errors import ConfigError
+from deswm.errors import ConfigError, SourceError
 from deswm.model import ShardKey
-from deswm.timeutil import floor_day, require_utc
+from deswm.timeutil import floor_day, format_day, parse_day, require_utc
 
 __all__ = ["DesRouter"]
 
 _DAY = timedelta(days=1)
+LAST_BUCKET = datetime(9999, 12, 31, tzinfo=UTC)
+"""The last day ``datetime`` can name: its end (year 10000) cannot be expressed."""
 
 
 def _is_ascii_digits(uid: str) -> bool:
@@ -102,14 +104,19 @@ class DesRouter:
         bucket = require_utc(bucket, "bucket")
         if bucket != floor_day(bucket):
             raise ValueError(f"{bucket} is not a bucket start (UTC midnight)")
+        if bucket >= LAST_BUCKET:
+            raise SourceError(
+                f"bucket {format_day(bucket)} has no end: the next day is after year 9999, "
+                "which no datetime (and so no window) can hold",
+                hint="Rows created on 9999-12-31 cannot be archived; exclude them in "
+                "SqlSourceProvider.filter_query() (SqlSourceProvider.unplaceable_created_at() "
+                "lists them)",
+            )
         return bucket + _DAY
 
     def bucket_of_day(self, day: str) -> datetime:
         """The bucket start of a ``YYYYMMDD`` day string."""
-        try:
-            return datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
-        except ValueError:
-            raise ConfigError(f"{day!r} is not a day in YYYYMMDD form", key="day") from None
+        return parse_day(day, "day")
 
 
 def uid_text(uid: str | int) -> str:

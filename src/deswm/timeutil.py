@@ -19,7 +19,10 @@ __all__ = [
     "UTC",
     "as_utc",
     "floor_day",
+    "format_day",
     "format_utc",
+    "format_wall",
+    "parse_day",
     "parse_timestamp",
     "parse_timezone",
     "require_utc",
@@ -52,9 +55,48 @@ def format_utc(value: datetime) -> str:
     """Fixed-width ISO 8601 UTC, ``2024-05-17T10:00:00.000000Z``.
 
     Fixed width makes the strings sort like the instants they name, which the packer
-    relies on when it orders entries by the ``created_at`` in their metadata.
+    relies on when it orders entries by the ``created_at`` in their metadata. The year
+    always has four digits (``0999-...``): ``strftime("%Y")`` does not pad on Linux.
     """
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    v = value.astimezone(UTC)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T"
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
+    )
+
+
+def format_day(value: datetime) -> str:
+    """The ``YYYYMMDD`` day of ``value`` as it stands (no zone conversion), four-digit year.
+
+    The one formatter of day names (shard objects, folders): ``strftime("%Y%m%d")``
+    writes year 999 as ``9990601``, a name no reader parses back.
+    """
+    return f"{value.year:04d}{value.month:02d}{value.day:02d}"
+
+
+def format_wall(value: datetime, *, micros: bool | None = None) -> str:
+    """``YYYY-MM-DD HH:MM:SS[.ffffff]`` of ``value`` as it stands, four-digit year.
+
+    The text form SQLite stores timestamps in, so text order is time order. ``micros``
+    None writes the fraction only when it is not zero.
+    """
+    text = (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    )
+    if micros or (micros is None and value.microsecond):
+        text += f".{value.microsecond:06d}"
+    return text
+
+
+def parse_day(text: str, what: str) -> datetime:
+    """The UTC midnight of a ``YYYYMMDD`` day name (exactly eight digits, year 0001-9999)."""
+    if not (isinstance(text, str) and len(text) == 8 and text.isascii() and text.isdigit()):
+        raise ConfigError(f"{text!r} is not a day in YYYYMMDD form", key=what)
+    try:
+        return datetime(int(text[:4]), int(text[4:6]), int(text[6:]), tzinfo=UTC)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a day in YYYYMMDD form", key=what) from None
 
 
 def parse_timestamp(text: str | date | datetime, what: str) -> datetime:

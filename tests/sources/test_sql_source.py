@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from deswm.errors import BadRowError, ConfigError, SourceError
+from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
 from deswm.model import SourceRecord, Window
 from deswm.protocols import SourceProvider
 from deswm.sources.sql import SqlSourceProvider
@@ -371,13 +371,12 @@ def test_sqlite_text_without_fraction_is_bounded_correctly(sqlite_db_url: str) -
             ("at-start", "2024-05-01 00:00:00"),
             ("at-end", "2024-05-02 00:00:00"),
             ("inside", "2024-05-01 12:00:00.000001"),
-            ("int-stamp", 1714521600),
         ],
     )
     assert [r.uid for r in source.iter_records(window())] == ["at-start", "inside"]
     assert [r.uid for r in source.iter_records(window(1))] == ["at-end"]
     assert source.pending_stats(window()).oldest == T0
-    assert source.malformed_created_at() == ["int-stamp"], "an integer is never in a window"
+    assert source.malformed_created_at() == []
 
 
 def test_sqlite_one_instant_in_two_formats_is_a_bad_row(sqlite_db_url: str) -> None:
@@ -388,6 +387,165 @@ def test_sqlite_one_instant_in_two_formats_is_a_bad_row(sqlite_db_url: str) -> N
     with pytest.raises(BadRowError, match="stored both as") as caught:
         list(source.iter_records(window()))
     assert caught.value.uid == "a"
+
+
+# --- created_at no window can hold (G17) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        (1714521600, "1714521600 (INTEGER)"),  # epoch seconds
+        (2460431.5, "2460431.5 (REAL)"),  # a julian day
+        (b"2024-05-01 10:00:00", "X'323032342D30352D30312031303A30303A3030' (BLOB)"),
+        ("999-06-01 10:00:00", "'999-06-01 10:00:00' (TEXT)"),  # a year without padding
+        ("0000-12-31 10:00:00", "'0000-12-31 10:00:00' (TEXT)"),
+        ("9999-12-31 10:00:00", "'9999-12-31 10:00:00' (TEXT)"),  # the day without an end
+        ("later", "'later' (TEXT)"),
+    ],
+    ids=["integer", "real", "blob", "unpadded", "year-0", "last-day", "word"],
+)
+def test_sqlite_created_at_no_window_can_hold_is_named_before_any_row(
+    sqlite_db_url: str, stored: object, shown: str
+) -> None:
+    engine = sa.create_engine(sqlite_db_url)
+    source = _sqlite_rows(
+        engine, [("fine", "2024-05-01 10:00:00"), ("odd", stored), ("none", None)]
+    )
+    if stored == "999-06-01 10:00:00":
+        # Sorts between 9989 and 9990: inside the text range, so only the scan finds it.
+        assert source.malformed_created_at() == ["odd"]
+        assert [r.uid for r in source.iter_records(window())] == ["fine"]
+        return
+    assert source.unplaceable_created_at() == ["odd"]
+    assert source.null_created_at() == ["none"], "NULL is reported separately"
+    with pytest.raises(UnplaceableRowError) as caught:
+        next(source.iter_records(window()))
+    assert caught.value.rows == (("odd", shown),)
+    assert "uid='odd'" in str(caught.value)
+    assert "filter_query" in str(caught.value)
+
+
+def test_unplaceable_rows_are_listed_up_to_a_limit(sqlite_db_url: str) -> None:
+    engine = sa.create_engine(sqlite_db_url)
+    source = _sqlite_rows(engine, [(f"n{i:02d}", 1714521600 + i) for i in range(12)])
+    with pytest.raises(UnplaceableRowError) as caught:
+        source.check_placeable(limit=10)
+    assert [uid for uid, _ in caught.value.rows] == [f"n{i:02d}" for i in range(10)]
+    assert caught.value.more
+    assert "and more" in str(caught.value)
+    assert source.unplaceable_created_at(limit=3) == ["n00", "n01", "n02"]
+
+
+def test_unplaceable_rows_excluded_by_filter_query_are_not_reported(sqlite_db_url: str) -> None:
+    engine = sa.create_engine(sqlite_db_url)
+    _sqlite_rows(engine, [("fine", "2024-05-01 10:00:00"), ("odd", 1714521600)])
+
+    class Typed(SqlSourceProvider):
+        def filter_query(self, query: Any) -> Any:
+            return query.where(sa.func.typeof(self.created_at_col) == "text")
+
+    source = Typed(engine, "files")
+    assert source.unplaceable_created_at() == []
+    assert [r.uid for r in source.iter_records(window())] == ["fine"]
+
+
+@pytest.mark.parametrize("sql_backend", ["mysql"])
+def test_mariadb_zero_date_is_named(db_url: str, sql_backend: str) -> None:
+    engine = sa.create_engine(db_url)
+    load(engine, files_table(sa.MetaData()), [])
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET SESSION sql_mode = ''")
+        conn.exec_driver_sql(
+            "INSERT INTO files (uid, created_at, file_location) VALUES "
+            "('zero', '0000-00-00 00:00:00', '/z'), ('fine', '2024-05-01 10:00:00', '/f')"
+        )
+    source = SqlSourceProvider(engine, "files")
+    assert source.unplaceable_created_at() == ["zero"]
+    with pytest.raises(UnplaceableRowError) as caught:
+        list(source.iter_records(window()))
+    assert caught.value.rows[0][0] == "zero"
+    assert "0000-00-00" in caught.value.rows[0][1]
+
+
+@pytest.mark.parametrize("sql_backend", ["postgresql"])
+def test_postgresql_bc_infinity_and_year_10000_are_named(db_url: str, sql_backend: str) -> None:
+    engine = sa.create_engine(db_url)
+    load(engine, files_table(sa.MetaData(), created_at=AWARE), [])
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO files (uid, created_at, file_location) VALUES "
+            "('bc', '0044-03-15 12:00:00+00 BC', '/a'), ('inf', 'infinity', '/b'), "
+            "('minf', '-infinity', '/c'), ('big', '10000-01-01 00:00:00+00', '/d'), "
+            "('fine', '2024-05-01 10:00:00+00', '/f')"
+        )
+    source = SqlSourceProvider(engine, "files")
+    assert source.unplaceable_created_at() == ["bc", "big", "inf", "minf"]
+    with pytest.raises(UnplaceableRowError) as caught:
+        list(source.iter_records(window()))
+    assert dict(caught.value.rows)["inf"] == "infinity"
+    assert "BC" in dict(caught.value.rows)["bc"]
+
+
+def test_every_backend_reads_the_first_and_last_archivable_days(engine: sa.Engine) -> None:
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    last = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    early = datetime(999, 6, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    records = [
+        SourceRecord("first", first, "/1", 1),
+        SourceRecord("early", early, "/2", 2),
+        SourceRecord("last", last, "/3", 3),
+    ]
+    load(engine, files_table(sa.MetaData()), record_rows(engine, records, NAIVE, UTC))
+    source = SqlSourceProvider(engine, "files", page_size=1)
+    assert source.unplaceable_created_at() == []
+    assert list(source.iter_records(Window(first, first + DAY))) == records[:1]
+    assert (
+        list(source.iter_records(Window(datetime(999, 6, 1, tzinfo=UTC), first + 1000 * 365 * DAY)))
+        == records[1:2]
+    )
+    assert (
+        list(
+            source.iter_records(
+                Window(datetime(9999, 12, 30, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
+            )
+        )
+        == records[2:]
+    )
+
+
+# --- location references (G15) ----------------------------------------------------------
+
+
+def test_location_references_name_rows_whose_created_at_cannot_be_read(
+    sqlite_db_url: str,
+) -> None:
+    engine = sa.create_engine(sqlite_db_url)
+    source = _sqlite_rows(
+        engine, [("fine", "2024-05-01 10:00:00"), ("odd", 1714521600), ("none", None)]
+    )
+    found = sorted(source.location_references(["/x"]), key=lambda ref: ref.uid)
+    assert [(ref.uid, ref.created_at) for ref in found] == [
+        ("fine", datetime(2024, 5, 1, 10, tzinfo=UTC)),
+        ("none", None),
+        ("odd", None),
+    ]
+
+
+def test_location_references_ignore_filter_query(engine: sa.Engine) -> None:
+    records = [SourceRecord("acme-1", T0, "/shared", 1), SourceRecord("other-1", T0, "/shared", 1)]
+    load(engine, files_table(sa.MetaData()), record_rows(engine, records, NAIVE, UTC))
+
+    class AcmeOnly(SqlSourceProvider):
+        def filter_query(self, query: Any) -> Any:
+            return query.where(self.uid_col.like("acme-%"))
+
+    source = AcmeOnly(engine, "files")
+    assert [r.uid for r in source.iter_records(window())] == ["acme-1"]
+    assert sorted(ref.uid for ref in source.location_references(["/shared"])) == [
+        "acme-1",
+        "other-1",
+    ]
 
 
 # --- identifiers --------------------------------------------------------------------
@@ -625,7 +783,7 @@ def test_large_window_streams_fully_while_other_statements_run(engine: sa.Engine
     cursors: list[str] = []
 
     def spy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "ORDER BY" in statement:
+        if "ORDER BY files.created_at" in statement:  # pages, not the one-off checks
             cursors.append(type(cursor).__name__)
 
     sa.event.listen(engine, "before_cursor_execute", spy)
@@ -712,7 +870,8 @@ def test_database_errors_are_source_errors(engine: sa.Engine) -> None:
     # A declared table skips reflection, so the page query itself meets the missing table.
     declared = files_table(sa.MetaData(), "not_created")
     source = SqlSourceProvider(engine, declared)
-    with pytest.raises(SourceError, match="reading a page of rows failed") as caught:
+    # The first statement is the check for rows no window can hold (G17).
+    with pytest.raises(SourceError, match="unplaceable created_at failed") as caught:
         list(source.iter_records(window()))
     assert isinstance(caught.value.__cause__, sa.exc.DBAPIError)
     assert "'not_created'" in str(caught.value)

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -38,9 +38,9 @@ import sqlalchemy as sa
 from deswm._checkpoints import reach
 from deswm._engines import engine_from
 from deswm.container import MAX_UID_BYTES
-from deswm.errors import BadRowError, ConfigError, SourceError
-from deswm.model import PendingStats, SourceRecord, Window
-from deswm.timeutil import parse_timezone
+from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
+from deswm.model import LocationReference, PendingStats, SourceRecord, Window
+from deswm.timeutil import format_wall, parse_timezone
 
 if TYPE_CHECKING:
     AnySelect = sa.Select[*tuple[Any, ...]]
@@ -66,6 +66,10 @@ _DB_ERRORS = (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError)
 _SET_UTC = "SET @deswm_saved_time_zone = @@session.time_zone, time_zone = '+00:00'"
 _RESTORE_TZ = "SET time_zone = @deswm_saved_time_zone"
 _SHOW_MAX = 80
+_FIRST_BUCKET = datetime(1, 1, 1, tzinfo=UTC)
+_LAST_BUCKET = datetime(9999, 12, 31, tzinfo=UTC)  # has no end: no window can hold it
+_EVERY_INSTANT = Window(_FIRST_BUCKET, datetime.max.replace(tzinfo=UTC))
+_REFERENCE_BATCH = 500  # locations per IN (...): far below every dialect's parameter limit
 
 
 @attrs.frozen
@@ -316,6 +320,70 @@ class SqlSourceProvider:
         )
         return self._sample_uids(cols, query, limit, "looking for malformed created_at")
 
+    def unplaceable_created_at(self, limit: int = 10) -> list[str]:
+        """Uids of up to ``limit`` rows whose non-NULL ``created_at`` no window can hold.
+
+        The watermark would pass such a row without any window selecting it (G17):
+        on SQLite a value stored as a number (epoch INTEGER, julian REAL: they sort
+        before every text bound) or as a BLOB (after every one), or text outside
+        ``0001-01-01`` .. ``9999-12-30``; on MariaDB a zero date (``0000-00-00``); on
+        PostgreSQL a BC date, a year after 9999 or ``infinity``; everywhere the last day
+        9999-12-31, whose end no ``datetime`` can name. :meth:`iter_records` raises
+        :class:`~deswm.errors.UnplaceableRowError` naming them before it yields a row.
+        Two range conditions on ``created_at``: indexed where ``created_at`` is.
+        """
+        cols = self._resolve()
+        query = sa.select(cols.uid).select_from(cols.table).where(self._unplaceable_clause(cols))
+        return self._sample_uids(cols, query, limit, "looking for unplaceable created_at")
+
+    def check_placeable(self, limit: int = 10) -> None:
+        """Raise :class:`~deswm.errors.UnplaceableRowError` naming up to ``limit`` rows
+        that :meth:`unplaceable_created_at` finds, with their stored values."""
+        cols = self._resolve()
+        query = sa.select(cols.uid, self._stored_text(cols)).select_from(cols.table)
+        query = self.filter_query(query.where(self._unplaceable_clause(cols)))
+        query = query.order_by(cols.uid).limit(limit + 1)
+        with self._db_errors("looking for unplaceable created_at"), self._connection(cols) as conn:
+            found = conn.execute(query).all()
+        if not found:
+            return
+        rows = [
+            ("<NULL>" if uid is None else str(_shorten(_uid_text(uid))), stored)
+            for uid, stored in found[:limit]
+        ]
+        raise UnplaceableRowError(rows, table=self._table_ref, more=len(found) > limit)
+
+    def location_references(self, locations: Collection[str]) -> Iterator[LocationReference]:
+        """Every row, whatever its ``created_at``, whose location is one of ``locations``.
+
+        For the purge (G15): a location is deleted only when every row referencing it is
+        archived and verified. One ``location IN (...)`` query per 500 locations (an
+        index on the location column makes it a lookup). :meth:`filter_query` is *not*
+        applied: a row this provider does not archive still needs its file. A
+        ``created_at`` that cannot be read gives ``created_at=None``.
+        """
+        cols = self._resolve()
+        wanted = sorted(set(locations))
+        for first in range(0, len(wanted), _REFERENCE_BATCH):
+            chunk = wanted[first : first + _REFERENCE_BATCH]
+            query = sa.select(cols.uid, self._created_at_expr(cols), cols.location).where(
+                cols.location.in_(chunk)
+            )
+            with self._db_errors("looking up the rows of file locations"):
+                rows = list(self._page(cols, query))
+            for raw_uid, raw_ts, raw_location in rows:
+                location = (
+                    bytes(raw_location).decode("utf-8", "replace")
+                    if isinstance(raw_location, bytes | bytearray | memoryview)
+                    else str(raw_location)
+                )
+                instant = None if raw_ts is None else self._instant(cols, raw_ts, _EVERY_INSTANT)
+                yield LocationReference(
+                    location=location,
+                    uid="<NULL>" if raw_uid is None else _uid_text(raw_uid),
+                    created_at=instant,
+                )
+
     # --- internals: reflection ----------------------------------------------------------
 
     @property
@@ -412,13 +480,49 @@ class SqlSourceProvider:
             return sa.literal(instant, cols.created_at.type)
         if cols.mode == "mysql_utc":
             return sa.literal(instant.replace(tzinfo=None), cols.created_at.type)
-        wall = instant.astimezone(self.timezone).replace(tzinfo=None)
+        wall = self._wall(instant)
         if cols.mode == "local":
             return sa.literal(wall, cols.created_at.type)
         # Text without a fraction sorts before the same second with one, so a bound on a
         # whole second is written without it: "X" and "X.000000" then both compare right.
-        fmt = "%Y-%m-%d %H:%M:%S.%f" if wall.microsecond else "%Y-%m-%d %H:%M:%S"
-        return sa.literal(wall.strftime(fmt), sa.String())
+        # The year has four digits: "999-..." would sort after "2024-..." (G17).
+        return sa.literal(format_wall(wall), sa.String())
+
+    def _wall(self, instant: datetime) -> datetime:
+        """``instant`` as naive wall time in the source zone, clamped to what datetime holds.
+
+        UTC 0001-01-01 00:00 is year 0 in a zone behind UTC: the bound then becomes the
+        first (or last) datetime, and the rows beyond it name themselves when read.
+        """
+        try:
+            return instant.astimezone(self.timezone).replace(tzinfo=None)
+        except OverflowError:
+            return datetime.min if instant.year == 1 else datetime.max
+
+    def _unplaceable_clause(self, cols: _Columns) -> sa.ColumnElement[bool]:
+        """``created_at`` below the first day or on/after the last: no window holds it.
+
+        On SQLite numbers sort before every text and blobs after it, so the two range
+        conditions find them as well as text outside the years 0001-9999 (and NULL
+        matches neither: :meth:`null_created_at` reports it).
+        """
+        stamp = cols.created_at
+        return sa.or_(
+            stamp < self._bind_instant(cols, _FIRST_BUCKET),
+            stamp >= self._bind_instant(cols, _LAST_BUCKET),
+        )
+
+    def _stored_text(self, cols: _Columns) -> sa.ColumnElement[Any]:
+        """``created_at`` as the database stores it, as text, for messages."""
+        if cols.mode == "sqlite_text":
+            stamp = cols.created_at
+            return (
+                sa.func.quote(stamp)
+                .concat(" (")
+                .concat(sa.func.upper(sa.func.typeof(stamp)))
+                .concat(")")
+            )
+        return sa.cast(cols.created_at, sa.String())
 
     def _bind_raw(self, cols: _Columns, column: sa.Column[Any], raw: object) -> Any:
         if cols.mode == "sqlite_text" and column is cols.created_at:
@@ -453,6 +557,9 @@ class SqlSourceProvider:
         # next (it is inside the window, so it implies the start). With both, SQLite
         # ranges the index from the window's start on every page: each page then cost
         # more than the last (measured: page 100 of 1,000,000 rows 12 times page 1).
+        # Rows no window can hold would be passed silently by the watermark (G17): name
+        # them before the first row is yielded, so nothing is committed past them.
+        self.check_placeable()
         base = self._base_query(cols, window, start=False)
         start = cols.created_at >= self._bind_instant(cols, window.start)
         reader = _RowReader(self, cols, window)
@@ -614,10 +721,13 @@ class SqlSourceProvider:
             return raw.astimezone(UTC)
         if cols.mode in ("aware", "mysql_utc"):
             return raw.replace(tzinfo=UTC)
-        first = raw.replace(tzinfo=self.timezone).astimezone(UTC)
-        if first in window:
-            return first
-        second = raw.replace(tzinfo=self.timezone, fold=1).astimezone(UTC)
+        try:
+            first = raw.replace(tzinfo=self.timezone).astimezone(UTC)
+            if first in window:
+                return first
+            second = raw.replace(tzinfo=self.timezone, fold=1).astimezone(UTC)
+        except OverflowError:  # a wall time whose UTC instant is outside years 1-9999
+            return None
         return second if second in window else first
 
     def _stat_instant(self, cols: _Columns, raw: object, window: Window) -> datetime:

@@ -78,7 +78,7 @@ from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
 from deswm.stores.sql import _is_write_race
-from deswm.timeutil import format_utc, require_utc
+from deswm.timeutil import format_utc, format_wall, require_utc
 
 __all__ = [
     "DEFAULT_LAG_DAYS",
@@ -172,8 +172,7 @@ class _TimeColumn:
         """A new value for the column (``instant`` is aware UTC)."""
         if self.kind == "text":
             # Without a fraction on whole seconds: the format SQLite's own functions write.
-            fmt = "%Y-%m-%d %H:%M:%S.%f" if instant.microsecond else "%Y-%m-%d %H:%M:%S"
-            return sa.literal(instant.strftime(fmt), sa.String())
+            return sa.literal(format_wall(instant), sa.String())
         if self.kind == "naive":
             return sa.literal(instant.replace(tzinfo=None), self.column.type)
         return sa.literal(instant, self.column.type)

@@ -861,7 +861,8 @@ class ObjectStoreWatermarkStore:
     def _history_name(self, doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         change = doc["change"]
         key = WatermarkKey(str(doc["pipeline"]), str(doc["stage"]), int(doc["partition"]))
-        stamp = _instant(change["changed_at"], "changed_at").strftime("%Y%m%dT%H%M%S%fZ")
+        changed = _instant(change["changed_at"], "changed_at")
+        stamp = format_utc(changed).replace("-", "").replace(":", "").replace(".", "")
         name = f"{HISTORY}/{stamp}-{_digest(key)}-{int(doc['version']):012d}.json"
         record = {
             "format": CHANGE_FORMAT,

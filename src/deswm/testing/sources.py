@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime
 from typing import NamedTuple
 
@@ -17,7 +17,7 @@ import attrs
 
 from deswm.container import MAX_UID_BYTES
 from deswm.errors import BadRowError
-from deswm.model import PendingStats, SourceRecord, Window
+from deswm.model import LocationReference, PendingStats, SourceRecord, Window
 from deswm.timeutil import require_utc
 
 __all__ = ["MemorySourceProvider", "SourceCall"]
@@ -93,6 +93,17 @@ class MemorySourceProvider:
             oldest=selected[0].created_at if selected else None,
             newest=selected[-1].created_at if selected else None,
         )
+
+    def location_references(self, locations: Collection[str]) -> Iterator[LocationReference]:
+        """Every row whose location is in ``locations`` (a scan: this is a test double)."""
+        wanted = set(locations)
+        with self._lock:
+            found = [
+                LocationReference(record.location, record.uid, record.created_at)
+                for record in self._records
+                if record.location in wanted
+            ]
+        return iter(found)
 
     def _range(self, window: Window) -> tuple[int, int]:
         if window.empty:

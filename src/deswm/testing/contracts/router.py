@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from deswm.errors import DeswmError, NaiveDatetimeError
 from deswm.protocols import ShardRouter
 from deswm.testing.strategies import created_ats, uids
+from deswm.timeutil import format_day
 
 __all__ = ["ShardRouterContract"]
 
@@ -214,7 +215,7 @@ class ShardRouterContract:
             key = router.group(bucket, index)
             match = _NAME.match(key.object_name(0))
             assert match is not None, key.object_name(0)
-            assert match.group(1) == bucket.astimezone(UTC).strftime("%Y%m%d") == key.day
+            assert match.group(1) == format_day(bucket.astimezone(UTC)) == key.day
             assert int(match.group(2), 16) == index
             assert key.object_name(0).startswith(key.prefix)
             assert key.prefix.endswith("_")

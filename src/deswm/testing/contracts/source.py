@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from types import EllipsisType
 from typing import Protocol
 
+import attrs
 import pytest
 
 from deswm.model import SourceRecord, Window
@@ -252,3 +253,38 @@ class SourceProviderContract:
             assert stats.bytes == sum(r.size or 0 for r in got)
             assert stats.oldest == (got[0].created_at if got else None)
             assert stats.newest == (got[-1].created_at if got else None)
+
+    # --- location references (G15) --------------------------------------------------
+
+    def test_location_references_finds_every_row_of_a_location(
+        self, make_source: MakeSource
+    ) -> None:
+        shared = "/data/shared.bin"
+        rows = [
+            _record(1, T0 - 30 * DAY),
+            attrs.evolve(_record(2, T0), location=shared),
+            attrs.evolve(_record(3, T0 + 20 * DAY), location=shared),
+            attrs.evolve(_record(4, T0 + 20 * DAY + US), location="/data/other.bin"),
+            _record(5, T0 + DAY),
+        ]
+        source = make_source(_shuffled(rows))
+        found = sorted(
+            source.location_references([shared, rows[0].location, "/data/none.bin"]),
+            key=lambda ref: ref.uid,
+        )
+        assert [(ref.location, ref.uid, ref.created_at) for ref in found] == [
+            (rows[0].location, "u000001", T0 - 30 * DAY),
+            (shared, "u000002", T0),
+            (shared, "u000003", T0 + 20 * DAY),
+        ]
+        assert list(source.location_references([])) == []
+
+    def test_location_references_of_many_locations(self, make_source: MakeSource) -> None:
+        rows = [_record(n, T0 + n * timedelta(minutes=7)) for n in range(1_200)]
+        source = make_source(_shuffled(rows))
+        asked = [r.location for r in rows[::2]] + [f"/missing/{n}" for n in range(300)]
+        found = list(source.location_references(asked))
+        assert sorted(ref.uid for ref in found) == [r.uid for r in rows[::2]]
+        for ref in found:
+            assert ref.created_at is not None
+            assert ref.created_at.utcoffset() == timedelta(0)
