@@ -26,7 +26,8 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from
+from deswm._engines import default_actor, engine_from, timeout_error
+from deswm._redact import redact_url, scrub, url_secrets
 from deswm._sqlschema import create_tables, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
@@ -231,7 +232,7 @@ class SqlWatermarkStore:
     @property
     def url(self) -> str:
         """The database URL with its password replaced by ``***``."""
-        return self._engine.url.render_as_string(hide_password=True)
+        return redact_url(self._engine.url)
 
     def close(self) -> None:
         """Dispose the engine if this store created it; a passed-in engine is left alone."""
@@ -243,10 +244,25 @@ class SqlWatermarkStore:
 
     # --- WatermarkStore -----------------------------------------------------------
 
+    def exists(self) -> bool:
+        """Whether the watermark table exists (read commands never create it)."""
+        if self._ready:
+            return True
+        with self._db_errors("look for the watermark table"), self._engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            found = inspector.has_table(self._table.name, schema=self._table.schema)
+            if found and inspector.has_table(self._history.name, schema=self._history.schema):
+                self._ready = True
+        return bool(found)
+
     def get(self, key: WatermarkKey) -> Watermark | None:
-        """The stored watermark, or ``None`` if it was never initialised."""
+        """The stored watermark, or ``None`` if it was never initialised.
+
+        Only reads: a missing table means no watermark, and is not created here.
+        """
         self._check_key(key)
-        self._ensure_tables()
+        if not self.exists():
+            return None
         with self._db_errors(f"read watermark {key}"):
             return self._read(key)
 
@@ -391,7 +407,8 @@ class SqlWatermarkStore:
         Sorted in Python: database collations disagree about case and accents, and the
         protocol promises :class:`~deswm.model.WatermarkKey` order.
         """
-        self._ensure_tables()
+        if not self.exists():
+            return []
         table = self._table
         query = sa.select(table)
         if pipeline is not None:
@@ -410,8 +427,11 @@ class SqlWatermarkStore:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
-        self._ensure_tables()
         history = self._history
+        if not self._ready:
+            with self._db_errors("look for the history table"), self._engine.connect() as conn:
+                if not sa.inspect(conn).has_table(history.name, schema=history.schema):
+                    return []
         query = sa.select(history).order_by(history.c.id.desc()).limit(limit)
         if key is not None:
             query = query.where(_key_clause(history, key))
@@ -513,6 +533,9 @@ class SqlWatermarkStore:
         try:
             yield
         except sa.exc.SQLAlchemyError as exc:
+            timeout = timeout_error(exc, what=action, table=repr(self._table.fullname))
+            if timeout is not None:
+                raise timeout from exc
             raise WatermarkError(
                 f"could not {action} in table {self._table.fullname!r} at {self.url}: "
                 f"{self._describe(exc)}",
@@ -525,7 +548,4 @@ class SqlWatermarkStore:
         orig = getattr(exc, "orig", None) or exc
         lines = str(orig).strip().splitlines()
         text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        password = self._engine.url.password
-        if password:
-            text = text.replace(str(password), "***")
-        return text
+        return scrub(text, url_secrets(self._engine.url))
