@@ -658,7 +658,8 @@ def _check_range(value: Any, bounds: tuple[float, float], key: str) -> None:
         return
     low, high = bounds
     if value < low:
-        wanted = {0: "zero or positive", 1: "at least 1"}.get(low, f"from {low:g} to {high:g}")
+        named = {0.0: "zero or positive", 1.0: "at least 1"}
+        wanted = named.get(float(low), f"from {low:g} to {high:g}")
         raise ConfigError(f"must be {wanted}, got {value!r}", key=key)
     if value > high:
         raise ConfigError(f"must be from {low:g} to {high:g}, got {value!r}", key=key)
