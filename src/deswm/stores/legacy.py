@@ -301,12 +301,10 @@ class LegacyArchiveConfigStore:
         self._table_name = _check_name(table, "watermark.table")
         history_name = _check_name(
             f"{table}_history" if history_table is None else history_table,
-            "watermark.history_table",
+            "history_table",
         )
         if history_name == table:
-            raise ConfigError(
-                f"must differ from the legacy table {table!r}", key="watermark.history_table"
-            )
+            raise ConfigError(f"must differ from the legacy table {table!r}", key="history_table")
         self._schema = None if schema is None else _check_name(schema, "watermark.schema")
         if isinstance(row_id, bool) or not isinstance(row_id, int):
             raise ConfigError(f"must be an integer, got {row_id!r}", key="watermark.row_id")
