@@ -96,7 +96,7 @@ def parse_url(url: str | sa.URL, key: str) -> sa.URL:
 
 def _setting(key: str, name: str) -> str:
     """``source.lock_timeout`` from ``source.url`` (the key the engine was built for)."""
-    section = key.rpartition(".")[0]
+    section = key.rpartition(".")[0] if "." in key else key
     return f"{section}.{name}" if section else name
 
 
@@ -121,6 +121,7 @@ def create_engine(
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: float | None = None,
     read_only: bool = False,
+    section: str | None = None,
 ) -> sa.Engine:
     """An engine for ``url``; a bad URL or a missing driver raises ConfigError naming ``key``.
 
@@ -129,14 +130,15 @@ def create_engine(
     ``statement_timeout`` (seconds; ``None`` or 0: no limit), so a table locked by
     another session fails with :class:`~deswm.errors.DatabaseTimeoutError` instead of
     hanging. ``read_only`` opens a SQLite file read-only and refuses a missing one, so a
-    mistyped path is not created by a command that only reads.
+    mistyped path is not created by a command that only reads. ``section`` names the
+    settings in a timeout error (default: the section of ``key``).
     """
     parsed = parse_url(url, key)
     limits = Limits(
         lock=lock_timeout or None,
         statement=statement_timeout or None,
-        lock_key=_setting(key, "lock_timeout"),
-        statement_key=_setting(key, "statement_timeout"),
+        lock_key=_setting(section or key, "lock_timeout"),
+        statement_key=_setting(section or key, "statement_timeout"),
     )
     options: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":

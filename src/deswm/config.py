@@ -372,6 +372,7 @@ class Config:
             lock_timeout=self.watermark.lock_timeout,
             statement_timeout=self.watermark.statement_timeout,
             read_only=read_only,
+            section="watermark",
         )
         return source, store
 
