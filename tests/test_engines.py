@@ -33,7 +33,7 @@ def _outcome(action: Callable[[], Any]) -> BaseException | None:
     def target() -> None:
         try:
             action()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             caught.append(exc)
 
     thread = threading.Thread(target=target, daemon=True)
