@@ -90,7 +90,9 @@ def is_secret_name(name: object) -> bool:
     if any(part in text for part in _SECRET_PARTS):
         return True
     words = [w for w in _WORD_SPLIT.split(text) if w]
-    return any(word in _SECRET_WORDS for word in words) or "".join(words) in _SECRET_WORDS
+    if any(word in _SECRET_WORDS or word.endswith("key") for word in words):
+        return True  # ``AccountKey``, ``sslkey``, ``aws_access_key_id``
+    return "".join(words) in _SECRET_WORDS
 
 
 def _mask_params(text: str) -> str:
