@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +48,7 @@ def _outcome(action: Callable[[], Any]) -> BaseException | None:
 class Site:
     """A ``files`` table with three small files, and a config whose timeouts are short."""
 
-    def __init__(self, url: str, root: Path) -> None:
+    def __init__(self, url: str, root: Path, watermark_url: str | None = None) -> None:
         self.url = url
         self.root = root
         self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -80,7 +82,8 @@ class Site:
         self.config_path.write_text(
             f'[source]\nurl = "{url}"\ntable = "files"\nlock_timeout = {WAIT}\n'
             f'[files]\nroot = "{root / "files"}"\n'
-            f'[watermark]\npipeline = "locks"\nlag_days = 1\nlock_timeout = {WAIT}\n'
+            f"[watermark]\n{f'url = {json.dumps(watermark_url)}' if watermark_url else ''}\n"
+            f'pipeline = "locks"\nlag_days = 1\nlock_timeout = {WAIT}\n'
             f'initial = "{self.start.date().isoformat()}"\n'
             f'[archive]\nurl = "{root / "archive"}"\nn_bits = 4\n'
         )
@@ -228,3 +231,50 @@ def test_read_only_sqlite_is_never_created(tmp_path: Path) -> None:
                 conn.exec_driver_sql("CREATE TABLE u (x INTEGER)")
     finally:
         engine.dispose()
+
+
+def test_a_watermark_connection_killed_mid_cycle_moves_nothing_past_published_work(
+    tmp_path: Path,
+) -> None:
+    """The store's session is terminated inside the watermark UPDATE of the first day:
+    the cycle fails with a typed error and the watermark stays where it was; the shards
+    published for that day are simply rewritten (idempotently) by the next cycle."""
+    from conftest import postgres_url
+    from deswm.errors import DeswmError
+    from deswm.testing.faults import at_checkpoint
+
+    with postgres_url() as url:
+        name = f"deswm-kill-{uuid.uuid4().hex[:8]}"
+        store_url = sa.make_url(url).update_query_dict({"application_name": name})
+        site = Site(url, tmp_path, store_url.render_as_string(hide_password=False))
+        try:
+            orchestrator = site.config().build_orchestrator()
+            orchestrator.store.initialize(orchestrator.key, site.start)
+
+            def kill(_point: str, _hit: int) -> None:
+                with site.engine.begin() as conn:
+                    conn.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                        ),
+                        {"name": name},
+                    )
+
+            with (
+                at_checkpoint("store.advance.in_transaction", kill, on=1),
+                pytest.raises(DeswmError) as caught,
+            ):
+                site.config().build_orchestrator().run_cycle()
+            assert "deswm_watermark" in str(caught.value), caught.value
+            assert site.position() == site.start
+            result = site.config().build_orchestrator().run_cycle()
+            assert result.files == 3
+            archive = site.config().build_archive()
+            for index in range(3):
+                created = datetime.now(UTC).replace(
+                    hour=1, minute=0, second=0, microsecond=0
+                ) - timedelta(days=4 - index)
+                assert archive.get(f"u{index}", created) == b"x" * (index + 1)
+        finally:
+            site.engine.dispose()
