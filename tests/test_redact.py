@@ -58,6 +58,7 @@ UNREACHABLE = "127.0.0.1:1"
             ["A1", "B2", "C3", "D4", "E5", "F6"],
         ),
         ("s3://bucket/icon@2x.png", "s3://bucket/icon@2x.png", []),
+        ("s3://bucket/dir:x/icon@2x.png", "s3://bucket/dir:x/icon@2x.png", []),
         ("/data/files/a#b.txt", "/data/files/a#b.txt", []),
     ],
 )

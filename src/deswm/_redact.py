@@ -110,15 +110,15 @@ def _split_userinfo(rest: str) -> tuple[str | None, str]:
     """``(userinfo, host_and_path)`` of what follows ``scheme://``.
 
     A raw ``@`` or ``/`` inside a password would fool ``urlsplit``; here the userinfo
-    runs to the last ``@`` before the first ``/`` that follows an ``@``. An ``@`` after a
-    ``/`` with no ``:`` before it is part of a path (``bucket/icon@2x.png``).
+    runs to the last ``@`` before the first ``/`` that follows an ``@``. An ``@`` with a
+    ``/`` in what would be the user name is part of a path (``bucket/icon@2x.png``).
     """
     first = rest.find("@")
     if first < 0:
         return None, rest
-    head = rest[:first]
-    if ":" not in head and "/" in head:
-        return None, rest
+    user = rest[:first].split(":", 1)[0]
+    if "/" in user:
+        return None, rest  # the user name cannot hold a ``/``: this ``@`` is in a path
     slash = rest.find("/", first)
     end = rest.rfind("@", 0, slash if slash >= 0 else len(rest))
     return rest[:end], rest[end + 1 :]

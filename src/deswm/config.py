@@ -366,6 +366,17 @@ class Config:
         )
         if self.watermark.kind == "object":
             return source, source
+        same_limits = (self.source.lock_timeout, self.source.statement_timeout) == (
+            self.watermark.lock_timeout,
+            self.watermark.statement_timeout,
+        )
+        same_lock = self.source.lock_timeout == self.watermark.lock_timeout
+        if self.watermark_url == self.source.url and (
+            same_limits or (same_lock and source.dialect.name == "sqlite")
+        ):
+            # One database, one pool (an in-memory SQLite database exists once per
+            # engine); SQLite has no statement timeout to tell the two apart.
+            return source, source
         store = create_engine(
             self.watermark_url,
             key="watermark.url" if self.watermark.url else "source.url",
