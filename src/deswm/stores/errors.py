@@ -186,6 +186,10 @@ class SqlErrorStore:
         with self._db_errors("count recorded failures"), self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def create_table(self) -> None:
+        """Create the error table now if absent (the first record does it anyway)."""
+        self._ensure_table()
+
     def exists(self) -> bool:
         """Whether the error table exists: reads never create it, the first record does."""
         if self._ready:

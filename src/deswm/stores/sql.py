@@ -244,6 +244,14 @@ class SqlWatermarkStore:
 
     # --- WatermarkStore -----------------------------------------------------------
 
+    def create_tables(self) -> None:
+        """Create both tables now if absent (writes do it on first use; reads never do).
+
+        For deployments where an administrator creates deswm's tables before a
+        restricted account uses them.
+        """
+        self._ensure_tables()
+
     def exists(self) -> bool:
         """Whether the watermark table exists (read commands never create it)."""
         if self._ready:
