@@ -1,6 +1,6 @@
 """The watermark store on a SQL database (SQLite, PostgreSQL, MySQL/MariaDB).
 
-Two small tables, created on first use:
+Two small tables, created by the first write (reads never run DDL):
 
 * the watermark table: one row per (pipeline, stage, partition_index) holding the
   position (an exclusive upper bound), a version that every write increments, and who
@@ -167,13 +167,15 @@ class SqlWatermarkStore:
     Args:
         engine_or_url: an :class:`sqlalchemy.Engine` (shared with the caller, never
             disposed here) or a database URL (the store creates and owns its engine;
-            SQLite gets a busy timeout so a concurrent reader does not fail writes).
+            sessions get a lock timeout, so a locked table ends in
+            :class:`~deswm.errors.DatabaseTimeoutError` rather than a hang).
         table: name of the watermark table; any spelling works, SQLAlchemy quotes it.
         history_table: name of the history table; default ``f"{table}_history"``.
         schema: schema (PostgreSQL) or database (MySQL) holding both tables.
         actor: recorded as ``updated_by`` and in the history; default ``user@host``.
 
-    The tables are created on first use. Errors from the database are raised as
+    The tables are created by the first write; reads of a missing table find nothing
+    and create nothing. Errors from the database are raised as
     :class:`~deswm.errors.WatermarkError` naming the table and the URL with its
     password hidden; the original exception is chained.
     """
