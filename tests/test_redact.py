@@ -154,7 +154,7 @@ def _everything_said(password: str, tmp_path: Path, backend: str) -> list[str]:
         f"[source]\nurl = {json.dumps(url)}\n[archive]\nurl = {json.dumps(str(folder / 'a'))}\n"
     )
     said.append(repr(load_config(config)))
-    said += _cli(["-v", "stats", "--json", "-c", str(config)])
+    said += _cli(["-vv", "stats", "--json", "-c", str(config)])
     said += _cli(["-v", "watermark", "get", "-c", str(config)])
     return said
 
