@@ -145,7 +145,7 @@ def test_repr_hides_credentials(moto_s3: Any) -> None:
 def test_cache_size_is_validated_and_zero_disables_caching(tmp_path: Any) -> None:
     with pytest.raises(ConfigError) as info:
         Archive(str(tmp_path), cache_size=-1)
-    assert info.value.key == "archive.cache_size"
+    assert info.value.key == "cache_size"
     target = _Local(tmp_path)
     pack(target, ITEMS)
     archive = Archive(str(tmp_path), ROUTER, cache_size=0)

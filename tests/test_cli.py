@@ -271,3 +271,145 @@ def test_errors_list_and_retry(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "1 archived" in out
     code, out, _ = run(["errors", "list", "-c", config], capsys)
     assert "no recorded failures" in out
+
+
+# --- read commands only read (issue 18 item 8, issue 15) ------------------------------------
+
+READ_COMMANDS = [
+    ["stats"],
+    ["run", "--dry-run"],
+    ["verify"],
+    ["watermark", "get"],
+    ["watermark", "list"],
+    ["watermark", "history"],
+    ["errors", "list"],
+]
+
+
+def _read_config(tmp_path: Path, source_url: str, watermark_url: str | None = None) -> Path:
+    files = tmp_path / "files"
+    files.mkdir(exist_ok=True)
+    watermark = f"url = {json.dumps(watermark_url)}\n" if watermark_url else ""
+    config = tmp_path / "deswm.toml"
+    config.write_text(
+        f"[source]\nurl = {json.dumps(source_url)}\n"
+        f"[files]\nroot = {json.dumps(str(files))}\n"
+        f'[watermark]\n{watermark}pipeline = "reads"\ninitial = "2024-05-01"\n'
+        f"[archive]\nurl = {json.dumps(str(tmp_path / 'archive'))}\n"
+    )
+    return config
+
+
+def _files_table(engine: sa.Engine) -> None:
+    metadata = sa.MetaData()
+    sa.Table(
+        "files",
+        metadata,
+        sa.Column("uid", sa.String(64), primary_key=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("file_location", sa.String(500), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger),
+    )
+    metadata.create_all(engine)
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
+def test_read_commands_do_not_create_a_mistyped_sqlite_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "flies.db"
+    config = _read_config(tmp_path, f"sqlite:///{typo}")
+    for command in READ_COMMANDS:
+        code, _out, err = run([*command, "-c", str(config)], capsys)
+        assert code == 2, (command, err)
+        assert "source.url" in err and "does not exist" in err, err
+        assert not typo.exists(), command
+
+
+def test_read_commands_run_no_ddl_on_sqlite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source.db"
+    own = tmp_path / "deswm.db"
+    source_engine = sa.create_engine(f"sqlite:///{source}")
+    _files_table(source_engine)
+    own_engine = sa.create_engine(f"sqlite:///{own}")
+    with own_engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE unrelated (x INTEGER)")
+    config = _read_config(tmp_path, f"sqlite:///{source}", f"sqlite:///{own}")
+    outputs = {}
+    for command in READ_COMMANDS:
+        code, out, err = run([*command, "-c", str(config)], capsys)
+        outputs[" ".join(command)] = (code, out, err)
+        assert code == (1 if command == ["watermark", "get"] else 0), (command, out, err)
+    assert _tables(own_engine) == {"unrelated"}
+    assert _tables(source_engine) == {"files"}
+    code, out, _ = outputs["watermark get"]
+    assert "pipeline 'reads' has no watermark" in out
+    assert "the first `deswm run` creates it" in out
+    assert "not initialised yet" in outputs["errors list"][1]
+    assert "not initialised yet" in outputs["watermark list"][1]
+    assert "not initialised yet" in outputs["stats"][1]
+    source_engine.dispose()
+    own_engine.dispose()
+
+
+def test_watermark_get_of_an_unknown_pipeline_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source.db"
+    engine = sa.create_engine(f"sqlite:///{source}")
+    _files_table(engine)
+    config = _read_config(tmp_path, f"sqlite:///{source}")
+    assert main(["run", "-c", str(config)]) == 0  # creates the tables, one watermark
+    capsys.readouterr()
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text().replace('pipeline = "reads"', 'pipeline = "unknown"'))
+    code, out, _ = run(["watermark", "get", "-c", str(other)], capsys)
+    assert code == 1
+    assert "pipeline 'unknown' has no watermark" in out
+    code, out, _ = run(["watermark", "get", "--json", "-c", str(other)], capsys)
+    assert code == 1
+    assert json.loads(out)["position"] is None
+    code, out, _ = run(["watermark", "list", "--all", "--json", "-c", str(other)], capsys)
+    assert [mark["pipeline"] for mark in json.loads(out)] == ["reads"]
+    engine.dispose()
+
+
+def test_a_read_only_postgres_role_runs_every_read_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uuid
+
+    from conftest import postgres_url
+
+    with postgres_url() as url:
+        admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        _files_table(admin)
+        schema = sa.make_url(url).query["options"].split("=", 1)[1]
+        role = f"deswm_ro_{uuid.uuid4().hex[:8]}"
+        database = admin.url.database
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+            conn.exec_driver_sql(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"')
+            conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+            conn.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+        try:
+            reader_url = sa.make_url(url).set(username=role).render_as_string(hide_password=False)
+            config = _read_config(tmp_path, reader_url)
+            for command in READ_COMMANDS:
+                code, out, err = run([*command, "-c", str(config)], capsys)
+                assert code == (1 if command == ["watermark", "get"] else 0), (command, out, err)
+                assert "Error" not in err, (command, err)
+            assert _tables(admin) == {"files"}
+            code, out, err = run(["errors", "list", "-c", str(config)], capsys)
+            assert "the error table is not initialised yet" in out
+        finally:
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+                conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            admin.dispose()

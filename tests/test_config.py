@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
@@ -220,3 +224,155 @@ def test_allowed_roots_resolve_like_root_and_reach_the_reader(tmp_path: Path) ->
     reader = config.build_reader()
     assert reader.roots == config.files.allowed_roots
     assert load_config(write(tmp_path, MINIMAL)).files.allowed_roots == ()
+
+
+# --- values that used to crash (issue 18, item 5) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragment"),
+    [
+        ("[watermark]\nlag_days = 100000000", "watermark.lag_days", "from 0 to 36500"),
+        ("[watermark]\nlag_days = inf", "watermark.lag_days", "finite"),
+        ("[watermark]\nlag_days = nan", "watermark.lag_days", "finite"),
+        ("[watermark]\nlag_days = -inf", "watermark.lag_days", "finite"),
+        ('[watermark]\nlag_days = "1e400"', "watermark.lag_days", "finite"),
+        ("[run]\ninterval = inf", "run.interval", "finite"),
+        ("[run]\ninterval = nan", "run.interval", "finite"),
+        ("[run]\nmax_failure_ratio = nan", "run.max_failure_ratio", "finite"),
+        ("[run]\nmax_buckets = 0", "run.max_buckets", "at least 1"),
+        ("[flag]\nmax_rows_per_second = inf", "flag.max_rows_per_second", "finite"),
+        ("[flag]\nbatch_size = 9223372036854775807", "flag.batch_size", "from 1 to"),
+        ("[source]\npage_size = 9223372036854775807", "source.page_size", "from 1 to"),
+        ("[source]\nlock_timeout = nan", "source.lock_timeout", "finite"),
+        ("[source]\nlock_timeout = -1", "source.lock_timeout", "zero or positive"),
+        ("[source]\nstatement_timeout = 1e300", "source.statement_timeout", "from 0 to"),
+        ("[watermark]\nstatement_timeout = inf", "watermark.statement_timeout", "finite"),
+        ("[archive]\nn_bits = 99", "archive.n_bits", "from 4 to 16"),
+        ("[archive]\nworkers = 100000000", "archive.workers", "from 1 to"),
+        ("[archive]\ncompression_level = 1000", "archive.compression_level", "to 22"),
+        ('[archive]\nmax_shard_size = "1e400 GiB"', "archive.max_shard_size", "not a size"),
+        (f'[archive]\nmax_shard_size = "{"9" * 400} GiB"', "archive.max_shard_size", "too large"),
+        ("[archive]\nmax_shard_size = 9223372036854775807", "archive.max_shard_size", "too large"),
+        ("[files]\nmax_workers = 0", "files.max_workers", "at least 1"),
+        ("[files]\nretries = 1000000", "files.retries", "from 0 to 100"),
+        ('[source]\nurl = "${"', "source.url", "malformed environment reference"),
+        ('[source]\nurl = "sqlite:///${DB"', "source.url", "malformed environment reference"),
+        ('[source]\ntable = "a${b"', "source.table", "malformed environment reference"),
+    ],
+)
+def test_values_that_crashed_are_config_errors(
+    tmp_path: Path, extra: str, key: str, fragment: str
+) -> None:
+    section = extra.split("\n", 1)[0]
+    text = MINIMAL if section in MINIMAL else MINIMAL + "\n" + section + "\n"
+    text = text.replace(section, extra)
+    if 'url = "${' in extra or 'url = "sqlite:///${' in extra:
+        text = text.replace('url = "sqlite:///source.db"\n', "", 1)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text)).lag  # noqa: B018 - building the lag crashed
+    assert caught.value.key == key
+    assert fragment in str(caught.value)
+
+
+def test_a_literal_dollar_brace_is_written_twice(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[archive]", '[watermark]\npipeline = "a$${b}"\n\n[archive]')
+    assert load_config(write(tmp_path, text)).pipeline == "a${b}"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("source:\n  url: sqlite:///s.db\n  1: 2\narchive:\n  url: a\n", "source.1"),
+        ("source:\n  url: sqlite:///s.db\narchive:\n  url: a\n1: 2\n", "1"),
+        ("source:\n  url: sqlite:///s.db\narchive:\n  url: a\n  true: 2\n", "archive.True"),
+    ],
+)
+def test_yaml_keys_that_are_not_strings(tmp_path: Path, yaml_text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, yaml_text, "deswm.yaml"))
+    assert caught.value.key == key
+    assert "must be strings" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["[watermark]\nlag_days = 100000000", "[watermark]\nlag_days = nan", '[source]\nurl = "${"'],
+)
+def test_cli_exits_2_without_a_traceback(
+    tmp_path: Path, extra: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deswm.cli import main
+
+    section = extra.split("\n", 1)[0]
+    text = MINIMAL if section in MINIMAL else MINIMAL + "\n" + section + "\n"
+    text = text.replace(section, extra)
+    if 'url = "${' in extra:
+        text = text.replace('url = "sqlite:///source.db"\n', "", 1)
+    assert main(["stats", "-c", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err
+    assert "Traceback" not in err
+
+
+# --- every key named in a message exists (issue 18, item 7) -------------------------------
+
+
+def test_spill_dir_is_a_setting_passed_to_the_packer(tmp_path: Path) -> None:
+    (tmp_path / "spill").mkdir()
+    text = MINIMAL.replace('url = "archive"', 'url = "archive"\nspill_dir = "spill"')
+    config = load_config(write(tmp_path, text))
+    assert config.archive.spill_dir == str(tmp_path / "spill")
+    assert config.build_packer()._settings.spill_dir == str(tmp_path / "spill")
+
+
+_SETTING = re.compile(
+    r"(?<![\w./])(source|files|watermark|archive|run|flag)\.([A-Za-z_]\w*)(?![\w(])"
+)
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _message_strings(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """String parts of exception arguments and of ``key=``/``hint=`` keywords."""
+
+    def parts(node: ast.AST) -> Iterator[tuple[int, str]]:
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Constant) and isinstance(inner.value, str):
+                yield inner.lineno, inner.value
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            yield from parts(node.exc)
+        elif isinstance(node, ast.keyword) and node.arg in ("key", "hint"):
+            yield from parts(node.value)
+
+
+def _unknown_settings(text: str) -> list[str]:
+    from deswm.config import _SECTIONS
+
+    found = []
+    for match in _SETTING.finditer(text):
+        section, name = match.groups()
+        if name not in attrs.fields_dict(_SECTIONS[section]):
+            found.append(match.group(0))
+    return found
+
+
+def test_every_setting_named_in_an_error_exists() -> None:
+    unknown: set[str] = set()
+    for path in sorted((_ROOT / "src" / "deswm").rglob("*.py")):
+        for line, text in _message_strings(ast.parse(path.read_text(encoding="utf-8"))):
+            unknown.update(f"{path.name}:{line}: {name}" for name in _unknown_settings(text))
+    assert not unknown, f"messages name settings the config loader rejects: {unknown}"
+
+
+def test_every_setting_named_in_the_docs_exists() -> None:
+    from deswm._checkpoints import POINTS
+
+    unknown = []
+    for path in sorted((_ROOT / "docs").glob("*.md")):
+        for span in re.findall(r"`([^`\n]+)`", path.read_text(encoding="utf-8")):
+            if span in POINTS or "unknown setting" in span:
+                continue  # a checkpoint name; the example of an unknown-key error
+            unknown += [f"{path.name}: {name}" for name in _unknown_settings(span)]
+    assert not unknown, f"docs name settings the config loader rejects: {unknown}"

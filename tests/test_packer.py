@@ -194,7 +194,7 @@ def test_bad_url_and_router_are_config_errors(tmp_path: Path) -> None:
     assert info.value.key == "archive.url"
     with pytest.raises(ConfigError) as info:
         DesPacker(tmp_path, router=object())  # type: ignore[arg-type]
-    assert info.value.key == "archive.router"
+    assert info.value.key == "router"
 
 
 def test_repr_hides_credentials(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "CycleObserver",
     "CyclePlan",
     "CycleResult",
+    "DatabaseTimeoutError",
     "DesBucketWriter",
     "DesPacker",
     "DesRouter",

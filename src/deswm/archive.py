@@ -146,7 +146,7 @@ class Archive:
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigError(
-                f"must be a non-negative integer, got {cache_size!r}", key="archive.cache_size"
+                f"must be a non-negative integer, got {cache_size!r}", key="cache_size"
             )
         self._router: ShardRouter = router if router is not None else DesRouter(8)
         self._store = ShardStore(url, storage_options)

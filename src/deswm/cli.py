@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from deswm._redact import redact
 from deswm.config import Config, load_config
 from deswm.errors import ConfigError, CycleError, DeswmError, UnplaceableRowError
 from deswm.model import CyclePlan, Watermark, WatermarkKey, Window
@@ -63,7 +64,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
+    print(redact(json.dumps(to_jsonable(value), indent=2, sort_keys=True)))
 
 
 def _watermark_dict(watermark: Watermark) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    orchestrator = config.build_orchestrator(partition=args.partition)
+    orchestrator = config.build_orchestrator(partition=args.partition, read_only=args.dry_run)
     if args.dry_run:
         plan = orchestrator.plan()
         _print_json(_plan_dict(plan)) if args.json else _print_plan(plan)
@@ -174,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     config = _config(args)
-    orchestrator = config.build_orchestrator(partition=args.partition)
+    orchestrator = config.build_orchestrator(partition=args.partition, read_only=True)
     plan = orchestrator.plan()
     found = {name: _sample(orchestrator.source, name) for name, _ in _CREATED_AT_WARNINGS}
     if args.json:
@@ -208,12 +209,24 @@ def _sample(source: object, name: str) -> list[str]:
     return list(finder(limit=5)) if finder is not None else []
 
 
+_READ_ACTIONS = frozenset({"get", "list", "history"})
+_NOT_CREATED = "not initialised yet; the first `deswm run` creates it"
+
+
+def _missing_table(store: object) -> bool:
+    """Whether ``store`` keeps its data in a table that does not exist yet."""
+    exists: Callable[[], bool] | None = getattr(store, "exists", None)
+    return exists is not None and not exists()
+
+
 def cmd_watermark(args: argparse.Namespace) -> int:
     config = _config(args)
-    orchestrator = config.build_orchestrator(partition=args.partition)
+    action = args.action
+    orchestrator = config.build_orchestrator(
+        partition=args.partition, read_only=action in _READ_ACTIONS
+    )
     store = orchestrator.store
     key = orchestrator.key
-    action = args.action
     if action == "list":
         marks = store.list(None if args.all else key.pipeline)
         if args.json:
@@ -222,7 +235,8 @@ def cmd_watermark(args: argparse.Namespace) -> int:
             for mark in marks:
                 print(f"{mark.key}  {format_utc(mark.position)}  version {mark.version}")
             if not marks:
-                print("no watermarks stored yet")
+                table = " (the watermark table is " + _NOT_CREATED + ")"
+                print("no watermarks stored yet" + (table if _missing_table(store) else ""))
         return EXIT_OK
     if action == "history":
         changes = store.history(key, limit=args.limit)
@@ -240,9 +254,10 @@ def cmd_watermark(args: argparse.Namespace) -> int:
     current = store.get(key)
     if action == "get":
         if current is None:
+            # Only read: nothing is created (the first `deswm run` initialises it).
             message = (
-                f"watermark {key} is not initialised; the first run starts at "
-                f"{format_utc(orchestrator.initial_position())}"
+                f"pipeline {key.pipeline!r} has no watermark ({key}): {_NOT_CREATED}, "
+                f"starting at {format_utc(orchestrator.initial_position())}"
             )
             if args.json:
                 _print_json(
@@ -256,7 +271,7 @@ def cmd_watermark(args: argparse.Namespace) -> int:
                 )
             else:
                 print(message)
-            return EXIT_OK
+            return EXIT_FAILURE
         if args.json:
             _print_json(_watermark_dict(current))
         else:
@@ -312,7 +327,9 @@ def _new_position(
 
 def cmd_errors(args: argparse.Namespace) -> int:
     config = _config(args)
-    orchestrator = config.build_orchestrator(partition=args.partition)
+    orchestrator = config.build_orchestrator(
+        partition=args.partition, read_only=args.action == "list"
+    )
     store = orchestrator.error_store
     assert store is not None  # build_orchestrator always provides one
     if args.action == "list":
@@ -328,7 +345,9 @@ def cmd_errors(args: argparse.Namespace) -> int:
                     f"(attempts {entry.attempts}, last {format_utc(entry.last_failure)})"
                 )
             if not recorded:
-                print(f"no recorded failures for {orchestrator.key}")
+                missing = _missing_table(store)
+                table = f" (the error table is {_NOT_CREATED})" if missing else ""
+                print(f"no recorded failures for {orchestrator.key}{table}")
         return EXIT_OK
     result = orchestrator.retry_errors(limit=args.limit)
     if args.json:
@@ -437,7 +456,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from deswm.verify import verify_window
 
     config = _config(args)
-    orchestrator = config.build_orchestrator(partition=args.partition)
+    orchestrator = config.build_orchestrator(partition=args.partition, read_only=True)
     watermark = orchestrator.store.get(orchestrator.key)
     if watermark is None:
         print("nothing to verify: the watermark is not initialised")
@@ -611,10 +630,17 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with URL secrets and known passwords masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("deswm")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -629,10 +655,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"deswm: configuration error: {exc}", file=sys.stderr)
+        print(f"deswm: configuration error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except DeswmError as exc:
-        print(f"deswm: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"deswm: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("deswm: interrupted", file=sys.stderr)

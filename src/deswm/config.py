@@ -23,6 +23,7 @@ Every problem raises :class:`~deswm.errors.ConfigError` naming the key.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import tomllib
@@ -31,11 +32,12 @@ import typing
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 
-from deswm._redact import redact
+from deswm._engines import DEFAULT_LOCK_TIMEOUT
+from deswm._redact import redact_url, remember
 from deswm.errors import ConfigError
 from deswm.model import Partition
 from deswm.timeutil import format_utc, parse_timestamp, parse_timezone
@@ -66,7 +68,12 @@ __all__ = [
     "parse_size",
 ]
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_INT64: Final = (-(2**63), 2**63 - 1)
+_MAX_SIZE: Final = 2**62
+_YEAR: Final = 365 * 86400.0
+DEFAULT_WATERMARK_STATEMENT_TIMEOUT: Final = 300.0
+"""Seconds a statement on deswm's own tables may run (they are small: 5 minutes is ample)."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -99,15 +106,20 @@ def parse_size(value: int | str, key: str) -> int:
             raise ConfigError(
                 f"{value!r} is not a size", key=key, hint='use bytes or e.g. "64MiB", "1GiB"'
             )
-        size = int(float(match.group(1)) * _UNITS[unit])
+        number = float(match.group(1)) * _UNITS[unit]
+        if not math.isfinite(number) or number > _MAX_SIZE:
+            raise ConfigError(f"{value!r} is too large", key=key, hint="at most 4 EiB")
+        size = int(number)
     if size <= 0:
         raise ConfigError(f"must be positive, got {value!r}", key=key)
+    if size > _MAX_SIZE:
+        raise ConfigError(f"{value!r} is too large", key=key, hint="at most 4 EiB")
     return size
 
 
 def _redacted(value: str | None) -> str:
     """Reprs of settings never show a password (G13)."""
-    return repr(value if value is None else redact(value))
+    return repr(value if value is None else redact_url(value))
 
 
 def _options_repr(options: dict[str, Any]) -> str:
@@ -116,6 +128,15 @@ def _options_repr(options: dict[str, Any]) -> str:
 
 def _size(default: int) -> Any:
     return attrs.field(default=default, metadata={"size": True})
+
+
+def _bounded(default: Any, low: float, high: float) -> Any:
+    """A number that must lie in ``[low, high]`` (checked at load, naming the key)."""
+    return attrs.field(default=default, metadata={"range": (low, high)})
+
+
+def _lock_timeout() -> Any:
+    return _bounded(DEFAULT_LOCK_TIMEOUT, 0, _YEAR)
 
 
 @attrs.frozen
@@ -130,9 +151,14 @@ class SourceSettings:
     location_column: str = "file_location"
     size_column: str | None = "size_bytes"
     timezone: str = "UTC"
-    page_size: int = 10_000
+    page_size: int = _bounded(10_000, 1, 1_000_000)
     provider: str | None = None
     """``package.module:Class``, a subclass of SqlSourceProvider to use instead."""
+    lock_timeout: float = _lock_timeout()
+    """Seconds a statement waits for a table or row lock before failing (0: no limit)."""
+    statement_timeout: float = _bounded(0.0, 0, _YEAR)
+    """Seconds a statement may run (0: no limit, the default: a streamed page stays open
+    while its files are read, which on MariaDB counts as running)."""
 
 
 @attrs.frozen
@@ -145,8 +171,8 @@ class FilesSettings:
     """Further folders or URLs that absolute locations may be in, each contained the same
     way. Without ``root`` or ``allowed_roots`` the purge refuses to run."""
     storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
-    max_workers: int = 8
-    retries: int = 3
+    max_workers: int = _bounded(8, 1, 1024)
+    retries: int = _bounded(3, 0, 100)
 
 
 @attrs.frozen
@@ -159,11 +185,15 @@ class WatermarkSettings:
     url: str | None = attrs.field(default=None, repr=_redacted)
     table: str | None = None
     schema: str | None = None
-    row_id: int = 1
+    row_id: int = _bounded(1, *_INT64)
     storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
     pipeline: str | None = None
-    lag_days: float = 7
+    lag_days: float = _bounded(7, 0, 36_500)
     initial: str | None = attrs.field(default=None, metadata={"timestamp": True})
+    lock_timeout: float = _lock_timeout()
+    """Seconds a statement on the watermark or error table waits for a lock (0: no limit)."""
+    statement_timeout: float = _bounded(DEFAULT_WATERMARK_STATEMENT_TIMEOUT, 0, _YEAR)
+    """Seconds a statement on the watermark or error table may run (0: no limit)."""
 
 
 @attrs.frozen
@@ -171,13 +201,15 @@ class ArchiveSettings:
     """``[archive]``: where shards go and how they are built."""
 
     url: str = attrs.field(repr=_redacted)
-    n_bits: int = 8
+    n_bits: int = _bounded(8, 4, 16)
     max_shard_size: int = _size(1024**3)
     compression: Literal["zstd", "none"] = "zstd"
-    compression_level: int = 3
+    compression_level: int = _bounded(3, -(2**31), 22)
     big_file_threshold: int = _size(10 * 1024**2)
     spill_threshold: int = _size(64 * 1024**2)
-    workers: int = 2
+    spill_dir: str | None = None
+    """Folder for spill files of big buckets (default: the system temp folder)."""
+    workers: int = _bounded(2, 1, 1024)
     storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
 
 
@@ -187,8 +219,8 @@ class FlagSettings:
 
     column: str = "archived"
     value: bool | int | str = True
-    batch_size: int = 1000
-    max_rows_per_second: float | None = None
+    batch_size: int = _bounded(1000, 1, 1_000_000)
+    max_rows_per_second: float | None = _bounded(None, 1e-6, 1e12)
 
 
 @attrs.frozen
@@ -196,12 +228,12 @@ class RunSettings:
     """``[run]``: how cycles run."""
 
     on_error: Literal["stop", "record"] = "stop"
-    max_failure_ratio: float = 0.1
+    max_failure_ratio: float = _bounded(0.1, 0, 1)
     error_table: str = "deswm_errors"
-    interval: float = 3600
+    interval: float = _bounded(3600, 0, _YEAR)
     partitions: int = 1
     partition: int = 0
-    max_buckets: int | None = None
+    max_buckets: int | None = _bounded(None, 1, 10_000_000)
 
 
 _SECTIONS: dict[str, type] = {
@@ -249,6 +281,7 @@ class Config:
         """Validate a parsed config (``base``: folder that relative paths are relative to)."""
         if not isinstance(data, Mapping):
             raise ConfigError("the config file must hold a table of sections")
+        _check_keys(data, None)
         unknown = sorted(set(data) - set(_SECTIONS))
         if unknown:
             raise ConfigError(
@@ -266,11 +299,19 @@ class Config:
                 raise ConfigError("must be a table of settings", key=name)
             sections[name] = _build_section(section_type, name, raw)
         config = cls(path=None, **sections)
+        remember(config.source.url)
+        if config.watermark.url is not None:
+            remember(config.watermark.url)
         config = _resolve_paths(config, base)
         config._validate()
         return config
 
     def _validate(self) -> None:
+        from deswm._engines import parse_url
+
+        parse_url(self.source.url, "source.url")
+        if self.watermark.url is not None and self.watermark.kind != "object":
+            parse_url(self.watermark.url, "watermark.url")
         parse_timezone(self.source.timezone, "source.timezone")
         if self.watermark.lag_days < 0:
             raise ConfigError(
@@ -310,18 +351,45 @@ class Config:
 
         return DesRouter(self.archive.n_bits)
 
-    def build_engines(self) -> tuple[sa.Engine, sa.Engine]:
+    def build_engines(self, *, read_only: bool = False) -> tuple[sa.Engine, sa.Engine]:
         """Engines for the source and for deswm's own tables (one engine for one URL).
 
         With ``watermark.kind = "object"`` the watermark is not in a database, and the
-        error table lives in the source database.
+        error table lives in the source database. Each engine's sessions get the lock
+        and statement timeouts of their section. ``read_only``: for commands that only
+        read; a missing SQLite file is an error instead of being created.
         """
         from deswm._engines import create_engine
 
-        source = create_engine(self.source.url, key="source.url")
-        if self.watermark.kind == "object" or self.watermark_url == self.source.url:
+        source = create_engine(
+            self.source.url,
+            key="source.url",
+            lock_timeout=self.source.lock_timeout,
+            statement_timeout=self.source.statement_timeout,
+            read_only=read_only,
+        )
+        if self.watermark.kind == "object":
             return source, source
-        return source, create_engine(self.watermark_url, key="watermark.url")
+        same_limits = (self.source.lock_timeout, self.source.statement_timeout) == (
+            self.watermark.lock_timeout,
+            self.watermark.statement_timeout,
+        )
+        same_lock = self.source.lock_timeout == self.watermark.lock_timeout
+        if self.watermark_url == self.source.url and (
+            same_limits or (same_lock and source.dialect.name == "sqlite")
+        ):
+            # One database, one pool (an in-memory SQLite database exists once per
+            # engine); SQLite has no statement timeout to tell the two apart.
+            return source, source
+        store = create_engine(
+            self.watermark_url,
+            key="watermark.url" if self.watermark.url else "source.url",
+            lock_timeout=self.watermark.lock_timeout,
+            statement_timeout=self.watermark.statement_timeout,
+            read_only=read_only,
+            section="watermark",
+        )
+        return source, store
 
     def build_source(self, engine: sa.Engine) -> SqlSourceProvider:
         from deswm.sources.sql import SqlSourceProvider
@@ -398,6 +466,7 @@ class Config:
             max_shard_size=self.archive.max_shard_size,
             big_file_threshold=self.archive.big_file_threshold,
             spill_threshold=self.archive.spill_threshold,
+            spill_dir=self.archive.spill_dir,
             workers=self.archive.workers,
         )
 
@@ -450,12 +519,16 @@ class Config:
         )
 
     def build_orchestrator(
-        self, *, partition: int | None = None, **overrides: Any
+        self, *, partition: int | None = None, read_only: bool = False, **overrides: Any
     ) -> WatermarkOrchestrator:
-        """The orchestrator this file describes; ``overrides`` go to its constructor."""
+        """The orchestrator this file describes; ``overrides`` go to its constructor.
+
+        ``read_only``: for commands that only read (stats, dry runs, verify, listings);
+        see :meth:`build_engines`.
+        """
         from deswm.orchestrator import WatermarkOrchestrator
 
-        source_engine, store_engine = self.build_engines()
+        source_engine, store_engine = self.build_engines(read_only=read_only)
         router = self.build_router()
         index = self.run.partition if partition is None else partition
         try:
@@ -521,8 +594,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def _interpolate(value: Any, key: str) -> Any:
     if isinstance(value, str):
+        if "${" in _ENV.sub("", value):
+            raise ConfigError(
+                "holds a malformed environment reference '${' (the value is not shown: it "
+                "may contain a secret)",
+                key=key,
+                hint="write ${NAME} or ${NAME:-default}; write $${ for a literal '${'",
+            )
 
         def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"  # an escaped literal
             name, default = match.group(1), match.group(2)
             found = os.environ.get(name)
             if found is None:
@@ -545,6 +627,7 @@ def _interpolate(value: Any, key: str) -> Any:
 
 def _build_section(section_type: type, name: str, raw: Mapping[str, Any]) -> Any:
     fields = {f.name: f for f in attrs.fields(section_type)}
+    _check_keys(raw, name)
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(
@@ -564,6 +647,8 @@ def _build_section(section_type: type, name: str, raw: Mapping[str, Any]) -> Any
             values[field_name] = format_utc(parse_timestamp(value, key))
         else:
             values[field_name] = _coerce(value, hints[field_name], key)
+        if "range" in metadata:
+            _check_range(values[field_name], metadata["range"], key)
     try:
         return section_type(**values)
     except TypeError as exc:
@@ -571,6 +656,30 @@ def _build_section(section_type: type, name: str, raw: Mapping[str, Any]) -> Any
         if missing:
             raise ConfigError("is required", key=f"{name}.{missing[0]}") from None
         raise ConfigError(str(exc), key=name) from None
+
+
+def _check_keys(data: Mapping[Any, Any], section: str | None) -> None:
+    """YAML allows keys that are not strings (``1: 2``); a config file does not."""
+    for name in data:
+        if not isinstance(name, str):
+            where = f"{section}.{name!r}" if section else repr(name)
+            raise ConfigError(
+                f"setting names must be strings, got {type(name).__name__} {name!r}",
+                key=where,
+                hint="quote the key or fix the indentation of the YAML file",
+            )
+
+
+def _check_range(value: Any, bounds: tuple[float, float], key: str) -> None:
+    if value is None:
+        return
+    low, high = bounds
+    if value < low:
+        named = {0.0: "zero or positive", 1.0: "at least 1"}
+        wanted = named.get(float(low), f"from {low:g} to {high:g}")
+        raise ConfigError(f"must be {wanted}, got {value!r}", key=key)
+    if value > high:
+        raise ConfigError(f"must be from {low:g} to {high:g}, got {value!r}", key=key)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -612,16 +721,22 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ConfigError(f"must be an integer, got {value!r}", key=key)
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise ConfigError(f"must be an integer, got {value!r}", key=key) from None
+        if not _INT64[0] <= number <= _INT64[1]:
+            raise ConfigError(f"must fit in 64 bits, got {value!r}", key=key)
+        return number
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(f"must be a number, got {value!r}", key=key)
         try:
-            return float(value)
-        except ValueError:
+            real = float(value)
+        except (ValueError, OverflowError):
             raise ConfigError(f"must be a number, got {value!r}", key=key) from None
+        if not math.isfinite(real):
+            raise ConfigError(f"must be a finite number, got {value!r}", key=key)
+        return real
     if annotation is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"must be a non-empty string, got {value!r}", key=key)
@@ -646,7 +761,11 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
             config.watermark,
             url=_watermark_url(config.watermark, base, local),
         ),
-        archive=attrs.evolve(config.archive, url=local(config.archive.url) or config.archive.url),
+        archive=attrs.evolve(
+            config.archive,
+            url=local(config.archive.url) or config.archive.url,
+            spill_dir=local(config.archive.spill_dir),
+        ),
         files=attrs.evolve(
             config.files,
             root=local(config.files.root),

@@ -19,6 +19,7 @@ next, so an operator reading a log line can act on it without the source code::
     │   ├── CorruptShardError       bytes that are not a valid DES shard, or a bad checksum
     │   ├── NotArchivedError        the uid is not in the archive
     │   └── ObjectChangedError      a shard was rewritten while it was being read
+    ├── DatabaseTimeoutError        a lock or statement waited longer than its setting
     ├── WatermarkError              the watermark store refused a change
     │   └── WatermarkConflict       another runner moved the watermark first
     └── CycleError                  a cycle stopped because files failed; nothing advanced
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "CorruptShardError",
     "CycleError",
+    "DatabaseTimeoutError",
     "DeswmError",
     "DuplicateUidError",
     "FileMissingError",
@@ -260,6 +262,30 @@ class ObjectChangedError(ShardError):
         super().__init__(
             f"{name}: {reason}",
             hint="Another process rewrote or deleted the object; read it again",
+        )
+
+
+class DatabaseTimeoutError(DeswmError):
+    """A statement waited for a lock, or ran, longer than its configured limit.
+
+    ``table`` names what it waited on, ``setting`` the key that sets the limit and
+    ``seconds`` its value. The statement was cancelled, so nothing it would have written
+    was written; the cycle stops before moving the watermark and a rerun is safe.
+    """
+
+    def __init__(
+        self, what: str, *, table: str, setting: str, seconds: float | None, detail: str = ""
+    ) -> None:
+        self.table = table
+        self.setting = setting
+        self.seconds = seconds
+        limit = f" ({setting} = {seconds:g} s)" if seconds is not None else f" ({setting})"
+        suffix = f": {detail}" if detail else ""
+        super().__init__(
+            f"{what} on table {table} timed out{limit}{suffix}",
+            hint="Another session holds a lock on it or the statement is slow; find it "
+            "(pg_stat_activity / SHOW PROCESSLIST), or raise the setting. Nothing was "
+            "committed by this statement; rerun when the table is free",
         )
 
 

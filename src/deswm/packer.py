@@ -158,7 +158,7 @@ class DesPacker:
         if router is None:
             router = DesRouter(8)
         elif not isinstance(router, ShardRouter):
-            raise ConfigError(f"must be a ShardRouter, got {router!r}", key="archive.router")
+            raise ConfigError(f"must be a ShardRouter, got {router!r}", key="router")
         level = _int_setting("compression_level", compression_level, -(2**31))
         Compressor(compression, level)  # validates codec and level (ConfigError)
         folder = None if spill_dir is None else os.fspath(spill_dir)

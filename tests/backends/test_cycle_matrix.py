@@ -441,7 +441,7 @@ def test_postgresql_counts_no_source_writes_and_one_update_per_bucket(
     )
     router = DesRouter(4)
     store = SqlWatermarkStore(store_engine, table="watermark")
-    store.get(KEY)  # creates the watermark tables before the baseline
+    store.create_tables()  # before the baseline (reads never create them)
     _wait_for_backends_to_exit(admin, application)
     before = _pg_counts(admin, schema, ["files", "watermark"])
 

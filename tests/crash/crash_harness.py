@@ -494,7 +494,7 @@ class World:
 
     def _create_audit(self) -> None:
         store = SqlWatermarkStore(self.engine)
-        store.list()  # creates the watermark tables (no row: a fresh store)
+        store.create_tables()  # no row: a fresh store
         _AUDIT.create_all(self.engine)
         with self.engine.begin() as conn:
             for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:

@@ -80,3 +80,17 @@ def test_messages_are_redacted(engine: sa.Engine) -> None:
 def test_repr_hides_the_password() -> None:
     store = SqlErrorStore("postgresql+psycopg://user:hunter2@127.0.0.1:1/db")
     assert "hunter2" not in repr(store)
+
+
+def test_reads_do_not_create_the_error_table(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'errors.db'}"
+    store = SqlErrorStore(url)
+    key = WatermarkKey("p")
+    assert store.list(key) == []
+    assert store.count() == 0
+    assert not store.exists()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []
+    engine.dispose()
+    store.close()

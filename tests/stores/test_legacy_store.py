@@ -722,3 +722,15 @@ def test_sql_store_keys_differing_by_trailing_space_are_distinct(
     store.initialize(WatermarkKey("orders"), T0)
     spaced = store.initialize(WatermarkKey("orders "), T0 + DAY)
     assert spaced.position == T0 + DAY
+
+
+def test_reads_do_not_create_the_legacy_table(engine: sa.Engine) -> None:
+    store = LegacyArchiveConfigStore(engine, pipeline="orders")
+    assert store.get(KEY) is None
+    assert store.list() == []
+    assert store.history(KEY) == []
+    assert not store.exists()
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []
+    store.initialize(KEY, T0)
+    assert store.exists()

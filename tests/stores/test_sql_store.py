@@ -58,11 +58,17 @@ def _table_names(engine: sa.Engine, schema: str | None = None) -> set[str]:
         return set(sa.inspect(conn).get_table_names(schema=schema))
 
 
-def test_tables_are_created_on_first_use(engine: sa.Engine) -> None:
+def test_tables_are_created_on_first_write_not_by_reads(engine: sa.Engine) -> None:
     store = SqlWatermarkStore(engine)
     assert _table_names(engine) == set()
     assert store.get(KEY) is None
+    assert store.list() == []
+    assert store.history(KEY) == []
+    assert not store.exists()
+    assert _table_names(engine) == set()
+    store.initialize(KEY, T0)
     assert _table_names(engine) == {"deswm_watermark", "deswm_watermark_history"}
+    assert store.exists()
 
 
 def test_racing_stores_both_create_the_tables(db_url: str) -> None:

@@ -37,6 +37,7 @@ import sqlalchemy as sa
 
 from deswm._checkpoints import reach
 from deswm._engines import engine_from
+from deswm._redact import redact_url, scrub, url_secrets
 from deswm.container import MAX_UID_BYTES
 from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
 from deswm.model import LocationReference, PendingStats, SourceRecord, Window
@@ -183,7 +184,7 @@ class SqlSourceProvider:
     @property
     def redacted_url(self) -> str:
         """The engine URL with the password replaced by ``***``."""
-        return self.engine.url.render_as_string(hide_password=True)
+        return redact_url(self.engine.url)
 
     @property
     def table(self) -> sa.Table:
@@ -701,8 +702,7 @@ class SqlSourceProvider:
         orig = getattr(exc, "orig", None) or exc
         lines = str(orig).strip().splitlines()
         text = f"{type(orig).__name__}: {lines[0] if lines else ''}"
-        password = self.engine.url.password
-        return text.replace(str(password), "***") if password else text
+        return scrub(text, url_secrets(self.engine.url))
 
     # --- internals: values --------------------------------------------------------------
 

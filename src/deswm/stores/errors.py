@@ -18,8 +18,8 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from deswm._engines import engine_from
-from deswm._redact import redact
+from deswm._engines import engine_from, timeout_error
+from deswm._redact import redact, redact_url, scrub, url_secrets
 from deswm._sqlschema import create_tables, key_string
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
@@ -89,7 +89,7 @@ class SqlErrorStore:
 
     @property
     def url(self) -> str:
-        return self._engine.url.render_as_string(hide_password=True)
+        return redact_url(self._engine.url)
 
     @property
     def table(self) -> sa.Table:
@@ -145,7 +145,8 @@ class SqlErrorStore:
     ) -> list[RecordedFailure]:
         if limit is not None and limit < 0:
             raise ConfigError(f"must be zero or positive, got {limit}", key="limit")
-        self._ensure_table()
+        if not self.exists():
+            return []
         table = self._table
         query = sa.select(table).order_by(
             table.c.pipeline,
@@ -163,9 +164,8 @@ class SqlErrorStore:
         return [_to_recorded(row) for row in rows]
 
     def resolve(self, key: WatermarkKey, records: Sequence[SourceRecord]) -> int:
-        if not records:
+        if not records or not self.exists():
             return 0
-        self._ensure_table()
         removed = 0
         with self._db_errors(f"resolve failures of {key}"), self._engine.begin() as conn:
             for record in records:
@@ -178,12 +178,26 @@ class SqlErrorStore:
 
     def count(self, key: WatermarkKey | None = None) -> int:
         """How many failures are recorded (for one key, or in all)."""
-        self._ensure_table()
+        if not self.exists():
+            return 0
         query = sa.select(sa.func.count()).select_from(self._table)
         if key is not None:
             query = query.where(self._key_clause(key))
         with self._db_errors("count recorded failures"), self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def create_table(self) -> None:
+        """Create the error table now if absent (the first record does it anyway)."""
+        self._ensure_table()
+
+    def exists(self) -> bool:
+        """Whether the error table exists: reads never create it, the first record does."""
+        if self._ready:
+            return True
+        with self._db_errors("look for the error table"), self._engine.connect() as conn:
+            found = sa.inspect(conn).has_table(self._table.name, schema=self._table.schema)
+        self._ready = bool(found)
+        return self._ready
 
     # --- internals ----------------------------------------------------------------------
 
@@ -219,11 +233,15 @@ class SqlErrorStore:
         try:
             yield
         except sa.exc.SQLAlchemyError as exc:
+            timeout = timeout_error(exc, what=action, table=repr(self._table.fullname))
+            if timeout is not None:
+                raise timeout from exc
             orig: Any = getattr(exc, "orig", None) or exc
             first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            first = scrub(redact(first), url_secrets(self._engine.url))
             raise DeswmError(
                 f"could not {action} in table {self._table.fullname!r} at {self.url}: "
-                f"{type(orig).__name__}: {redact(first)}",
+                f"{type(orig).__name__}: {first}",
                 hint="Check that the database is reachable and that this account may create, "
                 "read and write the error table; the cause is chained",
             ) from exc

@@ -72,7 +72,8 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from
+from deswm._engines import default_actor, engine_from, timeout_error
+from deswm._redact import redact_url, scrub, url_secrets
 from deswm._sqlschema import create_tables
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
@@ -299,12 +300,10 @@ class LegacyArchiveConfigStore:
         self._table_name = _check_name(table, "watermark.table")
         history_name = _check_name(
             f"{table}_history" if history_table is None else history_table,
-            "watermark.history_table",
+            "history_table",
         )
         if history_name == table:
-            raise ConfigError(
-                f"must differ from the legacy table {table!r}", key="watermark.history_table"
-            )
+            raise ConfigError(f"must differ from the legacy table {table!r}", key="history_table")
         self._schema = None if schema is None else _check_name(schema, "watermark.schema")
         if isinstance(row_id, bool) or not isinstance(row_id, int):
             raise ConfigError(f"must be an integer, got {row_id!r}", key="watermark.row_id")
@@ -359,7 +358,7 @@ class LegacyArchiveConfigStore:
     @property
     def url(self) -> str:
         """The database URL with its password replaced by ``***``."""
-        return self._engine.url.render_as_string(hide_password=True)
+        return redact_url(self._engine.url)
 
     def close(self) -> None:
         """Dispose the engine if this store created it; a passed-in engine is left alone."""
@@ -374,10 +373,16 @@ class LegacyArchiveConfigStore:
 
     # --- WatermarkStore -----------------------------------------------------------
 
+    def exists(self) -> bool:
+        """Whether the legacy table exists (read commands never create it)."""
+        return self._existing_layout() is not None
+
     def get(self, key: WatermarkKey) -> Watermark | None:
         """The watermark in row ``row_id``, or ``None`` when that row does not exist."""
         self._check_key(key)
-        layout = self._layout()
+        layout = self._existing_layout()
+        if layout is None:
+            return None
         with self._db_errors(f"read watermark {key}"), self._connect(layout) as conn:
             row = self._fetch(conn, layout, key)
         return None if row is None else row.watermark
@@ -545,7 +550,9 @@ class LegacyArchiveConfigStore:
             return []
         name = self._pipeline or pipeline or self._table_name
         key = WatermarkKey(name, DEFAULT_STAGE, 0)
-        layout = self._layout()
+        layout = self._existing_layout()
+        if layout is None:
+            return []
         with self._db_errors("list watermarks"), self._connect(layout) as conn:
             row = self._fetch(conn, layout, key)
         return [] if row is None else [row.watermark]
@@ -864,6 +871,19 @@ class LegacyArchiveConfigStore:
                 self._layout_cache = self._describe_table(table)
             return self._layout_cache
 
+    def _existing_layout(self) -> _Layout | None:
+        """The table's layout, or None when it does not exist (reads never create it)."""
+        if self._layout_cache is not None:
+            return self._layout_cache
+        with self._lock:
+            if self._layout_cache is None:
+                with self._db_errors("open the legacy table"):
+                    table = self._reflect()
+                if table is None:
+                    return None
+                self._layout_cache = self._describe_table(table)
+            return self._layout_cache
+
     def _reflect(self) -> sa.Table | None:
         with self._engine.connect() as conn:
             if not sa.inspect(conn).has_table(self._table_name, schema=self._schema):
@@ -965,6 +985,9 @@ class LegacyArchiveConfigStore:
         try:
             yield
         except sa.exc.SQLAlchemyError as exc:
+            timeout = timeout_error(exc, what=action, table=repr(self.table_name))
+            if timeout is not None:
+                raise timeout from exc
             raise WatermarkError(
                 f"could not {action} in table {self.table_name!r} at {self.url}: "
                 f"{self._describe(exc)}",
@@ -978,7 +1001,4 @@ class LegacyArchiveConfigStore:
         orig = getattr(exc, "orig", None) or exc
         lines = str(orig).strip().splitlines()
         text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        password = self._engine.url.password
-        if password:
-            text = text.replace(str(password), "***")
-        return text
+        return scrub(text, url_secrets(self._engine.url))

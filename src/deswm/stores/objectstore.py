@@ -65,7 +65,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from deswm._checkpoints import reach
 from deswm._engines import default_actor
-from deswm._redact import redact
+from deswm._redact import redact, scrub, secret_values
 from deswm.errors import ConfigError, DeswmError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
 from deswm.timeutil import format_utc, require_utc
@@ -85,9 +85,6 @@ _LOCK_TIMEOUT: Final = 60.0
 _SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 _HISTORY_NAME: Final = re.compile(
     r"^(?P<stamp>\d{8}T\d{12}Z)-(?P<digest>[0-9a-f]{16})-(?P<version>\d+)\.json$"
-)
-_SECRET_KEYS: Final = re.compile(
-    r"secret|password|token|key|credential|signature|sas", re.IGNORECASE
 )
 _MEMORY_LOCK: Final = threading.Lock()
 """The memory filesystem is one dict per process: one lock orders every write to it."""
@@ -440,20 +437,7 @@ class _S3Backend:
 
 def _secret_values(options: Mapping[str, Any]) -> list[str]:
     """String values under secret-looking keys, longest first, to mask in messages."""
-    found: set[str] = set()
-
-    def walk(value: Any, secret: bool) -> None:
-        if isinstance(value, Mapping):
-            for key, inner in value.items():
-                walk(inner, secret or bool(_SECRET_KEYS.search(str(key))))
-        elif isinstance(value, list | tuple):
-            for inner in value:
-                walk(inner, secret)
-        elif secret and isinstance(value, str) and len(value) >= 4:
-            found.add(value)
-
-    walk(options, False)
-    return sorted(found, key=len, reverse=True)
+    return sorted({v for v in secret_values(options) if len(v) >= 4}, key=len, reverse=True)
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -997,9 +981,7 @@ class ObjectStoreWatermarkStore:
         return f"{self.url.rstrip('/')}/{name}"
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return redact(text)
+        return scrub(redact(text), self._secrets)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """The watermark store on a SQL database (SQLite, PostgreSQL, MySQL/MariaDB).
 
-Two small tables, created on first use:
+Two small tables, created by the first write (reads never run DDL):
 
 * the watermark table: one row per (pipeline, stage, partition_index) holding the
   position (an exclusive upper bound), a version that every write increments, and who
@@ -26,7 +26,8 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from
+from deswm._engines import default_actor, engine_from, timeout_error
+from deswm._redact import redact_url, scrub, url_secrets
 from deswm._sqlschema import create_tables, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
@@ -166,13 +167,15 @@ class SqlWatermarkStore:
     Args:
         engine_or_url: an :class:`sqlalchemy.Engine` (shared with the caller, never
             disposed here) or a database URL (the store creates and owns its engine;
-            SQLite gets a busy timeout so a concurrent reader does not fail writes).
+            sessions get a lock timeout, so a locked table ends in
+            :class:`~deswm.errors.DatabaseTimeoutError` rather than a hang).
         table: name of the watermark table; any spelling works, SQLAlchemy quotes it.
         history_table: name of the history table; default ``f"{table}_history"``.
         schema: schema (PostgreSQL) or database (MySQL) holding both tables.
         actor: recorded as ``updated_by`` and in the history; default ``user@host``.
 
-    The tables are created on first use. Errors from the database are raised as
+    The tables are created by the first write; reads of a missing table find nothing
+    and create nothing. Errors from the database are raised as
     :class:`~deswm.errors.WatermarkError` naming the table and the URL with its
     password hidden; the original exception is chained.
     """
@@ -231,7 +234,7 @@ class SqlWatermarkStore:
     @property
     def url(self) -> str:
         """The database URL with its password replaced by ``***``."""
-        return self._engine.url.render_as_string(hide_password=True)
+        return redact_url(self._engine.url)
 
     def close(self) -> None:
         """Dispose the engine if this store created it; a passed-in engine is left alone."""
@@ -243,10 +246,33 @@ class SqlWatermarkStore:
 
     # --- WatermarkStore -----------------------------------------------------------
 
-    def get(self, key: WatermarkKey) -> Watermark | None:
-        """The stored watermark, or ``None`` if it was never initialised."""
-        self._check_key(key)
+    def create_tables(self) -> None:
+        """Create both tables now if absent (writes do it on first use; reads never do).
+
+        For deployments where an administrator creates deswm's tables before a
+        restricted account uses them.
+        """
         self._ensure_tables()
+
+    def exists(self) -> bool:
+        """Whether the watermark table exists (read commands never create it)."""
+        if self._ready:
+            return True
+        with self._db_errors("look for the watermark table"), self._engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            found = inspector.has_table(self._table.name, schema=self._table.schema)
+            if found and inspector.has_table(self._history.name, schema=self._history.schema):
+                self._ready = True
+        return bool(found)
+
+    def get(self, key: WatermarkKey) -> Watermark | None:
+        """The stored watermark, or ``None`` if it was never initialised.
+
+        Only reads: a missing table means no watermark, and is not created here.
+        """
+        self._check_key(key)
+        if not self.exists():
+            return None
         with self._db_errors(f"read watermark {key}"):
             return self._read(key)
 
@@ -391,7 +417,8 @@ class SqlWatermarkStore:
         Sorted in Python: database collations disagree about case and accents, and the
         protocol promises :class:`~deswm.model.WatermarkKey` order.
         """
-        self._ensure_tables()
+        if not self.exists():
+            return []
         table = self._table
         query = sa.select(table)
         if pipeline is not None:
@@ -410,8 +437,11 @@ class SqlWatermarkStore:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
-        self._ensure_tables()
         history = self._history
+        if not self._ready:
+            with self._db_errors("look for the history table"), self._engine.connect() as conn:
+                if not sa.inspect(conn).has_table(history.name, schema=history.schema):
+                    return []
         query = sa.select(history).order_by(history.c.id.desc()).limit(limit)
         if key is not None:
             query = query.where(_key_clause(history, key))
@@ -513,6 +543,9 @@ class SqlWatermarkStore:
         try:
             yield
         except sa.exc.SQLAlchemyError as exc:
+            timeout = timeout_error(exc, what=action, table=repr(self._table.fullname))
+            if timeout is not None:
+                raise timeout from exc
             raise WatermarkError(
                 f"could not {action} in table {self._table.fullname!r} at {self.url}: "
                 f"{self._describe(exc)}",
@@ -525,7 +558,4 @@ class SqlWatermarkStore:
         orig = getattr(exc, "orig", None) or exc
         lines = str(orig).strip().splitlines()
         text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        password = self._engine.url.password
-        if password:
-            text = text.replace(str(password), "***")
-        return text
+        return scrub(text, url_secrets(self._engine.url))
