@@ -482,6 +482,11 @@ def test_arun_cycle_cancel_stops_at_a_bucket_boundary(world: World) -> None:
         task = asyncio.create_task(orchestrator.arun_cycle())
         await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
         task.cancel()
+        # The cancellation reaches the task at the loop's next turn (its wake-up was
+        # scheduled first), where it sets the stop flag; only then may the worker go on.
+        # Releasing it at once let it race past the bucket boundary under load.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         release.set()
         with pytest.raises(asyncio.CancelledError):
             await task
