@@ -691,8 +691,8 @@ def test_foreign_parts_without_meta_are_merged_verbatim(fs_target: Any) -> None:
             == (built[before.offset : before.offset + before.length])
         )
     reader = archive(fs_target)
-    assert reader.get("16", DAY + timedelta(hours=3)) == b"first foreign"
-    assert reader.get("32", DAY) == b"second" * 40
+    assert reader.get("16", DAY + timedelta(hours=3), allow_unverified=True) == b"first foreign"
+    assert reader.get("32", DAY, allow_unverified=True) == b"second" * 40
     read_back(fs_target, new)
 
 
@@ -711,7 +711,7 @@ def test_duplicates_across_parts_keep_the_lowest_and_empty_parts_go(tmp_path: Pa
         "48",
     ]
     assert result.kept == 2
-    reader = Archive(target.url, ROUTER)
+    reader = Archive(target.url, ROUTER, allow_unverified=True)
     assert reader.get("16", DAY) == b"low"
     assert reader.get("32", DAY) == b"third"
     assert reader.get("48", DAY + timedelta(seconds=1)) == b"new"

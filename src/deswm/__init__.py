@@ -87,6 +87,7 @@ __all__ = [
     "SqlErrorStore",
     "SqlSourceProvider",
     "SqlWatermarkStore",
+    "UnverifiedEntryError",
     "UtcDateTime",
     "VerifyReport",
     "Watermark",
