@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
+import struct
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -448,3 +450,48 @@ def test_s3_warm_get_of_a_rewritten_shard_goes_cold_once(moto_s3: Any) -> None:
     assert len(sent) <= 1 + 3, sent  # the refused IfMatch GET, then a cold lookup
     assert archive.get("16", DAY) == b"after!"
     assert len(requests.take()) == 1
+
+
+# --- hostile bytes (G18) ---------------------------------------------------------------------
+
+
+def test_a_big_entry_declaring_more_than_its_object_is_corrupt(fs_target: Any) -> None:
+    """The size field is untrusted: nothing is allocated by it (a local read asked for
+    2**40 bytes raised MemoryError)."""
+    data = noise("big", 3000)
+    pack(fs_target, [(rec("16"), data)], big_file_threshold=100)
+    digest = hashlib.sha256(data).hexdigest()
+    shard = fetch(fs_target, "20240517_0_0000.des")
+    size = struct.pack("<Q", 3000)
+    at = shard.index(digest.encode()) + 64
+    assert shard[at : at + 8] == size
+    put(fs_target, "20240517_0_0000.des", shard[:at] + struct.pack("<Q", 2**40) + shard[at + 8 :])
+    with pytest.raises(CorruptShardError, match="says 1099511627776"):
+        open_archive(fs_target).get("16", DAY)
+
+
+def test_a_tampered_meta_never_lets_damaged_bytes_through(fs_target: Any) -> None:
+    pack(fs_target, [(rec("16"), b"original payload")], compression="none")
+    shard = fetch(fs_target, "20240517_0_0000.des")
+    flipped = shard.replace(b'"sha256"', b'"sHa256"').replace(b"original", b"0riginal")
+    put(fs_target, "20240517_0_0000.des", flipped)
+    archive = open_archive(fs_target, allow_unverified=True)  # even then
+    with pytest.raises(CorruptShardError, match="no valid sha256") as info:
+        archive.get("16", DAY)
+    assert not isinstance(info.value, UnverifiedEntryError)
+    assert archive.stat("16", DAY).sha256 is None
+    with pytest.raises(CorruptShardError, match="no valid sha256"):
+        archive.verify("20240517_0_0000.des")
+
+
+def test_an_allowed_unverified_entry_is_logged(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    put(_Local(tmp_path), "20240517_0_0000.des", build_shard([("16", b"foreign", "none")]))
+    archive = Archive(str(tmp_path), ROUTER, allow_unverified=True)
+    with caplog.at_level(logging.WARNING, logger="deswm"):
+        assert archive.get("16", DAY) == b"foreign"
+    (record,) = [r for r in caplog.records if "unverified" in r.getMessage()]
+    assert "20240517_0_0000.des" in record.getMessage() and "'16'" in record.getMessage()
+    with pytest.raises(ConfigError, match="max_inline_size"):
+        Archive(str(tmp_path), ROUTER, max_inline_size=-1)
