@@ -437,7 +437,7 @@ def _lz4_decompress(stored: bytes, size: int) -> bytes:
             if chunk:
                 return chunk
             stalled += 1
-            if not decoder.eof and (decoder.needs_input or stalled > 2):
+            if not decoder.eof and (decoder.needs_input or stalled > 8):
                 raise ValueError("the frame is truncated")
         if decoder.unused_data:
             raise ValueError(f"{len(decoder.unused_data)} bytes follow the frame")
