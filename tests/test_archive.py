@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
+import struct
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -19,6 +21,7 @@ from deswm.errors import (
     NaiveDatetimeError,
     NotArchivedError,
     ShardError,
+    UnverifiedEntryError,
 )
 from deswm.model import BucketResult, SourceRecord
 from deswm.packer import DesPacker
@@ -182,7 +185,14 @@ def test_reads_foreign_shards_without_meta(fs_target: Any) -> None:
         ]
     )
     put(fs_target, "20240517_0_0000.des", built)
-    archive = open_archive(fs_target)
+    strict = open_archive(fs_target)
+    for uid in uids:  # decoded, but refused: nothing proves the bytes
+        with pytest.raises(UnverifiedEntryError, match="no checksum"):
+            strict.get(uid, DAY)
+    with pytest.raises(UnverifiedEntryError):
+        strict.verify("20240517_0_0000.des")
+    assert strict.get("16", DAY, allow_unverified=True) == b"plain"
+    archive = open_archive(fs_target, allow_unverified=True)
     any_time = DAY + timedelta(hours=13)
     assert archive.get("16", any_time) == b"plain"
     assert archive.get("32", any_time) == b"zstd " * 100
@@ -196,7 +206,7 @@ def test_reads_version_1_shards(fs_target: Any) -> None:
     built = build_shard([("16", b"old", "none"), ("32", b"older" * 30, "zstd")], version=1)
     assert built[4] == 1
     put(fs_target, "20240517_0_0000.des", built)
-    archive = open_archive(fs_target)
+    archive = open_archive(fs_target, allow_unverified=True)
     assert archive.get("16", DAY) == b"old"
     assert archive.get("32", DAY) == b"older" * 30
     assert archive.verify("20240517_0_0000.des") == 2
@@ -210,7 +220,7 @@ def test_first_part_wins_and_gaps_in_part_numbers_are_found(fs_target: Any) -> N
         build_shard([("16", b"dup", "none"), ("32", b"two", "none")]),
     )
     put(fs_target, "20240517_0_0003.des", build_shard([("48", b"three", "none")]))
-    archive = open_archive(fs_target)
+    archive = open_archive(fs_target, allow_unverified=True)
     assert archive.get("16", DAY) == b"zero"
     assert archive.get("48", DAY) == b"three"
     assert archive.stat("32", DAY).part == 2
@@ -339,7 +349,7 @@ def test_a_rewritten_shard_is_never_served_stale(fs_target: Any) -> None:
     assert archive.get("32", DAY) == b"neighbour"
     # A foreign writer without checksums: only the pinned read protects the reader.
     put(fs_target, "20240517_0_0000.des", build_shard([("16", b"foreign 3!!", "none")]))
-    assert archive.get("16", DAY) == b"foreign 3!!"
+    assert archive.get("16", DAY, allow_unverified=True) == b"foreign 3!!"
     assert archive.stat("16", DAY).sha256 is None
     assert not archive.exists("32", DAY)
 
@@ -440,3 +450,48 @@ def test_s3_warm_get_of_a_rewritten_shard_goes_cold_once(moto_s3: Any) -> None:
     assert len(sent) <= 1 + 3, sent  # the refused IfMatch GET, then a cold lookup
     assert archive.get("16", DAY) == b"after!"
     assert len(requests.take()) == 1
+
+
+# --- hostile bytes (G18) ---------------------------------------------------------------------
+
+
+def test_a_big_entry_declaring_more_than_its_object_is_corrupt(fs_target: Any) -> None:
+    """The size field is untrusted: nothing is allocated by it (a local read asked for
+    2**40 bytes raised MemoryError)."""
+    data = noise("big", 3000)
+    pack(fs_target, [(rec("16"), data)], big_file_threshold=100)
+    digest = hashlib.sha256(data).hexdigest()
+    shard = fetch(fs_target, "20240517_0_0000.des")
+    size = struct.pack("<Q", 3000)
+    at = shard.index(digest.encode()) + 64
+    assert shard[at : at + 8] == size
+    put(fs_target, "20240517_0_0000.des", shard[:at] + struct.pack("<Q", 2**40) + shard[at + 8 :])
+    with pytest.raises(CorruptShardError, match="says 1099511627776"):
+        open_archive(fs_target).get("16", DAY)
+
+
+def test_a_tampered_meta_never_lets_damaged_bytes_through(fs_target: Any) -> None:
+    pack(fs_target, [(rec("16"), b"original payload")], compression="none")
+    shard = fetch(fs_target, "20240517_0_0000.des")
+    flipped = shard.replace(b'"sha256"', b'"sHa256"').replace(b"original", b"0riginal")
+    put(fs_target, "20240517_0_0000.des", flipped)
+    archive = open_archive(fs_target, allow_unverified=True)  # even then
+    with pytest.raises(CorruptShardError, match="no valid sha256") as info:
+        archive.get("16", DAY)
+    assert not isinstance(info.value, UnverifiedEntryError)
+    assert archive.stat("16", DAY).sha256 is None
+    with pytest.raises(CorruptShardError, match="no valid sha256"):
+        archive.verify("20240517_0_0000.des")
+
+
+def test_an_allowed_unverified_entry_is_logged(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    put(_Local(tmp_path), "20240517_0_0000.des", build_shard([("16", b"foreign", "none")]))
+    archive = Archive(str(tmp_path), ROUTER, allow_unverified=True)
+    with caplog.at_level(logging.WARNING, logger="deswm"):
+        assert archive.get("16", DAY) == b"foreign"
+    (record,) = [r for r in caplog.records if "unverified" in r.getMessage()]
+    assert "20240517_0_0000.des" in record.getMessage() and "'16'" in record.getMessage()
+    with pytest.raises(ConfigError, match="max_inline_size"):
+        Archive(str(tmp_path), ROUTER, max_inline_size=-1)

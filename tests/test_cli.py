@@ -413,3 +413,48 @@ def test_a_read_only_postgres_role_runs_every_read_command(
                 conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
                 conn.exec_driver_sql(f'DROP ROLE "{role}"')
             admin.dispose()
+
+
+def test_entries_without_checksums_need_allow_unverified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Shards of another DES writer (no meta): get refuses unless asked, verify --deep
+    reports them apart from corrupt ones."""
+    import io
+
+    from deswm.container import ShardWriter, read_shard
+
+    run_demo(tmp_path, files=120, echo=lambda _: None)
+    config = str(tmp_path / "deswm.toml")
+    for part in (tmp_path / "archive").glob("*.des"):
+        data = part.read_bytes()
+        buffer = io.BytesIO()
+        writer = ShardWriter(buffer)
+        for entry in read_shard(data).entries:
+            stored = data[entry.offset : entry.offset + entry.length]
+            writer.add(entry.uid, stored, codec=entry.codec, size=entry.size)
+        writer.finish()
+        part.write_bytes(buffer.getvalue())
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'source.sqlite3'}")
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT uid, created_at, file_location FROM files ORDER BY created_at LIMIT 1")
+        ).one()
+    engine.dispose()
+    get = ["get", "-c", config, row.uid, "--created-at", str(row.created_at).replace(" ", "T")]
+    code, out, err = run(get, capsys)
+    assert code == 1
+    assert out == ""
+    assert "no checksum" in err and "--allow-unverified" in err
+    code, _, err = run([*get, "-o", str(tmp_path / "out.bin"), "--allow-unverified"], capsys)
+    assert code == 0
+    assert "unverified" in err
+    assert (tmp_path / "out.bin").read_bytes() == (tmp_path / row.file_location).read_bytes()
+    code, out, _ = run(["verify", "-c", config, "--deep"], capsys)
+    assert code == 0, out
+    checked = int(out.split()[1])
+    assert checked > 0
+    assert "0 missing, 0 corrupt" in out
+    assert f"\n{checked} unverified (no checksum" in out
+    code, out, _ = run(["verify", "-c", config, "--deep", "--json"], capsys)
+    assert json.loads(out)["unverified_count"] == checked

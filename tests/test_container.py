@@ -22,6 +22,7 @@ from deswm.container import (
     ShardWriter,
     build_shard,
     decode_payload,
+    entry_checksum,
     make_meta,
     read_shard,
 )
@@ -355,3 +356,256 @@ def test_damaged_meta_is_corruption_not_a_missing_checksum() -> None:
     with pytest.raises(CorruptShardError, match="not a JSON object"):
         decode_payload(entry, b"x", name="m.des")
     assert decode_payload(IndexEntry("m", HEADER_SIZE, 1, "none", 1, meta), b"x", name="m") == b"x"
+
+
+# --- hostile bytes (G18) -------------------------------------------------------------------
+
+
+def raw_shard(payload: bytes, records: list[bytes]) -> bytes:
+    """A shard from hand-made index records (payload at offset 8), checking nothing."""
+    index = struct.pack("<I", len(records)) + b"".join(records)
+    return b"DES2\x02\0\0\0" + payload + index + b"DESI" + struct.pack("<Q", len(index))
+
+
+def inline_record(
+    uid: str,
+    offset: int,
+    length: int,
+    size: int,
+    *,
+    codec: int = 0,
+    meta: bytes = b"",
+) -> bytes:
+    name = uid.encode()
+    fields = struct.pack("<QQBQQI", offset, length, codec, length, size, len(meta))
+    return struct.pack("<H", len(name)) + name + b"\0" + fields + meta
+
+
+def big_record(uid: str, digest: bytes, size: int, meta: bytes = b"") -> bytes:
+    name = uid.encode()
+    return (
+        struct.pack("<H", len(name))
+        + name
+        + b"\x01"
+        + struct.pack("<H", len(digest))
+        + digest
+        + struct.pack("<QI", size, len(meta))
+        + meta
+    )
+
+
+def deswm_meta(data: bytes) -> bytes:
+    return make_meta(hashlib.sha256(data).hexdigest(), datetime(2024, 5, 17, tzinfo=UTC))
+
+
+def test_a_size_beyond_64_bits_signed_is_corruption_not_overflow() -> None:
+    frame = zstandard.ZstdCompressor().compress(b"payload" * 10)
+    shard = raw_shard(frame, [inline_record("z", 8, len(frame), 2**63 + 5, codec=1)])
+    with pytest.raises(CorruptShardError, match="size 9223372036854775813 is impossible"):
+        payloads(shard)
+
+
+def test_a_deeply_nested_meta_is_corruption_not_recursion() -> None:
+    meta = b"[" * 100_000
+    shard = raw_shard(b"hello", [inline_record("m", 8, 5, 5, meta=meta)])
+    entry = read_shard(shard).entries[0]
+    assert entry.sha256 is None
+    assert entry.created_at is None
+    with pytest.raises(CorruptShardError, match="not a JSON object"):
+        payloads(shard)
+
+
+def test_overlapping_entries_are_corrupt() -> None:
+    shard = raw_shard(b"hello", [inline_record("a", 8, 5, 5), inline_record("b", 10, 3, 3)])
+    with pytest.raises(CorruptShardError, match="overlaps entry 'a'") as info:
+        read_shard(shard, name="o.des")
+    assert info.value.offset == index_start(shard) + 4 + 2 + 1 + 1 + 37
+    # Empty entries occupy no byte; adjacent ones do not overlap.
+    fine = raw_shard(
+        b"hello",
+        [inline_record("a", 8, 2, 2), inline_record("e", 10, 0, 0), inline_record("b", 10, 3, 3)],
+    )
+    assert payloads(fine) == {"a": b"he", "e": b"", "b": b"llo"}
+
+
+def test_an_entry_count_the_index_cannot_hold_fails_before_parsing() -> None:
+    shard = two_entry_shard()
+    at = index_start(shard)
+    bad = corrupt(shard, at, struct.pack("<I", 0xFFFFFFFF))
+    with pytest.raises(CorruptShardError, match="entry count 4294967295 cannot fit") as info:
+        read_shard(bad)
+    assert info.value.offset == at
+
+
+def test_an_uncompressed_entry_must_declare_its_stored_length() -> None:
+    shard = raw_shard(b"hello", [inline_record("n", 8, 5, 2**40)])
+    with pytest.raises(CorruptShardError, match="stored uncompressed: size 1099511627776 != 5"):
+        read_shard(shard)
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        b"../../x",
+        hashlib.sha256(b"big").hexdigest().upper().encode(),
+        hashlib.sha256(b"big").hexdigest()[:63].encode() + b"/",
+        b"\xff" * 64,
+        b"",
+    ],
+    ids=["path", "uppercase", "slash", "non-ascii", "empty"],
+)
+def test_a_big_file_hash_must_be_64_lowercase_hex(digest: bytes) -> None:
+    shard = raw_shard(b"", [big_record("big", digest, 3)])
+    with pytest.raises(CorruptShardError, match="not a sha256"):
+        read_shard(shard)
+
+
+def tampered(meta: bytes) -> bytes:
+    return raw_shard(b"hello", [inline_record("t", 8, 5, 5, meta=meta)])
+
+
+GOOD_META = deswm_meta(b"hello")
+BAD_HEX = "x" * 64
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b'{"created_at":"2024-05-17T00:00:00.000000Z","sha256":5}',
+        GOOD_META.replace(b'"sha256"', b'"sHa256"'),
+        b'{"created_at":"2024-05-17T00:00:00.000000Z"}',
+        GOOD_META.replace(hashlib.sha256(b"hello").hexdigest().encode(), BAD_HEX.encode()),
+        GOOD_META.replace(
+            hashlib.sha256(b"hello").hexdigest().encode(),
+            hashlib.sha256(b"hello").hexdigest().upper().encode(),
+        ),
+        b'{"sha256":null}',
+        b'{"sha256":["' + hashlib.sha256(b"hello").hexdigest().encode() + b'"]}',
+        b"[]",
+        b"5",
+        b'"sha256"',
+        GOOD_META[:-1],
+    ],
+    ids=[
+        "number",
+        "flipped-key",
+        "missing",
+        "not-hex",
+        "uppercase",
+        "null",
+        "list",
+        "array",
+        "scalar",
+        "string",
+        "truncated-json",
+    ],
+)
+def test_a_tampered_meta_cannot_switch_the_checksum_off(meta: bytes) -> None:
+    """Each of these returned the bytes unverified before: now each is corruption."""
+    shard = tampered(meta)
+    entry = read_shard(shard).entries[0]
+    assert entry.sha256 is None  # nothing that trusts the index trusts this entry
+    with pytest.raises(CorruptShardError, match="meta"):
+        entry_checksum(entry, name="t.des")
+    with pytest.raises(CorruptShardError, match="meta"):
+        payloads(shard)
+
+
+def test_only_an_entry_without_deswm_keys_is_unverified() -> None:
+    for meta in (b"", b"{}", b'{"content_type":"image/png"}'):
+        shard = tampered(meta)
+        entry = read_shard(shard).entries[0]
+        assert entry_checksum(entry, name="t.des") is None
+        assert payloads(shard) == {"t": b"hello"}  # the caller decides (Archive refuses)
+    shard = tampered(GOOD_META)
+    assert entry_checksum(read_shard(shard).entries[0], name="t.des") == (
+        hashlib.sha256(b"hello").hexdigest()
+    )
+
+
+def test_a_big_entry_meta_must_agree_with_its_hash() -> None:
+    digest = hashlib.sha256(b"big").hexdigest().encode()
+    other = deswm_meta(b"other")
+    entry = read_shard(raw_shard(b"", [big_record("big", digest, 3, other)])).entries[0]
+    with pytest.raises(CorruptShardError, match="is not the big file's"):
+        entry_checksum(entry, name="b.des")
+    foreign = read_shard(raw_shard(b"", [big_record("big", digest, 3)])).entries[0]
+    assert entry_checksum(foreign, name="b.des") == digest.decode()  # always verified
+
+
+# zstd frames built by hand: RLE blocks of 128 KiB, 4 bytes each, so any size is cheap.
+
+
+def zstd_rle_frame(size: int, *, content_size: bool = True) -> bytes:
+    block = 128 * 1024
+    header = struct.pack("<I", 0xFD2FB528)
+    if content_size:
+        header += b"\xc0" + bytes((7 << 3,)) + struct.pack("<Q", size)  # 8-byte FCS, 128 KiB
+    else:
+        header += b"\x00" + bytes((7 << 3,))
+    blocks = []
+    left = size
+    while left > 0:
+        n = min(block, left)
+        left -= n
+        blocks.append(struct.pack("<I", (n << 3) | (1 << 1) | (left == 0))[:3] + b"\0")
+    return header + b"".join(blocks)
+
+
+def test_the_hand_made_rle_frame_is_a_real_zstd_frame() -> None:
+    frame = zstd_rle_frame(300_000)
+    assert zstandard.ZstdDecompressor().decompress(frame) == bytes(300_000)
+    unsized = zstd_rle_frame(300_000, content_size=False)
+    entry = IndexEntry("u", HEADER_SIZE, len(unsized), "zstd", 300_000)
+    assert decode_payload(entry, unsized, name="u.des") == bytes(300_000)
+
+
+@pytest.mark.parametrize("content_size", [True, False])
+def test_a_zstd_frame_longer_than_declared_is_corrupt(content_size: bool) -> None:
+    frame = zstd_rle_frame(10 * 2**20, content_size=content_size)
+    entry = IndexEntry("z", HEADER_SIZE, len(frame), "zstd", 1000)
+    with pytest.raises(CorruptShardError, match="does not decode"):
+        decode_payload(entry, frame, name="z.des")
+
+
+def test_a_declared_size_above_the_limit_is_refused_before_decoding() -> None:
+    frame = zstd_rle_frame(2**20)
+    entry = IndexEntry("z", HEADER_SIZE, len(frame), "zstd", 2**20)
+    assert decode_payload(entry, frame, name="z.des", max_size=2**20) == bytes(2**20)
+    with pytest.raises(CorruptShardError, match="more than the 1048575 this reader decodes"):
+        decode_payload(entry, frame, name="z.des", max_size=2**20 - 1)
+    huge = IndexEntry("z", HEADER_SIZE, len(frame), "zstd", 3 * 2**30)
+    with pytest.raises(CorruptShardError, match="max_inline_size"):
+        decode_payload(huge, frame, name="z.des")
+
+
+def test_zstd_streams_and_concatenated_frames_decode() -> None:
+    data = b"stream me " * 5000
+    stream = zstandard.ZstdCompressor().compressobj()
+    unsized = stream.compress(data) + stream.flush()
+    assert zstandard.frame_content_size(unsized) == -1
+    entry = IndexEntry("s", HEADER_SIZE, len(unsized), "zstd", len(data))
+    assert decode_payload(entry, unsized, name="s.des") == data
+    two = zstandard.ZstdCompressor().compress(b"a" * 100) + unsized
+    entry = IndexEntry("s", HEADER_SIZE, len(two), "zstd", 100 + len(data))
+    assert decode_payload(entry, two, name="s.des") == b"a" * 100 + data
+    cut = IndexEntry("s", HEADER_SIZE, len(unsized) - 5, "zstd", len(data))
+    with pytest.raises(CorruptShardError, match="does not decode"):
+        decode_payload(cut, unsized[:-5], name="s.des")
+
+
+def test_lz4_is_decoded_with_a_bound() -> None:
+    data = b"lz4 " * 10_000
+    for framed in (lz4.frame.compress(data), lz4.frame.compress(data, store_size=False)):
+        entry = IndexEntry("l", HEADER_SIZE, len(framed), "lz4", len(data))
+        assert decode_payload(entry, framed, name="l.des") == data
+        short = IndexEntry("l", HEADER_SIZE, len(framed), "lz4", 100)
+        with pytest.raises(CorruptShardError, match="does not decode"):
+            decode_payload(short, framed, name="l.des")
+        trailing = framed + b"junk"
+        entry = IndexEntry("l", HEADER_SIZE, len(trailing), "lz4", len(data))
+        with pytest.raises(CorruptShardError, match="4 bytes follow the frame"):
+            decode_payload(entry, trailing, name="l.des")
+        cut = IndexEntry("l", HEADER_SIZE, len(framed) - 3, "lz4", len(data))
+        with pytest.raises(CorruptShardError, match="does not decode"):
+            decode_payload(cut, framed[:-3], name="l.des")

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -691,8 +692,8 @@ def test_foreign_parts_without_meta_are_merged_verbatim(fs_target: Any) -> None:
             == (built[before.offset : before.offset + before.length])
         )
     reader = archive(fs_target)
-    assert reader.get("16", DAY + timedelta(hours=3)) == b"first foreign"
-    assert reader.get("32", DAY) == b"second" * 40
+    assert reader.get("16", DAY + timedelta(hours=3), allow_unverified=True) == b"first foreign"
+    assert reader.get("32", DAY, allow_unverified=True) == b"second" * 40
     read_back(fs_target, new)
 
 
@@ -711,7 +712,7 @@ def test_duplicates_across_parts_keep_the_lowest_and_empty_parts_go(tmp_path: Pa
         "48",
     ]
     assert result.kept == 2
-    reader = Archive(target.url, ROUTER)
+    reader = Archive(target.url, ROUTER, allow_unverified=True)
     assert reader.get("16", DAY) == b"low"
     assert reader.get("32", DAY) == b"third"
     assert reader.get("48", DAY + timedelta(seconds=1)) == b"new"
@@ -928,3 +929,18 @@ def test_peak_memory_of_a_200k_file_bucket_is_bounded(tmp_path: Path) -> None:
     assert match is not None, done.stdout
     assert "files=200000" in done.stdout
     assert float(match.group(1)) < 400
+
+
+def test_a_merge_refuses_a_part_with_overlapping_or_impossible_fields(tmp_path: Path) -> None:
+    """Hostile index fields stop the merge (G18) instead of being copied into new parts."""
+    target = _Local(tmp_path)
+    good = build_shard([("16", b"hello", "none"), ("32", b"world", "none")])
+    at = len(good) - 12 - struct.unpack_from("<Q", good, len(good) - 8)[0] + 4
+    second = at + 2 + 2 + 1 + 37  # the second record: uid "32"
+    overlapping = good[: second + 5] + struct.pack("<Q", 10) + good[second + 13 :]
+    impossible = good[: second + 30] + struct.pack("<Q", 2**63 + 5) + good[second + 38 :]
+    for damaged, reason in ((overlapping, "overlaps entry '16'"), (impossible, "impossible")):
+        put(target, "20240517_0_0000.des", damaged)
+        with pytest.raises(PackError, match=reason):
+            pack(target, [(rec("48", 1), b"new")])
+        assert snapshot(target)["20240517_0_0000.des"] == damaged

@@ -159,6 +159,23 @@ def test_index_mode_trusts_the_index(tmp_path: Path) -> None:
     assert result.deleted == 6
 
 
+@pytest.mark.parametrize("verify", ["index", "content"])
+def test_a_damaged_checksum_is_never_trusted(tmp_path: Path, verify: str) -> None:
+    """A meta whose sha256 is not a sha256 reads as "no checksum": the file is kept."""
+    world = World(tmp_path, [10])
+    world.orchestrator().run_cycle()
+    part = sorted(world.archive_dir.glob("*.des"))[0]
+    first = read_shard(part.read_bytes()).entries[0]
+    assert first.sha256 is not None
+    part.write_bytes(part.read_bytes().replace(first.sha256.encode(), b"z" * 64))
+    victim = next(r for r in world.records if r.uid == first.uid)
+
+    with pytest.raises(PurgeError, match="no checksum") as caught:
+        world.purge(verify=verify).run()
+    assert victim.uid in str(caught.value)
+    assert victim.location in world.present()
+
+
 def test_files_listed_in_the_error_table_are_kept(tmp_path: Path) -> None:
     world = World(tmp_path, [10])
     bad = world.records[1]

@@ -91,6 +91,7 @@ __all__ = [
     "SqlSourceProvider",
     "SqlWatermarkStore",
     "UnplaceableRowError",
+    "UnverifiedEntryError",
     "UtcDateTime",
     "VerifyReport",
     "Watermark",

@@ -23,14 +23,18 @@ Request budget on S3 (P7), for a file in part 0 of its group:
   also checks the shard's version (one HEAD), so it costs 2 requests;
 * ``exists``/``stat`` answer from a cached index after one HEAD proving it current.
 
-Every entry with a sha256 in its meta is verified on read (``CorruptShardError`` on a
-mismatch, never swallowed). A mismatch seen through a cached index is confirmed by one
-fresh read before it is raised (a local version token, ``mtime_ns:inode:size``, could in
-theory repeat if a shard were rewritten twice within one timestamp tick). Entries
-written by other DES writers carry no checksum: for them the guarantee is that the bytes
-come from the same object version as the index entry describing them (pinned reads),
-that compressed frames decode, and that the decoded size matches the index; bit rot
-inside an uncompressed foreign payload cannot be detected.
+Every entry is verified on read (``CorruptShardError`` on a mismatch, never swallowed);
+a meta that is damaged, or names deswm's keys without a valid sha256, is corruption, so
+the shard's own bytes cannot switch verification off (G18). Compressed entries are
+decoded with a bound: at most ``max_inline_size`` declared bytes, and never more than
+declared. A mismatch seen through a cached index is confirmed by one fresh read before
+it is raised (a local version token, ``mtime_ns:inode:size``, could in theory repeat if
+a shard were rewritten twice within one timestamp tick). Entries written by other DES
+writers carry no checksum (empty meta): they are refused with
+:class:`~deswm.errors.UnverifiedEntryError` unless ``allow_unverified`` is set, and then
+returned with a logged warning; for them the guarantee is only that the bytes come from
+the same object version as the index entry (pinned reads), that compressed frames
+decode, and that the decoded size matches the index.
 
 The warm path trusts the packer's rule that an entry never moves to a lower-numbered part
 (G3): it returns the entry from the first cached part holding it, pinned to that part's
@@ -39,6 +43,7 @@ current version.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping
@@ -48,13 +53,21 @@ from typing import Any, Final, Generic, TypeVar
 import attrs
 
 from deswm._redact import redact
-from deswm.container import IndexEntry, ShardIndex, decode_payload, verify_checksum
+from deswm.container import (
+    MAX_INLINE_SIZE,
+    IndexEntry,
+    ShardIndex,
+    decode_payload,
+    entry_checksum,
+    verify_checksum,
+)
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
     NotArchivedError,
     ObjectChangedError,
     ShardError,
+    UnverifiedEntryError,
 )
 from deswm.model import ArchivedEntry, ShardKey
 from deswm.protocols import ShardRouter
@@ -63,6 +76,8 @@ from deswm.shardio import PartInfo, ShardStore, parse_part_name
 from deswm.timeutil import format_day, parse_day, require_utc
 
 __all__ = ["Archive"]
+
+log = logging.getLogger(__name__)
 
 _ATTEMPTS: Final = 3
 """Lookups retried when a shard changes under the reader (each retry starts cold)."""
@@ -134,6 +149,11 @@ class Archive:
         router: the router the packer used (``DesRouter(8)`` by default).
         storage_options: fsspec options (credentials, endpoint); never shown in reprs.
         cache_size: how many parsed indexes and group views to keep (0 disables caching).
+        max_inline_size: the largest uncompressed size of a compressed inline entry this
+            reader decodes (1 GiB); larger declared sizes are refused before decoding, so
+            a hostile shard cannot make a read allocate more.
+        allow_unverified: return entries without a checksum (other DES writers) with a
+            logged warning instead of raising :class:`~deswm.errors.UnverifiedEntryError`.
     """
 
     def __init__(
@@ -143,11 +163,23 @@ class Archive:
         *,
         storage_options: Mapping[str, Any] | None = None,
         cache_size: int = 1024,
+        max_inline_size: int = MAX_INLINE_SIZE,
+        allow_unverified: bool = False,
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigError(
                 f"must be a non-negative integer, got {cache_size!r}", key="cache_size"
             )
+        if (
+            isinstance(max_inline_size, bool)
+            or not isinstance(max_inline_size, int)
+            or max_inline_size < 0
+        ):
+            raise ConfigError(
+                f"Archive max_inline_size must be a non-negative integer, got {max_inline_size!r}"
+            )
+        self._max_inline_size = max_inline_size
+        self._allow_unverified = bool(allow_unverified)
         self._router: ShardRouter = router if router is not None else DesRouter(8)
         self._store = ShardStore(url, storage_options)
         self._cache_size = cache_size
@@ -176,22 +208,27 @@ class Archive:
 
     # --- files ---------------------------------------------------------------------------
 
-    def get(self, uid: str | int, created_at: datetime) -> bytes:
+    def get(
+        self, uid: str | int, created_at: datetime, *, allow_unverified: bool | None = None
+    ) -> bytes:
         """The verified bytes of a file.
 
-        Raises :class:`~deswm.errors.NotArchivedError` when the uid is not in its group and
-        :class:`~deswm.errors.CorruptShardError` when its bytes fail verification.
+        Raises :class:`~deswm.errors.NotArchivedError` when the uid is not in its group,
+        :class:`~deswm.errors.CorruptShardError` when its bytes fail verification, and
+        :class:`~deswm.errors.UnverifiedEntryError` (a ``CorruptShardError``) when the
+        entry has no checksum, unless ``allow_unverified`` (default: the archive's).
         """
+        allow = self._allow_unverified if allow_unverified is None else allow_unverified
         key, name = self._route(uid, created_at)
         for _ in range(_ATTEMPTS):
             hit: _Hit | None = None
             try:
                 hit = self._locate(key, name, created_at)
-                return self._read(hit)
+                return self._read(hit, allow)
             except ObjectChangedError:
                 self._forget(key)
-            except CorruptShardError:
-                if hit is None or hit.fresh:
+            except CorruptShardError as exc:
+                if hit is None or hit.fresh or isinstance(exc, UnverifiedEntryError):
                     raise
                 # Bad bytes through a cached index: confirm with a fresh read before
                 # blaming the shard (a version token can, rarely, repeat on local disk).
@@ -248,7 +285,9 @@ class Archive:
         """Read and verify every entry of one shard object; return how many were checked.
 
         Adjacent payloads are read together (up to 8 MiB per request); big files are read
-        and hashed. The first bad entry raises :class:`~deswm.errors.CorruptShardError`.
+        and hashed. The first bad entry raises :class:`~deswm.errors.CorruptShardError`;
+        an entry without a checksum raises :class:`~deswm.errors.UnverifiedEntryError`
+        (after it decoded) unless the archive allows unverified entries.
         """
         part = self._current(object_name)
         index = self._index(part)
@@ -258,7 +297,8 @@ class Archive:
             chunk = memoryview(self._store.read_range(part, start, end))
             for entry in run:
                 stored = bytes(chunk[entry.offset - start : entry.offset - start + entry.length])
-                decode_payload(entry, stored, name=part.name)
+                decode_payload(entry, stored, name=part.name, max_size=self._max_inline_size)
+                self._require_checksum(part, entry, self._allow_unverified)
         for entry in index.entries:
             if entry.big:
                 self._read_big(part, entry)
@@ -331,13 +371,27 @@ class Archive:
             number += 1
         return None
 
-    def _read(self, hit: _Hit) -> bytes:
+    def _read(self, hit: _Hit, allow_unverified: bool) -> bytes:
         if hit.entry.big:
             if not hit.fresh and self._store.current(hit.part.name) != hit.part:
                 raise ObjectChangedError(hit.part.name, "the shard changed since it was indexed")
             return self._read_big(hit.part, hit.entry)
         stored = self._store.read_stored(hit.part, hit.entry)
-        return decode_payload(hit.entry, stored, name=hit.part.name)
+        data = decode_payload(hit.entry, stored, name=hit.part.name, max_size=self._max_inline_size)
+        self._require_checksum(hit.part, hit.entry, allow_unverified)
+        return data
+
+    def _require_checksum(self, part: PartInfo, entry: IndexEntry, allow: bool) -> None:
+        """Refuse (or, when allowed, log) an entry that decoded but has no checksum."""
+        if entry_checksum(entry, name=part.name) is not None:
+            return
+        if not allow:
+            raise UnverifiedEntryError(part.name, entry.offset, entry.uid)
+        log.warning(
+            "%s: returning entry %r unverified: it has no checksum (another DES writer)",
+            part.name,
+            entry.uid,
+        )
 
     def _read_big(self, part: PartInfo, entry: IndexEntry) -> bytes:
         data = self._store.read_big(entry, shard=part.name)

@@ -396,8 +396,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     config = _config(args)
     created_at = parse_timestamp(args.created_at, "--created-at")
+    archive = config.build_archive()
     if args.output in (None, "-"):
-        data = config.build_archive().get(args.uid, created_at)
+        data = archive.get(args.uid, created_at, allow_unverified=args.allow_unverified)
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return EXIT_OK
@@ -405,7 +406,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     into_folder = output.is_dir() or args.output.endswith(("/", os.sep))
     if into_folder:
         output = output / _file_name(args.uid, output)
-    data = config.build_archive().get(args.uid, created_at)
+    data = archive.get(args.uid, created_at, allow_unverified=args.allow_unverified)
     _write_file(output, data, follow=not into_folder)
     print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
     return EXIT_OK
@@ -501,6 +502,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             )
         for record, reason in report.corrupt:
             print(f"corrupt: {record.uid!r}: {reason}")
+        if report.unverified_count:
+            print(f"{report.unverified_count} unverified (no checksum, other DES writers)")
+        for record in report.unverified:
+            print(f"unverified: {record.uid!r} created_at={format_utc(record.created_at)}")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -600,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("uid")
     get.add_argument("--created-at", required=True, help="the row's created_at (ISO 8601)")
     get.add_argument("-o", "--output", help="output file (default: stdout)")
+    get.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="write an entry without a checksum (other DES writers), with a warning",
+    )
 
     verify = command("verify", "check every row below the watermark is in the archive", cmd_verify)
     verify.add_argument("--since", help="start of the checked range (default: watermark.initial)")

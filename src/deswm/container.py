@@ -7,14 +7,22 @@ follow back to back. The index is ``u32 count`` and one record per entry; the fo
 
 deswm adds, in each entry's JSON meta, the sha256 of the uncompressed bytes and the
 row's ``created_at`` (fixed-width ISO 8601 UTC), with sorted keys and compact
-separators so the same entry always serialises to the same bytes (G2). Readers verify
-the checksum when it is there and still read entries without meta (other DES writers).
+separators so the same entry always serialises to the same bytes (G2).
+
+Reading treats every byte as hostile (G18): each length, offset, count and size is
+checked against the bytes that exist before anything is allocated by it, compressed
+payloads are decoded with a bound of the declared size (plus one byte to see an
+overrun), and a checksum cannot be switched off by the meta: see :func:`entry_checksum`.
+Only entries with an empty meta (other DES writers) have no checksum; the caller decides
+whether to accept them (:class:`deswm.archive.Archive` refuses by default).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -31,6 +39,7 @@ from deswm.timeutil import format_utc
 __all__ = [
     "FOOTER_SIZE",
     "HEADER_SIZE",
+    "MAX_INLINE_SIZE",
     "MAX_UID_BYTES",
     "Compressor",
     "IndexEntry",
@@ -39,6 +48,7 @@ __all__ = [
     "build_shard",
     "decode_payload",
     "encode_header",
+    "entry_checksum",
     "make_meta",
     "parse_footer",
     "parse_header",
@@ -53,6 +63,23 @@ FOOTER_SIZE: Final = 12
 MAX_UID_BYTES: Final = 0xFFFF
 """A uid is stored with a ``u16`` length, so its UTF-8 form must fit in 65,535 bytes."""
 
+MAX_INLINE_SIZE: Final = 2**30
+"""Default largest uncompressed size of an inline entry a reader decodes (1 GiB).
+
+A compressed entry's declared size cannot be checked against anything that exists
+before decoding (zstd expands up to ~32,000 times), so it is capped; deswm and the
+original DES writers put files above ``big_file_threshold`` (10 MiB) in ``_bigFiles/``.
+"""
+
+MAX_SIZE_FIELD: Final = 2**63 - 1
+"""Largest size or offset field accepted (a signed 64-bit file size)."""
+
+_DECODE_CHUNK: Final = 2**20
+"""Bytes decoded per step by the bounded stream decoders."""
+
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+"""A sha256 as deswm and the DES tools write it: 64 lowercase hex digits."""
+
 CODEC_IDS: Final[Mapping[str, int]] = {"none": 0, "zstd": 1, "lz4": 2}
 CODEC_NAMES: Final[Mapping[int, Codec]] = {0: "none", 1: "zstd", 2: "lz4"}
 FLAG_BIG: Final = 0x01
@@ -63,6 +90,8 @@ _U64 = struct.Struct("<Q")
 _INLINE = struct.Struct("<QQBQQI")  # offset, length, codec, compressed, uncompressed, meta_len
 _INLINE_V1 = struct.Struct("<QQBQQ")  # version 1: the same without meta_len
 _BIG_TAIL = struct.Struct("<QI")  # size, meta_len
+_MIN_RECORD: Final = _U16.size + 1 + min(_INLINE.size, _U16.size + _BIG_TAIL.size)
+_MIN_RECORD_V1: Final = _U16.size + _INLINE_V1.size
 _FOOTER = struct.Struct("<4sQ")
 
 
@@ -93,7 +122,7 @@ class IndexEntry:
             return {}
         try:
             return json.loads(self.meta)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting ("[[[[...")
             return None
 
     @property
@@ -111,11 +140,17 @@ class IndexEntry:
 
     @property
     def sha256(self) -> str | None:
-        """The sha256 of the uncompressed bytes, when the writer recorded one."""
-        if self.big_sha256 is not None:
-            return self.big_sha256
-        value = self.meta_dict.get("sha256")
-        return value if isinstance(value, str) else None
+        """The sha256 the entry's bytes are verified against, or ``None``.
+
+        ``None`` both for an entry without a checksum (other DES writers) and for one
+        whose meta is damaged (:func:`entry_checksum` tells them apart, raising for the
+        second), so nothing that trusts this value (purge, skipping archived rows) ever
+        trusts a damaged one.
+        """
+        try:
+            return entry_checksum(self, name="")
+        except CorruptShardError:
+            return None
 
     @property
     def created_at_text(self) -> str | None:
@@ -227,61 +262,153 @@ class Compressor:
         return out
 
 
-def decode_payload(entry: IndexEntry, stored: bytes, *, name: str) -> bytes:
+def decode_payload(
+    entry: IndexEntry, stored: bytes, *, name: str, max_size: int = MAX_INLINE_SIZE
+) -> bytes:
     """Decompress an inline entry's stored bytes and verify its checksum.
 
-    Raises :class:`CorruptShardError` when the bytes do not decompress, have the wrong
-    size, or do not match the sha256 in the meta. Never returns unverified bytes of an
-    entry that has a checksum.
+    Raises :class:`CorruptShardError` when the bytes do not decompress, decompress to
+    another size than the index declares, or do not match the checksum, and when the
+    meta is damaged (:func:`entry_checksum`). A compressed entry declaring more than
+    ``max_size`` bytes is refused before decoding, and decoding stops one byte past the
+    declared size, so memory stays bounded whatever the bytes say. An entry without
+    a checksum (empty meta) is returned decoded but unverified: callers that must not
+    accept that check :func:`entry_checksum` (``None``).
     """
     if len(stored) != entry.length:
         raise CorruptShardError(
             name, entry.offset, f"entry {entry.uid!r}: read {len(stored)} of {entry.length} bytes"
         )
-    data = _decompress(entry, stored, name=name)
+    expected = entry_checksum(entry, name=name)  # a damaged meta fails before any decoding
+    data = _decompress(entry, stored, name=name, max_size=max_size)
     if len(data) != entry.size:
         raise CorruptShardError(
             name,
             entry.offset,
             f"entry {entry.uid!r}: {len(data)} bytes after decoding, index says {entry.size}",
         )
-    verify_checksum(entry, data, name=name)
+    _check_digest(entry, data, expected, name=name)
     return data
 
 
-def verify_checksum(entry: IndexEntry, data: bytes, *, name: str) -> None:
-    """Raise :class:`CorruptShardError` if ``data`` does not match the entry's sha256.
+def entry_checksum(entry: IndexEntry, *, name: str) -> str | None:
+    """The sha256 an entry's bytes must match, or ``None`` when its writer recorded none.
 
-    An entry whose meta is present but not a JSON object raises too: its checksum (if it
-    had one) cannot be read, and the bytes must not pass as unverified foreign data.
+    The rule that keeps a damaged meta from switching verification off:
+
+    * an empty meta has no checksum (other DES writers): ``None``, *unverified*;
+    * a non-empty meta must be a JSON object, else :class:`CorruptShardError`;
+    * deswm always writes ``sha256`` and ``created_at`` together, so a meta holding
+      either key must hold ``sha256`` as 64 lowercase hex digits, else
+      :class:`CorruptShardError` (``{"sha256": 5}``, or a bit flip in the key);
+    * a big-file entry's checksum is the hash in its index record (checked when the
+      index is parsed); a ``sha256`` in its meta must be the same.
     """
-    if not entry.meta_valid:
+    value = entry._meta_value
+    if not isinstance(value, dict):
         raise CorruptShardError(
             name, entry.offset, f"entry {entry.uid!r}: meta is not a JSON object"
         )
-    expected = entry.sha256
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected.lower():
+    if "sha256" in value or "created_at" in value:
+        digest = value.get("sha256")
+        if not isinstance(digest, str) or _SHA256_HEX.fullmatch(digest) is None:
+            raise CorruptShardError(
+                name,
+                entry.offset,
+                f"entry {entry.uid!r}: meta has no valid sha256 (64 lowercase hex digits) "
+                f"though deswm always writes one",
+            )
+        if entry.big_sha256 is not None and digest != entry.big_sha256:
+            raise CorruptShardError(
+                name,
+                entry.offset,
+                f"entry {entry.uid!r}: meta sha256 {digest} is not the big file's "
+                f"{entry.big_sha256}",
+            )
+        return digest
+    return entry.big_sha256
+
+
+def verify_checksum(entry: IndexEntry, data: bytes, *, name: str) -> None:
+    """Raise :class:`CorruptShardError` if ``data`` does not match the entry's checksum.
+
+    A damaged meta raises too (:func:`entry_checksum`); an entry without a checksum
+    passes (the caller decides whether unverified bytes are acceptable).
+    """
+    _check_digest(entry, data, entry_checksum(entry, name=name), name=name)
+
+
+def _check_digest(entry: IndexEntry, data: bytes, expected: str | None, *, name: str) -> None:
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise CorruptShardError(
             name, entry.offset, f"entry {entry.uid!r}: sha256 mismatch (expected {expected})"
         )
 
 
-def _decompress(entry: IndexEntry, stored: bytes, *, name: str) -> bytes:
+def _decompress(entry: IndexEntry, stored: bytes, *, name: str, max_size: int) -> bytes:
+    if entry.codec == "none":
+        return stored
+    if entry.size > max_size:
+        raise CorruptShardError(
+            name,
+            entry.offset,
+            f"entry {entry.uid!r}: declares {entry.size} bytes uncompressed, more than the "
+            f"{max_size} this reader decodes inline (a decompression bomb, or pass a larger "
+            f"Archive(max_inline_size=...) if the entry is genuine)",
+        )
     try:
-        if entry.codec == "none":
-            return stored
         if entry.codec == "zstd":
-            return bytes(
-                zstandard.ZstdDecompressor().decompress(stored, max_output_size=max(entry.size, 1))
-            )
-        return _lz4_decompress(stored)
+            return _zstd_decompress(stored, entry.size)
+        return _lz4_decompress(stored, entry.size)
     except (zstandard.ZstdError, ValueError) as exc:
         raise CorruptShardError(
             name, entry.offset, f"entry {entry.uid!r}: {entry.codec} frame does not decode ({exc})"
         ) from exc
 
 
-def _lz4_decompress(stored: bytes) -> bytes:
+def _zstd_decompress(stored: bytes, size: int) -> bytes:
+    """At most ``size + 1`` bytes of the zstd frames in ``stored``.
+
+    python-zstandard's one-shot ``decompress`` allocates what the frame header declares
+    (ignoring ``max_output_size``), so it is used only when that equals ``size`` (then
+    libzstd itself refuses to write more); otherwise a stream is read in bounded steps.
+    """
+    declared = zstandard.frame_content_size(stored)
+    if declared == size:
+        return bytes(zstandard.ZstdDecompressor().decompress(stored))
+    if declared > size:
+        raise ValueError(f"the frame declares {declared} bytes, the index {size}")
+    reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
+    with reader:
+        return _bounded(reader.read, size)
+
+
+def _bounded(read: Callable[[int], bytes], size: int) -> bytes:
+    """Exactly ``size`` bytes from ``read(n)`` calls, which return ``b""`` at the end.
+
+    Reads at most one byte more than ``size`` (to see an overrun), so the memory held
+    is bounded by the declared size whatever the frame expands to.
+    """
+    out = io.BytesIO()
+    want = size + 1
+    while out.tell() < want:
+        chunk = read(min(_DECODE_CHUNK, want - out.tell()))
+        if not chunk:
+            break
+        out.write(chunk)
+    if out.tell() > size:
+        raise ValueError(f"it holds more than the {size} bytes the index declares")
+    if out.tell() < size:
+        raise ValueError(f"it ends after {out.tell()} of the {size} bytes the index declares")
+    return out.getvalue()
+
+
+def _lz4_decompress(stored: bytes, size: int) -> bytes:
+    """At most ``size + 1`` bytes of the one lz4 frame in ``stored``.
+
+    ``lz4.frame.decompress`` has no output limit, so a streaming decompressor is driven
+    with ``max_length``; bytes after the frame are corruption.
+    """
     try:
         import lz4.frame
     except ImportError:
@@ -290,9 +417,33 @@ def _lz4_decompress(stored: bytes) -> bytes:
             hint="pip install 'deswm[lz4]'",
         ) from None
     try:
-        return bytes(lz4.frame.decompress(stored))
+        info = lz4.frame.get_frame_info(stored)
     except RuntimeError as exc:  # lz4 reports bad frames as RuntimeError
         raise ValueError(str(exc)) from exc
+    declared = info.get("content_size") or 0  # 0: not recorded
+    if declared and declared != size:
+        raise ValueError(f"the frame declares {declared} bytes, the index {size}")
+    decoder = lz4.frame.LZ4FrameDecompressor()
+    pending = [stored]
+
+    def read(limit: int) -> bytes:
+        stalled = 0
+        while not decoder.eof:
+            data = pending.pop() if pending else b""
+            try:
+                chunk: bytes = decoder.decompress(data, max_length=limit)
+            except RuntimeError as exc:  # lz4 reports bad frames as RuntimeError
+                raise ValueError(str(exc)) from exc
+            if chunk:
+                return chunk
+            stalled += 1
+            if not decoder.eof and (decoder.needs_input or stalled > 8):
+                raise ValueError("the frame is truncated")
+        if decoder.unused_data:
+            raise ValueError(f"{len(decoder.unused_data)} bytes follow the frame")
+        return b""
+
+    return _bounded(read, size)  # it ends early only at the frame's end, checked in read
 
 
 def encode_header(version: int = 2) -> bytes:
@@ -526,8 +677,14 @@ def parse_index(
     need(4, "entry count")
     (count,) = _U32.unpack_from(view, 0)
     pos = 4
+    smallest = _MIN_RECORD if version >= 2 else _MIN_RECORD_V1
+    if count * smallest > end - pos:
+        raise CorruptShardError(
+            name, index_start, f"entry count {count} cannot fit in an index of {end} bytes"
+        )
     entries: list[IndexEntry] = []
     seen: set[str] = set()
+    spans: list[tuple[int, int, int, str]] = []  # offset, length, record position, uid
     for number in range(count):
         at = index_start + pos
         need(2, f"entry {number} name length")
@@ -552,13 +709,20 @@ def parse_index(
             (hash_len,) = _U16.unpack_from(view, pos)
             pos += 2
             need(hash_len + _BIG_TAIL.size, f"entry {uid!r} big-file record")
-            try:
-                digest = bytes(view[pos : pos + hash_len]).decode("ascii")
-            except UnicodeDecodeError:
-                raise CorruptShardError(name, at, f"entry {uid!r} hash is not ASCII") from None
+            raw = bytes(view[pos : pos + hash_len])
+            # The hash names an object (_bigFiles/<hash>): nothing but a sha256 may pass.
+            if _SHA256_HEX.fullmatch(raw.decode("latin-1")) is None:
+                raise CorruptShardError(
+                    name,
+                    at,
+                    f"entry {uid!r} names big file {raw[:80]!r}, not a sha256 (64 lowercase hex)",
+                )
+            digest = raw.decode("ascii")
             pos += hash_len
             size, meta_len = _BIG_TAIL.unpack_from(view, pos)
             pos += _BIG_TAIL.size
+            if size > MAX_SIZE_FIELD:
+                raise CorruptShardError(name, at, f"entry {uid!r} size {size} is impossible")
             entry = IndexEntry(uid, 0, 0, "none", size, b"", big_sha256=digest)
         else:
             need(_INLINE.size if version >= 2 else _INLINE_V1.size, f"entry {uid!r} record")
@@ -585,6 +749,13 @@ def parse_index(
                     f"entry {uid!r} spans {offset}..{offset + length}, outside the data "
                     f"region {HEADER_SIZE}..{index_start}",
                 )
+            if size > MAX_SIZE_FIELD:
+                raise CorruptShardError(name, at, f"entry {uid!r} size {size} is impossible")
+            if codec == "none" and size != length:
+                raise CorruptShardError(
+                    name, at, f"entry {uid!r} is stored uncompressed: size {size} != {length}"
+                )
+            spans.append((offset, length, at, uid))
             entry = IndexEntry(uid, offset, length, codec, size, b"")
         need(meta_len, f"entry {uid!r} meta")
         meta = bytes(view[pos : pos + meta_len])
@@ -600,7 +771,22 @@ def parse_index(
         raise CorruptShardError(
             name, index_start + pos, f"{end - pos} unexpected bytes after the last index entry"
         )
+    _check_overlaps(spans, name=name)
     return tuple(entries)
+
+
+def _check_overlaps(spans: list[tuple[int, int, int, str]], *, name: str) -> None:
+    """Payloads are back to back: two entries sharing a stored byte is corruption."""
+    spans.sort()
+    reach, owner = HEADER_SIZE, ""
+    for offset, length, at, uid in spans:
+        if length == 0:
+            continue
+        if offset < reach:
+            raise CorruptShardError(
+                name, at, f"entry {uid!r} at {offset}..{offset + length} overlaps entry {owner!r}"
+            )
+        reach, owner = offset + length, uid
 
 
 def read_shard(data: bytes, *, name: str = "<shard>") -> ShardIndex:

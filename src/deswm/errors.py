@@ -17,6 +17,7 @@ next, so an operator reading a log line can act on it without the source code::
     │   └── DuplicateUidError       two rows of one shard group share a uid
     ├── ShardError                  problems with published shards
     │   ├── CorruptShardError       bytes that are not a valid DES shard, or a bad checksum
+    │   │   └── UnverifiedEntryError  an entry without a checksum, not accepted by the reader
     │   ├── NotArchivedError        the uid is not in the archive
     │   └── ObjectChangedError      a shard was rewritten while it was being read
     ├── DatabaseTimeoutError        a lock or statement waited longer than its setting
@@ -55,6 +56,7 @@ __all__ = [
     "ShardError",
     "SourceError",
     "UnplaceableRowError",
+    "UnverifiedEntryError",
     "WatermarkConflict",
     "WatermarkError",
 ]
@@ -227,6 +229,29 @@ class CorruptShardError(ShardError):
             f"{name}{at}: {reason}",
             hint="The object is damaged or not a DES shard; restore it from a replica or "
             "replay its day (deswm watermark adjust) while the source files still exist",
+        )
+
+
+class UnverifiedEntryError(CorruptShardError):
+    """An entry decoded to its declared size but has no checksum to verify it against.
+
+    Only entries of other DES writers (empty meta) can be like this: deswm always records
+    a sha256, and a damaged one is a plain :class:`CorruptShardError`. It subclasses
+    :class:`CorruptShardError` so that code that does not opt in (``allow_unverified``)
+    treats such bytes like damaged ones: never returned, never trusted by purge.
+    """
+
+    def __init__(self, name: str, offset: int | None, uid: str) -> None:
+        self.name = name
+        self.offset = offset
+        self.uid = uid
+        self.reason = f"entry {uid!r} has no checksum (written by another DES writer)"
+        at = f" at offset {offset}" if offset is not None else ""
+        ShardError.__init__(
+            self,
+            f"{name}{at}: {self.reason}",
+            hint="Its bytes decode to the declared size but cannot be verified; accept them "
+            "with Archive(allow_unverified=True) or deswm get --allow-unverified",
         )
 
 

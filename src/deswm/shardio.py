@@ -237,7 +237,10 @@ class _LocalBackend:
             token = _local_token(st)
             if version is not None and token != version:
                 raise ObjectChangedError(name, "the file was replaced since it was listed")
-            return _pread(f.fileno(), max(end - start, 0), start), st.st_size, token
+            # Never past the end: ``end`` may come from an untrusted size field, and
+            # os.pread allocates the length it is asked for.
+            length = max(min(end, st.st_size) - start, 0)
+            return _pread(f.fileno(), length, start), st.st_size, token
 
     def read_tail(self, name: str, length: int) -> tuple[bytes, int, str]:
         with open(self._path(name), "rb", buffering=0) as f:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import attrs
 
-from deswm.errors import CorruptShardError, NotArchivedError
+from deswm.errors import CorruptShardError, NotArchivedError, UnverifiedEntryError
 from deswm.model import ArchivedEntry, SourceRecord, Window
 from deswm.protocols import SourceProvider
 
@@ -25,7 +25,11 @@ class ArchiveLookup(Protocol):
 
 @attrs.frozen
 class VerifyReport:
-    """Rows checked, and those missing from or corrupt in the archive (first 100 each)."""
+    """Rows checked, and those missing from or corrupt in the archive (first 100 each).
+
+    ``unverified`` (deep only) are entries of other DES writers that decoded to their
+    declared size but carry no checksum: reported apart, not counted as corrupt.
+    """
 
     window: Window
     checked: int
@@ -33,6 +37,8 @@ class VerifyReport:
     corrupt: tuple[tuple[SourceRecord, str], ...]
     missing_count: int
     corrupt_count: int
+    unverified: tuple[SourceRecord, ...] = ()
+    unverified_count: int = 0
 
     @property
     def ok(self) -> bool:
@@ -51,9 +57,11 @@ def verify_window(
     """Look every row of ``window`` up in the archive.
 
     The default checks the shard indexes (cheap: one index read per shard); ``deep``
-    reads every file back and verifies its checksum.
+    reads every file back and verifies its checksum (entries without one are decoded,
+    size-checked and counted as ``unverified``).
     """
-    checked = missing_count = corrupt_count = 0
+    checked = missing_count = corrupt_count = unverified_count = 0
+    unverified: list[SourceRecord] = []
     missing: list[SourceRecord] = []
     corrupt: list[tuple[SourceRecord, str]] = []
     for record in source.iter_records(window):
@@ -69,6 +77,10 @@ def verify_window(
             missing_count += 1
             if len(missing) < keep:
                 missing.append(record)
+        except UnverifiedEntryError:
+            unverified_count += 1
+            if len(unverified) < keep:
+                unverified.append(record)
         except CorruptShardError as exc:
             corrupt_count += 1
             if len(corrupt) < keep:
@@ -80,4 +92,6 @@ def verify_window(
         corrupt=tuple(corrupt),
         missing_count=missing_count,
         corrupt_count=corrupt_count,
+        unverified=tuple(unverified),
+        unverified_count=unverified_count,
     )
