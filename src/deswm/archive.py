@@ -52,6 +52,7 @@ from deswm.container import IndexEntry, ShardIndex, decode_payload, verify_check
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
+    EntryMismatchError,
     NotArchivedError,
     ObjectChangedError,
     ShardError,
@@ -187,9 +188,14 @@ class Archive:
             hit: _Hit | None = None
             try:
                 hit = self._locate(key, name, created_at)
+                _require_instant(hit, name, created_at)
                 return self._read(hit)
             except ObjectChangedError:
                 self._forget(key)
+            except EntryMismatchError:
+                if hit is None or hit.fresh:
+                    raise
+                self._forget(key, hit.part)  # confirm a cached answer with a fresh read
             except CorruptShardError:
                 if hit is None or hit.fresh:
                     raise
@@ -218,6 +224,7 @@ class Archive:
             except ObjectChangedError:
                 hit = None
             if hit is not None and (hit.fresh or self._store.current(hit.part.name) == hit.part):
+                _require_instant(hit, name, created_at)
                 return _archived_entry(hit.part, hit.entry)
             self._forget(key)
         raise ShardError(f"group {key.prefix}* changed {_ATTEMPTS} times while looking up {name!r}")
@@ -346,6 +353,21 @@ class Archive:
             entry, data, name=f"{part.name} -> {self._store.big_name(entry, shard=part.name)}"
         )
         return data
+
+
+def _require_instant(hit: _Hit, uid: str, created_at: datetime) -> None:
+    """Refuse an entry whose stored ``created_at`` is another instant (G14).
+
+    An entry without ``created_at`` (another DES writer) has no recorded identity beyond
+    its uid and day, so it is returned as found.
+    """
+    stored = hit.entry.created_at
+    if stored is None:
+        return
+    if stored.tzinfo is None:
+        stored = stored.replace(tzinfo=UTC)
+    if stored != created_at:
+        raise EntryMismatchError(uid, created_at, stored, shard=hit.part.name)
 
 
 def _group_id(key: ShardKey) -> tuple[str, str]:
