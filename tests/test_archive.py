@@ -16,6 +16,7 @@ from deswm.container import build_shard, make_meta, read_shard
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
+    EntryMismatchError,
     NaiveDatetimeError,
     NotArchivedError,
     ShardError,
@@ -167,6 +168,24 @@ class _Local:
 
     def join(self, *parts: str) -> str:
         return "/".join([self.url, *parts])
+
+
+def test_an_entry_of_another_created_at_is_never_returned(fs_target: Any) -> None:
+    """G14: the uid alone does not identify a file; its stored created_at must match."""
+    pack(fs_target, [(rec("u", 10), b"the archived file"), (rec("v", 11), b"neighbour")])
+    archive = open_archive(fs_target)
+    other = DAY + timedelta(hours=1)
+    for attempt in ("cold", "warm"):
+        with pytest.raises(EntryMismatchError) as info:
+            archive.get("u", other)
+        assert isinstance(info.value, NotArchivedError), attempt
+        assert "2024-05-17T01:00:00+00:00" in str(info.value)
+        assert "2024-05-17T00:00:10+00:00" in str(info.value)
+        assert info.value.archived_created_at == DAY + timedelta(seconds=10)
+        with pytest.raises(EntryMismatchError):
+            archive.stat("u", other)
+        assert not archive.exists("u", other)
+        assert archive.get("u", DAY + timedelta(seconds=10)) == b"the archived file"
 
 
 # --- other writers ---------------------------------------------------------------------------
