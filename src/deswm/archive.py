@@ -1,7 +1,11 @@
 """The read side: get a file back by ``(uid, created_at)``.
 
 Lookup: route to the group (day and shard), then search the group's parts in ascending
-part order; the first part whose index holds the uid wins. Indexes are cached by
+part order; the first part whose index holds the uid wins. Its stored ``created_at`` must
+be the requested instant (G14): another instant is another file, and ``get``/``stat``
+raise :class:`~deswm.errors.EntryMismatchError` (a ``NotArchivedError``) instead of
+returning it. Entries of other DES writers record no ``created_at`` and are found by uid
+and day alone. Indexes are cached by
 ``(object name, version token)`` and group views (which parts exist, at which version)
 are cached too, so a rewritten shard is never served from a stale index.
 

@@ -3,7 +3,10 @@
 A cycle reads the watermark ``W``, computes the target ``T = bucket_start(now - lag)``
 once, streams the rows of ``[W, T)`` in ``(created_at, uid)`` order, packs each day
 bucket as a whole, and only after a bucket's shards are published moves the watermark
-past it with a compare-and-set. The source table is only ever read.
+past it with a compare-and-set. Before each move, the rows the window query returned
+below the new position must equal the rows archived, kept or listed
+(:class:`~deswm.errors.RowCountError` otherwise): no component can drop a row silently.
+The source table is only ever read.
 
 It depends on the five protocols and nothing else, so every component can be replaced.
 """

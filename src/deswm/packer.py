@@ -4,7 +4,9 @@ A :class:`DesBucketWriter` collects a bucket (a UTC day): each file is routed to
 (``{day}_{hex}``), hashed (sha256) and compressed, and its stored bytes are buffered per
 group, in memory up to ``spill_threshold`` bytes in total and in one spill file beyond
 (G9). Files above ``big_file_threshold`` go to ``_bigFiles/<sha256>`` at once
-(create-only, shared by identical content). ``publish()`` then writes each touched group.
+(created once, shared by identical content; an existing object is hashed first and
+rewritten if damaged, so no entry links to bytes that do not verify, G16). ``publish()``
+then writes each touched group.
 
 Canonical order: inside a part, entries are sorted by ``(created_at as fixed-width UTC
 text, uid)`` in Python, so the bytes never depend on query order or collation (G2).
@@ -18,7 +20,11 @@ each object replacement is safe on its own in any crash order:
 
 * every old uid belongs to the lowest-numbered part holding it (a duplicate in a higher
   part is dropped there);
-* a new entry whose uid is in old part *i* replaces it in part *i* (new bytes);
+* a new entry whose uid is in old part *i* replaces it in part *i* (new bytes) only when
+  it is the same entry, ``(uid, created_at)`` (G14): :meth:`DesBucketWriter.add` refuses
+  a row whose uid is published with another ``created_at`` (or with none, as entries of
+  other writers are) with :class:`~deswm.errors.ArchivedDuplicateError`, and the plan
+  raises :class:`~deswm.errors.PackError` rather than replace such an entry;
 * a new uid goes to the part with the greatest first key at or before its key (the first
   part if before all); keys after the last key of the last part are the tail, appended
   to the last part while it fits and overflowing into new parts, exactly like a fresh
@@ -28,8 +34,11 @@ each object replacement is safe on its own in any crash order:
 * mid-range inserts can make a part exceed ``max_shard_size`` (moving entries between
   objects cannot be made atomic, so it is not done);
 * a part whose content would be byte-identical is not rewritten (a replay of an
-  unchanged day costs no writes); a part left empty by dropped duplicates is deleted
-  after the others are published;
+  unchanged day costs no writes); its index alone cannot show a damaged payload, so a
+  part holding entries re-read from their sources is rendered into a sink comparing it
+  with the published bytes (read once, in 8 MiB chunks), and rewritten if they differ
+  (G16); a part left empty by dropped duplicates is deleted after the others are
+  published;
 * stored bytes of kept old entries are copied verbatim with ranged reads pinned to the
   version that was indexed, so a replay after the sources were deleted reproduces the
   original objects.
@@ -698,12 +707,14 @@ class _Comparison:
 
     The object is read forward in chunks pinned to the indexed version, so memory stays
     at one chunk however big the part is; after the first difference nothing more is read.
+    Bytes are compared with ``bytes.startswith`` (a ``memcmp``, no copies).
     """
 
     def __init__(self, store: ShardStore, part: PartInfo) -> None:
         self._store = store
         self._part = part
-        self._buffer = memoryview(b"")
+        self._chunk = b""
+        self._at = 0  # position in the chunk
         self._next = 0  # offset of the next chunk to read
         self._written = 0
         self.mismatch_at: int | None = None
@@ -713,25 +724,28 @@ class _Comparison:
         count = len(view)
         position = 0
         while self.mismatch_at is None and position < count:
-            if not self._buffer:
+            if self._at == len(self._chunk):
                 if self._next >= self._part.size:
                     self.mismatch_at = self._written + position  # longer than the object
                     break
                 end = min(self._next + COPY_CHUNK, self._part.size)
-                self._buffer = memoryview(self._store.read_range(self._part, self._next, end))
+                self._chunk = self._store.read_range(self._part, self._next, end)
+                self._at = 0
                 self._next = end
-            take = min(len(self._buffer), count - position)
-            if self._buffer[:take] != view[position : position + take]:
+            take = min(len(self._chunk) - self._at, count - position)
+            if not self._chunk.startswith(view[position : position + take], self._at):
                 self.mismatch_at = self._written + position
                 break
-            self._buffer = self._buffer[take:]
+            self._at += take
             position += take
         self._written += count
         return count
 
     def matches(self) -> bool:
         """Whether everything written equals the whole object."""
-        if self.mismatch_at is None and (self._buffer or self._next < self._part.size):
+        if self.mismatch_at is None and (
+            self._at < len(self._chunk) or self._next < self._part.size
+        ):
             self.mismatch_at = self._written  # shorter than the object
         return self.mismatch_at is None
 

@@ -51,7 +51,8 @@ def verify_window(
     """Look every row of ``window`` up in the archive.
 
     The default checks the shard indexes (cheap: one index read per shard); ``deep``
-    reads every file back and verifies its checksum.
+    reads every file back and verifies its checksum. A uid archived with another
+    ``created_at`` is another file: the row counts as missing (G14).
     """
     checked = missing_count = corrupt_count = 0
     missing: list[SourceRecord] = []
