@@ -331,7 +331,13 @@ class DesBucketWriter:
     # --- adding ------------------------------------------------------------------------------
 
     def add(self, record: SourceRecord, data: bytes) -> None:
-        """Add one file; raises :class:`DuplicateUidError` for a second row of a uid."""
+        """Add one file.
+
+        Raises :class:`DuplicateUidError` for a second row of a uid in this writer, and
+        :class:`~deswm.errors.ArchivedDuplicateError` (a subclass) for a row whose uid is
+        already published in its group with another ``created_at`` (G14). The writer
+        stays usable after either.
+        """
         self._require("open")
         uid = uid_text(record.uid)
         encoded_uid = _encode_uid(uid)
