@@ -18,6 +18,7 @@ from deswm.container import build_shard, make_meta, read_shard
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
+    EntryMismatchError,
     NaiveDatetimeError,
     NotArchivedError,
     ShardError,
@@ -93,9 +94,9 @@ def test_get_exists_stat(fs_target: Any) -> None:
         assert entry.created_at == record.created_at
         assert entry.shard == ROUTER.route(record.uid, record.created_at).object_name(0)
         assert entry.part == 0
-    assert archive.stat("a.json", DAY).codec == "zstd"
-    assert archive.stat("noise", DAY).codec == "none"  # random bytes do not shrink
-    assert archive.get(17, DAY) == b""  # an int uid is its decimal text
+    assert archive.stat("a.json", DAY + timedelta(seconds=1)).codec == "zstd"
+    assert archive.stat("noise", DAY + timedelta(seconds=3)).codec == "none"  # incompressible
+    assert archive.get(17, DAY + timedelta(seconds=2)) == b""  # an int uid is its decimal text
     assert not archive.exists("missing", DAY)
     with pytest.raises(NotArchivedError) as info:
         archive.get("missing", DAY)
@@ -170,6 +171,24 @@ class _Local:
 
     def join(self, *parts: str) -> str:
         return "/".join([self.url, *parts])
+
+
+def test_an_entry_of_another_created_at_is_never_returned(fs_target: Any) -> None:
+    """G14: the uid alone does not identify a file; its stored created_at must match."""
+    pack(fs_target, [(rec("u", 10), b"the archived file"), (rec("v", 11), b"neighbour")])
+    archive = open_archive(fs_target)
+    other = DAY + timedelta(hours=1)
+    for attempt in ("cold", "warm"):
+        with pytest.raises(EntryMismatchError) as info:
+            archive.get("u", other)
+        assert isinstance(info.value, NotArchivedError), attempt
+        assert "2024-05-17T01:00:00+00:00" in str(info.value)
+        assert "2024-05-17T00:00:10+00:00" in str(info.value)
+        assert info.value.archived_created_at == DAY + timedelta(seconds=10)
+        with pytest.raises(EntryMismatchError):
+            archive.stat("u", other)
+        assert not archive.exists("u", other)
+        assert archive.get("u", DAY + timedelta(seconds=10)) == b"the archived file"
 
 
 # --- other writers ---------------------------------------------------------------------------
@@ -265,7 +284,7 @@ def test_checksum_corruption_raises_and_is_never_swallowed(fs_target: Any) -> No
     assert info.value.offset == entry.offset
     with pytest.raises(CorruptShardError, match="sha256 mismatch"):
         archive.verify(name)
-    assert archive.exists("32", DAY)  # the entry is there; its bytes are bad
+    assert archive.exists("32", items[1][0].created_at)  # the entry is there; bad bytes
 
 
 def test_a_damaged_index_raises(fs_target: Any) -> None:
@@ -342,11 +361,11 @@ def test_a_rewritten_shard_is_never_served_stale(fs_target: Any) -> None:
     pack(fs_target, first)
     archive = open_archive(fs_target)
     assert archive.get("16", DAY + timedelta(seconds=1)) == b"version one"
-    assert archive.stat("16", DAY).size == 11
+    assert archive.stat("16", DAY + timedelta(seconds=1)).size == 11
     # Same size, new bytes: a size check alone would not notice.
     pack(fs_target, [(rec("16", 1), b"version two")])
     assert archive.get("16", DAY + timedelta(seconds=1)) == b"version two"
-    assert archive.get("32", DAY) == b"neighbour"
+    assert archive.get("32", DAY + timedelta(seconds=2)) == b"neighbour"
     # A foreign writer without checksums: only the pinned read protects the reader.
     put(fs_target, "20240517_0_0000.des", build_shard([("16", b"foreign 3!!", "none")]))
     assert archive.get("16", DAY, allow_unverified=True) == b"foreign 3!!"
@@ -371,7 +390,7 @@ def test_bad_bytes_through_a_cached_index_are_confirmed_by_a_fresh_read(fs_targe
     items = [(rec("16", 1), b"sixteen"), (rec("32", 2), b"thirty-two")]
     pack(fs_target, items)
     archive = open_archive(fs_target)
-    assert archive.get("16", DAY) == b"sixteen"
+    assert archive.get("16", DAY + timedelta(seconds=1)) == b"sixteen"
     part = archive.shards(DAY)[0]
     index = archive._indexes.get((part.name, part.version))
     assert index is not None
@@ -379,8 +398,9 @@ def test_bad_bytes_through_a_cached_index_are_confirmed_by_a_fresh_read(fs_targe
     assert wrong is not None
     bogus = [attrs.evolve(e, offset=wrong.offset) if e.uid == "16" else e for e in index.entries]
     archive._indexes.put((part.name, part.version), attrs.evolve(index, entries=tuple(bogus)))
-    assert archive.get("16", DAY) == b"sixteen"  # the warm read failed its checksum, then
-    assert archive.get("16", DAY) == b"sixteen"  # a fresh read gave the right bytes
+    at = DAY + timedelta(seconds=1)
+    assert archive.get("16", at) == b"sixteen"  # the warm read failed its checksum, then
+    assert archive.get("16", at) == b"sixteen"  # a fresh read gave the right bytes
 
 
 # --- the S3 request budget (P7) -----------------------------------------------------------
@@ -416,19 +436,20 @@ def test_s3_request_budget(moto_s3: Any) -> None:
     pack(target, small + big)
     archive, requests = s3_archive(moto_s3, url)
 
-    assert archive.get("16", DAY) == b"small shard"
+    assert archive.get("16", DAY + timedelta(seconds=1)) == b"small shard"
     cold_small = requests.take()
     assert len(cold_small) <= 3, cold_small
-    assert archive.get("16", DAY) == b"small shard"
+    assert archive.get("16", DAY + timedelta(seconds=1)) == b"small shard"
     assert len(requests.take()) == 1
 
-    assert archive.get("18", DAY) == b"in a big shard"  # shard > 64 KiB: header read too
+    # A shard > 64 KiB: the header is read too.
+    assert archive.get("18", DAY + timedelta(seconds=2)) == b"in a big shard"
     cold_big = requests.take()
     assert len(cold_big) <= 3, cold_big
-    assert archive.get("2", DAY) == big[0][1]
+    assert archive.get("2", DAY + timedelta(seconds=1)) == big[0][1]
     assert len(requests.take()) == 1
 
-    assert archive.exists("16", DAY)
+    assert archive.exists("16", DAY + timedelta(seconds=1))
     assert len(requests.take()) == 1  # one HEAD proves the cached index is current
     assert not archive.exists("32", DAY)  # a miss is decided by a listing
     assert len(requests.take()) <= 2

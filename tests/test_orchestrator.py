@@ -19,6 +19,7 @@ from deswm.errors import (
     FileMissingError,
     FileReadError,
     NaiveDatetimeError,
+    RowCountError,
     SourceError,
     WatermarkConflict,
 )
@@ -34,7 +35,13 @@ from deswm.model import (
 from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
 from deswm.packer import DesPacker
 from deswm.routing import DesRouter
-from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
+from deswm.testing import (
+    MemoryFileReader,
+    MemorySourceProvider,
+    MemoryWatermarkStore,
+    drop_on,
+    inject,
+)
 
 NOW = datetime(2024, 5, 20, 15, 30, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -494,3 +501,61 @@ def test_arun_cycle_cancel_stops_at_a_bucket_boundary(world: World) -> None:
     asyncio.run(main())
     stored = world.store.get(orchestrator.key)
     assert stored is not None and stored.position == at(11, 0)
+
+
+# --- the per-bucket count check ---------------------------------------------------------
+
+
+def _count_error(world: World, **components: Any) -> tuple[RowCountError, Watermark | None]:
+    orchestrator = world.orchestrator()
+    for name, component in components.items():
+        setattr(orchestrator, name, component)
+    with pytest.raises(RowCountError) as caught:
+        orchestrator.run_cycle()
+    return caught.value, world.store.get(orchestrator.key)
+
+
+def test_a_reader_that_loses_a_row_stops_the_cycle_before_its_bucket(world: World) -> None:
+    lossy = inject(world.reader, read_many=drop_on(8))  # the 3rd row of day 11
+    error, stored = _count_error(world, reader=lossy)
+    assert "bucket 2024-05-11T00:00:00" in str(error)
+    assert "returned 5 row(s)" in str(error)
+    assert "4 archived + 0 kept (archived before) + 0 listed = 4" in str(error)
+    assert stored is not None
+    assert stored.position == at(11, 0)  # day 10 committed, day 11 not
+
+
+def test_a_packer_that_loses_a_file_stops_the_cycle(world: World) -> None:
+    lossy = inject(world.packer, add=drop_on(2))
+    error, stored = _count_error(world, packer=lossy)
+    assert "bucket 2024-05-10T00:00:00" in str(error)
+    assert "4 archived" in str(error)
+    assert stored is not None
+    assert stored.position == at(10, 0)
+
+
+def test_a_reader_that_skips_a_whole_bucket_is_caught(world: World) -> None:
+    day_11 = frozenset(range(6, 11))
+    lossy = inject(world.reader, read_many=drop_on(*day_11))
+    error, stored = _count_error(world, reader=lossy)
+    assert "bucket(s) 2024-05-11T00:00:00" in str(error)
+    assert "never packed" in str(error)
+    assert stored is not None
+    assert stored.position == at(10, 0)  # not moved past day 11 (day 10 waits with it)
+
+
+def test_a_reader_that_ends_early_is_caught(world: World) -> None:
+    last = len([r for r in world.records if r.created_at < at(18, 0)])
+    lossy = inject(world.reader, read_many=drop_on(last))  # the window's last row
+    error, stored = _count_error(world, reader=lossy)
+    assert "bucket 2024-05-17T00:00:00" in str(error)
+    assert stored is not None
+    assert stored.position == at(17, 0)
+
+
+def test_a_reader_that_returns_nothing_is_caught(world: World) -> None:
+    lossy = inject(world.reader, read_many=drop_on())
+    error, stored = _count_error(world, reader=lossy)
+    assert "the reader returned none of them" in str(error)
+    assert stored is not None
+    assert stored.position == at(10, 0)

@@ -28,7 +28,9 @@ from deswm._merge import IN_BUFFER, PlannedEntry, index_record_size, plan_group
 from deswm.archive import Archive
 from deswm.container import ShardIndex, build_shard, make_meta, read_shard
 from deswm.errors import (
+    ArchivedDuplicateError,
     ConfigError,
+    CorruptShardError,
     DuplicateUidError,
     NaiveDatetimeError,
     PackError,
@@ -286,19 +288,32 @@ def test_plan_routes_new_uids_by_first_keys_and_keeps_old_ones_in_place() -> Non
         new_entry("gap", "t4"),  # between the parts: the lower one
         new_entry("mid1", "t6"),
         new_entry("tail", "t9"),  # after the last key: the tail
-        new_entry("a", "t8"),  # a replacement stays where its uid is
+        new_entry("a", "t1"),  # the same entry again: replaced where it is
     ]
     plan = plan_group(old, new, max_size=10**6)
     assert placement(plan) == {
         "before": 0, "a": 0, "mid0": 0, "b": 0, "gap": 0,
         "c": 1, "mid1": 1, "d": 1, "tail": 1,
     }  # fmt: skip
-    assert [e.uid for e in plan.parts[0].items] == ["before", "mid0", "b", "gap", "a"]
+    assert [e.uid for e in plan.parts[0].items] == ["before", "a", "mid0", "b", "gap"]
     assert plan.kept == 3
     assert plan.deletions == ()
     shuffled = new[:]
     random.Random(3).shuffle(shuffled)
     assert plan_group(old[::-1], shuffled, max_size=10**6) == plan
+
+
+def test_plan_never_replaces_an_entry_of_another_created_at() -> None:
+    old = [old_part(0, [("a", "2024-05-17T10:00:00.000000Z")])]
+    with pytest.raises(PackError, match=r"uid 'a' is published in part 0000 .*10:00:00"):
+        plan_group(old, [new_entry("a", "2024-05-17T11:00:00.000000Z")], max_size=10**6)
+    foreign = [(PartInfo("20240517_0_0000.des", "20240517", "0", 0, 1, "v"), read_shard(
+        build_shard([("a", b"foreign", "none")]), name="20240517_0_0000.des"
+    ))]  # fmt: skip
+    with pytest.raises(PackError, match="created_at=none recorded"):
+        plan_group(foreign, [new_entry("a", "2024-05-17T10:00:00.000000Z")], max_size=10**6)
+    same = plan_group(old, [new_entry("a", "2024-05-17T10:00:00.000000Z")], max_size=10**6)
+    assert same.kept == 0  # the same (uid, created_at): the entry itself, replaced in place
 
 
 def test_plan_tail_fills_the_last_part_then_overflows() -> None:
@@ -361,7 +376,7 @@ def test_same_input_in_any_order_gives_identical_objects(
     assert first  # not vacuous
     # Ties are ordered by uid inside their part.
     reader = archive(fs_target)
-    part = reader.stat("tie-a", DAY).shard
+    part = reader.stat("tie-a", DAY + timedelta(seconds=3)).shard
     order = [e.uid for e in reader.entries(part) if e.uid.startswith("tie-")]
     assert order == sorted(order)
 
@@ -457,17 +472,92 @@ def test_big_files_are_deduplicated_and_create_only(fs_target: Any) -> None:
     assert {p.name: p.version for p in make_packer(fs_target).store.list_day("20240517")} == before
 
 
-def test_truncated_existing_big_file_is_an_error(fs_target: Any) -> None:
+def test_truncated_existing_big_file_is_rewritten(fs_target: Any) -> None:
     data = noise("big", 400)
     name = f"_bigFiles/{hashlib.sha256(data).hexdigest()}"
     put(fs_target, name, data[:100])
+    result = pack(fs_target, [(rec("x"), data)], big_file_threshold=100)
+    assert snapshot(fs_target)[name] == data
+    assert result.bytes_out == sum(s.size for s in result.shards) + 400
+    read_back(fs_target, [(rec("x"), data)])
+
+
+def flip(target: Any, name: str, offset: int) -> None:
+    """Damage one byte of an object in place (its size stays the same)."""
+    data = bytearray(snapshot(target)[name])
+    data[offset] ^= 0xFF
+    put(target, name, bytes(data))
+
+
+def test_a_replay_repairs_a_damaged_big_file(
+    fs_target: Any, fs_target_factory: Callable[[str], Any]
+) -> None:
+    items = [(rec("a"), noise("a", 500)), (rec("b", 1), noise("b", 600)), (rec("c", 2), b"s")]
+    clean = fs_target_factory(fs_target.kind)
+    pack(clean, items, big_file_threshold=100)
+    pack(fs_target, items, big_file_threshold=100)
+    name = f"_bigFiles/{hashlib.sha256(items[0][1]).hexdigest()}"
+    flip(fs_target, name, 250)
+    with pytest.raises(CorruptShardError):
+        archive(fs_target).get("a", DAY)
+
+    result = pack(fs_target, items, big_file_threshold=100)
+
+    assert snapshot(fs_target) == snapshot(clean)
+    assert result.bytes_out == 500  # the repaired object; the shards did not change
+    read_back(fs_target, items)
+
+
+def test_dedupe_never_links_to_a_damaged_big_file(fs_target: Any) -> None:
+    shared = noise("shared", 500)
+    pack(fs_target, [(rec("a"), shared)], big_file_threshold=100)
+    name = f"_bigFiles/{hashlib.sha256(shared).hexdigest()}"
+    flip(fs_target, name, 0)
+    # A new row with the same content, on another day's writer: it must not link to the
+    # damaged object as it is.
     packer = make_packer(fs_target, big_file_threshold=100)
-    with (
-        packer.open_bucket(DAY) as writer,
-        pytest.raises(PackError, match="100 bytes, expected 400"),
-    ):
-        writer.add(rec("x"), data)
-    assert snapshot(fs_target) == {name: data[:100]}
+    later = DAY + timedelta(days=1)
+    with packer.open_bucket(later) as writer:
+        writer.add(SourceRecord("new", later, "/src/new"), shared)
+        writer.publish()
+    assert snapshot(fs_target)[name] == shared
+    assert archive(fs_target).get("new", later) == shared
+    assert archive(fs_target).get("a", DAY) == shared
+
+
+def test_a_replay_repairs_a_damaged_payload_inside_a_shard(
+    fs_target: Any, fs_target_factory: Callable[[str], Any]
+) -> None:
+    uids = same_group(12)
+    items = [(rec(uid, i), noise(uid, 600)) for i, uid in enumerate(uids)]
+    clean = fs_target_factory(fs_target.kind)
+    pack(clean, items, max_shard_size=3000)
+    pack(fs_target, items, max_shard_size=3000)
+    name = "20240517_0_0001.des"
+    entry = read_shard(snapshot(fs_target)[name]).entries[1]
+    flip(fs_target, name, entry.offset + 7)
+    with pytest.raises(CorruptShardError):
+        archive(fs_target).get(entry.uid, DAY + timedelta(seconds=uids.index(entry.uid)))
+
+    result = pack(fs_target, items[::-1], max_shard_size=3000)
+
+    assert [s.name for s in result.shards] == [name]  # only the damaged part is rewritten
+    assert snapshot(fs_target) == snapshot(clean)
+    read_back(fs_target, items)
+
+
+def test_a_damaged_entry_whose_source_is_gone_is_kept_verbatim(fs_target: Any) -> None:
+    uids = same_group(6)
+    items = [(rec(uid, i), noise(uid, 300)) for i, uid in enumerate(uids)]
+    pack(fs_target, items)
+    name = "20240517_0_0000.des"
+    entry = read_shard(snapshot(fs_target)[name]).entries[0]
+    flip(fs_target, name, entry.offset + 3)
+    damaged = snapshot(fs_target)
+    result = pack(fs_target, items[1:])  # the damaged entry's source is gone
+    assert result.shards == ()
+    assert snapshot(fs_target) == damaged  # nothing to repair it with; nothing lost
+    read_back(fs_target, items[1:])
 
 
 # --- duplicates --------------------------------------------------------------------------
@@ -493,6 +583,58 @@ def test_duplicate_uid_names_both_rows(tmp_path: Path, workers: int) -> None:
         result = writer.publish()
     assert result.files == 51
     assert Archive(str(tmp_path), ROUTER).get("u7", DAY + timedelta(seconds=7)) == b"x" * 7
+
+
+def test_a_uid_published_with_another_created_at_is_refused_at_add(fs_target: Any) -> None:
+    pack(fs_target, [(rec("u", 10), b"first file"), (rec("v", 11), b"neighbour")])
+    packer = make_packer(fs_target)
+    with packer.open_bucket(DAY) as writer:
+        with pytest.raises(ArchivedDuplicateError) as info:
+            writer.add(rec("u", 20), b"another file with the same uid")
+        assert isinstance(info.value, DuplicateUidError)
+        assert info.value.first == DAY + timedelta(seconds=10)
+        assert info.value.second == DAY + timedelta(seconds=20)
+        assert ROUTER.route("u", DAY).object_name(0) in str(info.value)
+        writer.add(rec("u", 10), b"first file")  # the same entry: a replay
+        writer.add(rec("w", 12), b"the writer is still usable")
+        writer.publish()
+    reader = archive(fs_target)
+    assert reader.get("u", DAY + timedelta(seconds=10)) == b"first file"
+    assert reader.get("w", DAY + timedelta(seconds=12)) == b"the writer is still usable"
+
+
+def test_a_uid_of_a_foreign_entry_without_created_at_is_refused(fs_target: Any) -> None:
+    """An entry of another DES writer has no created_at: identity unknown, never replaced."""
+    put(fs_target, "20240517_0_0000.des", build_shard([("16", b"foreign", "none")]))
+    before = snapshot(fs_target)
+    with make_packer(fs_target).open_bucket(DAY) as writer:
+        with pytest.raises(ArchivedDuplicateError, match="created_at=none recorded"):
+            writer.add(rec("16", 5), b"a deswm row with the foreign uid")
+        writer.publish()
+    assert snapshot(fs_target) == before
+    assert archive(fs_target).get("16", DAY) == b"foreign"
+
+
+def test_a_fresh_day_costs_one_listing_and_a_replay_one_index_read_per_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    for method in ("list_day", "read_index"):
+        original = getattr(ShardStore, method)
+
+        def spy(self: ShardStore, *args: Any, _call: Any = original, _name: str = method) -> Any:
+            calls.append(_name)
+            return _call(self, *args)
+
+        monkeypatch.setattr(ShardStore, method, spy)
+    items = mixed_items()
+    pack(_Local(tmp_path), items)
+    assert calls.count("read_index") == 0
+    fresh_listings = calls.count("list_day")
+    calls.clear()
+    pack(_Local(tmp_path), items)
+    assert calls.count("read_index") == len(shard_names(_Local(tmp_path)))
+    assert calls.count("list_day") == fresh_listings == 2  # add's check, then publish's
 
 
 # --- merges ------------------------------------------------------------------------------

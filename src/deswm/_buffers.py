@@ -28,9 +28,10 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Final, Generic, NamedTuple, TypeVar
 
-from deswm.container import Compressor
+from deswm.container import Compressor, ShardIndex
 from deswm.errors import PackError
 from deswm.model import Codec, ShardKey
+from deswm.shardio import PartInfo
 
 __all__ = [
     "BIG",
@@ -180,13 +181,16 @@ class Group:
     it has.
     """
 
-    __slots__ = ("key", "last_chunk", "records")
+    __slots__ = ("key", "last_chunk", "published", "records")
 
     def __init__(self, key: ShardKey) -> None:
         self.key = key
         self.records = bytearray()
         self.last_chunk = 0
         """1 + the spill offset of the group's newest record chunk (0: none yet)."""
+        self.published: tuple[tuple[PartInfo, ShardIndex], ...] | None = None
+        """The group's published parts and their indexes, ascending (``None``: not read
+        yet); new rows are checked against them (G14)."""
 
 
 _PAGE_SIZE: Final = _MIB

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Final, NamedTuple
 
 import attrs
 
 from deswm.container import FOOTER_SIZE, HEADER_SIZE, IndexEntry, ShardIndex
+from deswm.errors import PackError
 from deswm.model import Codec
 from deswm.shardio import PartInfo
 
@@ -132,7 +134,8 @@ def plan_group(
     tail: list[PlannedEntry] = []
     for item in sorted(new, key=lambda item: item.key):
         number = owner.get(item.uid)
-        if number is not None:  # replaces the old entry in place
+        if number is not None:  # the same entry (uid and created_at) replaced in place
+            _require_same_entry(contents[number][item.uid], item, number)
             contents[number][item.uid] = item
             kept -= 1
         elif last_key is None or item.key > last_key:
@@ -162,6 +165,30 @@ def plan_group(
         parts.append(PartPlan(number, items_sorted, size, before[0] if before else None, identical))
     deletions = tuple(part for part, _ in old if part.part not in final)
     return GroupPlan(tuple(parts), deletions, kept)
+
+
+def _require_same_entry(old: PlannedEntry, new: PlannedEntry, number: int) -> None:
+    """Refuse to replace an entry by one with another ``created_at`` (G14).
+
+    The bucket writer refuses such rows when they are added; this is the last line of
+    defence (a part published by someone else between ``add`` and ``publish``).
+    """
+    before, after = old.key[0], new.key[0]
+    if before == after or (before and _instant(before) == _instant(after)):
+        return
+    raise PackError(
+        f"uid {new.uid!r} is published in part {number:04d} of its group with created_at="
+        f"{before or 'none recorded'}; refusing to replace it with the row created_at={after}",
+        hint="An archived file is identified by (uid, created_at); the row is another file. "
+        "Nothing of this group was written",
+    )
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _identical(items: Sequence[PlannedEntry], size: int, index: ShardIndex) -> bool:

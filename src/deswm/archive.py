@@ -1,7 +1,11 @@
 """The read side: get a file back by ``(uid, created_at)``.
 
 Lookup: route to the group (day and shard), then search the group's parts in ascending
-part order; the first part whose index holds the uid wins. Indexes are cached by
+part order; the first part whose index holds the uid wins. Its stored ``created_at`` must
+be the requested instant (G14): another instant is another file, and ``get``/``stat``
+raise :class:`~deswm.errors.EntryMismatchError` (a ``NotArchivedError``) instead of
+returning it. Entries of other DES writers record no ``created_at`` and are found by uid
+and day alone. Indexes are cached by
 ``(object name, version token)`` and group views (which parts exist, at which version)
 are cached too, so a rewritten shard is never served from a stale index.
 
@@ -47,7 +51,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
@@ -64,6 +68,7 @@ from deswm.container import (
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
+    EntryMismatchError,
     NotArchivedError,
     ObjectChangedError,
     ShardError,
@@ -224,9 +229,14 @@ class Archive:
             hit: _Hit | None = None
             try:
                 hit = self._locate(key, name, created_at)
+                _require_instant(hit, name, created_at)
                 return self._read(hit, allow)
             except ObjectChangedError:
                 self._forget(key)
+            except EntryMismatchError:
+                if hit is None or hit.fresh:
+                    raise
+                self._forget(key, hit.part)  # confirm a cached answer with a fresh read
             except CorruptShardError as exc:
                 if hit is None or hit.fresh or isinstance(exc, UnverifiedEntryError):
                     raise
@@ -255,6 +265,7 @@ class Archive:
             except ObjectChangedError:
                 hit = None
             if hit is not None and (hit.fresh or self._store.current(hit.part.name) == hit.part):
+                _require_instant(hit, name, created_at)
                 return _archived_entry(hit.part, hit.entry)
             self._forget(key)
         raise ShardError(f"group {key.prefix}* changed {_ATTEMPTS} times while looking up {name!r}")
@@ -400,6 +411,21 @@ class Archive:
             entry, data, name=f"{part.name} -> {self._store.big_name(entry, shard=part.name)}"
         )
         return data
+
+
+def _require_instant(hit: _Hit, uid: str, created_at: datetime) -> None:
+    """Refuse an entry whose stored ``created_at`` is another instant (G14).
+
+    An entry without ``created_at`` (another DES writer) has no recorded identity beyond
+    its uid and day, so it is returned as found.
+    """
+    stored = hit.entry.created_at
+    if stored is None:
+        return
+    if stored.tzinfo is None:
+        stored = stored.replace(tzinfo=UTC)
+    if stored != created_at:
+        raise EntryMismatchError(uid, created_at, stored, shard=hit.part.name)
 
 
 def _group_id(key: ShardKey) -> tuple[str, str]:

@@ -15,15 +15,18 @@ next, so an operator reading a log line can act on it without the source code::
     │   └── LocationOutsideRootError  the location is not inside files.root / allowed_roots
     ├── PackError                   shards could not be built or published
     │   └── DuplicateUidError       two rows of one shard group share a uid
+    │       └── ArchivedDuplicateError  the uid is already archived with another created_at
     ├── ShardError                  problems with published shards
     │   ├── CorruptShardError       bytes that are not a valid DES shard, or a bad checksum
     │   │   └── UnverifiedEntryError  an entry without a checksum, not accepted by the reader
     │   ├── NotArchivedError        the uid is not in the archive
+    │   │   └── EntryMismatchError  the uid is archived, but with another created_at
     │   └── ObjectChangedError      a shard was rewritten while it was being read
     ├── DatabaseTimeoutError        a lock or statement waited longer than its setting
     ├── WatermarkError              the watermark store refused a change
     │   └── WatermarkConflict       another runner moved the watermark first
-    └── CycleError                  a cycle stopped because files failed; nothing advanced
+    ├── CycleError                  a cycle stopped because files failed; nothing advanced
+    └── RowCountError               a bucket's rows and what was packed do not add up
 
 Errors that wrap a lower-level exception chain it (``raise ... from exc``).
 """
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from deswm.model import CycleResult, FileFailure, WatermarkKey
 
 __all__ = [
+    "ArchivedDuplicateError",
     "BadRowError",
     "ConfigError",
     "CorruptShardError",
@@ -46,6 +50,7 @@ __all__ = [
     "DatabaseTimeoutError",
     "DeswmError",
     "DuplicateUidError",
+    "EntryMismatchError",
     "FileMissingError",
     "FileReadError",
     "LocationOutsideRootError",
@@ -53,6 +58,7 @@ __all__ = [
     "NotArchivedError",
     "ObjectChangedError",
     "PackError",
+    "RowCountError",
     "ShardError",
     "SourceError",
     "UnplaceableRowError",
@@ -210,6 +216,38 @@ class DuplicateUidError(PackError):
         )
 
 
+def _instant(value: object) -> str:
+    """An instant as ISO 8601 text (``None``: the entry records none)."""
+    if value is None:
+        return "none recorded"
+    isoformat = getattr(value, "isoformat", None)
+    return str(isoformat()) if callable(isoformat) else str(value)
+
+
+class ArchivedDuplicateError(DuplicateUidError):
+    """A row's uid is already archived in its shard group with another ``created_at`` (G14).
+
+    An archived entry is identified by ``(uid, created_at)``: the row is another file and
+    is refused (or listed with ``on_error="record"``), never merged over the entry.
+    ``first`` is the archived ``created_at`` (``None`` for an entry of another DES writer,
+    which records none: its identity cannot be proved, so it is not replaced either).
+    """
+
+    def __init__(self, uid: str, archived: object, row: object, *, shard: str) -> None:
+        self.uid = uid
+        self.first = archived
+        self.second = row
+        self.shard = shard
+        PackError.__init__(
+            self,
+            f"uid {uid!r} is already archived in {shard} with created_at="
+            f"{_instant(archived)}; the row created_at={_instant(row)} is another file and "
+            "is not merged into that entry",
+            hint="An archived file is identified by (uid, created_at): give the row its own "
+            "uid (or remove it if it is the same file); the archived entry is kept",
+        )
+
+
 class ShardError(DeswmError):
     """A problem with a published shard object."""
 
@@ -272,6 +310,26 @@ class NotArchivedError(ShardError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return Exception.__str__(self)
+
+
+class EntryMismatchError(NotArchivedError):
+    """The uid is archived in its group, but with another ``created_at``: another file (G14).
+
+    Reads, verification and purge never return or delete on such a match.
+    """
+
+    def __init__(self, uid: str, created_at: object, archived: object, *, shard: str) -> None:
+        self.uid = uid
+        self.created_at = created_at
+        self.archived_created_at = archived
+        self.looked_in = (shard,)
+        DeswmError.__init__(
+            self,
+            f"uid {uid!r} created_at={_instant(created_at)} is not archived: {shard} holds "
+            f"uid {uid!r} with created_at={_instant(archived)}, another file",
+            hint="Ask for the created_at of the archived row; a row reusing an archived uid "
+            "is listed as a duplicate, never merged",
+        )
 
 
 class ObjectChangedError(ShardError):
@@ -360,4 +418,22 @@ class CycleError(DeswmError):
             f"{len(self.failures)} file(s) failed in bucket {bucket}{why}: {shown}{more}",
             hint="Nothing was committed for this bucket; fix the files and rerun, or use "
             'on_error="record" to archive the rest and list failures in the error table',
+        )
+
+
+class RowCountError(DeswmError):
+    """The rows a bucket's window query returned and the rows packed or listed differ.
+
+    Raised before the watermark passes the bucket: a component dropped rows silently.
+    """
+
+    def __init__(self, bucket: object, *, key: object, returned: int, accounted: str) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.returned = returned
+        super().__init__(
+            f"bucket {bucket} of {key}: the source returned {returned} row(s) for this "
+            f"partition but {accounted}",
+            hint="A reader or packer lost rows without an error (a bug in a custom "
+            "component?); nothing was committed for this bucket, so fix it and run again",
         )

@@ -3,7 +3,10 @@
 A cycle reads the watermark ``W``, computes the target ``T = bucket_start(now - lag)``
 once, streams the rows of ``[W, T)`` in ``(created_at, uid)`` order, packs each day
 bucket as a whole, and only after a bucket's shards are published moves the watermark
-past it with a compare-and-set. The source table is only ever read.
+past it with a compare-and-set. Before each move, the rows the window query returned
+below the new position must equal the rows archived, kept or listed
+(:class:`~deswm.errors.RowCountError` otherwise): no component can drop a row silently.
+The source table is only ever read.
 
 It depends on the five protocols and nothing else, so every component can be replaced.
 """
@@ -31,6 +34,7 @@ from deswm.errors import (
     DuplicateUidError,
     FileMissingError,
     FileReadError,
+    RowCountError,
     SourceError,
     WatermarkError,
 )
@@ -431,9 +435,13 @@ class WatermarkOrchestrator:
         started: float,
     ) -> tuple[Watermark, bool]:
         """Stream the window bucket by bucket; return the last watermark and if stopped."""
-        results = self.reader.read_many(self._owned(window))
+        rows = _RowCounter(self._owned(window), self.router)
+        results = self.reader.read_many(rows)
+        accounted = 0  # rows of committed buckets: archived, kept or listed
         with contextlib.closing(_ClosingIterator(results)) as items:
             pending = next(items, None)
+            if pending is None:
+                self._check_count(rows, window.end, accounted, None, None)
             while pending is not None:
                 if stop.is_set() or (
                     self.max_buckets is not None and totals.buckets >= self.max_buckets
@@ -452,15 +460,17 @@ class WatermarkOrchestrator:
                         result=partial,
                         reason=outcome.reason,
                     )
-                if outcome.failures:
-                    # Listed before the watermark passes them: archived or listed (G1).
-                    self._error_store().record(self.key, outcome.failures)
-                    totals.failures.extend(outcome.failures)
                 end = (
                     window.end
                     if pending is None
                     else self.router.bucket_start(pending[0].created_at)
                 )
+                accounted += outcome.accounted
+                self._check_count(rows, end, accounted, bucket, outcome)
+                if outcome.failures:
+                    # Listed before the watermark passes them: archived or listed (G1).
+                    self._error_store().record(self.key, outcome.failures)
+                    totals.failures.extend(outcome.failures)
                 reach("bucket.after_publish")
                 watermark = self.store.advance(watermark, end)
                 reach("bucket.after_commit")
@@ -469,6 +479,45 @@ class WatermarkOrchestrator:
                 # The rest of the window holds no rows for this partition.
                 watermark = self.store.advance(watermark, window.end)
         return watermark, False
+
+    def _check_count(
+        self,
+        rows: _RowCounter,
+        end: datetime,
+        accounted: int,
+        bucket: datetime | None,
+        outcome: _Outcome | None,
+    ) -> None:
+        """Before the watermark moves to ``end``: every row the window query returned
+        below ``end`` for this partition was archived, kept or listed.
+
+        Rows are counted as the reader pulls them; once it has handed over a row at or
+        after ``end`` (or ended: then the query is drained here), every row below
+        ``end`` has been counted. A reader or packer that loses a row without an error
+        (or a whole bucket) shows up as a difference, and nothing is committed.
+        """
+        if not rows.counted_below(end):
+            rows.drain()
+        returned = rows.below(end)
+        if returned == accounted:
+            return
+        if bucket is not None and outcome is not None and outcome.result is not None:
+            own = rows.of(bucket)
+            where = format_utc(bucket)
+            detail = (
+                f"{outcome.result.files} archived + {outcome.kept} kept (archived before) + "
+                f"{len(outcome.failures)} listed = {outcome.accounted} were accounted for"
+            )
+            if own == outcome.accounted:  # this bucket adds up: a whole bucket went missing
+                skipped = ", ".join(format_utc(b) for b in rows.buckets_between(bucket, end))
+                detail = f"rows of bucket(s) {skipped} were never packed"
+                returned = rows.below(end) - rows.below(bucket)
+            else:
+                returned = own
+        else:
+            where = f"{format_utc(rows.first_bucket() or end)}..{format_utc(end)}"
+            detail = "the reader returned none of them"
+        raise RowCountError(where, key=self.key, returned=returned, accounted=detail)
 
     def _committed(
         self, bucket: datetime, result: BucketResult, watermark: Watermark, totals: _Totals
@@ -500,7 +549,7 @@ class WatermarkOrchestrator:
         failures: list[FileFailure] = []
         bucket_end = self.router.next_bucket(bucket)
         item: ReadResult | None = first
-        seen = 0
+        seen = kept = 0
         with self.packer.open_bucket(bucket) as writer:
             while item is not None:
                 record, data = item
@@ -509,6 +558,7 @@ class WatermarkOrchestrator:
                 seen += 1
                 if isinstance(data, FileReadError):
                     if isinstance(data, FileMissingError) and writer.archived(record) is not None:
+                        kept += 1
                         totals.kept += 1
                     else:
                         failures.append(FileFailure.from_exception(record, "read", data))
@@ -528,9 +578,9 @@ class WatermarkOrchestrator:
             reason = self._refusal(failures, seen)
             if reason is not None:
                 writer.abort()
-                return _Outcome(item, tuple(failures), None, reason)
+                return _Outcome(item, tuple(failures), None, reason, kept)
             reach("bucket.before_publish")
-            return _Outcome(item, tuple(failures), writer.publish(), None)
+            return _Outcome(item, tuple(failures), writer.publish(), None, kept)
 
     def _refusal(self, failures: list[FileFailure], seen: int) -> str | None:
         """Why the bucket must not be committed with these failures, or ``None``."""
@@ -629,6 +679,67 @@ class _Outcome:
     result: BucketResult | None
     """``None`` when the bucket was aborted (see ``reason``)."""
     reason: str | None
+    kept: int = 0
+    """Rows whose file is gone but whose entry is published (archived before)."""
+
+    @property
+    def accounted(self) -> int:
+        """Rows of the bucket archived, kept or listed, as the packer reports them."""
+        files = self.result.files if self.result is not None else 0
+        return files + self.kept + len(self.failures)
+
+
+class _RowCounter(Iterator[SourceRecord]):
+    """The window's rows on their way to the reader, counted per bucket.
+
+    Rows arrive ordered by ``created_at``, so a bucket is only computed when a row
+    passes the current bucket's end. The reader may pull rows on its own thread; counts
+    are only read for buckets the reader has already passed.
+    """
+
+    def __init__(self, rows: Iterator[SourceRecord], router: ShardRouter) -> None:
+        self._rows = rows
+        self._router = router
+        self._counts: dict[datetime, int] = {}
+        self._bucket: datetime | None = None
+        self._end: datetime | None = None
+        self._done = False
+
+    def __next__(self) -> SourceRecord:
+        try:
+            record = next(self._rows)
+        except StopIteration:
+            self._done = True
+            raise
+        created_at = record.created_at
+        if self._end is None or created_at >= self._end:
+            self._bucket = self._router.bucket_start(created_at)
+            self._end = self._router.next_bucket(self._bucket)
+        bucket = self._bucket
+        assert bucket is not None
+        self._counts[bucket] = self._counts.get(bucket, 0) + 1
+        return record
+
+    def counted_below(self, end: datetime) -> bool:
+        """Whether every row below ``end`` (a bucket boundary) has been counted."""
+        return self._done or (self._bucket is not None and self._bucket >= end)
+
+    def drain(self) -> None:
+        """Count the rows nobody pulled (a reader that ended early)."""
+        for _ in self:
+            pass
+
+    def below(self, end: datetime) -> int:
+        return sum(count for bucket, count in list(self._counts.items()) if bucket < end)
+
+    def of(self, bucket: datetime) -> int:
+        return self._counts.get(bucket, 0)
+
+    def first_bucket(self) -> datetime | None:
+        return min(self._counts, default=None)
+
+    def buckets_between(self, after: datetime, end: datetime) -> list[datetime]:
+        return sorted(b for b in list(self._counts) if after < b < end)
 
 
 class _ClosingIterator(Iterator[ReadResult]):

@@ -4,7 +4,9 @@ A :class:`DesBucketWriter` collects a bucket (a UTC day): each file is routed to
 (``{day}_{hex}``), hashed (sha256) and compressed, and its stored bytes are buffered per
 group, in memory up to ``spill_threshold`` bytes in total and in one spill file beyond
 (G9). Files above ``big_file_threshold`` go to ``_bigFiles/<sha256>`` at once
-(create-only, shared by identical content). ``publish()`` then writes each touched group.
+(created once, shared by identical content; an existing object is hashed first and
+rewritten if damaged, so no entry links to bytes that do not verify, G16). ``publish()``
+then writes each touched group.
 
 Canonical order: inside a part, entries are sorted by ``(created_at as fixed-width UTC
 text, uid)`` in Python, so the bytes never depend on query order or collation (G2).
@@ -18,7 +20,11 @@ each object replacement is safe on its own in any crash order:
 
 * every old uid belongs to the lowest-numbered part holding it (a duplicate in a higher
   part is dropped there);
-* a new entry whose uid is in old part *i* replaces it in part *i* (new bytes);
+* a new entry whose uid is in old part *i* replaces it in part *i* (new bytes) only when
+  it is the same entry, ``(uid, created_at)`` (G14): :meth:`DesBucketWriter.add` refuses
+  a row whose uid is published with another ``created_at`` (or with none, as entries of
+  other writers are) with :class:`~deswm.errors.ArchivedDuplicateError`, and the plan
+  raises :class:`~deswm.errors.PackError` rather than replace such an entry;
 * a new uid goes to the part with the greatest first key at or before its key (the first
   part if before all); keys after the last key of the last part are the tail, appended
   to the last part while it fits and overflowing into new parts, exactly like a fresh
@@ -28,8 +34,11 @@ each object replacement is safe on its own in any crash order:
 * mid-range inserts can make a part exceed ``max_shard_size`` (moving entries between
   objects cannot be made atomic, so it is not done);
 * a part whose content would be byte-identical is not rewritten (a replay of an
-  unchanged day costs no writes); a part left empty by dropped duplicates is deleted
-  after the others are published;
+  unchanged day costs no writes); its index alone cannot show a damaged payload, so a
+  part holding entries re-read from their sources is rendered into a sink comparing it
+  with the published bytes (read once, in 8 MiB chunks), and rewritten if they differ
+  (G16); a part left empty by dropped duplicates is deleted after the others are
+  published;
 * stored bytes of kept old entries are copied verbatim with ranged reads pinned to the
   version that was indexed, so a replay after the sources were deleted reproduces the
   original objects.
@@ -38,11 +47,12 @@ each object replacement is safe on its own in any crash order:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 import attrs
 
@@ -62,7 +72,9 @@ from deswm._buffers import (
 )
 from deswm._checkpoints import reach
 from deswm._merge import (
+    COPY_CHUNK,
     IN_BUFFER,
+    IN_OLD_PART,
     IN_SPILL,
     PartPlan,
     PlannedEntry,
@@ -72,6 +84,7 @@ from deswm._merge import (
 from deswm._redact import redact
 from deswm.container import MAX_UID_BYTES, Compressor, ShardIndex, ShardWriter
 from deswm.errors import (
+    ArchivedDuplicateError,
     ConfigError,
     CorruptShardError,
     DeswmError,
@@ -86,6 +99,8 @@ from deswm.shardio import BIG_FILES, PartInfo, ShardStore
 from deswm.timeutil import format_day, format_utc, require_utc
 
 __all__ = ["DesBucketWriter", "DesPacker"]
+
+log = logging.getLogger("deswm.packer")
 
 GIB: Final = 2**30
 MIB: Final = 2**20
@@ -316,7 +331,13 @@ class DesBucketWriter:
     # --- adding ------------------------------------------------------------------------------
 
     def add(self, record: SourceRecord, data: bytes) -> None:
-        """Add one file; raises :class:`DuplicateUidError` for a second row of a uid."""
+        """Add one file.
+
+        Raises :class:`DuplicateUidError` for a second row of a uid in this writer, and
+        :class:`~deswm.errors.ArchivedDuplicateError` (a subclass) for a row whose uid is
+        already published in its group with another ``created_at`` (G14). The writer
+        stays usable after either.
+        """
         self._require("open")
         uid = uid_text(record.uid)
         encoded_uid = _encode_uid(uid)
@@ -345,6 +366,11 @@ class DesBucketWriter:
             first = self._first_created_at(group, uid)
             if first is not None:
                 raise DuplicateUidError(uid, first, created_at, shard=group.key.prefix)
+        published = group.published
+        if published is None:
+            published = self._load_published(group)
+        if published:
+            _check_identity(published, uid, created_at)
         self._files += 1
         self._bytes_in += len(data)
         try:
@@ -403,11 +429,26 @@ class DesBucketWriter:
                 return _from_micros(micros)
         return None
 
+    def _load_published(self, group: Group) -> tuple[tuple[PartInfo, ShardIndex], ...]:
+        """The group's published parts with their indexes, read once per writer.
+
+        The day's listing and the indexes are the ones :meth:`archived` and
+        :meth:`publish` use, so a fresh day costs one listing and a replay reads each
+        touched group's indexes once.
+        """
+        if self._listing is None:
+            self._listing = self._list_day()
+        published = tuple(self._existing(group.key, self._listing.get(group.key.hex, [])))
+        group.published = published
+        return published
+
     def _write_big(self, sha256_hex: str, data: bytes) -> None:
         if sha256_hex in self._big_seen:
             return
         reach("big_file.before_write")
-        if self._store.create_only(f"{BIG_FILES}/{sha256_hex}", data):
+        # An existing object is stream-hashed and rewritten if it does not verify, so
+        # no entry is ever linked to a damaged object (G16).
+        if self._store.create_only(f"{BIG_FILES}/{sha256_hex}", data, sha256_hex=sha256_hex):
             self._big_written += len(data)
         reach("big_file.after_write")
         self._big_seen.add(sha256_hex)
@@ -530,7 +571,7 @@ class DesBucketWriter:
                 kept += plan.kept
                 reach("packer.merge.before_write" if old else "packer.before_group")
                 for part in plan.parts:
-                    if part.identical:
+                    if part.identical and self._unchanged(group, part):
                         continue
                     shards.append(self._publish_part(group, part, merged=bool(old)))
                     bytes_out += part.size
@@ -565,6 +606,35 @@ class DesBucketWriter:
 
         self._store.publish(name, write, sync=False)
         return PublishedShard(name, part.number, len(part.items), part.size, merged=merged)
+
+    def _unchanged(self, group: Group, part: PartPlan) -> bool:
+        """Whether a part judged identical by its index also holds identical bytes.
+
+        An index cannot show a damaged payload, so when the part holds entries re-read
+        from their sources, the part is rendered into a sink that compares it with the
+        published object, read in chunks of at most 8 MiB; on any difference the part
+        is rewritten (G16). A part of carried-over entries only is copied verbatim, so
+        it cannot differ (and cannot be repaired: the sources are gone).
+        """
+        if not any(item.source != IN_OLD_PART and item.big_sha256 is None for item in part.items):
+            return True
+        assert part.old is not None  # identical parts always have a published object
+        sink = _Comparison(self._store, part.old)
+        try:
+            self._write_part(cast(IO[bytes], sink), group, part)
+        except ObjectChangedError as exc:
+            raise PackError(
+                f"{exc.message} while comparing it with its replay",
+                hint="Another writer is publishing this group; run one runner per partition",
+            ) from exc
+        if sink.matches():
+            return True
+        log.warning(
+            "%s differs from its replay at byte %d although its index matches; rewriting it",
+            part.old.name,
+            sink.mismatch_at,
+        )
+        return False
 
     def _write_part(self, fp: IO[bytes], group: Group, part: PartPlan) -> int:
         writer = ShardWriter(fp)
@@ -638,6 +708,54 @@ class DesBucketWriter:
             self.abort()
 
 
+class _Comparison:
+    """A write-only file comparing what is written with a published object's bytes.
+
+    The object is read forward in chunks pinned to the indexed version, so memory stays
+    at one chunk however big the part is; after the first difference nothing more is read.
+    Bytes are compared with ``bytes.startswith`` (a ``memcmp``, no copies).
+    """
+
+    def __init__(self, store: ShardStore, part: PartInfo) -> None:
+        self._store = store
+        self._part = part
+        self._chunk = b""
+        self._at = 0  # position in the chunk
+        self._next = 0  # offset of the next chunk to read
+        self._written = 0
+        self.mismatch_at: int | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        count = len(view)
+        position = 0
+        while self.mismatch_at is None and position < count:
+            if self._at == len(self._chunk):
+                if self._next >= self._part.size:
+                    self.mismatch_at = self._written + position  # longer than the object
+                    break
+                end = min(self._next + COPY_CHUNK, self._part.size)
+                self._chunk = self._store.read_range(self._part, self._next, end)
+                self._at = 0
+                self._next = end
+            take = min(len(self._chunk) - self._at, count - position)
+            if not self._chunk.startswith(view[position : position + take], self._at):
+                self.mismatch_at = self._written + position
+                break
+            self._at += take
+            position += take
+        self._written += count
+        return count
+
+    def matches(self) -> bool:
+        """Whether everything written equals the whole object."""
+        if self.mismatch_at is None and (
+            self._at < len(self._chunk) or self._next < self._part.size
+        ):
+            self.mismatch_at = self._written  # shorter than the object
+        return self.mismatch_at is None
+
+
 def _compress_threads(workers: int) -> int:
     """``workers``, but at most one fewer than the usable CPUs (and at least one).
 
@@ -664,6 +782,25 @@ def _encode_uid(uid: str) -> bytes:
             f"{MAX_UID_BYTES}"
         )
     return encoded
+
+
+def _check_identity(
+    published: Sequence[tuple[PartInfo, ShardIndex]], uid: str, created_at: datetime
+) -> None:
+    """Refuse a row whose uid is published in its group with another ``created_at`` (G14).
+
+    The lowest part holding the uid is its entry (as in :func:`~deswm._merge.plan_group`).
+    The same uid and instant is the same entry (a replay or a repair); an entry without
+    ``created_at`` (another DES writer) cannot be proved to be this row, so it is refused.
+    """
+    for part, index in published:
+        entry = index.get(uid)
+        if entry is None:
+            continue
+        stored = entry.created_at
+        if stored is None or not _same_instant(stored, created_at):
+            raise ArchivedDuplicateError(uid, stored, created_at, shard=part.name)
+        return
 
 
 def _same_instant(stored: datetime | None, wanted: datetime) -> bool:

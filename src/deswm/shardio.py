@@ -15,9 +15,9 @@ few operations both sides need, each with one clear consistency rule:
   folder, are fsynced, renamed over the target and the folder is fsynced; S3 writes are a
   single PUT or a multipart upload completed on close and aborted on error; the memory
   filesystem gets the whole object in one assignment;
-* **create-only** objects (``_bigFiles/<sha256>``) are never overwritten: local uses
-  ``os.link`` from a temp file, S3 an ``IfNoneMatch`` PUT; an existing object of the
-  wrong size raises :class:`~deswm.errors.PackError`.
+* **create-only** objects (``_bigFiles/<sha256>``) are created with ``os.link`` from a
+  temp file (local) or an ``IfNoneMatch`` PUT (S3); an existing one is stream-hashed and
+  replaced atomically only when its bytes do not match its name (a repair, G16).
 
 Reading an index costs one ranged read of the tail (footer and, usually, the whole
 index), one more only when the index is larger than the tail, and one 8-byte read of the
@@ -32,6 +32,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import hashlib
+import logging
 import os
 import re
 import secrets
@@ -69,6 +71,8 @@ from deswm.errors import (
 )
 from deswm.model import ShardKey
 
+log = logging.getLogger("deswm.shardio")
+
 __all__ = [
     "BIG_FILES",
     "TAIL_SIZE",
@@ -87,6 +91,9 @@ BIG_FILES: Final = "_bigFiles"
 
 _WRITE_BUFFER: Final = 256 * 1024
 """Buffer of a local publish; several publishes run at once, so it is kept small."""
+
+_HASH_CHUNK: Final = 8 * 2**20
+"""Largest read while hashing an existing content-addressed object."""
 
 UPLOAD_BLOCK_SIZE: Final = 16 * 2**20
 """Multipart block size for remote publishes: the most a publish holds in memory."""
@@ -891,12 +898,14 @@ class ShardStore:
         with self._writing("sync", ""):
             self.backend.sync()
 
-    def create_only(self, name: str, data: bytes) -> bool:
-        """Create ``name`` unless it exists; ``False`` when it was already there.
+    def create_only(self, name: str, data: bytes, *, sha256_hex: str) -> bool:
+        """Create content-addressed ``name`` unless a copy that verifies is there (G16).
 
-        Content-addressed objects are never overwritten; an existing object must have
-        exactly ``len(data)`` bytes, else :class:`~deswm.errors.PackError` (a truncated
-        object is never silently accepted).
+        ``sha256_hex`` is the digest of ``data`` (the name's own hash). An existing object
+        is stream-hashed (bounded memory); if its size or digest is wrong it is damaged,
+        and it is replaced atomically with ``data``, which can only repair it. Returns
+        ``True`` when bytes were written (created or repaired), ``False`` when a copy
+        that verifies was already there.
         """
         with self._writing("create", name, _CREATE_HINT):
             if self.backend.create_only(name, data):
@@ -904,12 +913,39 @@ class ShardStore:
             found = self.backend.stat(name)
         if found is None:
             raise PackError(f"{self._where(name)} was reported present but does not exist")
-        if found[0] != len(data):
-            raise PackError(
-                f"{self._where(name)} exists with {found[0]} bytes, expected {len(data)}",
-                hint="The object is truncated or foreign; delete it so it is written again",
-            )
-        return False
+        size, version = found
+        if size == len(data) and self._digest(name, size, version) == sha256_hex:
+            return False
+        log.warning(
+            "%s does not verify (%d bytes, expected %d with sha256 %s); rewriting it",
+            self._where(name),
+            size,
+            len(data),
+            sha256_hex,
+        )
+        with self._writing("repair", name, _CREATE_HINT):
+            self.backend.publish(name, lambda fp: _write_all(fp, data), sync=True)
+        return True
+
+    def _digest(self, name: str, size: int, version: str) -> str:
+        """The sha256 of an object's bytes, read in chunks pinned to ``version``."""
+        digest = hashlib.sha256()
+        position = 0
+        while position < size:
+            end = min(position + _HASH_CHUNK, size)
+            try:
+                with self._reading("read", name):
+                    data, _, _ = self.backend.read(name, position, end, version)
+            except (FileNotFoundError, ObjectChangedError) as exc:
+                raise PackError(
+                    f"{self._where(name)} changed while it was being verified: {exc}",
+                    hint="Another writer is repairing it; run the bucket again",
+                ) from exc
+            if len(data) != end - position:
+                break  # shorter than listed: a digest of what is there cannot match
+            digest.update(data)
+            position = end
+        return digest.hexdigest()
 
     def delete(self, name: str, *, sync: bool = True) -> None:
         """Remove an object; a missing object is not an error."""
@@ -1065,6 +1101,10 @@ class _Batch:
                     if isinstance(rest, StagedObject):
                         rest.discard()
                 raise
+
+
+def _write_all(fp: IO[bytes], data: bytes) -> None:
+    fp.write(data)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

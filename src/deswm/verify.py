@@ -58,7 +58,8 @@ def verify_window(
 
     The default checks the shard indexes (cheap: one index read per shard); ``deep``
     reads every file back and verifies its checksum (entries without one are decoded,
-    size-checked and counted as ``unverified``).
+    size-checked and counted as ``unverified``). A uid archived with another
+    ``created_at`` is another file: the row counts as missing (G14).
     """
     checked = missing_count = corrupt_count = unverified_count = 0
     unverified: list[SourceRecord] = []
