@@ -184,7 +184,7 @@ def test_retry_and_replay_never_replace_an_archived_entry_postgresql_s3(
     store = SqlWatermarkStore(engine, table="wm")
     errors = SqlErrorStore(engine, table="errs")
     source = SqlSourceProvider(engine, table="files")
-    reader = FsspecFileReader(storage_options={"s3": options})
+    reader = FsspecFileReader(root=f"s3://{bucket}/src", storage_options={"s3": options})
 
     def orchestrator() -> WatermarkOrchestrator:
         return WatermarkOrchestrator(
