@@ -16,6 +16,7 @@ MODULES = [
     "deswm.testing.dataset",
     "deswm.testing.errors",
     "deswm.testing.faults",
+    "deswm.testing.lifecycle",
     "deswm.testing.packers",
     "deswm.testing.readers",
     "deswm.testing.routers",

@@ -11,6 +11,8 @@ A public, versioned API: users import it to prove their own providers replay saf
   :func:`missing_on`, :func:`fail_mid_stream`, ... for any component, and
   :func:`at_checkpoint` for named points inside the write path;
 * checks: :func:`assert_no_loss`, :func:`assert_idempotent_replay`, :func:`snapshot`;
+* a stateful property test of a whole archive life (needs ``hypothesis``):
+  :class:`LifecycleMachine` (runs, replays, retries, purges, changed files, damage);
 * hypothesis strategies (need ``hypothesis``): :func:`uids`, :func:`created_ats`,
   :func:`file_contents`, :func:`source_records`, :func:`datasets`,
   :func:`interruptions`;
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
         SourceProviderContract,
         WatermarkStoreContract,
     )
+    from deswm.testing.lifecycle import LifecycleMachine, lifecycle_tables
     from deswm.testing.strategies import (
         DEFAULT_CHECKPOINTS,
         created_ats,
@@ -106,6 +109,7 @@ __all__ = [
     "FileReaderContract",
     "InjectedFault",
     "Interruption",
+    "LifecycleMachine",
     "MakePacker",
     "MakeReader",
     "MakeSource",
@@ -144,6 +148,7 @@ __all__ = [
     "file_contents",
     "inject",
     "interruptions",
+    "lifecycle_tables",
     "memory_packer",
     "missing_on",
     "read_objects",
@@ -153,6 +158,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "deswm.testing.lifecycle": ("LifecycleMachine", "lifecycle_tables"),
     "deswm.testing.strategies": (
         "DEFAULT_CHECKPOINTS",
         "created_ats",
