@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from deswm.testing.lifecycle import LifecycleMachine
 
-EXAMPLES = int(os.environ.get("DESWM_PROPERTY_EXAMPLES", "25")) * 3
+EXAMPLES = int(os.environ.get("DESWM_PROPERTY_EXAMPLES", "25")) * 8
 
 TestLifecycle = LifecycleMachine.TestCase
 TestLifecycle.settings = settings(
