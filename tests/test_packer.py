@@ -615,7 +615,7 @@ def test_a_uid_of_a_foreign_entry_without_created_at_is_refused(fs_target: Any) 
     assert archive(fs_target).get("16", DAY, allow_unverified=True) == b"foreign"
 
 
-def test_a_fresh_day_costs_one_listing_and_a_replay_one_index_read_per_part(
+def test_the_identity_check_costs_one_listing_and_no_extra_index_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
@@ -634,7 +634,9 @@ def test_a_fresh_day_costs_one_listing_and_a_replay_one_index_read_per_part(
     calls.clear()
     pack(_Local(tmp_path), items)
     assert calls.count("read_index") == len(shard_names(_Local(tmp_path)))
-    assert calls.count("list_day") == fresh_listings == 2  # add's check, then publish's
+    # One listing for add's identity check (G14), one fresh listing for publish: each
+    # part's index is read once and shared by both.
+    assert calls.count("list_day") == fresh_listings == 2
 
 
 # --- merges ------------------------------------------------------------------------------

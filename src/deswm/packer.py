@@ -598,6 +598,14 @@ class DesBucketWriter:
                 hint="Raise archive.max_shard_size or archive.n_bits",
             )
         name = group.key.object_name(part.number)
+        if part.old is not None and self._store.current(part.old.name) != part.old:
+            # The plan was made from this version (its index may have been read when the
+            # rows were added): never replace another writer's newer object with it.
+            raise PackError(
+                f"{part.old.name}: the object changed since it was indexed, so group "
+                f"{group.key.prefix}* was not written from a stale plan",
+                hint="Another writer is publishing this group; run one runner per partition",
+            )
 
         def write(fp: IO[bytes]) -> None:
             size = self._write_part(fp, group, part)
