@@ -113,6 +113,68 @@ def test_moving_forward_needs_force(demo_dir: Path, capsys: pytest.CaptureFixtur
     assert "--force" in err
 
 
+def test_forward_refusal_names_the_positions_and_the_flag(
+    demo_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(demo_dir / "deswm.toml")
+    code, out, err = run(["watermark", "adjust", "-c", config, "--days-offset", "1"], capsys)
+    assert code == 2
+    assert out == ""
+    assert "deswm: configuration error: --to: moving " in err
+    assert "skips rows that may not be archived. pass --force if those rows" in err
+
+
+def test_set_beyond_the_target_without_a_watermark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_demo(tmp_path, files=20, echo=lambda _: None)
+    config_path = tmp_path / "deswm.toml"
+    config_path.write_text(config_path.read_text().replace('pipeline = "', 'pipeline = "fresh-', 1))
+    config = str(config_path)
+    code, _, err = run(["watermark", "set", "-c", config, "--to", "2999-01-01"], capsys)
+    assert code == 2
+    assert "--to: 2999-01-01T00:00:00" in err
+    assert "is beyond the target" in err
+    assert "pass --force to set it anyway" in err
+    code, out, err = run(
+        ["watermark", "set", "-c", config, "--to", "2999-01-01", "--force"], capsys
+    )
+    assert code == 0, err
+    assert "(unset) -> 2999-01-01T00:00:00" in out
+
+
+def test_set_aligns_down_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_demo(tmp_path, files=20, echo=lambda _: None)
+    config = str(tmp_path / "deswm.toml")
+    code, out, err = run(
+        ["watermark", "set", "-c", config, "--to", "2000-01-02T05:00:00Z", "--json"], capsys
+    )
+    assert code == 0, err
+    assert "note: 2000-01-02T05:00:00" in err
+    assert "aligned down to the bucket start 2000-01-02T00:00:00" in err
+    assert json.loads(out)["position"].startswith("2000-01-02T00:00:00")
+    code, out, _ = run(["watermark", "history", "-c", config, "--json"], capsys)
+    assert json.loads(out)[0]["reason"] == "deswm watermark set"
+
+
+def test_reset_returns_to_the_initial_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_demo(tmp_path, files=20, echo=lambda _: None)
+    config = str(tmp_path / "deswm.toml")
+    initial = next(
+        line.split('"')[1]
+        for line in (tmp_path / "deswm.toml").read_text().splitlines()
+        if line.startswith("initial")
+    )
+    code, out, err = run(["watermark", "reset", "-c", config, "--reason", "again"], capsys)
+    # The demo's watermark is past its initial position, so reset moves back.
+    assert code == 0, err
+    assert f"-> {initial}T00:00:00" in out
+    code, out, _ = run(["watermark", "history", "-c", config, "--json"], capsys)
+    assert json.loads(out)[0]["reason"] == "again"
+
+
 def test_get_writes_the_file(
     demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

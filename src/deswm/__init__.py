@@ -102,6 +102,8 @@ __all__ = [
     "WatermarkConflict",
     "WatermarkError",
     "WatermarkKey",
+    "WatermarkMove",
+    "WatermarkMoveRefused",
     "WatermarkOrchestrator",
     "WatermarkSettings",
     "WatermarkStore",

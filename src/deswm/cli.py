@@ -15,15 +15,24 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from deswm._redact import redact
 from deswm.config import Config, load_config
-from deswm.errors import ConfigError, CycleError, DeswmError, UnplaceableRowError
-from deswm.model import CyclePlan, Watermark, WatermarkKey, Window
+from deswm.errors import (
+    ConfigError,
+    CycleError,
+    DeswmError,
+    UnplaceableRowError,
+    WatermarkMoveRefused,
+)
+from deswm.model import CyclePlan, Watermark, WatermarkMove, Window
 from deswm.timeutil import format_utc, parse_timestamp
+
+if TYPE_CHECKING:
+    from deswm.orchestrator import WatermarkOrchestrator
 
 __all__ = ["main"]
 
@@ -251,8 +260,8 @@ def cmd_watermark(args: argparse.Namespace) -> int:
                     f"{before} -> {after}  {change.reason}"
                 )
         return EXIT_OK
-    current = store.get(key)
     if action == "get":
+        current = store.get(key)
         if current is None:
             # Only read: nothing is created (the first `deswm run` initialises it).
             message = (
@@ -277,52 +286,45 @@ def cmd_watermark(args: argparse.Namespace) -> int:
         else:
             print(f"{key}: {format_utc(current.position)} (version {current.version})")
         return EXIT_OK
-    position = _new_position(args, current, orchestrator.initial_position(), key)
-    router = orchestrator.router
-    aligned = router.bucket_start(position)
-    if aligned != position:
-        print(
-            f"note: {format_utc(position)} aligned down to the bucket start {format_utc(aligned)}",
-            file=sys.stderr,
-        )
-        position = aligned
-    target = orchestrator.target()
-    if current is not None and position > current.position and not args.force:
-        raise ConfigError(
-            f"moving {key} forward from {format_utc(current.position)} to {format_utc(position)} "
-            "skips rows that may not be archived",
-            key="--to",
-            hint="pass --force if those rows are archived already or must be skipped",
-        )
-    if position > target and not args.force:
-        raise ConfigError(
-            f"{format_utc(position)} is beyond the target {format_utc(target)}",
-            key="--to",
-            hint="pass --force to set it anyway",
-        )
     reason = args.reason or f"deswm watermark {action}"
-    updated = store.set(key, position, reason=reason)
+    try:
+        move = _move(args, orchestrator, reason)
+    except WatermarkMoveRefused as exc:
+        _note_aligned(exc.requested, exc.position)
+        raise ConfigError(exc.message, key="--to", hint=f"pass --force {exc.unless}") from exc
+    _note_aligned(move.requested, move.watermark.position)
+    updated = move.watermark
     if args.json:
         _print_json(_watermark_dict(updated))
     else:
-        before = format_utc(current.position) if current else "(unset)"
+        before = format_utc(move.previous.position) if move.previous else "(unset)"
         print(f"{key}: {before} -> {format_utc(updated.position)} (version {updated.version})")
     return EXIT_OK
 
 
-def _new_position(
-    args: argparse.Namespace, current: Watermark | None, initial: datetime, key: WatermarkKey
-) -> datetime:
+def _move(
+    args: argparse.Namespace, orchestrator: WatermarkOrchestrator, reason: str
+) -> WatermarkMove:
+    """Parse the action's argument and call the library, which holds the guards."""
     if args.action == "set":
         if not args.to:
             raise ConfigError("watermark set needs --to ISO", key="--to")
-        return parse_timestamp(args.to, "--to")
+        to = parse_timestamp(args.to, "--to")
+        return orchestrator.set_watermark(to, force=args.force, reason=reason)
     if args.action == "adjust":
         if args.days_offset is None:
             raise ConfigError("watermark adjust needs --days-offset N", key="--days-offset")
-        base = current.position if current is not None else initial
-        return base + timedelta(days=args.days_offset)
-    return initial  # reset
+        return orchestrator.adjust_watermark(args.days_offset, force=args.force, reason=reason)
+    return orchestrator.reset_watermark(force=args.force, reason=reason)
+
+
+def _note_aligned(requested: datetime, position: datetime) -> None:
+    if requested != position:
+        aligned = format_utc(position)
+        print(
+            f"note: {format_utc(requested)} aligned down to the bucket start {aligned}",
+            file=sys.stderr,
+        )
 
 
 def cmd_errors(args: argparse.Namespace) -> int:

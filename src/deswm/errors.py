@@ -5,7 +5,8 @@ next, so an operator reading a log line can act on it without the source code::
 
     DeswmError
     ├── ConfigError                 a setting is missing, unknown or invalid
-    │   └── NaiveDatetimeError      a datetime without a timezone where UTC is required
+    │   ├── NaiveDatetimeError      a datetime without a timezone where UTC is required
+    │   └── WatermarkMoveRefused    a manual watermark move skips rows or passes the target
     ├── SourceError                 the source table could not be read
     │   └── BadRowError             one row cannot be archived (NULL created_at, bad uid, ...)
     │       └── UnplaceableRowError rows whose created_at no window can hold (a number, bytes,
@@ -39,6 +40,8 @@ from typing import TYPE_CHECKING
 from deswm._redact import redact
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from deswm.model import CycleResult, FileFailure, WatermarkKey
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "UnverifiedEntryError",
     "WatermarkConflict",
     "WatermarkError",
+    "WatermarkMoveRefused",
 ]
 
 
@@ -390,6 +394,29 @@ class WatermarkConflict(WatermarkError):
             "runner per partition. This runner stopped before committing this step "
             "(buckets it committed earlier stay committed); rerun is safe",
         )
+
+
+class WatermarkMoveRefused(ConfigError):
+    """A manual watermark move that needs ``force``: it skips rows or passes the target.
+
+    ``forward`` tells which guard refused (moving forward past rows that may not be
+    archived, or beyond the target); ``requested`` is the asked-for position and
+    ``position`` the bucket start it was aligned down to. ``unless`` is kept apart from
+    the hint so the CLI can say ``--force`` where hosts read ``force=True``.
+    """
+
+    def __init__(
+        self, message: str, *, forward: bool, requested: datetime, position: datetime
+    ) -> None:
+        self.forward = forward
+        self.requested = requested
+        self.position = position
+        self.unless = (
+            "if those rows are archived already or must be skipped"
+            if forward
+            else "to set it anyway"
+        )
+        super().__init__(message, hint=f"pass force=True {self.unless}")
 
 
 class CycleError(DeswmError):

@@ -32,6 +32,7 @@ __all__ = [
     "Watermark",
     "WatermarkChange",
     "WatermarkKey",
+    "WatermarkMove",
     "Window",
 ]
 
@@ -104,6 +105,23 @@ class WatermarkChange:
     previous: datetime | None
     position: datetime | None
     reason: str
+
+
+@attrs.frozen
+class WatermarkMove:
+    """A manual move of a watermark: where it was, what was asked and what was stored.
+
+    ``requested`` may lie inside a bucket; the stored position is its bucket start
+    (windows are whole buckets), and ``aligned`` says the two differ.
+    """
+
+    previous: Watermark | None
+    requested: datetime
+    watermark: Watermark
+
+    @property
+    def aligned(self) -> bool:
+        return self.requested != self.watermark.position
 
 
 @attrs.frozen

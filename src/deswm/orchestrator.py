@@ -37,6 +37,7 @@ from deswm.errors import (
     RowCountError,
     SourceError,
     WatermarkError,
+    WatermarkMoveRefused,
 )
 from deswm.model import (
     DEFAULT_STAGE,
@@ -50,6 +51,7 @@ from deswm.model import (
     SourceRecord,
     Watermark,
     WatermarkKey,
+    WatermarkMove,
     Window,
 )
 from deswm.protocols import (
@@ -241,6 +243,65 @@ class WatermarkOrchestrator:
                 "use a new pipeline name for the new layout",
             )
         return watermark
+
+    # --- manual moves -------------------------------------------------------------------
+
+    def set_watermark(
+        self, to: datetime, *, force: bool = False, reason: str | None = None
+    ) -> WatermarkMove:
+        """Move the watermark to ``to`` (aligned down to its bucket start), keeping history.
+
+        Moving back only makes the next cycle replay (safe). Without ``force`` a move
+        forward (rows in between may not be archived) or beyond :meth:`target` raises
+        :class:`~deswm.errors.WatermarkMoveRefused` and writes nothing.
+        """
+        return self._move(require_utc(to, "to"), force, reason or "set_watermark")
+
+    def adjust_watermark(
+        self, days_offset: float, *, force: bool = False, reason: str | None = None
+    ) -> WatermarkMove:
+        """Move the watermark by ``days_offset`` days (negative replays); see :meth:`set_watermark`.
+
+        Without a stored watermark the offset counts from :meth:`initial_position`.
+        """
+        current = self.store.get(self.key)
+        base = current.position if current is not None else self.initial_position()
+        return self._move(
+            base + timedelta(days=days_offset), force, reason or "adjust_watermark", current
+        )
+
+    def reset_watermark(self, *, force: bool = False, reason: str | None = None) -> WatermarkMove:
+        """Move the watermark back to :meth:`initial_position`; see :meth:`set_watermark`."""
+        return self._move(self.initial_position(), force, reason or "reset_watermark")
+
+    def _move(
+        self,
+        requested: datetime,
+        force: bool,
+        reason: str,
+        current: Watermark | None = None,
+    ) -> WatermarkMove:
+        current = current if current is not None else self.store.get(self.key)
+        position = self.router.bucket_start(requested)
+        if not force:
+            if current is not None and position > current.position:
+                raise WatermarkMoveRefused(
+                    f"moving {self.key} forward from {format_utc(current.position)} to "
+                    f"{format_utc(position)} skips rows that may not be archived",
+                    forward=True,
+                    requested=requested,
+                    position=position,
+                )
+            target = self.target()
+            if position > target:
+                raise WatermarkMoveRefused(
+                    f"{format_utc(position)} is beyond the target {format_utc(target)}",
+                    forward=False,
+                    requested=requested,
+                    position=position,
+                )
+        updated = self.store.set(self.key, position, reason=reason)
+        return WatermarkMove(previous=current, requested=requested, watermark=updated)
 
     # --- planning -----------------------------------------------------------------------
 
