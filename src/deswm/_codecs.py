@@ -29,6 +29,7 @@ __all__ = [
     "CODEC_IDS",
     "CODEC_MASK",
     "CODEC_NAMES",
+    "RAW_CODECS",
     "REGISTRY",
     "WRITABLE",
     "Codec",
@@ -244,11 +245,13 @@ def _by_id(codecs: tuple[EntryCodec, ...]) -> dict[int, EntryCodec]:
 
 
 REGISTRY: Final[Mapping[int, EntryCodec]] = _by_id(_REGISTERED)
-"""Codecs by on-disk id: what the index parser looks an entry's codec byte up in."""
+"""Codecs by on-disk id; the flat tables below (what the hot loops use) derive from it."""
 
 CODECS_BY_NAME: Final[Mapping[str, EntryCodec]] = {c.name: c for c in _REGISTERED}
 CODEC_IDS: Final[Mapping[str, int]] = {c.name: c.id for c in _REGISTERED}
 CODEC_NAMES: Final[Mapping[int, Codec]] = {c.id: c.name for c in _REGISTERED}
+RAW_CODECS: Final[frozenset[str]] = frozenset(c.name for c in _REGISTERED if c.raw)
+"""Names of the codecs that store payloads as they are (a set for the index parser's loop)."""
 WRITABLE: Final[tuple[Codec, ...]] = tuple(
     name for name in typing.get_args(WritableCodec) if CODECS_BY_NAME[name].writable
 )

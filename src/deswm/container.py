@@ -33,7 +33,7 @@ import attrs
 
 from deswm._codecs import CODEC_IDS as CODEC_IDS
 from deswm._codecs import CODEC_NAMES as CODEC_NAMES
-from deswm._codecs import CODECS_BY_NAME, REGISTRY, WRITABLE, Codec
+from deswm._codecs import CODECS_BY_NAME, RAW_CODECS, WRITABLE, Codec
 from deswm.errors import ConfigError, CorruptShardError
 from deswm.timeutil import format_utc
 
@@ -647,8 +647,8 @@ def parse_index(
                 offset, length, codec_id, compressed, size = _INLINE_V1.unpack_from(view, pos)
                 pos += _INLINE_V1.size
                 meta_len = 0
-            codec_spec = REGISTRY.get(codec_id)
-            if codec_spec is None:
+            codec = CODEC_NAMES.get(codec_id)
+            if codec is None:
                 raise CorruptShardError(name, at, f"entry {uid!r} has unknown codec {codec_id}")
             if compressed != length:
                 raise CorruptShardError(
@@ -663,8 +663,7 @@ def parse_index(
                 )
             if size > MAX_SIZE_FIELD:
                 raise CorruptShardError(name, at, f"entry {uid!r} size {size} is impossible")
-            codec = codec_spec.name
-            if codec_spec.raw and size != length:
+            if codec in RAW_CODECS and size != length:
                 raise CorruptShardError(
                     name, at, f"entry {uid!r} is stored uncompressed: size {size} != {length}"
                 )
