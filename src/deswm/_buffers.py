@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Final, Generic, NamedTuple, TypeVar
 
+from deswm._codecs import CODEC_IDS, CODEC_MASK, CODEC_NAMES
 from deswm.container import Compressor, ShardIndex
 from deswm.errors import PackError
 from deswm.model import Codec, ShardKey
@@ -35,9 +36,9 @@ from deswm.shardio import PartInfo
 
 __all__ = [
     "BIG",
-    "CODECS",
     "CODEC_IDS",
     "CODEC_MASK",
+    "CODEC_NAMES",
     "RECORD",
     "SPILLED",
     "Encoded",
@@ -50,11 +51,10 @@ __all__ = [
 
 _MIB: Final = 2**20
 
-CODEC_IDS: Final = {"none": 0, "zstd": 1, "lz4": 2}
-CODECS: Final[tuple[Codec, ...]] = ("none", "zstd", "lz4")
-CODEC_MASK: Final = 0x03
 SPILLED: Final = 0x40
 BIG: Final = 0x80
+if CODEC_MASK & (SPILLED | BIG):  # pragma: no cover - a registry change would need new flags
+    raise ImportError(f"codec ids need bits {CODEC_MASK:#x}, which overlap the record flags")
 
 RECORD: Final = struct.Struct("<qQQQB32sH")
 """created_at (µs since the epoch), raw size, stored length, location of the stored bytes,

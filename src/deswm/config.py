@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from deswm._codecs import WritableCodec
 from deswm._engines import DEFAULT_LOCK_TIMEOUT
 from deswm._redact import redact_url, remember
 from deswm.errors import ConfigError
@@ -203,7 +204,7 @@ class ArchiveSettings:
     url: str = attrs.field(repr=_redacted)
     n_bits: int = _bounded(8, 4, 16)
     max_shard_size: int = _size(1024**3)
-    compression: Literal["zstd", "none"] = "zstd"
+    compression: WritableCodec = "zstd"
     compression_level: int = _bounded(3, -(2**31), 22)
     big_file_threshold: int = _size(10 * 1024**2)
     spill_threshold: int = _size(64 * 1024**2)

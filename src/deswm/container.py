@@ -30,10 +30,11 @@ from functools import cached_property
 from typing import IO, Any, Final
 
 import attrs
-import zstandard
 
+from deswm._codecs import CODEC_IDS as CODEC_IDS
+from deswm._codecs import CODEC_NAMES as CODEC_NAMES
+from deswm._codecs import CODECS_BY_NAME, RAW_CODECS, WRITABLE, Codec
 from deswm.errors import ConfigError, CorruptShardError
-from deswm.model import Codec
 from deswm.timeutil import format_utc
 
 __all__ = [
@@ -74,14 +75,9 @@ original DES writers put files above ``big_file_threshold`` (10 MiB) in ``_bigFi
 MAX_SIZE_FIELD: Final = 2**63 - 1
 """Largest size or offset field accepted (a signed 64-bit file size)."""
 
-_DECODE_CHUNK: Final = 2**20
-"""Bytes decoded per step by the bounded stream decoders."""
-
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 """A sha256 as deswm and the DES tools write it: 64 lowercase hex digits."""
 
-CODEC_IDS: Final[Mapping[str, int]] = {"none": 0, "zstd": 1, "lz4": 2}
-CODEC_NAMES: Final[Mapping[int, Codec]] = {0: "none", 1: "zstd", 2: "lz4"}
 FLAG_BIG: Final = 0x01
 
 _U16 = struct.Struct("<H")
@@ -211,27 +207,25 @@ class Compressor:
     """
 
     def __init__(self, codec: Codec = "zstd", level: int = 3) -> None:
-        if codec not in ("zstd", "none"):
+        spec = CODECS_BY_NAME.get(codec)
+        if spec is None or not spec.writable:
             raise ConfigError(
-                f"deswm writes 'zstd' or 'none', got {codec!r}",
+                f"deswm writes {' or '.join(map(repr, WRITABLE))}, got {codec!r}",
                 key="archive.compression",
-                hint="lz4 entries are read but not written",
-            )
-        if codec == "zstd" and not -7 <= level <= 22:
-            raise ConfigError(
-                f"zstd level must be from -7 to 22, got {level}", key="archive.compression_level"
+                hint=f"{', '.join(sorted(CODECS_BY_NAME.keys() - WRITABLE))} entries are read "
+                "but not written",
             )
         self.codec: Codec = codec
         self.level = level
-        self._zstd = zstandard.ZstdCompressor(level=level) if codec == "zstd" else None
+        self._frames = spec.compressor(level)
 
     def compress(self, data: bytes) -> tuple[Codec, bytes]:
-        if self._zstd is None or not data:
+        if self._frames is None or not data:
             return "none", data
-        packed: bytes = self._zstd.compress(data)
+        packed: bytes = self._frames.compress(data)
         if len(packed) >= len(data):
             return "none", data
-        return "zstd", packed
+        return self.codec, packed
 
     def compress_many(self, payloads: Sequence[bytes]) -> list[tuple[Codec, bytes]]:
         """:meth:`compress` of each payload, in one call into zstd where it can.
@@ -241,9 +235,8 @@ class Compressor:
         GIL at every release and hand it back late). Each frame is exactly what
         :meth:`compress` makes; the tests check both paths give the same bytes.
         """
-        zstd = self._zstd
-        many = getattr(zstd, "multi_compress_to_buffer", None)
-        if zstd is None or many is None or len(payloads) < 2:
+        many = getattr(self._frames, "multi_compress_to_buffer", None)
+        if many is None or len(payloads) < 2:
             return [self.compress(data) for data in payloads]
         todo = [data for data in payloads if data]
         packed = many(todo, threads=0) if todo else ()
@@ -258,7 +251,7 @@ class Compressor:
             if len(frame) >= len(data):
                 out.append(("none", data))
             else:
-                out.append(("zstd", frame.tobytes()))
+                out.append((self.codec, frame.tobytes()))
         return out
 
 
@@ -346,8 +339,9 @@ def _check_digest(entry: IndexEntry, data: bytes, expected: str | None, *, name:
 
 
 def _decompress(entry: IndexEntry, stored: bytes, *, name: str, max_size: int) -> bytes:
-    if entry.codec == "none":
-        return stored
+    codec = CODECS_BY_NAME[entry.codec]
+    if codec.raw:
+        return codec.decode(stored, entry.size)
     if entry.size > max_size:
         raise CorruptShardError(
             name,
@@ -357,93 +351,11 @@ def _decompress(entry: IndexEntry, stored: bytes, *, name: str, max_size: int) -
             f"Archive(max_inline_size=...) if the entry is genuine)",
         )
     try:
-        if entry.codec == "zstd":
-            return _zstd_decompress(stored, entry.size)
-        return _lz4_decompress(stored, entry.size)
-    except (zstandard.ZstdError, ValueError) as exc:
+        return codec.decode(stored, entry.size)
+    except ValueError as exc:
         raise CorruptShardError(
             name, entry.offset, f"entry {entry.uid!r}: {entry.codec} frame does not decode ({exc})"
         ) from exc
-
-
-def _zstd_decompress(stored: bytes, size: int) -> bytes:
-    """At most ``size + 1`` bytes of the zstd frames in ``stored``.
-
-    python-zstandard's one-shot ``decompress`` allocates what the frame header declares
-    (ignoring ``max_output_size``), so it is used only when that equals ``size`` (then
-    libzstd itself refuses to write more); otherwise a stream is read in bounded steps.
-    """
-    declared = zstandard.frame_content_size(stored)
-    if declared == size:
-        return bytes(zstandard.ZstdDecompressor().decompress(stored))
-    if declared > size:
-        raise ValueError(f"the frame declares {declared} bytes, the index {size}")
-    reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
-    with reader:
-        return _bounded(reader.read, size)
-
-
-def _bounded(read: Callable[[int], bytes], size: int) -> bytes:
-    """Exactly ``size`` bytes from ``read(n)`` calls, which return ``b""`` at the end.
-
-    Reads at most one byte more than ``size`` (to see an overrun), so the memory held
-    is bounded by the declared size whatever the frame expands to.
-    """
-    out = io.BytesIO()
-    want = size + 1
-    while out.tell() < want:
-        chunk = read(min(_DECODE_CHUNK, want - out.tell()))
-        if not chunk:
-            break
-        out.write(chunk)
-    if out.tell() > size:
-        raise ValueError(f"it holds more than the {size} bytes the index declares")
-    if out.tell() < size:
-        raise ValueError(f"it ends after {out.tell()} of the {size} bytes the index declares")
-    return out.getvalue()
-
-
-def _lz4_decompress(stored: bytes, size: int) -> bytes:
-    """At most ``size + 1`` bytes of the one lz4 frame in ``stored``.
-
-    ``lz4.frame.decompress`` has no output limit, so a streaming decompressor is driven
-    with ``max_length``; bytes after the frame are corruption.
-    """
-    try:
-        import lz4.frame
-    except ImportError:
-        raise ConfigError(
-            "this shard has lz4 entries but the lz4 package is not installed",
-            hint="pip install 'deswm[lz4]'",
-        ) from None
-    try:
-        info = lz4.frame.get_frame_info(stored)
-    except RuntimeError as exc:  # lz4 reports bad frames as RuntimeError
-        raise ValueError(str(exc)) from exc
-    declared = info.get("content_size") or 0  # 0: not recorded
-    if declared and declared != size:
-        raise ValueError(f"the frame declares {declared} bytes, the index {size}")
-    decoder = lz4.frame.LZ4FrameDecompressor()
-    pending = [stored]
-
-    def read(limit: int) -> bytes:
-        stalled = 0
-        while not decoder.eof:
-            data = pending.pop() if pending else b""
-            try:
-                chunk: bytes = decoder.decompress(data, max_length=limit)
-            except RuntimeError as exc:  # lz4 reports bad frames as RuntimeError
-                raise ValueError(str(exc)) from exc
-            if chunk:
-                return chunk
-            stalled += 1
-            if not decoder.eof and (decoder.needs_input or stalled > 8):
-                raise ValueError("the frame is truncated")
-        if decoder.unused_data:
-            raise ValueError(f"{len(decoder.unused_data)} bytes follow the frame")
-        return b""
-
-    return _bounded(read, size)  # it ends early only at the frame's end, checked in read
 
 
 def encode_header(version: int = 2) -> bytes:
@@ -605,23 +517,23 @@ def build_shard(
     A convenience for tests and small tools; the packer streams instead. ``meta``
     computes each entry's meta from ``(uid, data)`` (none by default).
     """
-    import io
 
     buffer = io.BytesIO()
     writer = ShardWriter(buffer, version=version)
-    zstd = Compressor("zstd", level)
+    compressors: dict[Codec, Compressor] = {}
     for item in entries:
         uid, data = item[0], item[1]
         wanted: Codec = item[2] if len(item) == 3 else "zstd"
         codec: Codec
-        if wanted == "lz4":
-            import lz4.frame
-
-            codec, stored = "lz4", bytes(lz4.frame.compress(data))
-        elif wanted == "zstd":
-            codec, stored = zstd.compress(data)
-        else:
-            codec, stored = "none", data
+        spec = CODECS_BY_NAME[wanted]
+        if spec.writable:
+            if wanted not in compressors:
+                compressors[wanted] = Compressor(wanted, level)
+            codec, stored = compressors[wanted].compress(data)
+        else:  # a read-only codec, written as asked so tests can make such entries
+            frames = spec.compressor(level)
+            assert frames is not None
+            codec, stored = wanted, frames.compress(data)
         entry_meta = meta(uid, data) if meta else b""
         writer.add(uid, stored, codec=codec, size=len(data), meta=entry_meta)
     writer.finish()
@@ -751,7 +663,7 @@ def parse_index(
                 )
             if size > MAX_SIZE_FIELD:
                 raise CorruptShardError(name, at, f"entry {uid!r} size {size} is impossible")
-            if codec == "none" and size != length:
+            if codec in RAW_CODECS and size != length:
                 raise CorruptShardError(
                     name, at, f"entry {uid!r} is stored uncompressed: size {size} != {length}"
                 )

@@ -7,10 +7,10 @@ the orchestrator all speak the same vocabulary. All datetimes are aware UTC.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
 
 import attrs
 
+from deswm._codecs import Codec as Codec
 from deswm.timeutil import format_day, format_utc
 
 __all__ = [
@@ -38,8 +38,6 @@ __all__ = [
 
 DEFAULT_STAGE = "archived"
 """The stage whose watermark says "every row below it is packed and published"."""
-
-Codec = Literal["none", "zstd", "lz4"]
 
 
 def _is_aware_utc(_: object, attribute: attrs.Attribute[datetime], value: datetime) -> None:

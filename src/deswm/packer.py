@@ -60,7 +60,7 @@ from deswm._buffers import (
     BIG,
     CODEC_IDS,
     CODEC_MASK,
-    CODECS,
+    CODEC_NAMES,
     RECORD,
     SPILLED,
     Encoded,
@@ -275,7 +275,7 @@ def _new_items(records: bytes) -> list[PlannedEntry]:
             continue
         cost = length + 2 + uid_len + 1 + len(meta) + 37
         source = IN_SPILL if flags & SPILLED else IN_BUFFER
-        codec: Codec = CODECS[flags & CODEC_MASK]
+        codec: Codec = CODEC_NAMES[flags & CODEC_MASK]
         items.append(
             PlannedEntry((text, uid), uid, codec, size, length, meta, None, cost, source, loc)
         )
