@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import sqlalchemy as sa
 
-from deswm._engines import engine_from, timeout_error
-from deswm._redact import redact, redact_url, scrub, url_secrets
+from deswm._engines import engine_from
+from deswm._redact import redact, redact_url
+from deswm._sql.errors import db_errors
 from deswm._sqlschema import create_tables, key_string
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
@@ -228,23 +229,16 @@ class SqlErrorStore:
                     create_tables(self._engine, self._metadata, (self._table,))
                 self._ready = True
 
-    @contextlib.contextmanager
-    def _db_errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except sa.exc.SQLAlchemyError as exc:
-            timeout = timeout_error(exc, what=action, table=repr(self._table.fullname))
-            if timeout is not None:
-                raise timeout from exc
-            orig: Any = getattr(exc, "orig", None) or exc
-            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-            first = scrub(redact(first), url_secrets(self._engine.url))
-            raise DeswmError(
-                f"could not {action} in table {self._table.fullname!r} at {self.url}: "
-                f"{type(orig).__name__}: {first}",
-                hint="Check that the database is reachable and that this account may create, "
-                "read and write the error table; the cause is chained",
-            ) from exc
+    def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return db_errors(
+            action,
+            table=self._table.fullname,
+            url=self.url,
+            engine_url=self._engine.url,
+            error=DeswmError,
+            hint="Check that the database is reachable and that this account may create, "
+            "read and write the error table; the cause is chained",
+        )
 
 
 def _to_recorded(row: sa.RowMapping) -> RecordedFailure:

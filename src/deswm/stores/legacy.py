@@ -66,14 +66,17 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from, timeout_error
-from deswm._redact import redact_url, scrub, url_secrets
+from deswm._engines import default_actor, engine_from
+from deswm._redact import redact_url
+from deswm._sql.errors import db_errors
+from deswm._sql.names import check_name
+from deswm._sql.timecols import TimeKind, fraction_digits, time_kind, utc_session
 from deswm._sqlschema import create_tables
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
@@ -100,11 +103,6 @@ _PIPELINE_MAX: Final = 255
 _ACTOR_MAX: Final = 255
 _UPDATED_BY_MAX: Final = 100
 _SET_ATTEMPTS: Final = 10
-_MYSQL_FAMILY: Final = frozenset({"mysql", "mariadb"})
-_SET_UTC: Final = "SET @deswm_saved_time_zone = @@session.time_zone, time_zone = '+00:00'"
-_RESTORE_TZ: Final = "SET time_zone = @deswm_saved_time_zone"
-
-_TimeKind = Literal["aware", "naive", "text"]
 
 
 def legacy_version(position: datetime) -> int:
@@ -124,13 +122,14 @@ def _now() -> datetime:
 class _TimeColumn:
     """How one timestamp column of the legacy table is read, compared and written.
 
-    ``kind``: ``aware`` (timestamptz: bind aware UTC), ``naive`` (timestamp, DATETIME,
-    MySQL TIMESTAMP under a UTC session: bind naive UTC), ``text`` (SQLite: read and
-    compare the stored text itself). ``digits``: fractional digits the column keeps.
+    ``kind``: ``aware`` (timestamptz: bind aware UTC), ``naive`` (timestamp, DATETIME)
+    and ``mysql_utc`` (MySQL TIMESTAMP under a UTC session): bind naive UTC, ``text``
+    (SQLite: read and compare the stored text itself). ``digits``: fractional digits the
+    column keeps.
     """
 
     column: sa.Column[Any]
-    kind: _TimeKind
+    kind: TimeKind
     digits: int
 
     def select(self) -> sa.ColumnElement[Any]:
@@ -174,7 +173,7 @@ class _TimeColumn:
         if self.kind == "text":
             # Without a fraction on whole seconds: the format SQLite's own functions write.
             return sa.literal(format_wall(instant), sa.String())
-        if self.kind == "naive":
+        if self.kind in ("naive", "mysql_utc"):
             return sa.literal(instant.replace(tzinfo=None), self.column.type)
         return sa.literal(instant, self.column.type)
 
@@ -257,12 +256,6 @@ def _history_definition(metadata: sa.MetaData, name: str, schema: str | None) ->
     )
 
 
-def _check_name(value: object, setting: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"must be a non-empty table or schema name, got {value!r}", key=setting)
-    return value
-
-
 class LegacyArchiveConfigStore:
     """:class:`~deswm.protocols.WatermarkStore` on the earlier system's singleton table.
 
@@ -297,14 +290,14 @@ class LegacyArchiveConfigStore:
         actor: str | None = None,
     ) -> None:
         self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
-        self._table_name = _check_name(table, "watermark.table")
-        history_name = _check_name(
+        self._table_name = check_name(table, "watermark.table")
+        history_name = check_name(
             f"{table}_history" if history_table is None else history_table,
             "history_table",
         )
         if history_name == table:
             raise ConfigError(f"must differ from the legacy table {table!r}", key="history_table")
-        self._schema = None if schema is None else _check_name(schema, "watermark.schema")
+        self._schema = None if schema is None else check_name(schema, "watermark.schema")
         if isinstance(row_id, bool) or not isinstance(row_id, int):
             raise ConfigError(f"must be an integer, got {row_id!r}", key="watermark.row_id")
         self._row_id = row_id
@@ -840,15 +833,8 @@ class LegacyArchiveConfigStore:
             if not layout.session_utc:
                 yield conn
                 return
-            conn.exec_driver_sql(_SET_UTC)
-            conn.commit()
-            try:
+            with utc_session(conn, commit=True):
                 yield conn
-            except BaseException:
-                conn.invalidate()
-                raise
-            conn.exec_driver_sql(_RESTORE_TZ)
-            conn.commit()
 
     def _layout(self) -> _Layout:
         """Reflect the legacy table once (creating it when absent)."""
@@ -925,11 +911,8 @@ class LegacyArchiveConfigStore:
         length = getattr(updated_by.type, "length", None) if updated_by is not None else None
         position_column = self._time_column(position)
         stamp_column = None if last_updated is None else self._time_column(last_updated)
-        dialect = self._engine.dialect.name
-        session_utc = dialect in _MYSQL_FAMILY and any(
-            isinstance(col.type, sa.TIMESTAMP)
-            for col in (position, last_updated)
-            if col is not None
+        session_utc = any(
+            col is not None and col.kind == "mysql_utc" for col in (position_column, stamp_column)
         )
         return _Layout(
             table=table,
@@ -944,19 +927,11 @@ class LegacyArchiveConfigStore:
 
     def _time_column(self, column: sa.Column[Any]) -> _TimeColumn:
         dialect = self._engine.dialect.name
-        kind_of = column.type
-        if dialect == "sqlite":
-            if isinstance(kind_of, sa.DateTime | sa.String | sa.types.NullType):
-                return _TimeColumn(column, "text", 6)
-        elif isinstance(kind_of, sa.DateTime):
-            if dialect in _MYSQL_FAMILY:
-                fsp = getattr(kind_of, "fsp", None)
-                return _TimeColumn(column, "naive", int(fsp or 0))
-            precision = getattr(kind_of, "precision", None)
-            digits = 6 if precision is None else min(int(precision), 6)
-            return _TimeColumn(column, "aware" if kind_of.timezone else "naive", digits)
+        kind = time_kind(dialect, column.type)
+        if kind is not None:
+            return _TimeColumn(column, kind, fraction_digits(dialect, column.type))
         raise ConfigError(
-            f"column {column.name!r} of table {self.table_name!r} has type {kind_of}; "
+            f"column {column.name!r} of table {self.table_name!r} has type {column.type}; "
             "deswm needs a timestamp (TIMESTAMP / DATETIME) column",
             key="watermark.table",
         )
@@ -979,26 +954,15 @@ class LegacyArchiveConfigStore:
             self._history_ready = True
         return found
 
-    @contextlib.contextmanager
-    def _db_errors(self, action: str) -> Iterator[None]:
+    def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming the table and URL."""
-        try:
-            yield
-        except sa.exc.SQLAlchemyError as exc:
-            timeout = timeout_error(exc, what=action, table=repr(self.table_name))
-            if timeout is not None:
-                raise timeout from exc
-            raise WatermarkError(
-                f"could not {action} in table {self.table_name!r} at {self.url}: "
-                f"{self._describe(exc)}",
-                hint="Check that the database is reachable and that this account may read "
-                "and update the table (and create the history table for set()); the cause "
-                "is chained",
-            ) from exc
-
-    def _describe(self, exc: sa.exc.SQLAlchemyError) -> str:
-        """First line of the driver's message, with the password scrubbed out."""
-        orig = getattr(exc, "orig", None) or exc
-        lines = str(orig).strip().splitlines()
-        text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        return scrub(text, url_secrets(self._engine.url))
+        return db_errors(
+            action,
+            table=self.table_name,
+            url=self.url,
+            engine_url=self._engine.url,
+            error=WatermarkError,
+            hint="Check that the database is reachable and that this account may read "
+            "and update the table (and create the history table for set()); the cause "
+            "is chained",
+        )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -26,8 +26,10 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from, timeout_error
-from deswm._redact import redact_url, scrub, url_secrets
+from deswm._engines import default_actor, engine_from
+from deswm._redact import redact_url
+from deswm._sql.errors import db_errors
+from deswm._sql.names import check_name
 from deswm._sqlschema import create_tables, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
@@ -151,12 +153,6 @@ def _is_write_race(exc: sa.exc.DBAPIError) -> bool:
     return bool(args) and args[0] == _MYSQL_DEADLOCK
 
 
-def _check_name(value: object, setting: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"must be a non-empty table or schema name, got {value!r}", key=setting)
-    return value
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -190,8 +186,8 @@ class SqlWatermarkStore:
         actor: str | None = None,
     ) -> None:
         self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
-        table = _check_name(table, "table")
-        history_table = _check_name(
+        table = check_name(table, "table")
+        history_table = check_name(
             f"{table}_history" if history_table is None else history_table, "history_table"
         )
         if history_table == table:
@@ -199,7 +195,7 @@ class SqlWatermarkStore:
                 f"must differ from the watermark table {table!r}", key="history_table"
             )
         if schema is not None:
-            schema = _check_name(schema, "schema")
+            schema = check_name(schema, "schema")
         if actor is None:
             actor = default_actor()
         if not isinstance(actor, str) or not actor or len(actor) > ACTOR_MAX:
@@ -537,25 +533,14 @@ class SqlWatermarkStore:
                     create_tables(self._engine, self._metadata, (self._table, self._history))
                 self._ready = True
 
-    @contextlib.contextmanager
-    def _db_errors(self, action: str) -> Iterator[None]:
+    def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming table and URL."""
-        try:
-            yield
-        except sa.exc.SQLAlchemyError as exc:
-            timeout = timeout_error(exc, what=action, table=repr(self._table.fullname))
-            if timeout is not None:
-                raise timeout from exc
-            raise WatermarkError(
-                f"could not {action} in table {self._table.fullname!r} at {self.url}: "
-                f"{self._describe(exc)}",
-                hint="Check that the database is reachable and that this account may "
-                "create, read and update the watermark tables; the cause is chained",
-            ) from exc
-
-    def _describe(self, exc: sa.exc.SQLAlchemyError) -> str:
-        """First line of the driver's message, with the password scrubbed out."""
-        orig = getattr(exc, "orig", None) or exc
-        lines = str(orig).strip().splitlines()
-        text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        return scrub(text, url_secrets(self._engine.url))
+        return db_errors(
+            action,
+            table=self._table.fullname,
+            url=self.url,
+            engine_url=self._engine.url,
+            error=WatermarkError,
+            hint="Check that the database is reachable and that this account may "
+            "create, read and update the watermark tables; the cause is chained",
+        )
