@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import sqlalchemy as sa
 
 from deswm._engines import timeout_error
-from deswm._redact import redact, scrub, url_secrets
+from deswm._redact import redact, redact_url, scrub, url_secrets
 from deswm.errors import DeswmError
 
 __all__ = ["STORE_MESSAGE", "db_errors", "describe"]
@@ -29,19 +29,19 @@ def describe(exc: BaseException, engine_url: sa.URL) -> str:
 @contextlib.contextmanager
 def db_errors(
     action: str,
-    *,
     table: str,
-    url: str,
-    engine_url: sa.URL,
+    engine: sa.Engine,
     error: Callable[..., DeswmError],
     hint: str,
+    *,
     message: str = STORE_MESSAGE,
     catch: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError,),
     timeouts: bool = True,
 ) -> Iterator[None]:
     """Raise a database failure met inside the block as ``error`` naming table and URL.
 
-    ``message`` is formatted with ``action``, ``table`` and ``url``; the driver's first
+    ``message`` is formatted with ``action``, ``table`` and the engine's redacted ``url``;
+    the driver's first
     line follows it. With ``timeouts``, a lock or statement timeout becomes a
     :class:`~deswm.errors.DatabaseTimeoutError` instead. The cause is chained.
     """
@@ -52,5 +52,5 @@ def db_errors(
             timeout = timeout_error(exc, what=action, table=repr(table))
             if timeout is not None:
                 raise timeout from exc
-        text = message.format(action=action, table=table, url=url)
-        raise error(f"{text}: {describe(exc, engine_url)}", hint=hint) from exc
+        text = message.format(action=action, table=table, url=redact_url(engine.url))
+        raise error(f"{text}: {describe(exc, engine.url)}", hint=hint) from exc

@@ -671,11 +671,10 @@ class SqlSourceProvider:
         # Timeouts are typed by the engine's own limits (apply_limits), not here.
         return db_errors(
             action,
-            table=self._table_ref,
-            url=self.redacted_url,
-            engine_url=self.engine.url,
-            error=SourceError,
-            hint="Check that the database is reachable and the table readable",
+            self._table_ref,
+            self.engine,
+            SourceError,
+            "Check that the database is reachable and the table readable",
             message="{action} failed for table {table} on {url}",
             catch=_DB_ERRORS,
             timeouts=False,

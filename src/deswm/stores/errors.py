@@ -59,6 +59,12 @@ def _uid_key(uid: str) -> str:
     return hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_DB_HINT: Final = (
+    "Check that the database is reachable and that this account may create, "
+    "read and write the error table; the cause is chained"
+)
+
+
 class SqlErrorStore:
     """:class:`~deswm.protocols.ErrorStore` in a table (default ``deswm_errors``).
 
@@ -230,15 +236,7 @@ class SqlErrorStore:
                 self._ready = True
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
-        return db_errors(
-            action,
-            table=self._table.fullname,
-            url=self.url,
-            engine_url=self._engine.url,
-            error=DeswmError,
-            hint="Check that the database is reachable and that this account may create, "
-            "read and write the error table; the cause is chained",
-        )
+        return db_errors(action, self._table.fullname, self._engine, DeswmError, _DB_HINT)
 
 
 def _to_recorded(row: sa.RowMapping) -> RecordedFailure:

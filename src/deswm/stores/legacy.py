@@ -256,6 +256,13 @@ def _history_definition(metadata: sa.MetaData, name: str, schema: str | None) ->
     )
 
 
+_DB_HINT: Final = (
+    "Check that the database is reachable and that this account may read "
+    "and update the table (and create the history table for set()); the cause "
+    "is chained"
+)
+
+
 class LegacyArchiveConfigStore:
     """:class:`~deswm.protocols.WatermarkStore` on the earlier system's singleton table.
 
@@ -956,13 +963,4 @@ class LegacyArchiveConfigStore:
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming the table and URL."""
-        return db_errors(
-            action,
-            table=self.table_name,
-            url=self.url,
-            engine_url=self._engine.url,
-            error=WatermarkError,
-            hint="Check that the database is reachable and that this account may read "
-            "and update the table (and create the history table for set()); the cause "
-            "is chained",
-        )
+        return db_errors(action, self.table_name, self._engine, WatermarkError, _DB_HINT)

@@ -157,6 +157,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_DB_HINT: Final = (
+    "Check that the database is reachable and that this account may "
+    "create, read and update the watermark tables; the cause is chained"
+)
+
+
 class SqlWatermarkStore:
     """:class:`~deswm.protocols.WatermarkStore` on any SQLAlchemy database.
 
@@ -535,12 +541,4 @@ class SqlWatermarkStore:
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming table and URL."""
-        return db_errors(
-            action,
-            table=self._table.fullname,
-            url=self.url,
-            engine_url=self._engine.url,
-            error=WatermarkError,
-            hint="Check that the database is reachable and that this account may "
-            "create, read and update the watermark tables; the cause is chained",
-        )
+        return db_errors(action, self._table.fullname, self._engine, WatermarkError, _DB_HINT)
