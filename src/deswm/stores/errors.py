@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from deswm._engines import engine_from
 from deswm._redact import redact, redact_url
 from deswm._sql.errors import db_errors
-from deswm._sqlschema import create_tables, key_string
+from deswm._sql.schema import create_tables, key_string
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
 from deswm.sqltypes import UtcDateTime

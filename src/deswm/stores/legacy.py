@@ -76,8 +76,8 @@ from deswm._engines import default_actor, engine_from
 from deswm._redact import redact_url
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
+from deswm._sql.schema import create_tables, history_table
 from deswm._sql.timecols import TimeKind, fraction_digits, time_kind, utc_session
-from deswm._sqlschema import create_tables
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -235,24 +235,13 @@ def _definition(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Tabl
 
 
 def _history_definition(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
-    return sa.Table(
-        name,
+    return history_table(
         metadata,
-        sa.Column(
-            "id",
-            # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
+        name,
+        schema,
         sa.Column("config_id", sa.Integer, nullable=False),
         sa.Column("pipeline", sa.String(_PIPELINE_MAX), nullable=False),
-        sa.Column("changed_at", UtcDateTime(), nullable=False),
-        sa.Column("actor", sa.String(_ACTOR_MAX), nullable=False),
-        sa.Column("previous_position", UtcDateTime(), nullable=True),
-        sa.Column("new_position", UtcDateTime(), nullable=True),
-        sa.Column("reason", sa.Text, nullable=False),
-        schema=schema,
+        actor_length=_ACTOR_MAX,
     )
 
 

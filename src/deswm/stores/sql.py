@@ -30,7 +30,7 @@ from deswm._engines import default_actor, engine_from
 from deswm._redact import redact_url
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
-from deswm._sqlschema import create_tables, key_string
+from deswm._sql.schema import create_tables, history_table, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -71,26 +71,14 @@ def _watermark_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa
 
 
 def _history_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
-    # No index beyond the primary key: rows are manual changes, a handful per year.
-    return sa.Table(
-        name,
+    return history_table(
         metadata,
-        sa.Column(
-            "id",
-            # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
+        name,
+        schema,
         sa.Column("pipeline", key_string(PIPELINE_MAX), nullable=False),
         sa.Column("stage", key_string(STAGE_MAX), nullable=False),
         sa.Column("partition_index", sa.Integer, nullable=False),
-        sa.Column("changed_at", UtcDateTime(), nullable=False),
-        sa.Column("actor", sa.String(ACTOR_MAX), nullable=False),
-        sa.Column("previous_position", UtcDateTime(), nullable=True),
-        sa.Column("new_position", UtcDateTime(), nullable=True),
-        sa.Column("reason", sa.Text, nullable=False),
-        schema=schema,
+        actor_length=ACTOR_MAX,
     )
 
 

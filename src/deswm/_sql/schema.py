@@ -8,7 +8,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["create_tables", "key_string"]
+from deswm.sqltypes import UtcDateTime
+
+__all__ = ["create_tables", "history_table", "key_string"]
 
 _CREATE_ATTEMPTS: Final = 3
 _MYSQL: Final = frozenset({"mysql", "mariadb"})
@@ -48,6 +50,37 @@ class _KeyString(sa.types.TypeDecorator[str]):
 def key_string(length: int) -> sa.types.TypeEngine[str]:
     """A key column (pipeline, stage) that compares exactly on every database."""
     return _KeyString(length)
+
+
+def history_table(
+    metadata: sa.MetaData,
+    name: str,
+    schema: str | None,
+    *key_columns: sa.Column[Any],
+    actor_length: int,
+) -> sa.Table:
+    """A table of manual watermark changes: an id, ``key_columns``, then who moved what when.
+
+    No index beyond the primary key: rows are manual changes, a handful per year.
+    """
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(
+            "id",
+            # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        *key_columns,
+        sa.Column("changed_at", UtcDateTime(), nullable=False),
+        sa.Column("actor", sa.String(actor_length), nullable=False),
+        sa.Column("previous_position", UtcDateTime(), nullable=True),
+        sa.Column("new_position", UtcDateTime(), nullable=True),
+        sa.Column("reason", sa.Text, nullable=False),
+        schema=schema,
+    )
 
 
 def create_tables(engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.Table]) -> None:
