@@ -18,8 +18,8 @@ from typing import Final
 
 import sqlalchemy as sa
 
-from deswm._engines import engine_from
-from deswm._redact import redact, redact_url
+from deswm._redact import redact
+from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.schema import create_tables, key_string
 from deswm.errors import ConfigError, DeswmError
@@ -65,7 +65,7 @@ _DB_HINT: Final = (
 )
 
 
-class SqlErrorStore:
+class SqlErrorStore(EngineOwner):
     """:class:`~deswm.protocols.ErrorStore` in a table (default ``deswm_errors``).
 
     Args:
@@ -85,7 +85,7 @@ class SqlErrorStore:
             raise ConfigError(
                 f"must be a non-empty table name, got {table!r}", key="run.error_table"
             )
-        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
+        self._hold_engine(engine_or_url, "watermark.url")
         self._metadata = sa.MetaData()
         self._table = _error_table(self._metadata, table, schema)
         self._ready = False
@@ -95,17 +95,8 @@ class SqlErrorStore:
         return f"SqlErrorStore({self._table.fullname!r}, url={self.url!r})"
 
     @property
-    def url(self) -> str:
-        return redact_url(self._engine.url)
-
-    @property
     def table(self) -> sa.Table:
         return self._table
-
-    def close(self) -> None:
-        """Dispose of the engine if this store created it."""
-        if self._owns_engine:
-            self._engine.dispose()
 
     # --- the protocol -------------------------------------------------------------------
 

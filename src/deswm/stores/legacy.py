@@ -72,8 +72,8 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from
-from deswm._redact import redact_url
+from deswm._engines import default_actor
+from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
 from deswm._sql.schema import create_tables, history_table
@@ -252,7 +252,7 @@ _DB_HINT: Final = (
 )
 
 
-class LegacyArchiveConfigStore:
+class LegacyArchiveConfigStore(EngineOwner):
     """:class:`~deswm.protocols.WatermarkStore` on the earlier system's singleton table.
 
     Args:
@@ -285,7 +285,7 @@ class LegacyArchiveConfigStore:
         history_table: str | None = None,
         actor: str | None = None,
     ) -> None:
-        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
+        self._hold_engine(engine_or_url, "watermark.url")
         self._table_name = check_name(table, "watermark.table")
         history_name = check_name(
             f"{table}_history" if history_table is None else history_table,
@@ -343,16 +343,6 @@ class LegacyArchiveConfigStore:
     @property
     def actor(self) -> str:
         return self._actor
-
-    @property
-    def url(self) -> str:
-        """The database URL with its password replaced by ``***``."""
-        return redact_url(self._engine.url)
-
-    def close(self) -> None:
-        """Dispose the engine if this store created it; a passed-in engine is left alone."""
-        if self._owns_engine:
-            self._engine.dispose()
 
     def __repr__(self) -> str:
         return (

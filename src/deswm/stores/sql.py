@@ -26,8 +26,8 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from
-from deswm._redact import redact_url
+from deswm._engines import default_actor
+from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
 from deswm._sql.schema import create_tables, history_table, key_string
@@ -151,7 +151,7 @@ _DB_HINT: Final = (
 )
 
 
-class SqlWatermarkStore:
+class SqlWatermarkStore(EngineOwner):
     """:class:`~deswm.protocols.WatermarkStore` on any SQLAlchemy database.
 
     Args:
@@ -179,7 +179,7 @@ class SqlWatermarkStore:
         schema: str | None = None,
         actor: str | None = None,
     ) -> None:
-        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
+        self._hold_engine(engine_or_url, "watermark.url")
         table = check_name(table, "table")
         history_table = check_name(
             f"{table}_history" if history_table is None else history_table, "history_table"
@@ -220,16 +220,6 @@ class SqlWatermarkStore:
     @property
     def actor(self) -> str:
         return self._actor
-
-    @property
-    def url(self) -> str:
-        """The database URL with its password replaced by ``***``."""
-        return redact_url(self._engine.url)
-
-    def close(self) -> None:
-        """Dispose the engine if this store created it; a passed-in engine is left alone."""
-        if self._owns_engine:
-            self._engine.dispose()
 
     def __repr__(self) -> str:
         return f"SqlWatermarkStore(table={self._table.fullname!r}, url={self.url!r})"
