@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -10,7 +12,7 @@ from sqlalchemy.dialects import mysql
 
 from deswm.sqltypes import UtcDateTime
 
-__all__ = ["create_tables", "history_table", "key_string"]
+__all__ = ["LazyTables", "create_tables", "history_table", "key_string"]
 
 _CREATE_ATTEMPTS: Final = 3
 _MYSQL: Final = frozenset({"mysql", "mariadb"})
@@ -100,6 +102,32 @@ def create_tables(engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.
                 raise
         else:
             return
+
+
+class LazyTables:
+    """Tables a store creates on its first write, once per store (reads never create them).
+
+    ``ready`` says they are known to exist; a store that finds them may set it.
+    """
+
+    def __init__(self, engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.Table]):
+        self.ready = False
+        self._engine = engine
+        self._metadata = metadata
+        self._tables = tuple(tables)
+        self._lock = threading.Lock()
+
+    def ensure(
+        self, errors: Callable[[str], contextlib.AbstractContextManager[None]], action: str
+    ) -> None:
+        """Create the tables if this store has not yet; ``errors(action)`` types failures."""
+        if self.ready:
+            return
+        with self._lock:
+            if not self.ready:  # another thread may have finished while we waited
+                with errors(action):
+                    create_tables(self._engine, self._metadata, self._tables)
+                self.ready = True
 
 
 def _tables_exist(engine: sa.Engine, tables: Sequence[sa.Table]) -> bool:

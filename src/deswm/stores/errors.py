@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 from deswm._redact import redact
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
-from deswm._sql.schema import create_tables, key_string
+from deswm._sql.schema import LazyTables, key_string
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -88,8 +87,7 @@ class SqlErrorStore(EngineOwner):
         self._hold_engine(engine_or_url, "watermark.url")
         self._metadata = sa.MetaData()
         self._table = _error_table(self._metadata, table, schema)
-        self._ready = False
-        self._lock = threading.Lock()
+        self._created = LazyTables(self._engine, self._metadata, (self._table,))
 
     def __repr__(self) -> str:
         return f"SqlErrorStore({self._table.fullname!r}, url={self.url!r})"
@@ -190,12 +188,12 @@ class SqlErrorStore(EngineOwner):
 
     def exists(self) -> bool:
         """Whether the error table exists: reads never create it, the first record does."""
-        if self._ready:
+        if self._created.ready:
             return True
         with self._db_errors("look for the error table"), self._engine.connect() as conn:
             found = sa.inspect(conn).has_table(self._table.name, schema=self._table.schema)
-        self._ready = bool(found)
-        return self._ready
+        self._created.ready = bool(found)
+        return self._created.ready
 
     # --- internals ----------------------------------------------------------------------
 
@@ -218,13 +216,7 @@ class SqlErrorStore(EngineOwner):
         )
 
     def _ensure_table(self) -> None:
-        if self._ready:
-            return
-        with self._lock:
-            if not self._ready:
-                with self._db_errors("create the error table"):
-                    create_tables(self._engine, self._metadata, (self._table,))
-                self._ready = True
+        self._created.ensure(self._db_errors, "create the error table")
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         return db_errors(action, self._table.fullname, self._engine, DeswmError, _DB_HINT)

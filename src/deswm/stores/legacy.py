@@ -76,7 +76,7 @@ from deswm._engines import default_actor
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
-from deswm._sql.schema import create_tables, history_table
+from deswm._sql.schema import LazyTables, create_tables, history_table
 from deswm._sql.timecols import TimeKind, fraction_digits, time_kind, utc_session
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
@@ -312,7 +312,7 @@ class LegacyArchiveConfigStore(EngineOwner):
         self._actor = actor
         self._history_metadata = sa.MetaData()
         self._history = _history_definition(self._history_metadata, history_name, self._schema)
-        self._history_ready = False
+        self._history_created = LazyTables(self._engine, self._history_metadata, (self._history,))
         self._layout_cache: _Layout | None = None
         self._lock = threading.Lock()
 
@@ -923,21 +923,15 @@ class LegacyArchiveConfigStore(EngineOwner):
         )
 
     def _ensure_history(self) -> None:
-        if self._history_ready:
-            return
-        with self._lock:
-            if not self._history_ready:
-                with self._db_errors("create the watermark history table"):
-                    create_tables(self._engine, self._history_metadata, (self._history,))
-                self._history_ready = True
+        self._history_created.ensure(self._db_errors, "create the watermark history table")
 
     def _history_exists(self) -> bool:
-        if self._history_ready:
+        if self._history_created.ready:
             return True
         with self._engine.connect() as conn:
             found = sa.inspect(conn).has_table(self._history.name, schema=self._schema)
         if found:
-            self._history_ready = True
+            self._history_created.ready = True
         return found
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:

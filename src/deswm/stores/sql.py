@@ -17,7 +17,6 @@ quoted by SQLAlchemy and never formatted into SQL text (G13).
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -30,7 +29,7 @@ from deswm._engines import default_actor
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
-from deswm._sql.schema import create_tables, history_table, key_string
+from deswm._sql.schema import LazyTables, history_table, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -198,8 +197,7 @@ class SqlWatermarkStore(EngineOwner):
         self._metadata = sa.MetaData()
         self._table = _watermark_table(self._metadata, table, schema)
         self._history = _history_table(self._metadata, history_table, schema)
-        self._ready = False
-        self._ready_lock = threading.Lock()
+        self._created = LazyTables(self._engine, self._metadata, (self._table, self._history))
 
     # --- configuration ------------------------------------------------------------
 
@@ -236,13 +234,13 @@ class SqlWatermarkStore(EngineOwner):
 
     def exists(self) -> bool:
         """Whether the watermark table exists (read commands never create it)."""
-        if self._ready:
+        if self._created.ready:
             return True
         with self._db_errors("look for the watermark table"), self._engine.connect() as conn:
             inspector = sa.inspect(conn)
             found = inspector.has_table(self._table.name, schema=self._table.schema)
             if found and inspector.has_table(self._history.name, schema=self._history.schema):
-                self._ready = True
+                self._created.ready = True
         return bool(found)
 
     def get(self, key: WatermarkKey) -> Watermark | None:
@@ -418,7 +416,7 @@ class SqlWatermarkStore(EngineOwner):
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
         history = self._history
-        if not self._ready:
+        if not self._created.ready:
             with self._db_errors("look for the history table"), self._engine.connect() as conn:
                 if not sa.inspect(conn).has_table(history.name, schema=history.schema):
                     return []
@@ -509,13 +507,7 @@ class SqlWatermarkStore(EngineOwner):
 
     def _ensure_tables(self) -> None:
         """Create both tables once per store; safe against other processes doing the same."""
-        if self._ready:
-            return
-        with self._ready_lock:
-            if not self._ready:  # another thread may have finished while we waited
-                with self._db_errors("create the watermark tables"):
-                    create_tables(self._engine, self._metadata, (self._table, self._history))
-                self._ready = True
+        self._created.ensure(self._db_errors, "create the watermark tables")
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming table and URL."""
