@@ -37,7 +37,9 @@ import sqlalchemy as sa
 
 from deswm._checkpoints import reach
 from deswm._engines import engine_from
-from deswm._redact import redact_url, scrub, url_secrets
+from deswm._redact import redact_url
+from deswm._sql.errors import db_errors
+from deswm._sql.timecols import MYSQL_FAMILY, TimeKind, time_kind, utc_session
 from deswm.container import MAX_UID_BYTES
 from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
 from deswm.model import LocationReference, PendingStats, SourceRecord, Window
@@ -51,21 +53,12 @@ __all__ = ["SqlSourceProvider"]
 log = logging.getLogger(__name__)
 
 
-# How created_at is stored, which decides how bounds are bound and values are read:
-# aware: timestamptz-like, the driver returns aware values; bind aware UTC.
-# mysql_utc: MySQL/MariaDB TIMESTAMP, read and bound as naive UTC with time_zone '+00:00'.
-# local: a naive column; values are wall times in the configured source time zone.
-# sqlite_text: SQLite keeps text; bound and read as text, wall time in the source zone.
-_TimeMode = Literal["aware", "mysql_utc", "local", "sqlite_text"]
-
-_MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
-_NAIVE_ONLY_DIALECTS = _MYSQL_DIALECTS | {"sqlite"}
+# How created_at is stored (see TimeKind) decides how bounds are bound and values read;
+# here a naive column (and SQLite's text) holds wall times in the source time zone.
 _SQLITE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d{6})?")
 _SQLITE_GLOB_SECONDS = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
 _SQLITE_GLOB_MICROS = _SQLITE_GLOB_SECONDS + ".[0-9][0-9][0-9][0-9][0-9][0-9]"
 _DB_ERRORS = (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError)
-_SET_UTC = "SET @deswm_saved_time_zone = @@session.time_zone, time_zone = '+00:00'"
-_RESTORE_TZ = "SET time_zone = @deswm_saved_time_zone"
 _SHOW_MAX = 80
 _FIRST_BUCKET = datetime(1, 1, 1, tzinfo=UTC)
 _LAST_BUCKET = datetime(9999, 12, 31, tzinfo=UTC)  # has no end: no window can hold it
@@ -82,7 +75,7 @@ class _Columns:
     created_at: sa.Column[Any]
     location: sa.Column[Any]
     size: sa.Column[Any] | None
-    mode: _TimeMode
+    mode: TimeKind
 
 
 class SqlSourceProvider:
@@ -307,7 +300,7 @@ class SqlSourceProvider:
         ever selecting it. Always empty on databases with real timestamp types. Scans.
         """
         cols = self._resolve()
-        if cols.mode != "sqlite_text":
+        if cols.mode != "text":
             return []
         stamp = cols.created_at
         canonical = sa.and_(
@@ -448,20 +441,12 @@ class SqlSourceProvider:
             hint=f"Set {key} to one of the existing columns",
         )
 
-    def _time_mode(self, column: sa.Column[Any]) -> _TimeMode:
-        dialect = self.engine.dialect.name
-        kind = column.type
-        if dialect == "sqlite":
-            if isinstance(kind, sa.DateTime | sa.String | sa.types.NullType):
-                return "sqlite_text"
-        elif isinstance(kind, sa.DateTime):
-            if dialect in _MYSQL_DIALECTS and isinstance(kind, sa.TIMESTAMP):
-                return "mysql_utc"
-            if kind.timezone and dialect not in _NAIVE_ONLY_DIALECTS:
-                return "aware"
-            return "local"
+    def _time_mode(self, column: sa.Column[Any]) -> TimeKind:
+        mode = time_kind(self.engine.dialect.name, column.type)
+        if mode is not None:
+            return mode
         raise ConfigError(
-            f"column {column.name!r} of table {self._table_ref} has type {kind}; "
+            f"column {column.name!r} of table {self._table_ref} has type {column.type}; "
             "deswm needs a timestamp (DATETIME / TIMESTAMP) column",
             key="source.created_at_column",
         )
@@ -471,7 +456,7 @@ class SqlSourceProvider:
     def _created_at_expr(self, cols: _Columns) -> sa.ColumnElement[Any]:
         # On SQLite read the stored text as is, so a malformed value names its row
         # instead of failing inside SQLAlchemy's parser for the whole page.
-        if cols.mode == "sqlite_text":
+        if cols.mode == "text":
             return sa.type_coerce(cols.created_at, sa.String())
         return cols.created_at
 
@@ -482,7 +467,7 @@ class SqlSourceProvider:
         if cols.mode == "mysql_utc":
             return sa.literal(instant.replace(tzinfo=None), cols.created_at.type)
         wall = self._wall(instant)
-        if cols.mode == "local":
+        if cols.mode == "naive":
             return sa.literal(wall, cols.created_at.type)
         # Text without a fraction sorts before the same second with one, so a bound on a
         # whole second is written without it: "X" and "X.000000" then both compare right.
@@ -515,7 +500,7 @@ class SqlSourceProvider:
 
     def _stored_text(self, cols: _Columns) -> sa.ColumnElement[Any]:
         """``created_at`` as the database stores it, as text, for messages."""
-        if cols.mode == "sqlite_text":
+        if cols.mode == "text":
             stamp = cols.created_at
             return (
                 sa.func.quote(stamp)
@@ -526,7 +511,7 @@ class SqlSourceProvider:
         return sa.cast(cols.created_at, sa.String())
 
     def _bind_raw(self, cols: _Columns, column: sa.Column[Any], raw: object) -> Any:
-        if cols.mode == "sqlite_text" and column is cols.created_at:
+        if cols.mode == "text" and column is cols.created_at:
             return sa.literal(raw, sa.String())
         return sa.literal(raw, column.type)
 
@@ -611,7 +596,7 @@ class SqlSourceProvider:
         spaces (``'a' = 'a '``), so a strict ``uid > :uid`` after a page would skip the
         uids equal to its last one.
         """
-        return self.engine.dialect.name in _MYSQL_DIALECTS and isinstance(cols.uid.type, sa.String)
+        return self.engine.dialect.name in MYSQL_FAMILY and isinstance(cols.uid.type, sa.String)
 
     def _rest_of_tie(
         self,
@@ -679,36 +664,27 @@ class SqlSourceProvider:
             if cols.mode != "mysql_utc":
                 yield conn
                 return
-            conn.exec_driver_sql(_SET_UTC)
-            try:
+            with utc_session(conn):
                 yield conn
-            except BaseException:
-                conn.invalidate()
-                raise
-            conn.exec_driver_sql(_RESTORE_TZ)
 
-    @contextlib.contextmanager
-    def _db_errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except _DB_ERRORS as exc:
-            raise SourceError(
-                f"{action} failed for table {self._table_ref} on {self.redacted_url}: "
-                f"{self._describe(exc)}",
-                hint="Check that the database is reachable and the table readable",
-            ) from exc
-
-    def _describe(self, exc: BaseException) -> str:
-        orig = getattr(exc, "orig", None) or exc
-        lines = str(orig).strip().splitlines()
-        text = f"{type(orig).__name__}: {lines[0] if lines else ''}"
-        return scrub(text, url_secrets(self.engine.url))
+    def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        # Timeouts are typed by the engine's own limits (apply_limits), not here.
+        return db_errors(
+            action,
+            self._table_ref,
+            self.engine,
+            SourceError,
+            "Check that the database is reachable and the table readable",
+            message="{action} failed for table {table} on {url}",
+            catch=_DB_ERRORS,
+            timeouts=False,
+        )
 
     # --- internals: values --------------------------------------------------------------
 
     def _instant(self, cols: _Columns, raw: object, window: Window) -> datetime | None:
         """``raw`` as aware UTC, or None when it is not a value of the column's kind."""
-        if cols.mode == "sqlite_text":
+        if cols.mode == "text":
             if not isinstance(raw, str) or not _SQLITE_TEXT.fullmatch(raw):
                 return None
             try:
@@ -759,7 +735,7 @@ class _RowReader:
         # timestamps (timestamptz); anything unusual takes the full path below.
         self._fast: Literal["sqlite", "aware"] | None = (
             "sqlite"
-            if cols.mode == "sqlite_text" and provider.timezone is UTC
+            if cols.mode == "text" and provider.timezone is UTC
             else "aware"
             if cols.mode == "aware"
             else None
@@ -819,7 +795,7 @@ class _RowReader:
                 f"created_at {raw_ts!r} reads as {instant.isoformat()}, outside the window "
                 f"{self._window} that selected it",
             )
-        if cols.mode == "sqlite_text" and self._previous is not None:
+        if cols.mode == "text" and self._previous is not None:
             previous_instant, previous_raw = self._previous
             if instant == previous_instant and raw_ts != previous_raw:
                 self._bad(
@@ -938,7 +914,7 @@ def _listing(names: Sequence[str], limit: int = 30) -> str:
 
 
 def _bad_timestamp(cols: _Columns, raw: object, name: str) -> str:
-    if cols.mode == "sqlite_text":
+    if cols.mode == "text":
         return (
             f"{name} {raw!r} is not a SQLite timestamp in the format "
             "YYYY-MM-DD HH:MM:SS[.ffffff]; other text sorts wrongly against the window bounds"

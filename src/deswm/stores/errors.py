@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import sqlalchemy as sa
 
-from deswm._engines import engine_from, timeout_error
-from deswm._redact import redact, redact_url, scrub, url_secrets
-from deswm._sqlschema import create_tables, key_string
+from deswm._redact import redact
+from deswm._sql.engines import EngineOwner
+from deswm._sql.errors import db_errors
+from deswm._sql.schema import LazyTables, key_string
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -58,7 +58,13 @@ def _uid_key(uid: str) -> str:
     return hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class SqlErrorStore:
+_DB_HINT: Final = (
+    "Check that the database is reachable and that this account may create, "
+    "read and write the error table; the cause is chained"
+)
+
+
+class SqlErrorStore(EngineOwner):
     """:class:`~deswm.protocols.ErrorStore` in a table (default ``deswm_errors``).
 
     Args:
@@ -78,27 +84,17 @@ class SqlErrorStore:
             raise ConfigError(
                 f"must be a non-empty table name, got {table!r}", key="run.error_table"
             )
-        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
+        self._hold_engine(engine_or_url, "watermark.url")
         self._metadata = sa.MetaData()
         self._table = _error_table(self._metadata, table, schema)
-        self._ready = False
-        self._lock = threading.Lock()
+        self._created = LazyTables(self._engine, self._metadata, (self._table,))
 
     def __repr__(self) -> str:
         return f"SqlErrorStore({self._table.fullname!r}, url={self.url!r})"
 
     @property
-    def url(self) -> str:
-        return redact_url(self._engine.url)
-
-    @property
     def table(self) -> sa.Table:
         return self._table
-
-    def close(self) -> None:
-        """Dispose of the engine if this store created it."""
-        if self._owns_engine:
-            self._engine.dispose()
 
     # --- the protocol -------------------------------------------------------------------
 
@@ -192,12 +188,12 @@ class SqlErrorStore:
 
     def exists(self) -> bool:
         """Whether the error table exists: reads never create it, the first record does."""
-        if self._ready:
+        if self._created.ready:
             return True
         with self._db_errors("look for the error table"), self._engine.connect() as conn:
             found = sa.inspect(conn).has_table(self._table.name, schema=self._table.schema)
-        self._ready = bool(found)
-        return self._ready
+        self._created.ready = bool(found)
+        return self._created.ready
 
     # --- internals ----------------------------------------------------------------------
 
@@ -220,31 +216,10 @@ class SqlErrorStore:
         )
 
     def _ensure_table(self) -> None:
-        if self._ready:
-            return
-        with self._lock:
-            if not self._ready:
-                with self._db_errors("create the error table"):
-                    create_tables(self._engine, self._metadata, (self._table,))
-                self._ready = True
+        self._created.ensure(self._db_errors, "create the error table")
 
-    @contextlib.contextmanager
-    def _db_errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except sa.exc.SQLAlchemyError as exc:
-            timeout = timeout_error(exc, what=action, table=repr(self._table.fullname))
-            if timeout is not None:
-                raise timeout from exc
-            orig: Any = getattr(exc, "orig", None) or exc
-            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-            first = scrub(redact(first), url_secrets(self._engine.url))
-            raise DeswmError(
-                f"could not {action} in table {self._table.fullname!r} at {self.url}: "
-                f"{type(orig).__name__}: {first}",
-                hint="Check that the database is reachable and that this account may create, "
-                "read and write the error table; the cause is chained",
-            ) from exc
+    def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return db_errors(action, self._table.fullname, self._engine, DeswmError, _DB_HINT)
 
 
 def _to_recorded(row: sa.RowMapping) -> RecordedFailure:

@@ -66,15 +66,18 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from, timeout_error
-from deswm._redact import redact_url, scrub, url_secrets
-from deswm._sqlschema import create_tables
+from deswm._engines import default_actor
+from deswm._sql.engines import EngineOwner
+from deswm._sql.errors import db_errors
+from deswm._sql.names import check_name
+from deswm._sql.schema import LazyTables, create_tables, history_table
+from deswm._sql.timecols import TimeKind, fraction_digits, time_kind, utc_session
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -100,11 +103,6 @@ _PIPELINE_MAX: Final = 255
 _ACTOR_MAX: Final = 255
 _UPDATED_BY_MAX: Final = 100
 _SET_ATTEMPTS: Final = 10
-_MYSQL_FAMILY: Final = frozenset({"mysql", "mariadb"})
-_SET_UTC: Final = "SET @deswm_saved_time_zone = @@session.time_zone, time_zone = '+00:00'"
-_RESTORE_TZ: Final = "SET time_zone = @deswm_saved_time_zone"
-
-_TimeKind = Literal["aware", "naive", "text"]
 
 
 def legacy_version(position: datetime) -> int:
@@ -124,13 +122,14 @@ def _now() -> datetime:
 class _TimeColumn:
     """How one timestamp column of the legacy table is read, compared and written.
 
-    ``kind``: ``aware`` (timestamptz: bind aware UTC), ``naive`` (timestamp, DATETIME,
-    MySQL TIMESTAMP under a UTC session: bind naive UTC), ``text`` (SQLite: read and
-    compare the stored text itself). ``digits``: fractional digits the column keeps.
+    ``kind``: ``aware`` (timestamptz: bind aware UTC), ``naive`` (timestamp, DATETIME)
+    and ``mysql_utc`` (MySQL TIMESTAMP under a UTC session): bind naive UTC, ``text``
+    (SQLite: read and compare the stored text itself). ``digits``: fractional digits the
+    column keeps.
     """
 
     column: sa.Column[Any]
-    kind: _TimeKind
+    kind: TimeKind
     digits: int
 
     def select(self) -> sa.ColumnElement[Any]:
@@ -174,7 +173,7 @@ class _TimeColumn:
         if self.kind == "text":
             # Without a fraction on whole seconds: the format SQLite's own functions write.
             return sa.literal(format_wall(instant), sa.String())
-        if self.kind == "naive":
+        if self.kind in ("naive", "mysql_utc"):
             return sa.literal(instant.replace(tzinfo=None), self.column.type)
         return sa.literal(instant, self.column.type)
 
@@ -236,34 +235,24 @@ def _definition(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Tabl
 
 
 def _history_definition(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
-    return sa.Table(
-        name,
+    return history_table(
         metadata,
-        sa.Column(
-            "id",
-            # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
+        name,
+        schema,
         sa.Column("config_id", sa.Integer, nullable=False),
         sa.Column("pipeline", sa.String(_PIPELINE_MAX), nullable=False),
-        sa.Column("changed_at", UtcDateTime(), nullable=False),
-        sa.Column("actor", sa.String(_ACTOR_MAX), nullable=False),
-        sa.Column("previous_position", UtcDateTime(), nullable=True),
-        sa.Column("new_position", UtcDateTime(), nullable=True),
-        sa.Column("reason", sa.Text, nullable=False),
-        schema=schema,
+        actor_length=_ACTOR_MAX,
     )
 
 
-def _check_name(value: object, setting: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"must be a non-empty table or schema name, got {value!r}", key=setting)
-    return value
+_DB_HINT: Final = (
+    "Check that the database is reachable and that this account may read "
+    "and update the table (and create the history table for set()); the cause "
+    "is chained"
+)
 
 
-class LegacyArchiveConfigStore:
+class LegacyArchiveConfigStore(EngineOwner):
     """:class:`~deswm.protocols.WatermarkStore` on the earlier system's singleton table.
 
     Args:
@@ -296,15 +285,15 @@ class LegacyArchiveConfigStore:
         history_table: str | None = None,
         actor: str | None = None,
     ) -> None:
-        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
-        self._table_name = _check_name(table, "watermark.table")
-        history_name = _check_name(
+        self._hold_engine(engine_or_url, "watermark.url")
+        self._table_name = check_name(table, "watermark.table")
+        history_name = check_name(
             f"{table}_history" if history_table is None else history_table,
             "history_table",
         )
         if history_name == table:
             raise ConfigError(f"must differ from the legacy table {table!r}", key="history_table")
-        self._schema = None if schema is None else _check_name(schema, "watermark.schema")
+        self._schema = None if schema is None else check_name(schema, "watermark.schema")
         if isinstance(row_id, bool) or not isinstance(row_id, int):
             raise ConfigError(f"must be an integer, got {row_id!r}", key="watermark.row_id")
         self._row_id = row_id
@@ -323,7 +312,7 @@ class LegacyArchiveConfigStore:
         self._actor = actor
         self._history_metadata = sa.MetaData()
         self._history = _history_definition(self._history_metadata, history_name, self._schema)
-        self._history_ready = False
+        self._history_created = LazyTables(self._engine, self._history_metadata, (self._history,))
         self._layout_cache: _Layout | None = None
         self._lock = threading.Lock()
 
@@ -354,16 +343,6 @@ class LegacyArchiveConfigStore:
     @property
     def actor(self) -> str:
         return self._actor
-
-    @property
-    def url(self) -> str:
-        """The database URL with its password replaced by ``***``."""
-        return redact_url(self._engine.url)
-
-    def close(self) -> None:
-        """Dispose the engine if this store created it; a passed-in engine is left alone."""
-        if self._owns_engine:
-            self._engine.dispose()
 
     def __repr__(self) -> str:
         return (
@@ -840,15 +819,8 @@ class LegacyArchiveConfigStore:
             if not layout.session_utc:
                 yield conn
                 return
-            conn.exec_driver_sql(_SET_UTC)
-            conn.commit()
-            try:
+            with utc_session(conn, commit=True):
                 yield conn
-            except BaseException:
-                conn.invalidate()
-                raise
-            conn.exec_driver_sql(_RESTORE_TZ)
-            conn.commit()
 
     def _layout(self) -> _Layout:
         """Reflect the legacy table once (creating it when absent)."""
@@ -925,11 +897,8 @@ class LegacyArchiveConfigStore:
         length = getattr(updated_by.type, "length", None) if updated_by is not None else None
         position_column = self._time_column(position)
         stamp_column = None if last_updated is None else self._time_column(last_updated)
-        dialect = self._engine.dialect.name
-        session_utc = dialect in _MYSQL_FAMILY and any(
-            isinstance(col.type, sa.TIMESTAMP)
-            for col in (position, last_updated)
-            if col is not None
+        session_utc = any(
+            col is not None and col.kind == "mysql_utc" for col in (position_column, stamp_column)
         )
         return _Layout(
             table=table,
@@ -944,61 +913,27 @@ class LegacyArchiveConfigStore:
 
     def _time_column(self, column: sa.Column[Any]) -> _TimeColumn:
         dialect = self._engine.dialect.name
-        kind_of = column.type
-        if dialect == "sqlite":
-            if isinstance(kind_of, sa.DateTime | sa.String | sa.types.NullType):
-                return _TimeColumn(column, "text", 6)
-        elif isinstance(kind_of, sa.DateTime):
-            if dialect in _MYSQL_FAMILY:
-                fsp = getattr(kind_of, "fsp", None)
-                return _TimeColumn(column, "naive", int(fsp or 0))
-            precision = getattr(kind_of, "precision", None)
-            digits = 6 if precision is None else min(int(precision), 6)
-            return _TimeColumn(column, "aware" if kind_of.timezone else "naive", digits)
+        kind = time_kind(dialect, column.type)
+        if kind is not None:
+            return _TimeColumn(column, kind, fraction_digits(dialect, column.type))
         raise ConfigError(
-            f"column {column.name!r} of table {self.table_name!r} has type {kind_of}; "
+            f"column {column.name!r} of table {self.table_name!r} has type {column.type}; "
             "deswm needs a timestamp (TIMESTAMP / DATETIME) column",
             key="watermark.table",
         )
 
     def _ensure_history(self) -> None:
-        if self._history_ready:
-            return
-        with self._lock:
-            if not self._history_ready:
-                with self._db_errors("create the watermark history table"):
-                    create_tables(self._engine, self._history_metadata, (self._history,))
-                self._history_ready = True
+        self._history_created.ensure(self._db_errors, "create the watermark history table")
 
     def _history_exists(self) -> bool:
-        if self._history_ready:
+        if self._history_created.ready:
             return True
         with self._engine.connect() as conn:
             found = sa.inspect(conn).has_table(self._history.name, schema=self._schema)
         if found:
-            self._history_ready = True
+            self._history_created.ready = True
         return found
 
-    @contextlib.contextmanager
-    def _db_errors(self, action: str) -> Iterator[None]:
+    def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming the table and URL."""
-        try:
-            yield
-        except sa.exc.SQLAlchemyError as exc:
-            timeout = timeout_error(exc, what=action, table=repr(self.table_name))
-            if timeout is not None:
-                raise timeout from exc
-            raise WatermarkError(
-                f"could not {action} in table {self.table_name!r} at {self.url}: "
-                f"{self._describe(exc)}",
-                hint="Check that the database is reachable and that this account may read "
-                "and update the table (and create the history table for set()); the cause "
-                "is chained",
-            ) from exc
-
-    def _describe(self, exc: sa.exc.SQLAlchemyError) -> str:
-        """First line of the driver's message, with the password scrubbed out."""
-        orig = getattr(exc, "orig", None) or exc
-        lines = str(orig).strip().splitlines()
-        text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        return scrub(text, url_secrets(self._engine.url))
+        return db_errors(action, self.table_name, self._engine, WatermarkError, _DB_HINT)

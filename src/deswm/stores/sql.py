@@ -17,8 +17,7 @@ quoted by SQLAlchemy and never formatted into SQL text (G13).
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -26,9 +25,11 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor, engine_from, timeout_error
-from deswm._redact import redact_url, scrub, url_secrets
-from deswm._sqlschema import create_tables, key_string
+from deswm._engines import default_actor
+from deswm._sql.engines import EngineOwner
+from deswm._sql.errors import db_errors
+from deswm._sql.names import check_name
+from deswm._sql.schema import LazyTables, history_table, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -69,26 +70,14 @@ def _watermark_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa
 
 
 def _history_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
-    # No index beyond the primary key: rows are manual changes, a handful per year.
-    return sa.Table(
-        name,
+    return history_table(
         metadata,
-        sa.Column(
-            "id",
-            # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
+        name,
+        schema,
         sa.Column("pipeline", key_string(PIPELINE_MAX), nullable=False),
         sa.Column("stage", key_string(STAGE_MAX), nullable=False),
         sa.Column("partition_index", sa.Integer, nullable=False),
-        sa.Column("changed_at", UtcDateTime(), nullable=False),
-        sa.Column("actor", sa.String(ACTOR_MAX), nullable=False),
-        sa.Column("previous_position", UtcDateTime(), nullable=True),
-        sa.Column("new_position", UtcDateTime(), nullable=True),
-        sa.Column("reason", sa.Text, nullable=False),
-        schema=schema,
+        actor_length=ACTOR_MAX,
     )
 
 
@@ -151,17 +140,17 @@ def _is_write_race(exc: sa.exc.DBAPIError) -> bool:
     return bool(args) and args[0] == _MYSQL_DEADLOCK
 
 
-def _check_name(value: object, setting: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"must be a non-empty table or schema name, got {value!r}", key=setting)
-    return value
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class SqlWatermarkStore:
+_DB_HINT: Final = (
+    "Check that the database is reachable and that this account may "
+    "create, read and update the watermark tables; the cause is chained"
+)
+
+
+class SqlWatermarkStore(EngineOwner):
     """:class:`~deswm.protocols.WatermarkStore` on any SQLAlchemy database.
 
     Args:
@@ -189,9 +178,9 @@ class SqlWatermarkStore:
         schema: str | None = None,
         actor: str | None = None,
     ) -> None:
-        self._engine, self._owns_engine = engine_from(engine_or_url, key="watermark.url")
-        table = _check_name(table, "table")
-        history_table = _check_name(
+        self._hold_engine(engine_or_url, "watermark.url")
+        table = check_name(table, "table")
+        history_table = check_name(
             f"{table}_history" if history_table is None else history_table, "history_table"
         )
         if history_table == table:
@@ -199,7 +188,7 @@ class SqlWatermarkStore:
                 f"must differ from the watermark table {table!r}", key="history_table"
             )
         if schema is not None:
-            schema = _check_name(schema, "schema")
+            schema = check_name(schema, "schema")
         if actor is None:
             actor = default_actor()
         if not isinstance(actor, str) or not actor or len(actor) > ACTOR_MAX:
@@ -208,8 +197,7 @@ class SqlWatermarkStore:
         self._metadata = sa.MetaData()
         self._table = _watermark_table(self._metadata, table, schema)
         self._history = _history_table(self._metadata, history_table, schema)
-        self._ready = False
-        self._ready_lock = threading.Lock()
+        self._created = LazyTables(self._engine, self._metadata, (self._table, self._history))
 
     # --- configuration ------------------------------------------------------------
 
@@ -231,16 +219,6 @@ class SqlWatermarkStore:
     def actor(self) -> str:
         return self._actor
 
-    @property
-    def url(self) -> str:
-        """The database URL with its password replaced by ``***``."""
-        return redact_url(self._engine.url)
-
-    def close(self) -> None:
-        """Dispose the engine if this store created it; a passed-in engine is left alone."""
-        if self._owns_engine:
-            self._engine.dispose()
-
     def __repr__(self) -> str:
         return f"SqlWatermarkStore(table={self._table.fullname!r}, url={self.url!r})"
 
@@ -256,13 +234,13 @@ class SqlWatermarkStore:
 
     def exists(self) -> bool:
         """Whether the watermark table exists (read commands never create it)."""
-        if self._ready:
+        if self._created.ready:
             return True
         with self._db_errors("look for the watermark table"), self._engine.connect() as conn:
             inspector = sa.inspect(conn)
             found = inspector.has_table(self._table.name, schema=self._table.schema)
             if found and inspector.has_table(self._history.name, schema=self._history.schema):
-                self._ready = True
+                self._created.ready = True
         return bool(found)
 
     def get(self, key: WatermarkKey) -> Watermark | None:
@@ -438,7 +416,7 @@ class SqlWatermarkStore:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
         history = self._history
-        if not self._ready:
+        if not self._created.ready:
             with self._db_errors("look for the history table"), self._engine.connect() as conn:
                 if not sa.inspect(conn).has_table(history.name, schema=history.schema):
                     return []
@@ -529,33 +507,8 @@ class SqlWatermarkStore:
 
     def _ensure_tables(self) -> None:
         """Create both tables once per store; safe against other processes doing the same."""
-        if self._ready:
-            return
-        with self._ready_lock:
-            if not self._ready:  # another thread may have finished while we waited
-                with self._db_errors("create the watermark tables"):
-                    create_tables(self._engine, self._metadata, (self._table, self._history))
-                self._ready = True
+        self._created.ensure(self._db_errors, "create the watermark tables")
 
-    @contextlib.contextmanager
-    def _db_errors(self, action: str) -> Iterator[None]:
+    def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming table and URL."""
-        try:
-            yield
-        except sa.exc.SQLAlchemyError as exc:
-            timeout = timeout_error(exc, what=action, table=repr(self._table.fullname))
-            if timeout is not None:
-                raise timeout from exc
-            raise WatermarkError(
-                f"could not {action} in table {self._table.fullname!r} at {self.url}: "
-                f"{self._describe(exc)}",
-                hint="Check that the database is reachable and that this account may "
-                "create, read and update the watermark tables; the cause is chained",
-            ) from exc
-
-    def _describe(self, exc: sa.exc.SQLAlchemyError) -> str:
-        """First line of the driver's message, with the password scrubbed out."""
-        orig = getattr(exc, "orig", None) or exc
-        lines = str(orig).strip().splitlines()
-        text = f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
-        return scrub(text, url_secrets(self._engine.url))
+        return db_errors(action, self._table.fullname, self._engine, WatermarkError, _DB_HINT)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["create_tables", "key_string"]
+from deswm.sqltypes import UtcDateTime
+
+__all__ = ["LazyTables", "create_tables", "history_table", "key_string"]
 
 _CREATE_ATTEMPTS: Final = 3
 _MYSQL: Final = frozenset({"mysql", "mariadb"})
@@ -50,6 +54,37 @@ def key_string(length: int) -> sa.types.TypeEngine[str]:
     return _KeyString(length)
 
 
+def history_table(
+    metadata: sa.MetaData,
+    name: str,
+    schema: str | None,
+    *key_columns: sa.Column[Any],
+    actor_length: int,
+) -> sa.Table:
+    """A table of manual watermark changes: an id, ``key_columns``, then who moved what when.
+
+    No index beyond the primary key: rows are manual changes, a handful per year.
+    """
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(
+            "id",
+            # SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        *key_columns,
+        sa.Column("changed_at", UtcDateTime(), nullable=False),
+        sa.Column("actor", sa.String(actor_length), nullable=False),
+        sa.Column("previous_position", UtcDateTime(), nullable=True),
+        sa.Column("new_position", UtcDateTime(), nullable=True),
+        sa.Column("reason", sa.Text, nullable=False),
+        schema=schema,
+    )
+
+
 def create_tables(engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.Table]) -> None:
     """Create ``tables`` if absent, tolerating other processes doing the same at once.
 
@@ -67,6 +102,32 @@ def create_tables(engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.
                 raise
         else:
             return
+
+
+class LazyTables:
+    """Tables a store creates on its first write, once per store (reads never create them).
+
+    ``ready`` says they are known to exist; a store that finds them may set it.
+    """
+
+    def __init__(self, engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.Table]):
+        self.ready = False
+        self._engine = engine
+        self._metadata = metadata
+        self._tables = tuple(tables)
+        self._lock = threading.Lock()
+
+    def ensure(
+        self, errors: Callable[[str], contextlib.AbstractContextManager[None]], action: str
+    ) -> None:
+        """Create the tables if this store has not yet; ``errors(action)`` types failures."""
+        if self.ready:
+            return
+        with self._lock:
+            if not self.ready:  # another thread may have finished while we waited
+                with errors(action):
+                    create_tables(self._engine, self._metadata, self._tables)
+                self.ready = True
 
 
 def _tables_exist(engine: sa.Engine, tables: Sequence[sa.Table]) -> bool:
