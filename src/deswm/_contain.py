@@ -274,12 +274,7 @@ def open_local(path: str, roots: Roots) -> int:
                 if exc.errno not in _RETRY_CAREFULLY:
                     raise
             else:
-                try:
-                    _check_regular(os.fstat(fd).st_mode, path)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                return fd
+                return _regular_or_closed(fd, path)
     return _open_carefully(path, roots)
 
 
@@ -300,6 +295,11 @@ def _open_carefully(path: str, roots: Roots) -> int:
         raise Outside(f"resolves to {real} (through a symlink), outside the root")
     # realpath resolved every symlink: one now at the last step was swapped in since.
     fd = os.open(real, os.O_RDONLY | _CLOEXEC | _NOFOLLOW | _NONBLOCK | _NOCTTY)
+    return _regular_or_closed(fd, path)
+
+
+def _regular_or_closed(fd: int, path: str) -> int:
+    """``fd`` if it is a regular file; otherwise it is closed and the check's error raised."""
     try:
         _check_regular(os.fstat(fd).st_mode, path)
     except BaseException:

@@ -824,17 +824,16 @@ class LegacyArchiveConfigStore(EngineOwner):
 
     def _layout(self) -> _Layout:
         """Reflect the legacy table once (creating it when absent)."""
-        if self._layout_cache is not None:
-            return self._layout_cache
+        layout = self._existing_layout()
+        if layout is not None:
+            return layout
         with self._lock:
             if self._layout_cache is None:
                 with self._db_errors("open the legacy table"):
+                    metadata = sa.MetaData()
+                    definition = _definition(metadata, self._table_name, self._schema)
+                    create_tables(self._engine, metadata, (definition,))
                     table = self._reflect()
-                    if table is None:
-                        metadata = sa.MetaData()
-                        definition = _definition(metadata, self._table_name, self._schema)
-                        create_tables(self._engine, metadata, (definition,))
-                        table = self._reflect()
                 if table is None:
                     raise WatermarkError(
                         f"table {self.table_name!r} was created but cannot be found at {self.url}",
