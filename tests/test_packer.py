@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import random
 import re
@@ -24,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deswm._buffers import Fingerprints
-from deswm._merge import IN_BUFFER, PlannedEntry, index_record_size, plan_group
 from deswm.archive import Archive
-from deswm.container import ShardIndex, build_shard, make_meta, read_shard
+from deswm.container import build_shard, make_meta, read_shard
+from deswm.container import meta_of as _meta
 from deswm.errors import (
     ArchivedDuplicateError,
     ConfigError,
@@ -36,10 +35,10 @@ from deswm.errors import (
     PackError,
 )
 from deswm.model import BucketResult, SourceRecord
-from deswm.packer import DesBucketWriter, DesPacker, _meta
+from deswm.packer import DesBucketWriter, DesPacker
 from deswm.protocols import BucketWriter, Packer
 from deswm.routing import DesRouter
-from deswm.shardio import PartInfo, ShardStore
+from deswm.shardio import ShardStore
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 ROUTER = DesRouter(4)  # 16 groups a day keeps S3 tests to few objects
@@ -257,92 +256,6 @@ def test_fingerprints_grow_and_never_lose_members() -> None:
     assert all(prints.add(v) for v in values)
     assert not any(prints.add(v) for v in values)
     assert len(prints) == 20000
-
-
-# --- planning (pure) ----------------------------------------------------------------------
-
-
-def old_part(number: int, entries: list[tuple[str, str]]) -> tuple[PartInfo, ShardIndex]:
-    """A published part holding ``(uid, created_at text)`` entries, as the planner sees it."""
-    meta = {uid: json.dumps({"created_at": ts}).encode() for uid, ts in entries}
-    built = build_shard([(uid, b"x" * 10, "none") for uid, _ in entries], meta=lambda u, _: meta[u])
-    name = f"20240517_0_{number:04d}.des"
-    part = PartInfo(name, "20240517", "0", number, len(built), f"v{number}")
-    return part, read_shard(built, name=name)
-
-
-def new_entry(uid: str, ts: str, length: int = 10) -> PlannedEntry:
-    cost = length + index_record_size(uid, b"", None)
-    return PlannedEntry((ts, uid), uid, "none", length, length, b"", None, cost, IN_BUFFER, 0)
-
-
-def placement(plan: Any) -> dict[str, int]:
-    return {e.uid: part.number for part in plan.parts for e in part.items}
-
-
-def test_plan_routes_new_uids_by_first_keys_and_keeps_old_ones_in_place() -> None:
-    old = [old_part(0, [("a", "t1"), ("b", "t3")]), old_part(1, [("c", "t5"), ("d", "t7")])]
-    new = [
-        new_entry("before", "t0"),  # before every key: the first part
-        new_entry("mid0", "t2"),  # between a and b
-        new_entry("gap", "t4"),  # between the parts: the lower one
-        new_entry("mid1", "t6"),
-        new_entry("tail", "t9"),  # after the last key: the tail
-        new_entry("a", "t1"),  # the same entry again: replaced where it is
-    ]
-    plan = plan_group(old, new, max_size=10**6)
-    assert placement(plan) == {
-        "before": 0, "a": 0, "mid0": 0, "b": 0, "gap": 0,
-        "c": 1, "mid1": 1, "d": 1, "tail": 1,
-    }  # fmt: skip
-    assert [e.uid for e in plan.parts[0].items] == ["before", "a", "mid0", "b", "gap"]
-    assert plan.kept == 3
-    assert plan.deletions == ()
-    shuffled = new[:]
-    random.Random(3).shuffle(shuffled)
-    assert plan_group(old[::-1], shuffled, max_size=10**6) == plan
-
-
-def test_plan_never_replaces_an_entry_of_another_created_at() -> None:
-    old = [old_part(0, [("a", "2024-05-17T10:00:00.000000Z")])]
-    with pytest.raises(PackError, match=r"uid 'a' is published in part 0000 .*10:00:00"):
-        plan_group(old, [new_entry("a", "2024-05-17T11:00:00.000000Z")], max_size=10**6)
-    foreign = [(PartInfo("20240517_0_0000.des", "20240517", "0", 0, 1, "v"), read_shard(
-        build_shard([("a", b"foreign", "none")]), name="20240517_0_0000.des"
-    ))]  # fmt: skip
-    with pytest.raises(PackError, match="created_at=none recorded"):
-        plan_group(foreign, [new_entry("a", "2024-05-17T10:00:00.000000Z")], max_size=10**6)
-    same = plan_group(old, [new_entry("a", "2024-05-17T10:00:00.000000Z")], max_size=10**6)
-    assert same.kept == 0  # the same (uid, created_at): the entry itself, replaced in place
-
-
-def test_plan_tail_fills_the_last_part_then_overflows() -> None:
-    old = [old_part(0, [("a", "t1")])]
-    size_a = old[0][1].size
-    tail = [new_entry(f"n{i}", f"t{i + 2}", length=100) for i in range(5)]
-    limit = size_a + 2 * tail[0].cost
-    plan = plan_group(old, tail, max_size=limit)
-    assert [[e.uid for e in p.items] for p in plan.parts] == [
-        ["a", "n0", "n1"],
-        ["n2", "n3"],
-        ["n4"],
-    ]
-    assert all(p.size <= limit for p in plan.parts)
-    assert [p.old is not None for p in plan.parts] == [True, False, False]
-
-
-def test_plan_drops_duplicates_from_higher_parts_and_deletes_emptied_parts() -> None:
-    old = [
-        old_part(0, [("a", "t1")]),
-        old_part(1, [("a", "t1")]),
-        old_part(2, [("a", "t1"), ("b", "t2")]),
-    ]
-    plan = plan_group(old, [], max_size=10**6)
-    assert [p.number for p in plan.parts] == [0, 2]
-    assert [p.name for p in plan.deletions] == ["20240517_0_0001.des"]
-    assert plan.parts[0].identical
-    assert not plan.parts[1].identical  # "a" left part 2
-    assert [e.uid for e in plan.parts[1].items] == ["b"]
 
 
 # --- packing -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ details (``deswm.container`` for the raw format, ``deswm.testing`` for test tool
 
 from deswm.archive import *
 from deswm.config import *
+from deswm.container import PartInfo
 from deswm.errors import *
 from deswm.flagging import *
 from deswm.model import *
@@ -15,7 +16,6 @@ from deswm.protocols import *
 from deswm.purge import *
 from deswm.readers import *
 from deswm.routing import *
-from deswm.shardio import PartInfo
 from deswm.sources.sql import *
 from deswm.sqltypes import *
 from deswm.stores.errors import *

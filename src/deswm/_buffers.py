@@ -29,10 +29,9 @@ from collections.abc import Iterator, Sequence
 from typing import Final, Generic, NamedTuple, TypeVar
 
 from deswm._codecs import CODEC_IDS, CODEC_MASK, CODEC_NAMES
-from deswm.container import Compressor, ShardIndex
+from deswm.container import Compressor, PartInfo, ShardIndex
 from deswm.errors import PackError
 from deswm.model import Codec, ShardKey
-from deswm.shardio import PartInfo
 
 __all__ = [
     "BIG",

@@ -60,9 +60,11 @@ from deswm._redact import redact
 from deswm.container import (
     MAX_INLINE_SIZE,
     IndexEntry,
+    PartInfo,
     ShardIndex,
     decode_payload,
     entry_checksum,
+    parse_part_name,
     verify_checksum,
 )
 from deswm.errors import (
@@ -77,7 +79,7 @@ from deswm.errors import (
 from deswm.model import ArchivedEntry, ShardKey
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
-from deswm.shardio import PartInfo, ShardStore, parse_part_name
+from deswm.shardio import ShardStore
 from deswm.timeutil import format_day, parse_day, require_utc
 
 __all__ = ["Archive"]

@@ -1,9 +1,18 @@
-"""The DES2 shard container: bytes in, bytes out, no storage policy.
+"""The DES2 format: the container's bytes, the size of every entry, and object names.
+
+This module is the one place that knows the layout; the packer and the part planner
+compute sizes with :func:`record_size` and names with :func:`part_name` from here.
 
 Layout (little-endian): ``[HEADER 8][DATA][INDEX][FOOTER 12]``. The header is
 ``b"DES2"``, a version byte (2; version 1 is read too) and three zero bytes. Payloads
 follow back to back. The index is ``u32 count`` and one record per entry; the footer is
-``b"DESI"`` and ``u64 index_size``. docs/format.md describes every field.
+``b"DESI"`` and ``u64 index_size``. docs/format.md describes every field. A shard holding
+entries is exactly :data:`EMPTY_SHARD_SIZE` plus, per entry, its stored bytes and its
+:func:`record_size`.
+
+Objects are named ``{YYYYMMDD}_{HEX}_{NNNN}.des`` (see *object names* below): the name
+embeds the UTC day, so buckets are UTC days whatever the router
+(:class:`~deswm.protocols.ShardRouter`).
 
 deswm adds, in each entry's JSON meta, the sha256 of the uncompressed bytes and the
 row's ``created_at`` (fixed-width ISO 8601 UTC), with sorted keys and compact
@@ -38,23 +47,35 @@ from deswm.errors import ConfigError, CorruptShardError
 from deswm.timeutil import format_utc
 
 __all__ = [
+    "EMPTY_SHARD_SIZE",
     "FOOTER_SIZE",
     "HEADER_SIZE",
     "MAX_INLINE_SIZE",
+    "MAX_PART_NUMBER",
     "MAX_UID_BYTES",
+    "META_TEMPLATE",
+    "PART_NAME",
     "Compressor",
     "IndexEntry",
+    "PartInfo",
     "ShardIndex",
     "ShardWriter",
     "build_shard",
     "decode_payload",
     "encode_header",
     "entry_checksum",
+    "group_prefix",
+    "index_record_size",
     "make_meta",
+    "meta_of",
     "parse_footer",
     "parse_header",
     "parse_index",
+    "parse_part_name",
+    "part_info",
+    "part_name",
     "read_shard",
+    "record_size",
 ]
 
 MAGIC: Final = b"DES2"
@@ -89,6 +110,34 @@ _BIG_TAIL = struct.Struct("<QI")  # size, meta_len
 _MIN_RECORD: Final = _U16.size + 1 + min(_INLINE.size, _U16.size + _BIG_TAIL.size)
 _MIN_RECORD_V1: Final = _U16.size + _INLINE_V1.size
 _FOOTER = struct.Struct("<4sQ")
+
+EMPTY_SHARD_SIZE: Final = HEADER_SIZE + _U32.size + FOOTER_SIZE
+"""Size of a shard with no entries: header, entry count, footer."""
+
+_INLINE_RECORD: Final = _U16.size + 1 + _INLINE.size
+"""Fixed bytes of a version-2 inline record: name length, flags, the inline fields."""
+
+_BIG_RECORD: Final = _U16.size + 1 + _U16.size + _BIG_TAIL.size
+"""Fixed bytes of a big-file record: name length, flags, hash length, size and meta_len."""
+
+
+def record_size(uid_len: int, meta_len: int, hash_len: int | None = None) -> int:
+    """Bytes of a version-2 index record: the one entry-size formula of the format.
+
+    ``uid_len`` and ``meta_len`` are byte lengths (UTF-8 uid, meta); ``hash_len`` is the
+    length of a big file's hash, ``None`` for an inline entry. An inline entry adds its
+    stored bytes plus this to a shard, a big-file entry only this (the tests check it
+    against what :class:`ShardWriter` writes).
+    """
+    if hash_len is None:
+        return _INLINE_RECORD + uid_len + meta_len
+    return _BIG_RECORD + uid_len + hash_len + meta_len
+
+
+def index_record_size(uid: str, meta: bytes, big_sha256: str | None = None) -> int:
+    """:func:`record_size` of an entry given by its uid, meta and big-file hash."""
+    hash_len = None if big_sha256 is None else len(big_sha256.encode("ascii"))
+    return record_size(len(uid.encode("utf-8")), len(meta), hash_len)
 
 
 @attrs.frozen
@@ -189,10 +238,23 @@ class ShardIndex:
         return len(self.entries)
 
 
+META_TEMPLATE: Final = b'{"created_at":"%s","sha256":"%s"}'
+"""The meta deswm writes, filled with ``(created_at text, sha256 hex)`` as ASCII bytes.
+
+Exactly what :func:`make_meta` serialises for these two keys (sorted keys, compact
+separators), without ``json``: the packer fills it once per entry.
+"""
+
+
+def meta_of(sha256_hex: str, created_text: str) -> bytes:
+    """The meta of an entry from its sha256 hex and ``created_at`` text (``format_utc``)."""
+    return META_TEMPLATE % (created_text.encode("ascii"), sha256_hex.encode("ascii"))
+
+
 def make_meta(
     sha256_hex: str, created_at: datetime, extra: Mapping[str, Any] | None = None
 ) -> bytes:
-    """The deterministic meta deswm writes for an entry."""
+    """The deterministic meta deswm writes for an entry (:func:`meta_of` without extras)."""
     meta: dict[str, Any] = dict(extra or {})
     meta["sha256"] = sha256_hex
     meta["created_at"] = format_utc(created_at)
@@ -712,3 +774,64 @@ def read_shard(data: bytes, *, name: str = "<shard>") -> ShardIndex:
         index_start=index_start,
     )
     return ShardIndex(name, version, len(data), index_start, entries)
+
+
+# --- object names --------------------------------------------------------------------------
+#
+# A shard object is ``{day}_{hex}_{part}.des``: the UTC day of its entries' created_at as
+# YYYYMMDD (``timeutil.format_day``), the router's shard hex (uppercase), and the part
+# number in four digits. The name embeds the day, which is why buckets are UTC days: a
+# router chooses the shard within a day, never the length of a bucket.
+
+MAX_PART_NUMBER: Final = 9999
+"""The last part number of a group: the DES name holds it in four digits."""
+
+_PART_DIGITS: Final = len(str(MAX_PART_NUMBER))
+
+PART_NAME: Final = re.compile(rf"^(\d{{8}})_([0-9A-F]+)_(\d{{{_PART_DIGITS}}})\.des$")
+"""A shard object name: groups day, hex and part number (temp files never match)."""
+
+
+def group_prefix(day: str, shard_hex: str) -> str:
+    """Name prefix of a group's parts; the trailing ``_`` keeps ``5C`` from ``5C3``."""
+    return f"{day}_{shard_hex}_"
+
+
+def part_name(day: str, shard_hex: str, part: int) -> str:
+    """The object name of part ``part`` of the group ``{day}_{shard_hex}``."""
+    if not 0 <= part <= MAX_PART_NUMBER:
+        raise ValueError(f"part number {part} does not fit the {_PART_DIGITS}-digit DES name field")
+    return f"{day}_{shard_hex}_{part:0{_PART_DIGITS}d}.des"
+
+
+def parse_part_name(name: str) -> tuple[str, str, int] | None:
+    """``(day, hex, part)`` of a shard object name, or ``None`` for any other name."""
+    match = PART_NAME.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.group(2), int(match.group(3))
+
+
+@attrs.frozen
+class PartInfo:
+    """One listed shard object: ``{day}_{hex}_{part:04d}.des`` of ``size`` bytes.
+
+    ``version`` is the token that changes whenever the object is replaced; indexes are
+    cached and reads are pinned by it.
+    """
+
+    name: str
+    day: str
+    hex: str
+    part: int
+    size: int
+    version: str
+
+
+def part_info(name: str, size: int, version: str) -> PartInfo | None:
+    """The :class:`PartInfo` of a listed object, or ``None`` when it is not a shard."""
+    parsed = parse_part_name(name)
+    if parsed is None:
+        return None
+    day, hex_, part = parsed
+    return PartInfo(name, day, hex_, part, size, version)

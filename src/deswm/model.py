@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from deswm._codecs import Codec as Codec
+from deswm.container import group_prefix, part_name
 from deswm.timeutil import format_day, format_utc
 
 __all__ = [
@@ -180,7 +181,9 @@ class PendingStats:
 class ShardKey:
     """Where a file lives: its UTC day bucket and shard index.
 
-    The object of part ``n`` is ``{day}_{hex}_{n:04d}.des`` under the destination.
+    The object of part ``n`` is ``{day}_{hex}_{n:04d}.des`` under the destination
+    (:func:`deswm.container.part_name`); the bucket is a UTC day because the name
+    embeds it.
     """
 
     bucket: datetime = attrs.field(validator=_is_aware_utc)
@@ -194,12 +197,10 @@ class ShardKey:
     @property
     def prefix(self) -> str:
         """Name prefix of the group's parts; the trailing ``_`` keeps ``5C`` from ``5C3``."""
-        return f"{self.day}_{self.hex}_"
+        return group_prefix(self.day, self.hex)
 
     def object_name(self, part: int = 0) -> str:
-        if not 0 <= part <= 9999:
-            raise ValueError(f"part number {part} does not fit the 4-digit DES name field")
-        return f"{self.prefix}{part:04d}.des"
+        return part_name(self.day, self.hex, part)
 
 
 @attrs.frozen

@@ -63,6 +63,7 @@ from deswm.protocols import (
     SourceProvider,
     WatermarkStore,
 )
+from deswm.routing import require_day_buckets
 from deswm.timeutil import format_utc, require_utc
 
 __all__ = ["CycleObserver", "WatermarkOrchestrator", "utc_now"]
@@ -185,6 +186,7 @@ class WatermarkOrchestrator:
         self.reader = reader
         self.router = router
         self.packer = packer
+        require_day_buckets(router)
         self.partition = partition if isinstance(partition, Partition) else Partition(partition, 1)
         if self.partition.count > router.shard_count:
             raise ConfigError(

@@ -8,40 +8,18 @@ group, in memory up to ``spill_threshold`` bytes in total and in one spill file 
 rewritten if damaged, so no entry links to bytes that do not verify, G16). ``publish()``
 then writes each touched group.
 
-Canonical order: inside a part, entries are sorted by ``(created_at as fixed-width UTC
-text, uid)`` in Python, so the bytes never depend on query order or collation (G2).
+Which entry goes into which part object, both for a fresh group and for a merge with
+published parts (G3: an entry never moves between objects), is decided by the pure
+planner, :func:`deswm._planner.plan_group`, whose module docstring states the rules. The
+packer carries a plan out: parts whose content would be byte-identical are not
+rewritten (a replay of an unchanged day costs no writes), but a part holding entries
+re-read from their sources is first rendered into a sink comparing it with the
+published bytes (read once, in 8 MiB chunks) and rewritten if they differ (G16); parts
+left empty are deleted after the others are published; stored bytes of kept old
+entries are copied verbatim with ranged reads pinned to the version that was indexed.
 
-Fresh group: greedy split, an entry joins the current part while the part's exact total
-size stays within ``max_shard_size`` (an entry too big for any part gets one of its own);
-parts are numbered 0000, 0001, ...
-
-Merge with published parts (G3), where **an entry never moves between objects**, so
-each object replacement is safe on its own in any crash order:
-
-* every old uid belongs to the lowest-numbered part holding it (a duplicate in a higher
-  part is dropped there);
-* a new entry whose uid is in old part *i* replaces it in part *i* (new bytes) only when
-  it is the same entry, ``(uid, created_at)`` (G14): :meth:`DesBucketWriter.add` refuses
-  a row whose uid is published with another ``created_at`` (or with none, as entries of
-  other writers are) with :class:`~deswm.errors.ArchivedDuplicateError`, and the plan
-  raises :class:`~deswm.errors.PackError` rather than replace such an entry;
-* a new uid goes to the part with the greatest first key at or before its key (the first
-  part if before all); keys after the last key of the last part are the tail, appended
-  to the last part while it fits and overflowing into new parts, exactly like a fresh
-  split, so a rerun after a crash that published only some parts reproduces the clean
-  run byte for byte;
-* old entries without ``created_at`` meta (other writers) sort with key ``("", uid)``;
-* mid-range inserts can make a part exceed ``max_shard_size`` (moving entries between
-  objects cannot be made atomic, so it is not done);
-* a part whose content would be byte-identical is not rewritten (a replay of an
-  unchanged day costs no writes); its index alone cannot show a damaged payload, so a
-  part holding entries re-read from their sources is rendered into a sink comparing it
-  with the published bytes (read once, in 8 MiB chunks), and rewritten if they differ
-  (G16); a part left empty by dropped duplicates is deleted after the others are
-  published;
-* stored bytes of kept old entries are copied verbatim with ranged reads pinned to the
-  version that was indexed, so a replay after the sources were deleted reproduces the
-  original objects.
+Sizes, the entry meta and object names come from :mod:`deswm.container`, the one module
+that knows the DES2 layout.
 """
 
 from __future__ import annotations
@@ -71,7 +49,7 @@ from deswm._buffers import (
     iter_records,
 )
 from deswm._checkpoints import reach
-from deswm._merge import (
+from deswm._planner import (
     COPY_CHUNK,
     IN_BUFFER,
     IN_OLD_PART,
@@ -82,7 +60,16 @@ from deswm._merge import (
     plan_group,
 )
 from deswm._redact import redact
-from deswm.container import MAX_UID_BYTES, Compressor, ShardIndex, ShardWriter
+from deswm.container import (
+    MAX_PART_NUMBER,
+    MAX_UID_BYTES,
+    META_TEMPLATE,
+    Compressor,
+    PartInfo,
+    ShardIndex,
+    ShardWriter,
+    record_size,
+)
 from deswm.errors import (
     ArchivedDuplicateError,
     ConfigError,
@@ -94,8 +81,8 @@ from deswm.errors import (
 )
 from deswm.model import ArchivedEntry, BucketResult, Codec, PublishedShard, ShardKey, SourceRecord
 from deswm.protocols import ShardRouter
-from deswm.routing import DesRouter, uid_text
-from deswm.shardio import BIG_FILES, PartInfo, ShardStore
+from deswm.routing import DesRouter, require_day_buckets, uid_text
+from deswm.shardio import BIG_FILES, ShardStore
 from deswm.timeutil import format_day, format_utc, require_utc
 
 __all__ = ["DesBucketWriter", "DesPacker"]
@@ -174,6 +161,7 @@ class DesPacker:
             router = DesRouter(8)
         elif not isinstance(router, ShardRouter):
             raise ConfigError(f"must be a ShardRouter, got {router!r}", key="router")
+        require_day_buckets(router)
         level = _int_setting("compression_level", compression_level, -(2**31))
         Compressor(compression, level)  # validates codec and level (ConfigError)
         folder = None if spill_dir is None else os.fspath(spill_dir)
@@ -230,11 +218,6 @@ def _from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-def _meta(sha256_hex: str, created_text: str) -> bytes:
-    """Exactly ``make_meta(sha256_hex, created_at)`` for deswm's two keys, without json."""
-    return b'{"created_at":"%s","sha256":"%s"}' % (created_text.encode(), sha256_hex.encode())
-
-
 def _new_items(records: bytes) -> list[PlannedEntry]:
     """The planned entries of a group's records (the per-entry work of a publish).
 
@@ -264,16 +247,16 @@ def _new_items(records: bytes) -> list[PlannedEntry]:
         hour, minute = divmod(minutes, 60)
         text = f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{fraction:06d}Z"
         sha = digest.hex()
-        meta = b'{"created_at":"%s","sha256":"%s"}' % (text.encode(), sha.encode())
+        meta = META_TEMPLATE % (text.encode(), sha.encode())
         if flags & BIG:
-            cost = 2 + uid_len + 1 + len(meta) + 2 + len(sha) + 12
+            cost = record_size(uid_len, len(meta), len(sha))
             items.append(
                 PlannedEntry(
                     (text, uid), uid, "none", size, length, meta, sha, cost, IN_BUFFER, loc
                 )
             )
             continue
-        cost = length + 2 + uid_len + 1 + len(meta) + 37
+        cost = length + record_size(uid_len, len(meta))
         source = IN_SPILL if flags & SPILLED else IN_BUFFER
         codec: Codec = CODEC_NAMES[flags & CODEC_MASK]
         items.append(
@@ -301,7 +284,9 @@ class DesBucketWriter:
         self._bucket = bucket
         self._day = format_day(bucket)
         self._groups: dict[int, Group] = {}
-        self._shard_index = router.shard_index if type(router) is DesRouter else None
+        # A router declaring route() to be its parts is asked for the shard index alone.
+        composed = getattr(router, "route_is_composed", False) is True
+        self._shard_index = router.shard_index if composed else None
         self._bucket_end = bucket + timedelta(days=1)
         self._encoder: Encoder[_Tag] = Encoder(
             settings.compression, settings.compression_level, _compress_threads(settings.workers)
@@ -347,8 +332,9 @@ class DesBucketWriter:
             and created_at.tzinfo is UTC
             and self._bucket <= created_at < self._bucket_end
         ):
-            # DesRouter, an aware UTC instant inside the bucket: route by the shard index
-            # alone (what DesRouter.route computes, without a new ShardKey per file).
+            # A composed route (ShardRouter.route_is_composed), an aware UTC instant
+            # inside the bucket: route by the shard index alone (what route() computes,
+            # without a new ShardKey per file).
             index = self._shard_index(uid)
             group = self._groups.get(index)
             if group is None:
@@ -592,9 +578,9 @@ class DesBucketWriter:
         )
 
     def _publish_part(self, group: Group, part: PartPlan, *, merged: bool) -> PublishedShard:
-        if part.number > 9999:
+        if part.number > MAX_PART_NUMBER:
             raise PackError(
-                f"group {group.key.prefix}* needs more than 10,000 parts",
+                f"group {group.key.prefix}* needs more than {MAX_PART_NUMBER + 1:,} parts",
                 hint="Raise archive.max_shard_size or archive.n_bits",
             )
         name = group.key.object_name(part.number)
@@ -797,7 +783,7 @@ def _check_identity(
 ) -> None:
     """Refuse a row whose uid is published in its group with another ``created_at`` (G14).
 
-    The lowest part holding the uid is its entry (as in :func:`~deswm._merge.plan_group`).
+    The lowest part holding the uid is its entry (as in :func:`~deswm._planner.plan_group`).
     The same uid and instant is the same entry (a replay or a repair); an entry without
     ``created_at`` (another DES writer) cannot be proved to be this row, so it is refused.
     """

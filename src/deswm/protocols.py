@@ -157,7 +157,26 @@ class FileReader(Protocol):
 
 @runtime_checkable
 class ShardRouter(Protocol):
-    """Pure routing ``(uid, created_at) -> ShardKey`` and the bucket arithmetic."""
+    """Pure routing ``(uid, created_at) -> ShardKey`` and the bucket arithmetic.
+
+    **Buckets are UTC days.** The DES2 object names embed the day
+    (``{YYYYMMDD}_{HEX}_{NNNN}.des``, docs/format.md), so a router chooses the shard index
+    of a file within its day and nothing else: :meth:`bucket_start` returns the UTC
+    midnight at or before an instant and :meth:`next_bucket` the following midnight.
+    They are part of the protocol so that callers never do day arithmetic of their own,
+    not to let a router choose another bucket length: the orchestrator and
+    :class:`~deswm.packer.DesPacker` refuse such a router with
+    :class:`~deswm.errors.ConfigError` (key ``router``,
+    :func:`deswm.routing.require_day_buckets`).
+
+    ``route(uid, t)`` is ``group(bucket_start(t), shard_index(uid))``. A router whose
+    ``route`` is exactly that and has no other effect may say so with the optional class
+    attribute ``route_is_composed = True`` (not a protocol member): the packer then routes
+    the files of a bucket by :meth:`shard_index` alone, with one :meth:`group` call per
+    group, instead of one :meth:`route` call per file. Routers that observe or disturb
+    calls (recorders, fault injectors) leave it unset. :class:`~deswm.routing.DesRouter`
+    sets it.
+    """
 
     @property
     def shard_count(self) -> int:
@@ -177,11 +196,12 @@ class ShardRouter(Protocol):
         ...
 
     def bucket_start(self, instant: datetime) -> datetime:
-        """The start of the bucket holding ``instant``."""
+        """The start of the bucket holding ``instant``: its UTC midnight."""
         ...
 
     def next_bucket(self, bucket: datetime) -> datetime:
-        """The start of the bucket after the one starting at ``bucket``."""
+        """The start of the bucket after the one starting at ``bucket``: the next UTC
+        midnight."""
         ...
 
 

@@ -13,21 +13,28 @@ Rules (the DES rules, see docs/format.md):
   n_bits 4, 8, 12 and 16 this is exactly the original DES name; for other widths the
   original used ``n_bits // 4`` digits and so mixed widths, which deswm does not copy;
 * the bucket is the UTC day of ``created_at`` (an aware datetime in another zone is
-  converted first).
+  converted first). Every router's buckets are UTC days, because the object names embed
+  the day: :func:`require_day_buckets` is how the orchestrator and the packer refuse a
+  router that would bucket otherwise.
 """
 
 from __future__ import annotations
 
 import zlib
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 from deswm.errors import ConfigError, SourceError
 from deswm.model import ShardKey
-from deswm.timeutil import floor_day, format_day, parse_day, require_utc
+from deswm.protocols import ShardRouter
+from deswm.timeutil import floor_day, format_day, format_utc, parse_day, require_utc
 
 __all__ = ["DesRouter"]
 
 _DAY = timedelta(days=1)
+_ZERO = timedelta(0)
+_PROBE = datetime(2024, 5, 17, 12, 34, 56, 789012, tzinfo=UTC)
+"""An instant inside a day, away from midnight: where :func:`require_day_buckets` looks."""
 LAST_BUCKET = datetime(9999, 12, 31, tzinfo=UTC)
 """The last day ``datetime`` can name: its end (year 10000) cannot be expressed."""
 
@@ -45,6 +52,11 @@ class DesRouter:
     """
 
     __slots__ = ("_hex_width", "_mask", "n_bits")
+
+    route_is_composed: ClassVar[bool] = True
+    """``route`` is ``group(bucket_start(t), shard_index(uid))`` and nothing more: the
+    packer may route by :meth:`shard_index` alone (see :class:`~deswm.protocols.ShardRouter`).
+    A subclass that overrides :meth:`route` must set it to ``False``."""
 
     def __init__(self, n_bits: int = 8) -> None:
         if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 4 <= n_bits <= 16:
@@ -128,3 +140,27 @@ def uid_text(uid: str | int) -> str:
     if isinstance(uid, str):
         return uid
     raise TypeError(f"a uid must be str or int, got {type(uid).__name__}")
+
+
+def require_day_buckets(router: ShardRouter) -> None:
+    """Refuse a router whose buckets are not UTC days, with :class:`ConfigError`.
+
+    The DES2 object names embed the UTC day (``{YYYYMMDD}_{HEX}_{NNNN}.des``), so a
+    bucket of another length would name objects after a day its files do not belong to.
+    One probe instant is asked: its bucket must start at its UTC midnight and end at the
+    next one. That catches a router built for another bucket length or another zone's
+    days; :class:`~deswm.testing.contracts.router.ShardRouterContract` checks every
+    instant a test can reach.
+    """
+    day = floor_day(_PROBE)
+    start = router.bucket_start(_PROBE)
+    end = router.next_bucket(day)
+    if start == day and end == day + _DAY and start.utcoffset() == end.utcoffset() == _ZERO:
+        return
+    raise ConfigError(
+        f"{router!r} does not bucket by UTC day: bucket_start({format_utc(_PROBE)}) is "
+        f"{start.isoformat()}, next_bucket({format_utc(day)}) is {end.isoformat()}",
+        key="router",
+        hint="Buckets are UTC days because the shard object names embed the day "
+        "({YYYYMMDD}_{HEX}_{NNNN}.des); a router chooses the shard index within a day only",
+    )

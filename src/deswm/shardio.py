@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import IO, Any, Final, Protocol
 
-import attrs
 import fsspec
 import fsspec.asyn
 from fsspec.implementations.local import LocalFileSystem
@@ -56,11 +55,14 @@ from deswm.container import (
     FOOTER_SIZE,
     HEADER_SIZE,
     IndexEntry,
+    PartInfo,
     ShardIndex,
     parse_footer,
     parse_header,
     parse_index,
+    parse_part_name,
 )
+from deswm.container import part_info as _part_info
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
@@ -98,44 +100,11 @@ _HASH_CHUNK: Final = 8 * 2**20
 UPLOAD_BLOCK_SIZE: Final = 16 * 2**20
 """Multipart block size for remote publishes: the most a publish holds in memory."""
 
-_PART_NAME = re.compile(r"^(\d{8})_([0-9A-F]+)_(\d{4})\.des$")
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 WriteFn = Callable[[IO[bytes]], None]
 """Writes a whole object into the binary file it is given (and nothing else)."""
-
-
-@attrs.frozen
-class PartInfo:
-    """One listed shard object: ``{day}_{hex}_{part:04d}.des`` of ``size`` bytes.
-
-    ``version`` is the token that changes whenever the object is replaced; indexes are
-    cached and reads are pinned by it.
-    """
-
-    name: str
-    day: str
-    hex: str
-    part: int
-    size: int
-    version: str
-
-
-def parse_part_name(name: str) -> tuple[str, str, int] | None:
-    """``(day, hex, part)`` of a shard object name, or ``None`` for any other name."""
-    match = _PART_NAME.match(name)
-    if match is None:
-        return None
-    return match.group(1), match.group(2), int(match.group(3))
-
-
-def _part_info(name: str, size: int, version: str) -> PartInfo | None:
-    parsed = parse_part_name(name)
-    if parsed is None:
-        return None
-    day, hex_, part = parsed
-    return PartInfo(name, day, hex_, part, size, version)
 
 
 # --- backends ---------------------------------------------------------------------------

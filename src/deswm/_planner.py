@@ -1,9 +1,44 @@
-"""Planning the parts of one group: which entries go into which object (pure).
+"""The part planner: which entry of a group goes into which object (pure).
 
-The rule that makes merges safe is that **an entry never moves between published
-objects**: each part is replaced on its own, so any subset of replacements that a crash
-leaves behind still holds every entry exactly once, and a rerun completes it into exactly
-what an uninterrupted run gives. See :mod:`deswm.packer` for the full rule set.
+:func:`plan_group` decides every part of one group (``{day}_{hex}``) from the parts
+already published and the new entries; the packer only carries the plan out. Its rules:
+
+Canonical order: inside a part, entries are sorted by ``(created_at as fixed-width UTC
+text, uid)`` in Python, so the bytes never depend on query order or collation (G2).
+
+Fresh group: greedy split, an entry joins the current part while the part's exact total
+size stays within ``max_size`` (an entry too big for any part gets one of its own);
+parts are numbered 0000, 0001, ...
+
+Merge with published parts (G3), where **an entry never moves between objects**, so
+each object replacement is safe on its own in any crash order:
+
+* every old uid belongs to the lowest-numbered part holding it (a duplicate in a higher
+  part is dropped there);
+* a new entry whose uid is in old part *i* replaces it in part *i* (new bytes) only when
+  it is the same entry, ``(uid, created_at)`` (G14): the bucket writer refuses a row
+  whose uid is published with another ``created_at`` (or with none, as entries of other
+  writers are) with :class:`~deswm.errors.ArchivedDuplicateError`, and the plan raises
+  :class:`~deswm.errors.PackError` rather than replace such an entry;
+* a new uid goes to the part with the greatest first key at or before its key (the first
+  part if before all); keys after the last key of the last part are the tail, appended
+  to the last part while it fits and overflowing into new parts, exactly like a fresh
+  split, so a rerun after a crash that published only some parts reproduces the clean
+  run byte for byte;
+* old entries without ``created_at`` meta (other writers) sort with key ``("", uid)``;
+* mid-range inserts can make a part exceed ``max_size`` (moving entries between objects
+  cannot be made atomic, so it is not done);
+* a part whose content would be byte-identical is marked ``identical``: the packer does
+  not rewrite it (a replay of an unchanged day costs no writes), unless it holds entries
+  re-read from their sources whose rendered bytes differ from the published ones (G16);
+  a part left empty by dropped duplicates is listed in ``deletions``, deleted after the
+  others are published;
+* kept old entries point at their stored bytes in the published part (``IN_OLD_PART``),
+  which the packer copies verbatim (adjacent ones in runs, :func:`copy_runs`), so a
+  replay after the sources were deleted reproduces the original objects.
+
+Sizes come from the format (:func:`deswm.container.record_size`), so a planned part's
+``size`` is exactly the size of the object the packer writes (the packer checks it).
 """
 
 from __future__ import annotations
@@ -15,14 +50,19 @@ from typing import Final, NamedTuple
 
 import attrs
 
-from deswm.container import FOOTER_SIZE, HEADER_SIZE, IndexEntry, ShardIndex
+from deswm.container import (
+    EMPTY_SHARD_SIZE,
+    HEADER_SIZE,
+    IndexEntry,
+    PartInfo,
+    ShardIndex,
+    index_record_size,
+)
 from deswm.errors import PackError
 from deswm.model import Codec
-from deswm.shardio import PartInfo
 
 __all__ = [
     "COPY_CHUNK",
-    "EMPTY_PART",
     "IN_BUFFER",
     "IN_OLD_PART",
     "IN_SPILL",
@@ -30,14 +70,10 @@ __all__ = [
     "PartPlan",
     "PlannedEntry",
     "copy_runs",
-    "index_record_size",
     "old_entry",
     "part_size",
     "plan_group",
 ]
-
-EMPTY_PART: Final = HEADER_SIZE + 4 + FOOTER_SIZE
-"""Size of a part with no entries: header, entry count, footer."""
 
 COPY_CHUNK: Final = 8 * 2**20
 """Largest ranged read when copying kept entries (adjacent entries are read together)."""
@@ -71,15 +107,8 @@ class PlannedEntry(NamedTuple):
         return self.source == IN_OLD_PART and self.big_sha256 is None
 
 
-def index_record_size(uid: str, meta: bytes, big_sha256: str | None) -> int:
-    """Bytes of a version-2 index record (container layout, checked against writes)."""
-    base = 2 + len(uid.encode("utf-8")) + 1 + len(meta)
-    if big_sha256 is None:
-        return base + 37  # offset, length, codec, compressed, uncompressed, meta_len
-    return base + 2 + len(big_sha256.encode("ascii")) + 12  # hash, size, meta_len
-
-
 def old_entry(entry: IndexEntry) -> PlannedEntry:
+    """A published entry as the plan carries it over (its key, cost and stored bytes)."""
     length = 0 if entry.big else entry.length
     cost = length + index_record_size(entry.uid, entry.meta, entry.big_sha256)
     key = (entry.created_at_text or "", entry.uid)
@@ -90,11 +119,19 @@ def old_entry(entry: IndexEntry) -> PlannedEntry:
 
 
 def part_size(items: Sequence[PlannedEntry]) -> int:
-    return EMPTY_PART + sum(item.cost for item in items)
+    """The exact size of a part holding ``items``."""
+    return EMPTY_SHARD_SIZE + sum(item.cost for item in items)
 
 
 @attrs.frozen
 class PartPlan:
+    """One part of a planned group: its entries in canonical order and exact size.
+
+    ``old`` is the published object of the same number the plan was made from (the
+    packer refuses to replace it if it changed since), ``identical`` whether writing
+    ``items`` would reproduce it byte for byte.
+    """
+
     number: int
     items: tuple[PlannedEntry, ...]
     size: int
@@ -104,6 +141,8 @@ class PartPlan:
 
 @attrs.frozen
 class GroupPlan:
+    """Every part of a group, the emptied parts to delete, and how many old entries stay."""
+
     parts: tuple[PartPlan, ...]
     deletions: tuple[PartInfo, ...]
     kept: int
@@ -151,7 +190,7 @@ def plan_group(
         for item in tail:
             if current and size + item.cost > max_size:
                 final[number] = current
-                number, current, size = number + 1, [], EMPTY_PART
+                number, current, size = number + 1, [], EMPTY_SHARD_SIZE
             current.append(item)
             size += item.cost
         final[number] = current
