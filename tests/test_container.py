@@ -14,19 +14,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deswm.container import (
+    EMPTY_SHARD_SIZE,
     FOOTER_SIZE,
     HEADER_SIZE,
+    MAX_PART_NUMBER,
     MAX_UID_BYTES,
+    META_TEMPLATE,
+    PART_NAME,
     Compressor,
     IndexEntry,
+    PartInfo,
     ShardWriter,
     build_shard,
     decode_payload,
     entry_checksum,
+    group_prefix,
+    index_record_size,
     make_meta,
+    meta_of,
+    parse_part_name,
+    part_info,
+    part_name,
     read_shard,
+    record_size,
 )
 from deswm.errors import ConfigError, CorruptShardError
+from deswm.timeutil import format_utc
 
 EXAMPLE_71 = bytes.fromhex(
     "44455332" "02" "000000"
@@ -609,3 +622,97 @@ def test_lz4_is_decoded_with_a_bound() -> None:
         cut = IndexEntry("l", HEADER_SIZE, len(framed) - 3, "lz4", len(data))
         with pytest.raises(CorruptShardError, match="does not decode"):
             decode_payload(cut, framed[:-3], name="l.des")
+
+
+# --- sizes, meta and names: the format's one definition of each -----------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=20),
+            st.binary(max_size=300),
+            st.binary(max_size=60),
+            st.booleans(),
+        ),
+        max_size=12,
+        unique_by=lambda entry: entry[0],
+    )
+)
+def test_record_size_is_what_the_writer_writes(
+    entries: list[tuple[str, bytes, bytes, bool]],
+) -> None:
+    buffer = io.BytesIO()
+    writer = ShardWriter(buffer)
+    expected = EMPTY_SHARD_SIZE
+    for uid, stored, meta, big in entries:
+        if big:
+            digest = hashlib.sha256(stored).hexdigest()
+            writer.add_big(uid, digest, size=len(stored), meta=meta)
+            expected += index_record_size(uid, meta, digest)
+            assert index_record_size(uid, meta, digest) == record_size(
+                len(uid.encode()), len(meta), 64
+            )
+        else:
+            writer.append(uid, stored, codec="none", size=len(stored), meta=meta)
+            expected += len(stored) + record_size(len(uid.encode()), len(meta))
+    assert writer.finish() == expected == len(buffer.getvalue())
+
+
+def test_an_empty_shard_is_its_empty_size() -> None:
+    assert len(build_shard([])) == EMPTY_SHARD_SIZE == HEADER_SIZE + 4 + FOOTER_SIZE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    created_at=st.datetimes(timezones=st.just(UTC)),
+    data=st.binary(max_size=64),
+)
+def test_the_meta_template_is_make_meta(created_at: datetime, data: bytes) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    text = format_utc(created_at)
+    assert meta_of(digest, text) == make_meta(digest, created_at)
+    assert META_TEMPLATE % (text.encode(), digest.encode()) == make_meta(digest, created_at)
+
+
+@pytest.mark.parametrize(
+    ("day", "shard_hex", "part", "name"),
+    [
+        ("20240517", "39", 0, "20240517_39_0000.des"),
+        ("00010101", "BB5C", 12, "00010101_BB5C_0012.des"),
+        ("99991231", "F", MAX_PART_NUMBER, "99991231_F_9999.des"),
+    ],
+)
+def test_part_names_round_trip(day: str, shard_hex: str, part: int, name: str) -> None:
+    assert part_name(day, shard_hex, part) == name
+    assert name.startswith(group_prefix(day, shard_hex))
+    assert parse_part_name(name) == (day, shard_hex, part)
+    info = part_info(name, 71, "v1")
+    assert info == PartInfo(name, day, shard_hex, part, 71, "v1")
+
+
+def test_part_numbers_stop_at_the_four_digit_field() -> None:
+    assert MAX_PART_NUMBER == 9999
+    for bad in (-1, MAX_PART_NUMBER + 1):
+        with pytest.raises(ValueError, match="4-digit"):
+            part_name("20240517", "39", bad)
+    assert parse_part_name("20240517_39_10000.des") is None  # one digit too many
+    assert PART_NAME.match("20240517_39_9999.des")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".20240517_39_0000.des.0123456789ab.tmp",  # a temp file of a publish
+        "20240517_39_000.des",
+        "2024051_39_0000.des",
+        "20240517_3g_0000.des",
+        "20240517_39_0000.DES",
+        "20240517_39_0000.des/x",
+        "_bigFiles/" + "a" * 64,
+    ],
+)
+def test_other_names_are_not_parts(name: str) -> None:
+    assert parse_part_name(name) is None
+    assert part_info(name, 1, "v") is None

@@ -39,6 +39,7 @@ from deswm.packer import DesBucketWriter, DesPacker
 from deswm.protocols import BucketWriter, Packer
 from deswm.routing import DesRouter
 from deswm.shardio import ShardStore
+from deswm.testing import RecordingRouter, fail_on, inject
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 ROUTER = DesRouter(4)  # 16 groups a day keeps S3 tests to few objects
@@ -1001,3 +1002,46 @@ def test_a_merge_refuses_a_part_with_overlapping_or_impossible_fields(tmp_path: 
         with pytest.raises(PackError, match=reason):
             pack(target, [(rec("48", 1), b"new")])
         assert snapshot(target)["20240517_0_0000.des"] == damaged
+
+
+# --- routing fast path (ShardRouter.route_is_composed) ---------------------------------------
+
+
+class ComposedRecorder(RecordingRouter):
+    """A recorder that declares its route to be its parts: the packer may skip route()."""
+
+    route_is_composed = True
+
+
+def pack_with(router: Any, tmp_path: Path, items: Sequence[Item]) -> dict[str, bytes]:
+    packer = DesPacker(tmp_path, router, workers=0)
+    with packer.open_bucket(DAY) as writer:
+        for record, data in items:
+            writer.add(record, data)
+        writer.publish()
+    return {p.name: p.read_bytes() for p in sorted(tmp_path.iterdir()) if p.is_file()}
+
+
+def test_a_composed_router_is_asked_for_shard_indexes_only(tmp_path: Path) -> None:
+    items = [(rec(f"f{n}", n), text(n, 50)) for n in range(40)]
+    composed = ComposedRecorder(ROUTER)
+    fast = pack_with(composed, tmp_path / "fast", items)
+    assert composed.calls_of("route") == []
+    assert len(composed.calls_of("shard_index")) == len(items)
+    groups = {ROUTER.shard_index(record.uid) for record, _ in items}
+    assert len(composed.calls_of("group")) == len(groups)  # one ShardKey per group
+    plain = RecordingRouter(ROUTER)  # no declaration: one route() per file
+    assert pack_with(plain, tmp_path / "plain", items) == fast
+    assert len(plain.calls_of("route")) == len(items)
+    assert pack_with(ROUTER, tmp_path / "des", items) == fast
+    assert getattr(ROUTER, "route_is_composed", False) is True
+
+
+def test_a_faulted_route_is_never_skipped(tmp_path: Path) -> None:
+    router = inject(DesRouter(4), route=fail_on(2, error=RuntimeError("route fault")))
+    packer = DesPacker(tmp_path, router, workers=0)
+    with packer.open_bucket(DAY) as writer:
+        writer.add(rec("a"), b"1")
+        with pytest.raises(RuntimeError, match="route fault"):
+            writer.add(rec("b", 1), b"2")
+    assert getattr(inject(DesRouter(4)), "route_is_composed", False) is True  # no route fault

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zlib
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,7 +16,16 @@ from hypothesis import strategies as st
 
 from deswm.errors import ConfigError, NaiveDatetimeError, SourceError
 from deswm.model import ShardKey
-from deswm.routing import DesRouter, uid_text
+from deswm.orchestrator import WatermarkOrchestrator
+from deswm.packer import DesPacker
+from deswm.routing import DesRouter, require_day_buckets, uid_text
+from deswm.testing import (
+    MemoryFileReader,
+    MemorySourceProvider,
+    MemoryWatermarkStore,
+    RecordingRouter,
+    memory_packer,
+)
 
 
 @pytest.mark.parametrize(
@@ -201,3 +211,86 @@ def test_the_last_day_has_no_end_and_says_so() -> None:
 def test_a_day_name_is_exactly_eight_digits_of_a_real_day(day: str) -> None:
     with pytest.raises(ConfigError):
         DesRouter(8).bucket_of_day(day)
+
+
+# --- buckets are UTC days -------------------------------------------------------------------
+
+
+class OtherBuckets:
+    """A router of DesRouter's shards whose buckets are ``length`` long from ``origin``.
+
+    Internally consistent (route is its parts), so only the bucket rule can refuse it.
+    """
+
+    def __init__(self, length: timedelta, origin: datetime) -> None:
+        self._shards = DesRouter(8)
+        self._length = length
+        self._origin = origin
+
+    def __repr__(self) -> str:
+        return f"OtherBuckets({self._length}, {self._origin.isoformat()})"
+
+    @property
+    def shard_count(self) -> int:
+        return self._shards.shard_count
+
+    def shard_index(self, uid: str | int) -> int:
+        return self._shards.shard_index(uid)
+
+    def route(self, uid: str | int, created_at: datetime) -> ShardKey:
+        return self.group(self.bucket_start(created_at), self.shard_index(uid))
+
+    def group(self, bucket: datetime, index: int) -> ShardKey:
+        return ShardKey(bucket.astimezone(UTC), index, self._shards.shard_hex(index))
+
+    def bucket_start(self, instant: datetime) -> datetime:
+        return self._origin + (instant - self._origin) // self._length * self._length
+
+    def next_bucket(self, bucket: datetime) -> datetime:
+        return bucket + self._length
+
+
+UTC_DAYS = OtherBuckets(timedelta(days=1), datetime(2000, 1, 1, tzinfo=UTC))
+NOT_UTC_DAYS = {
+    "hours": OtherBuckets(timedelta(hours=1), datetime(2000, 1, 1, tzinfo=UTC)),
+    "weeks": OtherBuckets(timedelta(days=7), datetime(2024, 5, 13, tzinfo=UTC)),  # Mondays
+    "weeks from the probe's day": OtherBuckets(
+        timedelta(days=7), datetime(2024, 5, 17, tzinfo=UTC)
+    ),
+    "local days": OtherBuckets(
+        timedelta(days=1), datetime(2000, 1, 1, tzinfo=timezone(timedelta(hours=2)))
+    ),
+    "UTC days in another zone": OtherBuckets(
+        timedelta(days=1), datetime(2000, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))
+    ),
+}
+
+
+def test_routers_of_utc_days_pass_the_bucket_rule() -> None:
+    require_day_buckets(DesRouter(4))
+    require_day_buckets(RecordingRouter(DesRouter(16)))
+    require_day_buckets(UTC_DAYS)
+
+
+@pytest.mark.parametrize("router", NOT_UTC_DAYS.values(), ids=NOT_UTC_DAYS.keys())
+def test_buckets_that_are_not_utc_days_are_refused(router: OtherBuckets) -> None:
+    with pytest.raises(ConfigError, match="does not bucket by UTC day") as caught:
+        require_day_buckets(router)
+    assert caught.value.key == "router"
+    assert "{YYYYMMDD}_{HEX}_{NNNN}.des" in str(caught.value.hint)
+
+
+@pytest.mark.parametrize("router", NOT_UTC_DAYS.values(), ids=NOT_UTC_DAYS.keys())
+def test_the_packer_and_the_orchestrator_refuse_them(router: OtherBuckets, tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="does not bucket by UTC day"):
+        DesPacker(tmp_path, router)
+    with pytest.raises(ConfigError, match="does not bucket by UTC day"):
+        WatermarkOrchestrator(
+            MemoryWatermarkStore(),
+            MemorySourceProvider([]),
+            MemoryFileReader({}),
+            router,
+            memory_packer(),
+            pipeline="p",
+        )
+    DesPacker(tmp_path, UTC_DAYS)  # the same router with UTC days is fine

@@ -2,10 +2,10 @@
 
 A router decides where every file lives forever, so its promises are strict (G5, G6):
 routing is a pure function of ``(uid, created_at)``, the same in every process whatever
-``PYTHONHASHSEED`` says; buckets tile time without gaps or overlaps in UTC; a key names
-an object in the DES layout. A router that claims DES compatibility must also route
-exactly like the original DES tools (docs: des-format). Subclass it in a ``Test*`` class
-and provide a ``router`` fixture::
+``PYTHONHASHSEED`` says; buckets are UTC days (the object names embed the day) and tile
+time without gaps or overlaps; a key names an object in the DES layout. A router that
+claims DES compatibility must also route exactly like the original DES tools (docs:
+des-format). Subclass it in a ``Test*`` class and provide a ``router`` fixture::
 
     from deswm.testing.contracts.router import ShardRouterContract
 
@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 
 from deswm.errors import DeswmError, NaiveDatetimeError
 from deswm.protocols import ShardRouter
+from deswm.routing import require_day_buckets
 from deswm.testing.strategies import created_ats, uids
 from deswm.timeutil import format_day
 
@@ -188,6 +189,17 @@ class ShardRouterContract:
         assert router.bucket_start(end) == end
         assert router.bucket_start(end - US) == start, "a gap between buckets"
         assert router.bucket_start(start - US) < start, "buckets overlap"
+
+    @_FIXED
+    @given(instant=created_ats(days=40))
+    def test_buckets_are_utc_days(self, router: ShardRouter, instant: datetime) -> None:
+        # Object names embed the UTC day, so no other bucket length can be named.
+        utc = instant.astimezone(UTC)
+        day = utc.replace(hour=0, minute=0, second=0, microsecond=0)
+        assert router.bucket_start(instant) == day
+        assert router.next_bucket(day) == day + timedelta(days=1)
+        assert router.route("abc123", instant).day == format_day(utc)
+        require_day_buckets(router)
 
     def test_midnight_belongs_to_the_bucket_it_starts(self, router: ShardRouter) -> None:
         midnight = router.bucket_start(WHEN)
