@@ -26,6 +26,7 @@ from deswm.container import (
     PartInfo,
     ShardWriter,
     build_shard,
+    day_prefix,
     decode_payload,
     entry_checksum,
     group_prefix,
@@ -687,6 +688,8 @@ def test_the_meta_template_is_make_meta(created_at: datetime, data: bytes) -> No
 def test_part_names_round_trip(day: str, shard_hex: str, part: int, name: str) -> None:
     assert part_name(day, shard_hex, part) == name
     assert name.startswith(group_prefix(day, shard_hex))
+    assert group_prefix(day, shard_hex).startswith(day_prefix(day))
+    assert day_prefix(day) == f"{day}_"
     assert parse_part_name(name) == (day, shard_hex, part)
     info = part_info(name, 71, "v1")
     assert info == PartInfo(name, day, shard_hex, part, 71, "v1")

@@ -61,6 +61,7 @@ __all__ = [
     "ShardIndex",
     "ShardWriter",
     "build_shard",
+    "day_prefix",
     "decode_payload",
     "encode_header",
     "entry_checksum",
@@ -792,9 +793,14 @@ PART_NAME: Final = re.compile(rf"^(\d{{8}})_([0-9A-F]+)_(\d{{{_PART_DIGITS}}})\.
 """A shard object name: groups day, hex and part number (temp files never match)."""
 
 
+def day_prefix(day: str) -> str:
+    """Name prefix of every part of a ``YYYYMMDD`` day."""
+    return f"{day}_"
+
+
 def group_prefix(day: str, shard_hex: str) -> str:
     """Name prefix of a group's parts; the trailing ``_`` keeps ``5C`` from ``5C3``."""
-    return f"{day}_{shard_hex}_"
+    return f"{day_prefix(day)}{shard_hex}_"
 
 
 def part_name(day: str, shard_hex: str, part: int) -> str:

@@ -68,6 +68,7 @@ from deswm.container import (
     PartInfo,
     ShardIndex,
     ShardWriter,
+    day_prefix,
     record_size,
 )
 from deswm.errors import (
@@ -540,7 +541,7 @@ class DesBucketWriter:
         if not self._groups:
             return BucketResult(self._bucket, 0, 0, self._big_written, 0)
         listing = self._list_day()
-        self._store.cleanup_temp(f"{self._day}_")
+        self._store.cleanup_temp(day_prefix(self._day))
         if self._big_seen:
             self._store.cleanup_temp(folder=BIG_FILES)
         shards: list[PublishedShard] = []
