@@ -154,12 +154,15 @@ def require_day_buckets(router: ShardRouter) -> None:
     """
     day = floor_day(_PROBE)
     start = router.bucket_start(_PROBE)
-    end = router.next_bucket(day)
-    if start == day and end == day + _DAY and start.utcoffset() == end.utcoffset() == _ZERO:
-        return
+    if start == day and start.utcoffset() == _ZERO:
+        end = router.next_bucket(start)
+        if end == day + _DAY and end.utcoffset() == _ZERO:
+            return
+        found = f"next_bucket({format_utc(day)}) is {end.isoformat()}"
+    else:
+        found = f"bucket_start({format_utc(_PROBE)}) is {start.isoformat()}"
     raise ConfigError(
-        f"{router!r} does not bucket by UTC day: bucket_start({format_utc(_PROBE)}) is "
-        f"{start.isoformat()}, next_bucket({format_utc(day)}) is {end.isoformat()}",
+        f"{router!r} does not bucket by UTC day: {found}",
         key="router",
         hint="Buckets are UTC days because the shard object names embed the day "
         "({YYYYMMDD}_{HEX}_{NNNN}.des); a router chooses the shard index within a day only",
