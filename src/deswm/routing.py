@@ -21,6 +21,7 @@ from __future__ import annotations
 import zlib
 from datetime import UTC, datetime, timedelta
 
+from deswm._defaults import N_BITS
 from deswm.errors import ConfigError, SourceError
 from deswm.model import ShardKey
 from deswm.timeutil import floor_day, format_day, parse_day, require_utc
@@ -46,7 +47,7 @@ class DesRouter:
 
     __slots__ = ("_hex_width", "_mask", "n_bits")
 
-    def __init__(self, n_bits: int = 8) -> None:
+    def __init__(self, n_bits: int = N_BITS) -> None:
         if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 4 <= n_bits <= 16:
             raise ConfigError(
                 f"must be an integer from 4 to 16, got {n_bits!r}",
