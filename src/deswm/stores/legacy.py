@@ -76,7 +76,13 @@ from deswm._defaults import LEGACY_ROW_ID, default_actor
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
-from deswm._sql.schema import LazyTables, create_tables, history_table
+from deswm._sql.schema import (
+    LazyTables,
+    create_tables,
+    history_change,
+    history_row,
+    history_table,
+)
 from deswm._sql.timecols import TimeKind, fraction_digits, time_kind, utc_session
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
@@ -528,16 +534,8 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
                 for row in conn.execute(query).mappings():
                     if key is not None and row["pipeline"] != key.pipeline:
                         continue
-                    changes.append(
-                        WatermarkChange(
-                            key=WatermarkKey(row["pipeline"], DEFAULT_STAGE, 0),
-                            changed_at=row["changed_at"],
-                            actor=row["actor"],
-                            previous=row["previous_position"],
-                            position=row["new_position"],
-                            reason=row["reason"],
-                        )
-                    )
+                    key_of_row = WatermarkKey(row["pipeline"], DEFAULT_STAGE, 0)
+                    changes.append(history_change(row, key_of_row))
                     if len(changes) == limit:
                         break
         return changes
@@ -756,11 +754,7 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
             sa.insert(self._history).values(
                 config_id=self._row_id,
                 pipeline=key.pipeline,
-                changed_at=now,
-                actor=self._actor,
-                previous_position=previous,
-                new_position=position,
-                reason=reason,
+                **history_row(now, self._actor, previous, position, reason),
             )
         )
         return written

@@ -29,7 +29,7 @@ from deswm._defaults import default_actor
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
-from deswm._sql.schema import LazyTables, history_table, key_string
+from deswm._sql.schema import LazyTables, history_change, history_row, history_table, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
@@ -118,14 +118,8 @@ def _to_watermark(row: sa.RowMapping) -> Watermark:
 
 
 def _to_change(row: sa.RowMapping) -> WatermarkChange:
-    return WatermarkChange(
-        key=WatermarkKey(row["pipeline"], row["stage"], int(row["partition_index"])),
-        changed_at=row["changed_at"],
-        actor=row["actor"],
-        previous=row["previous_position"],
-        position=row["new_position"],
-        reason=row["reason"],
-    )
+    key = WatermarkKey(row["pipeline"], row["stage"], int(row["partition_index"]))
+    return history_change(row, key)
 
 
 def _is_write_race(exc: sa.exc.DBAPIError) -> bool:
@@ -463,11 +457,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
                 pipeline=key.pipeline,
                 stage=key.stage,
                 partition_index=key.partition,
-                changed_at=now,
-                actor=self._actor,
-                previous_position=previous,
-                new_position=position,
-                reason=reason,
+                **history_row(now, self._actor, previous, position, reason),
             )
         )
         return written
