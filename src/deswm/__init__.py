@@ -300,6 +300,12 @@ def __getattr__(name: str) -> object:
         from importlib.metadata import version
 
         return version("deswm")
+    if not name.startswith("_"):
+        import importlib.util
+
+        if importlib.util.find_spec(f"deswm.{name}") is not None:
+            # A submodule, as ``import deswm`` used to load most of them (deswm.container).
+            return importlib.import_module(f"deswm.{name}")
     raise AttributeError(f"module 'deswm' has no attribute {name!r}")
 
 
