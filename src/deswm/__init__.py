@@ -301,9 +301,9 @@ def __getattr__(name: str) -> object:
 
         return version("deswm")
     if not name.startswith("_"):
-        import importlib.util
+        from importlib.util import find_spec
 
-        if importlib.util.find_spec(f"deswm.{name}") is not None:
+        if find_spec(f"deswm.{name}") is not None:
             # A submodule, as ``import deswm`` used to load most of them (deswm.container).
             return importlib.import_module(f"deswm.{name}")
     raise AttributeError(f"module 'deswm' has no attribute {name!r}")
