@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -376,3 +377,96 @@ def test_every_setting_named_in_the_docs_exists() -> None:
                 continue  # a checkpoint name; the example of an unknown-key error
             unknown += [f"{path.name}: {name}" for name in _unknown_settings(span)]
     assert not unknown, f"docs name settings the config loader rejects: {unknown}"
+
+
+# --- component errors name the setting, defaults are stated once ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "setting", "key"),
+    [
+        ("watermark", 'table = "   "', "watermark.table"),
+        ("watermark", 'schema = "   "', "watermark.schema"),
+        ("watermark", 'kind = "legacy"\ntable = "   "', "watermark.table"),
+        ("run", 'error_table = "   "', "run.error_table"),
+    ],
+)
+def test_a_bad_value_that_a_component_refuses_names_the_setting(
+    tmp_path: Path, section: str, setting: str, key: str
+) -> None:
+    config = load_config(write(tmp_path, f"{MINIMAL}\n[{section}]\n{setting}\n"))
+    engine = sa.create_engine("sqlite://")
+    build = config.build_error_store if section == "run" else config.build_store
+    with pytest.raises(ConfigError) as caught:
+        build(engine)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{key}: must be a non-empty")
+
+
+def test_reader_errors_name_the_files_settings(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    # Past the loader's own range check, as a host building settings in Python could be.
+    unchecked = attrs.evolve(config, files=attrs.evolve(config.files, max_workers=0))
+    with pytest.raises(ConfigError) as caught:
+        unchecked.build_reader()
+    assert caught.value.key == "files.max_workers"
+
+
+def _default(callable_: object, name: str) -> object:
+    return inspect.signature(callable_).parameters[name].default  # type: ignore[arg-type]
+
+
+def test_config_defaults_are_the_constructor_defaults() -> None:
+    from deswm.config import (
+        ArchiveSettings,
+        FilesSettings,
+        FlagSettings,
+        RunSettings,
+        SourceSettings,
+        WatermarkSettings,
+    )
+    from deswm.flagging import FlagJob
+    from deswm.packer import DesPacker
+    from deswm.readers import FsspecFileReader
+    from deswm.routing import DesRouter
+    from deswm.sources.sql import SqlSourceProvider
+    from deswm.stores.errors import SqlErrorStore
+    from deswm.stores.legacy import LegacyArchiveConfigStore
+
+    def setting(section: type, name: str) -> object:
+        return attrs.fields_dict(section)[name].default
+
+    pairs: list[tuple[type, str, object, str]] = [
+        (SourceSettings, "uid_column", SqlSourceProvider, "uid_column"),
+        (SourceSettings, "created_at_column", SqlSourceProvider, "created_at_column"),
+        (SourceSettings, "location_column", SqlSourceProvider, "location_column"),
+        (SourceSettings, "size_column", SqlSourceProvider, "size_column"),
+        (SourceSettings, "page_size", SqlSourceProvider, "page_size"),
+        (FilesSettings, "max_workers", FsspecFileReader, "max_workers"),
+        (FilesSettings, "retries", FsspecFileReader, "retries"),
+        (WatermarkSettings, "row_id", LegacyArchiveConfigStore, "row_id"),
+        (ArchiveSettings, "n_bits", DesRouter, "n_bits"),
+        (ArchiveSettings, "compression", DesPacker, "compression"),
+        (ArchiveSettings, "compression_level", DesPacker, "compression_level"),
+        (ArchiveSettings, "max_shard_size", DesPacker, "max_shard_size"),
+        (ArchiveSettings, "big_file_threshold", DesPacker, "big_file_threshold"),
+        (ArchiveSettings, "spill_threshold", DesPacker, "spill_threshold"),
+        (ArchiveSettings, "spill_dir", DesPacker, "spill_dir"),
+        (ArchiveSettings, "workers", DesPacker, "workers"),
+        (FlagSettings, "column", FlagJob, "column"),
+        (FlagSettings, "value", FlagJob, "value"),
+        (FlagSettings, "batch_size", FlagJob, "batch_size"),
+        (FlagSettings, "max_rows_per_second", FlagJob, "max_rows_per_second"),
+        (RunSettings, "on_error", WatermarkOrchestrator, "on_error"),
+        (RunSettings, "max_failure_ratio", WatermarkOrchestrator, "max_failure_ratio"),
+        (RunSettings, "max_buckets", WatermarkOrchestrator, "max_buckets"),
+        (RunSettings, "error_table", SqlErrorStore, "table"),
+    ]
+    for section, name, component, argument in pairs:
+        assert setting(section, name) == _default(component, argument), (section, name)
+    lag = _default(WatermarkOrchestrator, "lag")
+    assert timedelta(days=setting(WatermarkSettings, "lag_days")) == lag  # type: ignore[arg-type]
+    from deswm._engines import create_engine
+
+    for section in (SourceSettings, WatermarkSettings):
+        assert setting(section, "lock_timeout") == _default(create_engine, "lock_timeout")

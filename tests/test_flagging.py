@@ -126,3 +126,15 @@ def test_bad_settings(engine: sa.Engine, files: sa.Table) -> None:
     with pytest.raises(ConfigError) as caught:
         job(engine, store, column="is_archived").run()
     assert caught.value.key == "flag.column"
+
+
+def test_flagging_depends_on_a_protocol_not_on_the_sql_source() -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = "import json, sys\nimport deswm.flagging\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "deswm.sources.sql" not in json.loads(done.stdout)

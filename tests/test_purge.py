@@ -550,3 +550,13 @@ def test_a_source_without_location_references_is_refused(tmp_path: Path) -> None
     world.source = OldSource()  # type: ignore[assignment]
     with pytest.raises(ConfigError, match="location_references"):
         world.purge()
+
+
+def test_purge_and_verify_share_one_archive_lookup_protocol() -> None:
+    import typing
+
+    from deswm.protocols import ArchiveLookup
+    from deswm.verify import verify_window
+
+    assert typing.get_type_hints(PurgeJob.__init__)["archive"] is ArchiveLookup
+    assert typing.get_type_hints(verify_window)["archive"] is ArchiveLookup

@@ -2,27 +2,109 @@
 
 Everything a host application needs is importable from here; submodules hold the
 details (``deswm.container`` for the raw format, ``deswm.testing`` for test tools).
+
+Names are imported on first use (PEP 562), so ``import deswm`` stays cheap: SQLAlchemy,
+its dialects and s3fs load only when a component that needs them is used.
 """
 
-from deswm.archive import *
-from deswm.config import *
-from deswm.container import PartInfo
-from deswm.errors import *
-from deswm.flagging import *
-from deswm.model import *
-from deswm.orchestrator import *
-from deswm.packer import *
-from deswm.protocols import *
-from deswm.purge import *
-from deswm.readers import *
-from deswm.routing import *
-from deswm.sources.sql import *
-from deswm.sqltypes import *
-from deswm.stores.errors import *
-from deswm.stores.legacy import LegacyArchiveConfigStore
-from deswm.stores.objectstore import ObjectStoreWatermarkStore
-from deswm.stores.sql import *
-from deswm.verify import *
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deswm.archive import Archive
+    from deswm.config import (
+        ArchiveSettings,
+        Config,
+        FilesSettings,
+        FlagSettings,
+        RunSettings,
+        SourceSettings,
+        WatermarkSettings,
+        load_config,
+    )
+    from deswm.config import (
+        parse_size as parse_size,
+    )
+    from deswm.errors import (
+        ArchivedDuplicateError,
+        BadRowError,
+        ConfigError,
+        CorruptShardError,
+        CycleError,
+        DatabaseTimeoutError,
+        DeswmError,
+        DuplicateUidError,
+        EntryMismatchError,
+        FileMissingError,
+        FileReadError,
+        LocationOutsideRootError,
+        NaiveDatetimeError,
+        NotArchivedError,
+        ObjectChangedError,
+        PackError,
+        RowCountError,
+        ShardError,
+        SourceError,
+        UnplaceableRowError,
+        UnverifiedEntryError,
+        WatermarkConflict,
+        WatermarkError,
+        WatermarkMoveRefused,
+    )
+    from deswm.flagging import FLAGGED_STAGE, FlaggableSource, FlagJob, FlagResult
+    from deswm.model import (
+        DEFAULT_STAGE,
+        ArchivedEntry,
+        BucketResult,
+        Codec,
+        CyclePlan,
+        CycleResult,
+        FileFailure,
+        LocationReference,
+        Partition,
+        PendingStats,
+        PublishedShard,
+        RecordedFailure,
+        RetryResult,
+        ShardKey,
+        SourceRecord,
+        Watermark,
+        WatermarkChange,
+        WatermarkKey,
+        WatermarkMove,
+        Window,
+    )
+    from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
+    from deswm.orchestrator import utc_now as utc_now
+    from deswm.packer import DesBucketWriter, DesPacker
+    from deswm.protocols import (
+        ArchiveLookup as ArchiveLookup,
+    )
+    from deswm.protocols import (
+        BucketWriter,
+        ErrorStore,
+        FileReader,
+        Packer,
+        ReadResult,
+        ShardRouter,
+        SourceProvider,
+        WatermarkStore,
+    )
+    from deswm.purge import PURGED_STAGE, PurgeError, PurgeJob, PurgeResult
+    from deswm.readers import FileReaderBase, FsspecFileReader
+    from deswm.routing import DesRouter
+    from deswm.container import PartInfo
+    from deswm.sources.sql import SqlSourceProvider
+    from deswm.sqltypes import UtcDateTime
+    from deswm.stores.errors import DEFAULT_ERROR_TABLE as DEFAULT_ERROR_TABLE
+    from deswm.stores.errors import SqlErrorStore
+    from deswm.stores.legacy import LegacyArchiveConfigStore
+    from deswm.stores.objectstore import ObjectStoreWatermarkStore
+    from deswm.stores.sql import DEFAULT_TABLE as DEFAULT_TABLE
+    from deswm.stores.sql import SqlWatermarkStore
+    from deswm.verify import VerifyReport, verify_window
 
 __version__: str
 __all__ = [
@@ -61,6 +143,7 @@ __all__ = [
     "FlagJob",
     "FlagResult",
     "FlagSettings",
+    "FlaggableSource",
     "FsspecFileReader",
     "LegacyArchiveConfigStore",
     "LocationOutsideRootError",
@@ -112,10 +195,119 @@ __all__ = [
     "verify_window",
 ]
 
+_EXPORTS: dict[str, str] = {
+    "Archive": "deswm.archive",
+    "ArchiveSettings": "deswm.config",
+    "Config": "deswm.config",
+    "FilesSettings": "deswm.config",
+    "FlagSettings": "deswm.config",
+    "RunSettings": "deswm.config",
+    "SourceSettings": "deswm.config",
+    "WatermarkSettings": "deswm.config",
+    "load_config": "deswm.config",
+    "parse_size": "deswm.config",
+    "ArchivedDuplicateError": "deswm.errors",
+    "BadRowError": "deswm.errors",
+    "ConfigError": "deswm.errors",
+    "CorruptShardError": "deswm.errors",
+    "CycleError": "deswm.errors",
+    "DatabaseTimeoutError": "deswm.errors",
+    "DeswmError": "deswm.errors",
+    "DuplicateUidError": "deswm.errors",
+    "EntryMismatchError": "deswm.errors",
+    "FileMissingError": "deswm.errors",
+    "FileReadError": "deswm.errors",
+    "LocationOutsideRootError": "deswm.errors",
+    "NaiveDatetimeError": "deswm.errors",
+    "NotArchivedError": "deswm.errors",
+    "ObjectChangedError": "deswm.errors",
+    "PackError": "deswm.errors",
+    "RowCountError": "deswm.errors",
+    "ShardError": "deswm.errors",
+    "SourceError": "deswm.errors",
+    "UnplaceableRowError": "deswm.errors",
+    "UnverifiedEntryError": "deswm.errors",
+    "WatermarkConflict": "deswm.errors",
+    "WatermarkError": "deswm.errors",
+    "WatermarkMoveRefused": "deswm.errors",
+    "FLAGGED_STAGE": "deswm.flagging",
+    "FlaggableSource": "deswm.flagging",
+    "FlagJob": "deswm.flagging",
+    "FlagResult": "deswm.flagging",
+    "ArchivedEntry": "deswm.model",
+    "BucketResult": "deswm.model",
+    "Codec": "deswm.model",
+    "CyclePlan": "deswm.model",
+    "CycleResult": "deswm.model",
+    "DEFAULT_STAGE": "deswm.model",
+    "FileFailure": "deswm.model",
+    "LocationReference": "deswm.model",
+    "Partition": "deswm.model",
+    "PendingStats": "deswm.model",
+    "PublishedShard": "deswm.model",
+    "RecordedFailure": "deswm.model",
+    "RetryResult": "deswm.model",
+    "ShardKey": "deswm.model",
+    "SourceRecord": "deswm.model",
+    "Watermark": "deswm.model",
+    "WatermarkChange": "deswm.model",
+    "WatermarkKey": "deswm.model",
+    "WatermarkMove": "deswm.model",
+    "Window": "deswm.model",
+    "CycleObserver": "deswm.orchestrator",
+    "WatermarkOrchestrator": "deswm.orchestrator",
+    "utc_now": "deswm.orchestrator",
+    "DesBucketWriter": "deswm.packer",
+    "DesPacker": "deswm.packer",
+    "BucketWriter": "deswm.protocols",
+    "ErrorStore": "deswm.protocols",
+    "FileReader": "deswm.protocols",
+    "Packer": "deswm.protocols",
+    "ReadResult": "deswm.protocols",
+    "ShardRouter": "deswm.protocols",
+    "SourceProvider": "deswm.protocols",
+    "WatermarkStore": "deswm.protocols",
+    "PURGED_STAGE": "deswm.purge",
+    "PurgeError": "deswm.purge",
+    "PurgeJob": "deswm.purge",
+    "PurgeResult": "deswm.purge",
+    "FileReaderBase": "deswm.readers",
+    "FsspecFileReader": "deswm.readers",
+    "DesRouter": "deswm.routing",
+    "PartInfo": "deswm.container",
+    "SqlSourceProvider": "deswm.sources.sql",
+    "UtcDateTime": "deswm.sqltypes",
+    "DEFAULT_ERROR_TABLE": "deswm.stores.errors",
+    "SqlErrorStore": "deswm.stores.errors",
+    "LegacyArchiveConfigStore": "deswm.stores.legacy",
+    "ObjectStoreWatermarkStore": "deswm.stores.objectstore",
+    "DEFAULT_TABLE": "deswm.stores.sql",
+    "SqlWatermarkStore": "deswm.stores.sql",
+    "ArchiveLookup": "deswm.protocols",
+    "VerifyReport": "deswm.verify",
+    "verify_window": "deswm.verify",
+}
+"""Every name ``deswm`` offers (``__all__`` and a few module constants), by its module."""
 
-def __getattr__(name: str) -> str:
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     if name == "__version__":
         from importlib.metadata import version
 
         return version("deswm")
+    if not name.startswith("_"):
+        from importlib.util import find_spec
+
+        if find_spec(f"deswm.{name}") is not None:
+            # A submodule, as ``import deswm`` used to load most of them (deswm.container).
+            return importlib.import_module(f"deswm.{name}")
     raise AttributeError(f"module 'deswm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, "__version__"})

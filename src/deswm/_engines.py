@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import math
-import os
-import socket
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -17,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.sql.util import find_tables
 
+from deswm._defaults import DEFAULT_LOCK_TIMEOUT, default_actor
 from deswm._redact import redact, redact_url, remember
 from deswm.errors import ConfigError, DatabaseTimeoutError
 
@@ -36,8 +34,6 @@ __all__ = [
 
 log = logging.getLogger("deswm.db")
 
-DEFAULT_LOCK_TIMEOUT: Final = 60.0
-"""Seconds a statement waits for a lock (or SQLite for a writer) before it fails."""
 _SQLITE_FOREVER: Final = 2_000_000.0
 
 _DRIVER_EXTRAS = {
@@ -350,20 +346,3 @@ def engine_from(value: object, *, key: str) -> tuple[sa.Engine, bool]:
             f"must be a SQLAlchemy Engine or URL, got {type(value).__name__}", key=key
         )
     return create_engine(value, key=key), True
-
-
-def default_actor() -> str:
-    """``user@host`` of this process, for ``updated_by`` and the history.
-
-    Containers often run as a uid without a passwd entry, where ``getpass.getuser()``
-    raises; the numeric uid still tells an operator who it was.
-    """
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError, ImportError):
-        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
-    try:
-        host = socket.gethostname()
-    except OSError:
-        host = "unknown-host"
-    return f"{user}@{host}"

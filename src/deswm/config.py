@@ -22,6 +22,7 @@ Every problem raises :class:`~deswm.errors.ConfigError` naming the key.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -29,15 +30,16 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import attrs
 
+from deswm import _defaults as defaults
 from deswm._codecs import WritableCodec
-from deswm._engines import DEFAULT_LOCK_TIMEOUT
+from deswm._defaults import DEFAULT_LOCK_TIMEOUT
 from deswm._redact import redact_url, remember
 from deswm.errors import ConfigError
 from deswm.model import Partition
@@ -147,12 +149,12 @@ class SourceSettings:
     url: str = attrs.field(repr=_redacted)
     table: str = "files"
     schema: str | None = None
-    uid_column: str = "uid"
-    created_at_column: str = "created_at"
-    location_column: str = "file_location"
-    size_column: str | None = "size_bytes"
+    uid_column: str = defaults.UID_COLUMN
+    created_at_column: str = defaults.CREATED_AT_COLUMN
+    location_column: str = defaults.LOCATION_COLUMN
+    size_column: str | None = defaults.SIZE_COLUMN
     timezone: str = "UTC"
-    page_size: int = _bounded(10_000, 1, 1_000_000)
+    page_size: int = _bounded(defaults.PAGE_SIZE, 1, 1_000_000)
     provider: str | None = None
     """``package.module:Class``, a subclass of SqlSourceProvider to use instead."""
     lock_timeout: float = _lock_timeout()
@@ -186,10 +188,10 @@ class WatermarkSettings:
     url: str | None = attrs.field(default=None, repr=_redacted)
     table: str | None = None
     schema: str | None = None
-    row_id: int = _bounded(1, *_INT64)
+    row_id: int = _bounded(defaults.LEGACY_ROW_ID, *_INT64)
     storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
     pipeline: str | None = None
-    lag_days: float = _bounded(7, 0, 36_500)
+    lag_days: float = _bounded(defaults.LAG_DAYS, 0, 36_500)
     initial: str | None = attrs.field(default=None, metadata={"timestamp": True})
     lock_timeout: float = _lock_timeout()
     """Seconds a statement on the watermark or error table waits for a lock (0: no limit)."""
@@ -202,7 +204,7 @@ class ArchiveSettings:
     """``[archive]``: where shards go and how they are built."""
 
     url: str = attrs.field(repr=_redacted)
-    n_bits: int = _bounded(8, 4, 16)
+    n_bits: int = _bounded(defaults.N_BITS, 4, 16)
     max_shard_size: int = _size(1024**3)
     compression: WritableCodec = "zstd"
     compression_level: int = _bounded(3, -(2**31), 22)
@@ -218,9 +220,9 @@ class ArchiveSettings:
 class FlagSettings:
     """``[flag]``: the optional back-fill of a legacy ``archived`` column (deswm flag)."""
 
-    column: str = "archived"
-    value: bool | int | str = True
-    batch_size: int = _bounded(1000, 1, 1_000_000)
+    column: str = defaults.FLAG_COLUMN
+    value: bool | int | str = defaults.FLAG_VALUE
+    batch_size: int = _bounded(defaults.FLAG_BATCH_SIZE, 1, 1_000_000)
     max_rows_per_second: float | None = _bounded(None, 1e-6, 1e12)
 
 
@@ -228,9 +230,9 @@ class FlagSettings:
 class RunSettings:
     """``[run]``: how cycles run."""
 
-    on_error: Literal["stop", "record"] = "stop"
-    max_failure_ratio: float = _bounded(0.1, 0, 1)
-    error_table: str = "deswm_errors"
+    on_error: Literal["stop", "record"] = defaults.ON_ERROR
+    max_failure_ratio: float = _bounded(defaults.MAX_FAILURE_RATIO, 0, 1)
+    error_table: str = defaults.ERROR_TABLE
     interval: float = _bounded(3600, 0, _YEAR)
     partitions: int = 1
     partition: int = 0
@@ -350,7 +352,8 @@ class Config:
     def build_router(self) -> DesRouter:
         from deswm.routing import DesRouter
 
-        return DesRouter(self.archive.n_bits)
+        with _rekeyed("archive"):
+            return DesRouter(self.archive.n_bits)
 
     def build_engines(self, *, read_only: bool = False) -> tuple[sa.Engine, sa.Engine]:
         """Engines for the source and for deswm's own tables (one engine for one URL).
@@ -401,20 +404,25 @@ class Config:
                 self.source.provider, "source.provider", SqlSourceProvider
             )
         size_column = self.source.size_column or None
-        return provider_type(
-            engine,
-            self.source.table,
-            schema=self.source.schema,
-            uid_column=self.source.uid_column,
-            created_at_column=self.source.created_at_column,
-            location_column=self.source.location_column,
-            size_column=size_column,
-            timezone=parse_timezone(self.source.timezone, "source.timezone"),
-            page_size=self.source.page_size,
-        )
+        with _rekeyed("source"):
+            return provider_type(
+                engine,
+                self.source.table,
+                schema=self.source.schema,
+                uid_column=self.source.uid_column,
+                created_at_column=self.source.created_at_column,
+                location_column=self.source.location_column,
+                size_column=size_column,
+                timezone=parse_timezone(self.source.timezone, "source.timezone"),
+                page_size=self.source.page_size,
+            )
 
     def build_store(self, engine: sa.Engine) -> WatermarkStore:
         """The watermark store ``watermark.kind`` names (``engine``: for the SQL kinds)."""
+        with _rekeyed("watermark"):
+            return self._build_store(engine)
+
+    def _build_store(self, engine: sa.Engine) -> WatermarkStore:
         settings = self.watermark
         if settings.kind == "object":
             from deswm.stores.objectstore import ObjectStoreWatermarkStore
@@ -442,43 +450,47 @@ class Config:
     def build_error_store(self, engine: sa.Engine) -> SqlErrorStore:
         from deswm.stores.errors import SqlErrorStore
 
-        return SqlErrorStore(engine, table=self.run.error_table, schema=self.watermark.schema)
+        with _rekeyed("run", {"table": "run.error_table", "schema": "watermark.schema"}):
+            return SqlErrorStore(engine, table=self.run.error_table, schema=self.watermark.schema)
 
     def build_reader(self) -> FsspecFileReader:
         from deswm.readers import FsspecFileReader
 
-        return FsspecFileReader(
-            root=self.files.root,
-            allowed_roots=self.files.allowed_roots,
-            storage_options=self.files.storage_options or None,
-            max_workers=self.files.max_workers,
-            retries=self.files.retries,
-        )
+        with _rekeyed("files", _READER_KEYS):
+            return FsspecFileReader(
+                root=self.files.root,
+                allowed_roots=self.files.allowed_roots,
+                storage_options=self.files.storage_options or None,
+                max_workers=self.files.max_workers,
+                retries=self.files.retries,
+            )
 
     def build_packer(self, router: DesRouter | None = None) -> DesPacker:
         from deswm.packer import DesPacker
 
-        return DesPacker(
-            self.archive.url,
-            router or self.build_router(),
-            storage_options=self.archive.storage_options or None,
-            compression=self.archive.compression,
-            compression_level=self.archive.compression_level,
-            max_shard_size=self.archive.max_shard_size,
-            big_file_threshold=self.archive.big_file_threshold,
-            spill_threshold=self.archive.spill_threshold,
-            spill_dir=self.archive.spill_dir,
-            workers=self.archive.workers,
-        )
+        with _rekeyed("archive"):
+            return DesPacker(
+                self.archive.url,
+                router or self.build_router(),
+                storage_options=self.archive.storage_options or None,
+                compression=self.archive.compression,
+                compression_level=self.archive.compression_level,
+                max_shard_size=self.archive.max_shard_size,
+                big_file_threshold=self.archive.big_file_threshold,
+                spill_threshold=self.archive.spill_threshold,
+                spill_dir=self.archive.spill_dir,
+                workers=self.archive.workers,
+            )
 
     def build_archive(self) -> Archive:
         from deswm.archive import Archive
 
-        return Archive(
-            self.archive.url,
-            self.build_router(),
-            storage_options=self.archive.storage_options or None,
-        )
+        with _rekeyed("archive"):
+            return Archive(
+                self.archive.url,
+                self.build_router(),
+                storage_options=self.archive.storage_options or None,
+            )
 
     def build_flag_job(self) -> FlagJob:
         """The flag stage: back-fills ``flag.column`` behind the archived watermark."""
@@ -489,17 +501,18 @@ class Config:
         source = orchestrator.source
         if not isinstance(source, SqlSourceProvider):  # pragma: no cover - config builds one
             raise ConfigError("the flag stage needs a SQL source", key="source.url")
-        return FlagJob(
-            orchestrator.store,
-            source,
-            orchestrator.router,
-            pipeline=self.pipeline,
-            initial=orchestrator.initial_position(),
-            column=self.flag.column,
-            value=self.flag.value,
-            batch_size=self.flag.batch_size,
-            max_rows_per_second=self.flag.max_rows_per_second,
-        )
+        with _rekeyed("flag", {"pipeline": "watermark.pipeline"}):
+            return FlagJob(
+                orchestrator.store,
+                source,
+                orchestrator.router,
+                pipeline=self.pipeline,
+                initial=orchestrator.initial_position(),
+                column=self.flag.column,
+                value=self.flag.value,
+                batch_size=self.flag.batch_size,
+                max_rows_per_second=self.flag.max_rows_per_second,
+            )
 
     def build_purge_job(self, *, partition: int | None = None, verify: str = "content") -> PurgeJob:
         """The purge stage for this pipeline (deletes archived, verified source files)."""
@@ -547,14 +560,52 @@ class Config:
             "max_buckets": self.run.max_buckets,
         }
         options.update(overrides)
-        return WatermarkOrchestrator(
-            self.build_store(store_engine),
-            self.build_source(source_engine),
-            self.build_reader(),
-            router,
-            self.build_packer(router),
-            **options,
+        store = self.build_store(store_engine)
+        source = self.build_source(source_engine)
+        reader = self.build_reader()
+        packer = self.build_packer(router)
+        with _rekeyed("run", _ORCHESTRATOR_KEYS):
+            return WatermarkOrchestrator(store, source, reader, router, packer, **options)
+
+
+_READER_KEYS: Final = {
+    # FsspecFileReader's own names for its arguments
+    "reader.allowed_roots": "files.allowed_roots",
+    "reader.retries": "files.retries",
+    "reader.storage_options": "files.storage_options",
+}
+_ORCHESTRATOR_KEYS: Final = {
+    "pipeline": "watermark.pipeline",
+    "lag": "watermark.lag_days",
+    "initial": "watermark.initial",
+    "partition": "run.partition",
+}
+
+
+@contextlib.contextmanager
+def _rekeyed(section: str, aliases: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Name the config key in a :class:`ConfigError` a component raised while being built.
+
+    Components name their own arguments (``max_workers``); a file's reader wants the
+    setting (``files.max_workers``). A key in ``aliases`` is replaced by its value; an
+    undotted key that is a setting of ``[section]`` gets the section in front; other
+    keys, which name a setting already, pass through.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        key = exc.key
+        if type(exc) is not ConfigError or key is None:
+            raise
+        fields = {f.name for f in attrs.fields(_SECTIONS[section])}
+        real = (aliases or {}).get(key) or (
+            f"{section}.{key}" if "." not in key and key in fields else None
         )
+        if real is None or real == key:
+            raise
+        prefix = f"{key}: "
+        message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
+        raise ConfigError(message, key=real, hint=exc.hint) from exc
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -15,22 +15,49 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import sqlalchemy as sa
 
+from deswm._defaults import FLAG_BATCH_SIZE, FLAG_COLUMN, FLAG_VALUE
 from deswm.errors import ConfigError, SourceError
 from deswm.model import DEFAULT_STAGE, SourceRecord, Watermark, WatermarkKey, Window
-from deswm.protocols import ShardRouter, WatermarkStore
-from deswm.sources.sql import SqlSourceProvider
+from deswm.protocols import ShardRouter, SourceProvider, WatermarkStore
 from deswm.timeutil import format_utc
 
-__all__ = ["FLAGGED_STAGE", "FlagJob", "FlagResult"]
+__all__ = ["FLAGGED_STAGE", "FlagJob", "FlagResult", "FlaggableSource"]
 
 log = logging.getLogger("deswm.flagging")
 
 FLAGGED_STAGE = "flagged"
+
+
+class FlaggableSource(SourceProvider, Protocol):
+    """What the flag stage needs from the source: the SQL table behind its rows.
+
+    :class:`~deswm.sources.sql.SqlSourceProvider` is one; the flag stage updates the
+    table through ``engine``, only for the uids :meth:`iter_records` gave (so a provider's
+    filter applies) within ``window_clause`` of their day.
+    """
+
+    @property
+    def engine(self) -> sa.Engine: ...
+
+    @property
+    def table(self) -> sa.Table: ...
+
+    @property
+    def uid_col(self) -> sa.Column[Any]: ...
+
+    @property
+    def redacted_url(self) -> str:
+        """The database URL with its password masked, for messages."""
+        ...
+
+    def window_clause(self, window: Window) -> sa.ColumnElement[bool]:
+        """``start <= created_at < end`` in the table's own terms."""
+        ...
 
 
 @attrs.frozen
@@ -51,7 +78,8 @@ class FlagJob:
 
     Args:
         store: the watermark store of the pipeline.
-        source: the pipeline's :class:`SqlSourceProvider` (its ``filter_query`` applies,
+        source: the pipeline's source table, e.g. its
+            :class:`~deswm.sources.sql.SqlSourceProvider` (its ``filter_query`` applies,
             so only the pipeline's own rows are flagged).
         router: for the day arithmetic.
         pipeline: the pipeline whose ``archived`` watermark bounds the work.
@@ -65,14 +93,14 @@ class FlagJob:
     def __init__(
         self,
         store: WatermarkStore,
-        source: SqlSourceProvider,
+        source: FlaggableSource,
         router: ShardRouter,
         *,
         pipeline: str,
         initial: datetime,
-        column: str = "archived",
-        value: Any = True,
-        batch_size: int = 1000,
+        column: str = FLAG_COLUMN,
+        value: Any = FLAG_VALUE,
+        batch_size: int = FLAG_BATCH_SIZE,
         max_rows_per_second: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,

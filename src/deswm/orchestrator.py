@@ -27,6 +27,7 @@ from typing import Literal
 import attrs
 
 from deswm._checkpoints import reach
+from deswm._defaults import LAG_DAYS, MAX_FAILURE_RATIO, ON_ERROR
 from deswm.errors import (
     ConfigError,
     CycleError,
@@ -148,12 +149,12 @@ class WatermarkOrchestrator:
         packer: Packer,
         *,
         pipeline: str,
-        lag: timedelta = timedelta(days=7),
+        lag: timedelta = timedelta(days=LAG_DAYS),
         partition: Partition | int = 0,
         initial: datetime | None = None,
-        on_error: OnError = "stop",
+        on_error: OnError = ON_ERROR,
         error_store: ErrorStore | None = None,
-        max_failure_ratio: float = 0.1,
+        max_failure_ratio: float = MAX_FAILURE_RATIO,
         clock: Callable[[], datetime] = utc_now,
         max_buckets: int | None = None,
         observers: tuple[CycleObserver, ...] | list[CycleObserver] = (),

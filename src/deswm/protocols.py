@@ -30,6 +30,7 @@ from deswm.model import (
 )
 
 __all__ = [
+    "ArchiveLookup",
     "BucketWriter",
     "ErrorStore",
     "FileReader",
@@ -42,6 +43,18 @@ __all__ = [
 
 ReadResult = tuple[SourceRecord, "bytes | FileReadError"]
 """A record with its bytes, or the error that reading it raised."""
+
+
+class ArchiveLookup(Protocol):
+    """What verification and the purge need from the read side (:class:`deswm.archive.Archive`)."""
+
+    def stat(self, uid: str, created_at: datetime) -> ArchivedEntry:
+        """The entry of ``uid``; :class:`~deswm.errors.NotArchivedError` when absent."""
+        ...
+
+    def get(self, uid: str, created_at: datetime) -> bytes:
+        """The verified bytes of ``uid``."""
+        ...
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal
 
 import attrs
 
@@ -38,7 +38,6 @@ from deswm.errors import (
 )
 from deswm.model import (
     DEFAULT_STAGE,
-    ArchivedEntry,
     FileFailure,
     LocationReference,
     Partition,
@@ -47,7 +46,14 @@ from deswm.model import (
     WatermarkKey,
     Window,
 )
-from deswm.protocols import ErrorStore, FileReader, ShardRouter, SourceProvider, WatermarkStore
+from deswm.protocols import (
+    ArchiveLookup,
+    ErrorStore,
+    FileReader,
+    ShardRouter,
+    SourceProvider,
+    WatermarkStore,
+)
 from deswm.readers import FsspecFileReader
 from deswm.timeutil import format_utc
 
@@ -58,14 +64,6 @@ log = logging.getLogger("deswm.purge")
 PURGED_STAGE = "purged"
 Verify = Literal["content", "index"]
 _BATCH = 500  # rows verified, checked for other references and deleted together
-
-
-class ArchiveReader(Protocol):
-    """What the purge needs from the read side (:class:`deswm.archive.Archive`)."""
-
-    def stat(self, uid: str, created_at: datetime) -> ArchivedEntry: ...
-
-    def get(self, uid: str, created_at: datetime) -> bytes: ...
 
 
 class PurgeError(DeswmError):
@@ -125,7 +123,7 @@ class PurgeJob:
         store: WatermarkStore,
         source: SourceProvider,
         reader: FileReader,
-        archive: ArchiveReader,
+        archive: ArchiveLookup,
         router: ShardRouter,
         *,
         pipeline: str,

@@ -24,6 +24,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
+from deswm._defaults import N_BITS
 from deswm.errors import ConfigError, SourceError
 from deswm.model import ShardKey
 from deswm.protocols import ShardRouter
@@ -58,7 +59,7 @@ class DesRouter:
     packer may route by :meth:`shard_index` alone (see :class:`~deswm.protocols.ShardRouter`).
     A subclass that overrides :meth:`route` must set it to ``False``."""
 
-    def __init__(self, n_bits: int = 8) -> None:
+    def __init__(self, n_bits: int = N_BITS) -> None:
         if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 4 <= n_bits <= 16:
             raise ConfigError(
                 f"must be an integer from 4 to 16, got {n_bits!r}",

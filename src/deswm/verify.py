@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from typing import Protocol
 
 import attrs
 
 from deswm.errors import CorruptShardError, NotArchivedError, UnverifiedEntryError
-from deswm.model import ArchivedEntry, SourceRecord, Window
-from deswm.protocols import SourceProvider
+from deswm.model import SourceRecord, Window
+from deswm.protocols import ArchiveLookup, SourceProvider
 
 __all__ = ["ArchiveLookup", "VerifyReport", "verify_window"]
-
-
-class ArchiveLookup(Protocol):
-    """What verification needs from the read side (:class:`deswm.archive.Archive`)."""
-
-    def stat(self, uid: str, created_at: datetime) -> ArchivedEntry: ...
-
-    def get(self, uid: str, created_at: datetime) -> bytes: ...
 
 
 @attrs.frozen

@@ -11,9 +11,6 @@ columns, the companion history table, write counts and cross-process compare-and
 from __future__ import annotations
 
 import itertools
-import multiprocessing
-import os
-import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -123,9 +120,15 @@ class TestLegacyArchiveConfigStore(WatermarkStoreContract):
     The concurrency clauses race on separate rows of one table instead of separate keys.
     """
 
+    shared_across_processes = True
+
     @pytest.fixture
     def store(self, engine: sa.Engine) -> LegacyArchiveConfigStore:
         return _legacy(engine, actor="tester@legacy")
+
+    @pytest.fixture
+    def store_opener(self, db_url: str) -> Callable[..., LegacyArchiveConfigStore]:
+        return partial(LegacyArchiveConfigStore, db_url, pipeline="orders")
 
     def _row(self, store: LegacyArchiveConfigStore, row_id: int, pipeline: str) -> Any:
         return LegacyArchiveConfigStore(store.engine, row_id=row_id, pipeline=pipeline)
@@ -656,59 +659,6 @@ def test_set_is_one_update_and_one_history_row(engine: sa.Engine, statements: li
     store.set(KEY, T0 + DAY, reason="counted")
     verbs = [w.lstrip().split(None, 1)[0].upper() for w in _writes(statements)]
     assert verbs == ["UPDATE", "INSERT"]
-
-
-def _advance_in_process(
-    url: str, current: Watermark, position: datetime, barrier: Any, results: Any
-) -> None:
-    """Child process: race one compare-and-set against the siblings."""
-    store = LegacyArchiveConfigStore(url, pipeline="orders", actor=f"racer-{os.getpid()}")
-    try:
-        store.get(current.key)  # connect and reflect before the start line
-        barrier.wait(timeout=120)
-        store.advance(current, position)
-    except WatermarkConflict:
-        results.put("conflict")
-    except BaseException as exc:
-        results.put(f"error: {exc!r}")
-    else:
-        results.put("won")
-    finally:
-        store.close()
-
-
-def test_processes_racing_advance_have_one_winner(db_url: str) -> None:
-    store = LegacyArchiveConfigStore(db_url, pipeline="orders")
-    current = store.initialize(KEY, T0)
-    racers = 3
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(racers)
-    results = context.Queue()
-    processes = [
-        context.Process(
-            target=_advance_in_process,
-            args=(db_url, current, T0 + (i + 1) * DAY, barrier, results),
-        )
-        for i in range(racers)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        outcomes = sorted(results.get(timeout=180) for _ in processes)
-    except queue.Empty:
-        outcomes = ["a racer did not report"]
-    for process in processes:
-        process.join(timeout=60)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    assert outcomes == ["conflict", "conflict", "won"]
-    stored = store.get(KEY)
-    assert stored is not None
-    assert stored.version == legacy_version(stored.position)
-    assert stored.updated_by is not None
-    assert stored.updated_by.startswith("racer-")
-    store.close()
 
 
 # --- a bug found elsewhere ------------------------------------------------------------------

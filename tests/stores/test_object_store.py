@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import errno
 import json
-import multiprocessing
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 
 from deswm import _checkpoints
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
-from deswm.model import Watermark, WatermarkKey
+from deswm.model import WatermarkKey
 from deswm.stores import objectstore
 from deswm.stores.objectstore import ObjectStoreWatermarkStore
 from deswm.testing.contracts.store import WatermarkStoreContract
@@ -61,12 +60,21 @@ def _store(target: Any, **kwargs: Any) -> ObjectStoreWatermarkStore:
 
 class TestObjectStoreWatermarkStore(WatermarkStoreContract):
     racers = 3
+    shared_across_processes = True
 
     @pytest.fixture
     def store(self, fs_target: Any, request: pytest.FixtureRequest) -> ObjectStoreWatermarkStore:
         if fs_target.kind == "s3":
             request.getfixturevalue("atomic_moto")
         return _store(fs_target, actor="tester@objects")
+
+    @pytest.fixture
+    def store_opener(self, fs_target: Any) -> Callable[..., ObjectStoreWatermarkStore]:
+        if fs_target.kind == "memory":
+            pytest.skip("memory:// exists in one process only")
+        return partial(
+            ObjectStoreWatermarkStore, fs_target.url, storage_options=fs_target.storage_options
+        )
 
 
 # --- layout ----------------------------------------------------------------------------------
@@ -435,75 +443,3 @@ def test_credentials_never_show(moto_s3: Any) -> None:
     for text in shown:
         for secret in ("AKIDSECRETKEYID1234", "very-secret-value-5678", "url-password"):
             assert secret not in text, text
-
-
-# --- across processes -----------------------------------------------------------------------------
-
-
-def _advance_in_process(
-    url: str,
-    options: dict[str, Any],
-    current: Watermark,
-    position: datetime,
-    barrier: Any,
-    results: Any,
-) -> None:
-    """Child process: race one compare-and-set against the siblings."""
-    store = ObjectStoreWatermarkStore(url, storage_options=options, actor=f"racer-{os.getpid()}")
-    try:
-        store.get(current.key)  # open the filesystem before the start line
-        barrier.wait(timeout=120)
-        store.advance(current, position)
-    except WatermarkConflict:
-        results.put("conflict")
-    except BaseException as exc:
-        results.put(f"error: {exc!r}")
-    else:
-        results.put("won")
-
-
-@pytest.mark.parametrize("fs_backend", ["local", "s3"])
-def test_processes_racing_advance_have_one_winner(
-    fs_target: Any, request: pytest.FixtureRequest
-) -> None:
-    if fs_target.kind == "s3":
-        request.getfixturevalue("atomic_moto")
-    store = _store(fs_target)
-    context = multiprocessing.get_context("spawn")
-    racers = 3
-    for round_ in range(2):
-        key = WatermarkKey("process-race", partition=round_)
-        current = store.initialize(key, T0)
-        barrier = context.Barrier(racers)
-        results = context.Queue()
-        processes = [
-            context.Process(
-                target=_advance_in_process,
-                args=(
-                    fs_target.url,
-                    fs_target.storage_options,
-                    current,
-                    T0 + (i + 1) * DAY,
-                    barrier,
-                    results,
-                ),
-            )
-            for i in range(racers)
-        ]
-        for process in processes:
-            process.start()
-        try:
-            outcomes = sorted(results.get(timeout=180) for _ in processes)
-        except queue.Empty:
-            outcomes = ["a racer did not report"]
-        for process in processes:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        assert outcomes == ["conflict", "conflict", "won"]
-        stored = store.get(key)
-        assert stored is not None
-        assert stored.version == 2
-        assert stored.updated_by is not None
-        assert stored.updated_by.startswith("racer-")

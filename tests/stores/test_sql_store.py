@@ -7,14 +7,12 @@ write counts, cross-process compare-and-set, and leaking the password.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +33,15 @@ WRITE_VERBS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "CREATE", "ALTE
 
 
 class TestSqlWatermarkStore(WatermarkStoreContract):
+    shared_across_processes = True
+
     @pytest.fixture
     def store(self, engine: sa.Engine) -> SqlWatermarkStore:
         return SqlWatermarkStore(engine, actor="tester@sql")
+
+    @pytest.fixture
+    def store_opener(self, db_url: str) -> Callable[..., SqlWatermarkStore]:
+        return partial(SqlWatermarkStore, db_url)
 
 
 class TestSqlWatermarkStoreOddTableName(WatermarkStoreContract):
@@ -310,59 +314,6 @@ def test_writes_record_actor_and_time(engine: sa.Engine) -> None:
     store.set(KEY, T0, reason="audit")
     (change,) = store.history()
     assert change.actor == "ops@bastion"
-
-
-def _advance_in_process(
-    url: str, current: Watermark, position: datetime, barrier: Any, results: Any
-) -> None:
-    """Child process: race one compare-and-set against the siblings."""
-    store = SqlWatermarkStore(url, actor=f"racer-{os.getpid()}")
-    try:
-        store.get(current.key)  # connect and check the tables before the start line
-        barrier.wait(timeout=120)
-        store.advance(current, position)
-    except WatermarkConflict:
-        results.put("conflict")
-    except BaseException as exc:
-        results.put(f"error: {exc!r}")
-    else:
-        results.put("won")
-    finally:
-        store.close()
-
-
-def test_processes_racing_advance_have_one_winner(db_url: str) -> None:
-    store = SqlWatermarkStore(db_url)
-    current = store.initialize(KEY, T0)
-    racers = 3
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(racers)
-    results = context.Queue()
-    processes = [
-        context.Process(
-            target=_advance_in_process,
-            args=(db_url, current, T0 + (i + 1) * DAY, barrier, results),
-        )
-        for i in range(racers)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        outcomes = sorted(results.get(timeout=180) for _ in processes)
-    except queue.Empty:
-        outcomes = ["a racer did not report"]
-    for process in processes:
-        process.join(timeout=60)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    assert outcomes == ["conflict", "conflict", "won"]
-    stored = store.get(KEY)
-    assert stored is not None
-    assert stored.version == 2
-    assert stored.updated_by is not None
-    assert stored.updated_by.startswith("racer-")
-    store.close()
 
 
 def test_sqlite_write_waits_for_a_reader(sqlite_db_url: str, tmp_path: Path) -> None:

@@ -5,14 +5,23 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from deswm.model import WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
 
-__all__ = ["LazyTables", "create_tables", "history_table", "key_string"]
+__all__ = [
+    "LazyTables",
+    "create_tables",
+    "history_change",
+    "history_row",
+    "history_table",
+    "key_string",
+]
 
 _CREATE_ATTEMPTS: Final = 3
 _MYSQL: Final = frozenset({"mysql", "mariadb"})
@@ -82,6 +91,31 @@ def history_table(
         sa.Column("new_position", UtcDateTime(), nullable=True),
         sa.Column("reason", sa.Text, nullable=False),
         schema=schema,
+    )
+
+
+def history_row(
+    changed_at: datetime, actor: str, previous: datetime | None, position: datetime, reason: str
+) -> dict[str, Any]:
+    """The columns :func:`history_table` adds, for one manual change (key columns apart)."""
+    return {
+        "changed_at": changed_at,
+        "actor": actor,
+        "previous_position": previous,
+        "new_position": position,
+        "reason": reason,
+    }
+
+
+def history_change(row: sa.RowMapping, key: WatermarkKey) -> WatermarkChange:
+    """A row of a :func:`history_table` as the change of ``key`` it records."""
+    return WatermarkChange(
+        key=key,
+        changed_at=row["changed_at"],
+        actor=row["actor"],
+        previous=row["previous_position"],
+        position=row["new_position"],
+        reason=row["reason"],
     )
 
 

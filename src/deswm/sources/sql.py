@@ -36,6 +36,7 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
+from deswm._defaults import CREATED_AT_COLUMN, LOCATION_COLUMN, PAGE_SIZE, SIZE_COLUMN, UID_COLUMN
 from deswm._engines import engine_from
 from deswm._redact import redact_url
 from deswm._sql.errors import db_errors
@@ -134,12 +135,12 @@ class SqlSourceProvider:
         table: str | sa.Table,
         *,
         schema: str | None = None,
-        uid_column: str = "uid",
-        created_at_column: str = "created_at",
-        location_column: str = "file_location",
-        size_column: str | None = "size_bytes",
+        uid_column: str = UID_COLUMN,
+        created_at_column: str = CREATED_AT_COLUMN,
+        location_column: str = LOCATION_COLUMN,
+        size_column: str | None = SIZE_COLUMN,
         timezone: tzinfo | str = UTC,
-        page_size: int = 10_000,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.engine, self._owns_engine = engine_from(engine_or_url, key="source.url")
         if not isinstance(table, sa.Table | str) or not str(

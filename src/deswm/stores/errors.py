@@ -17,6 +17,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
+from deswm._defaults import ERROR_TABLE
 from deswm._redact import redact
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
@@ -28,7 +29,7 @@ from deswm.timeutil import require_utc
 
 __all__ = ["DEFAULT_ERROR_TABLE", "SqlErrorStore"]
 
-DEFAULT_ERROR_TABLE: Final = "deswm_errors"
+DEFAULT_ERROR_TABLE: Final = ERROR_TABLE
 _MESSAGE_MAX: Final = 4000
 
 

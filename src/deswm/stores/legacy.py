@@ -72,16 +72,23 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor
+from deswm._defaults import LEGACY_ROW_ID, default_actor
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
-from deswm._sql.schema import LazyTables, create_tables, history_table
+from deswm._sql.schema import (
+    LazyTables,
+    create_tables,
+    history_change,
+    history_row,
+    history_table,
+)
 from deswm._sql.timecols import TimeKind, fraction_digits, time_kind, utc_session
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
-from deswm.stores.sql import _is_write_race
+from deswm.stores._base import WatermarkStoreBase
+from deswm.stores.sql import retry_write_races
 from deswm.timeutil import format_utc, format_wall, require_utc
 
 __all__ = [
@@ -102,7 +109,6 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 _PIPELINE_MAX: Final = 255
 _ACTOR_MAX: Final = 255
 _UPDATED_BY_MAX: Final = 100
-_SET_ATTEMPTS: Final = 10
 
 
 def legacy_version(position: datetime) -> int:
@@ -252,7 +258,7 @@ _DB_HINT: Final = (
 )
 
 
-class LegacyArchiveConfigStore(EngineOwner):
+class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
     """:class:`~deswm.protocols.WatermarkStore` on the earlier system's singleton table.
 
     Args:
@@ -280,7 +286,7 @@ class LegacyArchiveConfigStore(EngineOwner):
         *,
         table: str = LEGACY_TABLE,
         schema: str | None = None,
-        row_id: int = 1,
+        row_id: int = LEGACY_ROW_ID,
         pipeline: str | None = None,
         history_table: str | None = None,
         actor: str | None = None,
@@ -344,6 +350,8 @@ class LegacyArchiveConfigStore(EngineOwner):
     def actor(self) -> str:
         return self._actor
 
+    pipeline_max = _PIPELINE_MAX
+
     def __repr__(self) -> str:
         return (
             f"LegacyArchiveConfigStore(table={self.table_name!r}, row_id={self._row_id}, "
@@ -356,9 +364,8 @@ class LegacyArchiveConfigStore(EngineOwner):
         """Whether the legacy table exists (read commands never create it)."""
         return self._existing_layout() is not None
 
-    def get(self, key: WatermarkKey) -> Watermark | None:
+    def _get_watermark(self, key: WatermarkKey) -> Watermark | None:
         """The watermark in row ``row_id``, or ``None`` when that row does not exist."""
-        self._check_key(key)
         layout = self._existing_layout()
         if layout is None:
             return None
@@ -366,23 +373,14 @@ class LegacyArchiveConfigStore(EngineOwner):
             row = self._fetch(conn, layout, key)
         return None if row is None else row.watermark
 
-    def initialize(
-        self,
-        key: WatermarkKey,
-        position: datetime,
-        *,
-        lag: timedelta | None = None,
-        partitions: int = 1,
+    def _initialize_watermark(
+        self, key: WatermarkKey, position: datetime, lag: timedelta | None, partitions: int
     ) -> Watermark:
         """Insert row ``row_id`` at ``position`` unless it exists; return the stored one.
 
         Only one partition can be kept, and ``lag`` must be whole days (``lag_days`` is an
         integer column); otherwise :class:`~deswm.errors.ConfigError`.
         """
-        self._check_key(key)
-        position = require_utc(position, "initial watermark position")
-        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-            raise ConfigError(f"must be an integer >= 1, got {partitions!r}", key="partitions")
         if partitions != 1:
             raise ConfigError(
                 f"table {self.table_name!r} holds one watermark, not {partitions} partitions",
@@ -420,27 +418,16 @@ class LegacyArchiveConfigStore(EngineOwner):
                 return winner.watermark
         return self._watermark(layout, key, position, lag_days, now)
 
-    def advance(self, current: Watermark, position: datetime) -> Watermark:
+    def _advance_watermark(self, current: Watermark, position: datetime) -> Watermark:
         """``UPDATE ... SET archived_until = :new WHERE id = :id AND archived_until = :old``.
 
         ``current.version`` must be :func:`legacy_version` of a stored position; the row
         is read first so the compare binds the value exactly as stored. Raises
         :class:`~deswm.errors.WatermarkConflict` when the row holds another position (or
-        is missing), :class:`~deswm.errors.WatermarkError` for a backwards move or a
-        position the column cannot hold. An equal position writes nothing.
+        is missing), :class:`~deswm.errors.WatermarkError` for a position the column
+        cannot hold.
         """
-        position = require_utc(position, "new watermark position")
-        if position < current.position:
-            raise WatermarkError(
-                f"watermark {current.key} cannot move backwards from "
-                f"{format_utc(current.position)} to {format_utc(position)} with advance()",
-                hint="To replay on purpose use set() (deswm watermark set), which records "
-                "a reason in the history",
-            )
-        if position == current.position:
-            return current
         key = current.key
-        self._check_key(key)
         layout = self._layout()
         self._check_fits(layout, position)
         with self._db_errors(f"advance watermark {key}"):
@@ -486,38 +473,27 @@ class LegacyArchiveConfigStore(EngineOwner):
             **self._audit_fields(layout, now),
         )
 
-    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
+    def _set_watermark(self, key: WatermarkKey, position: datetime, reason: str) -> Watermark:
         """Set the position in any direction (creating the row), recorded in the history.
 
         One transaction locks the row (where the database can), updates it with a
         compare on the value read, and appends ``(when, actor, previous, position,
         reason)`` to ``{table}_history``; a concurrent writer makes it start over.
         """
-        self._check_key(key)
-        position = require_utc(position, "watermark position")
-        if not isinstance(reason, str):
-            raise ConfigError(f"must be a string, got {type(reason).__name__}", key="reason")
         layout = self._layout()
         self._check_fits(layout, position)
         self._ensure_history()
+
+        def once() -> Watermark | None:
+            with self._connect(layout) as conn, conn.begin():
+                return self._set_once(conn, layout, key, position, reason)
+
         with self._db_errors(f"set watermark {key}"):
-            last_race: sa.exc.DBAPIError | None = None
-            for _ in range(_SET_ATTEMPTS):
-                try:
-                    with self._connect(layout) as conn, conn.begin():
-                        written = self._set_once(conn, layout, key, position, reason)
-                except sa.exc.DBAPIError as exc:
-                    if not _is_write_race(exc):
-                        raise
-                    last_race = exc
-                    continue
-                if written is not None:
-                    return written
-            raise WatermarkError(
-                f"could not set watermark {key} in table {self.table_name!r}: other writers "
-                f"changed it during each of {_SET_ATTEMPTS} attempts",
+            return retry_write_races(
+                once,
+                f"could not set watermark {key} in table {self.table_name!r}",
                 hint="Stop the runners of this pipeline, then set it again",
-            ) from last_race
+            )
 
     def list(self, pipeline: str | None = None) -> Sequence[Watermark]:
         """The one watermark (or none), filtered by ``pipeline``.
@@ -536,16 +512,12 @@ class LegacyArchiveConfigStore(EngineOwner):
             row = self._fetch(conn, layout, key)
         return [] if row is None else [row.watermark]
 
-    def history(
-        self, key: WatermarkKey | None = None, *, limit: int = 100
-    ) -> Sequence[WatermarkChange]:
+    def _list_history(self, key: WatermarkKey | None, limit: int) -> Sequence[WatermarkChange]:
         """Manual changes of row ``row_id``, newest (last inserted) first, at most ``limit``.
 
         A ``key`` this store cannot hold simply has no history. Pipelines are compared in
         Python, exactly: database collations may ignore case or trailing spaces.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
         if limit == 0 or (key is not None and not self._holds(key)):
             return []
         history = self._history
@@ -562,16 +534,8 @@ class LegacyArchiveConfigStore(EngineOwner):
                 for row in conn.execute(query).mappings():
                     if key is not None and row["pipeline"] != key.pipeline:
                         continue
-                    changes.append(
-                        WatermarkChange(
-                            key=WatermarkKey(row["pipeline"], DEFAULT_STAGE, 0),
-                            changed_at=row["changed_at"],
-                            actor=row["actor"],
-                            previous=row["previous_position"],
-                            position=row["new_position"],
-                            reason=row["reason"],
-                        )
-                    )
+                    key_of_row = WatermarkKey(row["pipeline"], DEFAULT_STAGE, 0)
+                    changes.append(history_change(row, key_of_row))
                     if len(changes) == limit:
                         break
         return changes
@@ -587,16 +551,7 @@ class LegacyArchiveConfigStore(EngineOwner):
             and (self._pipeline is None or key.pipeline == self._pipeline)
         )
 
-    def _check_key(self, key: WatermarkKey) -> None:
-        if not isinstance(key, WatermarkKey):
-            raise ConfigError(f"expected a WatermarkKey, got {type(key).__name__}", key="key")
-        pipeline = key.pipeline
-        if not isinstance(pipeline, str) or not pipeline or len(pipeline) > _PIPELINE_MAX:
-            raise ConfigError(
-                f"watermark pipeline must be a string of 1 to {_PIPELINE_MAX} characters, "
-                f"got {pipeline!r}",
-                key="pipeline",
-            )
+    def _check_storable(self, key: WatermarkKey) -> None:
         if not self._holds(key):
             holds = f"{self._pipeline or '<any pipeline>'}/{DEFAULT_STAGE}/0"
             raise ConfigError(
@@ -799,11 +754,7 @@ class LegacyArchiveConfigStore(EngineOwner):
             sa.insert(self._history).values(
                 config_id=self._row_id,
                 pipeline=key.pipeline,
-                changed_at=now,
-                actor=self._actor,
-                previous_position=previous,
-                new_position=position,
-                reason=reason,
+                **history_row(now, self._actor, previous, position, reason),
             )
         )
         return written

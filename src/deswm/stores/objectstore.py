@@ -64,11 +64,12 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor
+from deswm._defaults import default_actor
 from deswm._redact import redact, scrub, secret_values
 from deswm.errors import ConfigError, DeswmError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
-from deswm.timeutil import format_utc, require_utc
+from deswm.stores._base import WatermarkStoreBase
+from deswm.timeutil import format_utc
 
 __all__ = ["ObjectStoreWatermarkStore"]
 
@@ -446,7 +447,7 @@ _Stored = tuple[dict[str, Any], str]
 """A watermark object as read: its JSON document and the token of that exact content."""
 
 
-class ObjectStoreWatermarkStore:
+class ObjectStoreWatermarkStore(WatermarkStoreBase):
     """:class:`~deswm.protocols.WatermarkStore` as JSON objects with conditional writes.
 
     Args:
@@ -529,19 +530,14 @@ class ObjectStoreWatermarkStore:
 
     # --- WatermarkStore -----------------------------------------------------------
 
-    def get(self, key: WatermarkKey) -> Watermark | None:
+    def _get_watermark(self, key: WatermarkKey) -> Watermark | None:
         """The stored watermark, or ``None`` if its object does not exist."""
         name = self._name(key)
         stored = self._load(name)
         return None if stored is None else self._watermark(stored[0], name, key)
 
-    def initialize(
-        self,
-        key: WatermarkKey,
-        position: datetime,
-        *,
-        lag: timedelta | None = None,
-        partitions: int = 1,
+    def _initialize_watermark(
+        self, key: WatermarkKey, position: datetime, lag: timedelta | None, partitions: int
     ) -> Watermark:
         """Create the object at version 1 unless it exists; return the stored watermark.
 
@@ -549,11 +545,6 @@ class ObjectStoreWatermarkStore:
         ``IfNoneMatch``, a local ``os.link``).
         """
         name = self._name(key)
-        position = require_utc(position, "initial watermark position")
-        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-            raise ConfigError(f"must be an integer >= 1, got {partitions!r}", key="partitions")
-        if lag is not None and not isinstance(lag, timedelta):
-            raise ConfigError(f"must be a timedelta, got {lag!r}", key="lag")
         existing = self._load(name)
         if existing is not None:
             return self._watermark(existing[0], name, key)
@@ -568,24 +559,13 @@ class ObjectStoreWatermarkStore:
             return self._watermark(winner[0], name, key)
         return self._watermark(doc, name, key)
 
-    def advance(self, current: Watermark, position: datetime) -> Watermark:
+    def _advance_watermark(self, current: Watermark, position: datetime) -> Watermark:
         """Replace the object with version + 1 if it still holds ``current.version``.
 
         One conditional write when this store wrote or read that version last; else a
         read first. Raises :class:`~deswm.errors.WatermarkConflict` when the version
-        differs or the object is missing, :class:`~deswm.errors.WatermarkError` for a
-        backwards move. An equal position writes nothing.
+        differs or the object is missing.
         """
-        position = require_utc(position, "new watermark position")
-        if position < current.position:
-            raise WatermarkError(
-                f"watermark {current.key} cannot move backwards from "
-                f"{format_utc(current.position)} to {format_utc(position)} with advance()",
-                hint="To replay on purpose use set() (deswm watermark set), which records "
-                "a reason in the history",
-            )
-        if position == current.position:
-            return current
         key = current.key
         name = self._name(key)
         stored = self._cached(name, current.version) or self._load(name)
@@ -608,16 +588,13 @@ class ObjectStoreWatermarkStore:
         reach("store.advance.after_commit")
         return self._watermark(updated, name, key)
 
-    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
+    def _set_watermark(self, key: WatermarkKey, position: datetime, reason: str) -> Watermark:
         """Set the position in any direction (creating the object), then record why.
 
         The compare-and-set is retried when another writer gets in first; the history
         object follows the watermark write (see the module docs for a crash in between).
         """
         name = self._name(key)
-        position = require_utc(position, "watermark position")
-        if not isinstance(reason, str):
-            raise ConfigError(f"must be a string, got {type(reason).__name__}", key="reason")
         for attempt in range(_SET_ATTEMPTS):
             if attempt:
                 time.sleep(random.uniform(0, 0.005 * attempt))  # let the winner finish
@@ -676,15 +653,13 @@ class ObjectStoreWatermarkStore:
                 found.append(watermark)
         return sorted(found, key=lambda w: w.key)
 
-    def history(
-        self, key: WatermarkKey | None = None, *, limit: int = 100
-    ) -> Sequence[WatermarkChange]:
+    def _list_history(self, key: WatermarkKey | None, limit: int) -> Sequence[WatermarkChange]:
         """Manual changes, newest first, at most ``limit`` (one read per change returned)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
         if limit == 0:
             return []
-        digest = None if key is None else _digest(self._check_key(key))
+        if key is not None:
+            self._check_key(key)
+        digest = None if key is None else _digest(key)
         prefix = f"{HISTORY}/"
         with self._errors("list", prefix):
             names = self._backend.list(prefix)
@@ -711,28 +686,17 @@ class ObjectStoreWatermarkStore:
 
     # --- internals: names and documents -------------------------------------------
 
-    def _check_key(self, key: WatermarkKey) -> WatermarkKey:
-        if not isinstance(key, WatermarkKey):
-            raise ConfigError(f"expected a WatermarkKey, got {type(key).__name__}", key="key")
+    def _check_storable(self, key: WatermarkKey) -> None:
         for what, value in (("pipeline", key.pipeline), ("stage", key.stage)):
-            if not isinstance(value, str) or not value:
-                raise ConfigError(
-                    f"watermark {what} must be a non-empty string, got {value!r}", key=what
-                )
             if len(_segment(value)) > _SEGMENT_MAX:
                 raise ConfigError(
                     f"watermark {what} {value[:40]!r}... is too long for an object name "
                     f"({len(_segment(value))} characters escaped, at most {_SEGMENT_MAX})",
                     key=what,
                 )
-        if isinstance(key.partition, bool) or not isinstance(key.partition, int):
-            raise ConfigError(
-                f"watermark partition must be an integer, got {key.partition!r}", key="partition"
-            )
-        return key
 
     def _name(self, key: WatermarkKey) -> str:
-        self._check_key(key)
+        """The object of ``key``, checked by :meth:`_check_key` (the public methods do)."""
         return f"{WATERMARKS}/{_segment(key.pipeline)}/{_segment(key.stage)}/{key.partition}.json"
 
     def _doc(

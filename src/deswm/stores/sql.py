@@ -17,7 +17,7 @@ quoted by SQLAlchemy and never formatted into SQL text (G13).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -25,15 +25,15 @@ import attrs
 import sqlalchemy as sa
 
 from deswm._checkpoints import reach
-from deswm._engines import default_actor
+from deswm._defaults import default_actor
 from deswm._sql.engines import EngineOwner
 from deswm._sql.errors import db_errors
 from deswm._sql.names import check_name
-from deswm._sql.schema import LazyTables, history_table, key_string
+from deswm._sql.schema import LazyTables, history_change, history_row, history_table, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
 from deswm.sqltypes import UtcDateTime
-from deswm.timeutil import format_utc, require_utc
+from deswm.stores._base import WatermarkStoreBase
 
 __all__ = ["DEFAULT_TABLE", "SqlWatermarkStore"]
 
@@ -118,14 +118,8 @@ def _to_watermark(row: sa.RowMapping) -> Watermark:
 
 
 def _to_change(row: sa.RowMapping) -> WatermarkChange:
-    return WatermarkChange(
-        key=WatermarkKey(row["pipeline"], row["stage"], int(row["partition_index"])),
-        changed_at=row["changed_at"],
-        actor=row["actor"],
-        previous=row["previous_position"],
-        position=row["new_position"],
-        reason=row["reason"],
-    )
+    key = WatermarkKey(row["pipeline"], row["stage"], int(row["partition_index"]))
+    return history_change(row, key)
 
 
 def _is_write_race(exc: sa.exc.DBAPIError) -> bool:
@@ -140,6 +134,30 @@ def _is_write_race(exc: sa.exc.DBAPIError) -> bool:
     return bool(args) and args[0] == _MYSQL_DEADLOCK
 
 
+def retry_write_races(once: Callable[[], Watermark | None], failed: str, *, hint: str) -> Watermark:
+    """Run ``once`` (one transaction) until it writes, starting over after a write race.
+
+    ``once`` returns ``None`` when its compare-and-set found the row changed; a database
+    error that means a concurrent writer got in first (:func:`_is_write_race`) counts
+    alike. After :data:`_SET_ATTEMPTS` lost races, a :class:`WatermarkError` says
+    ``failed``.
+    """
+    last_race: sa.exc.DBAPIError | None = None
+    for _ in range(_SET_ATTEMPTS):
+        try:
+            written = once()
+        except sa.exc.DBAPIError as exc:
+            if not _is_write_race(exc):
+                raise
+            last_race = exc
+            continue
+        if written is not None:
+            return written
+    raise WatermarkError(
+        f"{failed}: other writers changed it during each of {_SET_ATTEMPTS} attempts", hint=hint
+    ) from last_race
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -150,7 +168,7 @@ _DB_HINT: Final = (
 )
 
 
-class SqlWatermarkStore(EngineOwner):
+class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
     """:class:`~deswm.protocols.WatermarkStore` on any SQLAlchemy database.
 
     Args:
@@ -219,6 +237,9 @@ class SqlWatermarkStore(EngineOwner):
     def actor(self) -> str:
         return self._actor
 
+    pipeline_max = PIPELINE_MAX
+    stage_max = STAGE_MAX
+
     def __repr__(self) -> str:
         return f"SqlWatermarkStore(table={self._table.fullname!r}, url={self.url!r})"
 
@@ -243,24 +264,15 @@ class SqlWatermarkStore(EngineOwner):
                 self._created.ready = True
         return bool(found)
 
-    def get(self, key: WatermarkKey) -> Watermark | None:
-        """The stored watermark, or ``None`` if it was never initialised.
-
-        Only reads: a missing table means no watermark, and is not created here.
-        """
-        self._check_key(key)
+    def _get_watermark(self, key: WatermarkKey) -> Watermark | None:
+        """Only reads: a missing table means no watermark, and is not created here."""
         if not self.exists():
             return None
         with self._db_errors(f"read watermark {key}"):
             return self._read(key)
 
-    def initialize(
-        self,
-        key: WatermarkKey,
-        position: datetime,
-        *,
-        lag: timedelta | None = None,
-        partitions: int = 1,
+    def _initialize_watermark(
+        self, key: WatermarkKey, position: datetime, lag: timedelta | None, partitions: int
     ) -> Watermark:
         """Insert the watermark at ``position`` unless it exists; return the stored row.
 
@@ -268,10 +280,6 @@ class SqlWatermarkStore(EngineOwner):
         primary key and it reads the winner's row instead. An existing row is never
         changed, whatever ``position``, ``lag`` and ``partitions`` say.
         """
-        self._check_key(key)
-        position = require_utc(position, "initial watermark position")
-        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-            raise ConfigError(f"must be an integer >= 1, got {partitions!r}", key="partitions")
         self._ensure_tables()
         with self._db_errors(f"initialize watermark {key}"):
             existing = self._read(key)
@@ -302,26 +310,12 @@ class SqlWatermarkStore(EngineOwner):
                 return winner
             return created
 
-    def advance(self, current: Watermark, position: datetime) -> Watermark:
-        """Compare-and-set ``current`` to ``position``: one UPDATE, or none if unchanged.
+    def _advance_watermark(self, current: Watermark, position: datetime) -> Watermark:
+        """Compare-and-set ``current`` to ``position``: one UPDATE.
 
         Raises :class:`~deswm.errors.WatermarkConflict` (with the stored version, or
-        ``"missing"``) when the row is not at ``current.version`` any more, and
-        :class:`~deswm.errors.WatermarkError` before touching the database when
-        ``position`` is behind ``current.position``. An equal position returns
-        ``current`` without a write, so a cycle with nothing new costs no write (G4).
+        ``"missing"``) when the row is not at ``current.version`` any more.
         """
-        position = require_utc(position, "new watermark position")
-        if position < current.position:
-            raise WatermarkError(
-                f"watermark {current.key} cannot move backwards from "
-                f"{format_utc(current.position)} to {format_utc(position)} with advance()",
-                hint="To replay on purpose use set() (deswm watermark set), which records "
-                "a reason in the history",
-            )
-        if position == current.position:
-            return current
-        self._check_key(current.key)
         self._ensure_tables()
         table = self._table
         updated = attrs.evolve(
@@ -357,7 +351,7 @@ class SqlWatermarkStore(EngineOwner):
             current.key, current.version, "missing" if actual is None else int(actual)
         )
 
-    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
+    def _set_watermark(self, key: WatermarkKey, position: datetime, reason: str) -> Watermark:
         """Set the position in any direction, creating the row if absent, with history.
 
         One transaction reads the row (``FOR UPDATE`` where the database has it), writes
@@ -365,29 +359,18 @@ class SqlWatermarkStore(EngineOwner):
         and appends ``(when, actor, previous, position, reason)`` to the history. When
         a concurrent writer wins, it starts over with the new row.
         """
-        self._check_key(key)
-        position = require_utc(position, "watermark position")
-        if not isinstance(reason, str):
-            raise ConfigError(f"must be a string, got {type(reason).__name__}", key="reason")
         self._ensure_tables()
+
+        def once() -> Watermark | None:
+            with self._engine.begin() as conn:
+                return self._set_once(conn, key, position, reason)
+
         with self._db_errors(f"set watermark {key}"):
-            last_race: sa.exc.DBAPIError | None = None
-            for _ in range(_SET_ATTEMPTS):
-                try:
-                    with self._engine.begin() as conn:
-                        written = self._set_once(conn, key, position, reason)
-                except sa.exc.DBAPIError as exc:
-                    if not _is_write_race(exc):
-                        raise
-                    last_race = exc
-                    continue
-                if written is not None:
-                    return written
-            raise WatermarkError(
-                f"could not set watermark {key} in table {self._table.fullname!r}: other "
-                f"writers changed it during each of {_SET_ATTEMPTS} attempts",
+            return retry_write_races(
+                once,
+                f"could not set watermark {key} in table {self._table.fullname!r}",
                 hint="Stop the runners of this pipeline and partition, then set it again",
-            ) from last_race
+            )
 
     def list(self, pipeline: str | None = None) -> Sequence[Watermark]:
         """Every stored watermark, or one pipeline's, ordered by key.
@@ -405,16 +388,12 @@ class SqlWatermarkStore(EngineOwner):
             rows = conn.execute(query).mappings().all()
         return sorted((_to_watermark(row) for row in rows), key=lambda w: w.key)
 
-    def history(
-        self, key: WatermarkKey | None = None, *, limit: int = 100
-    ) -> Sequence[WatermarkChange]:
+    def _list_history(self, key: WatermarkKey | None, limit: int) -> Sequence[WatermarkChange]:
         """Manual changes (from :meth:`set`), newest first, at most ``limit``.
 
         Newest means last inserted (the autoincrement id): clocks of different hosts
         need not agree, insertion order does.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
         history = self._history
         if not self._created.ready:
             with self._db_errors("look for the history table"), self._engine.connect() as conn:
@@ -478,32 +457,10 @@ class SqlWatermarkStore(EngineOwner):
                 pipeline=key.pipeline,
                 stage=key.stage,
                 partition_index=key.partition,
-                changed_at=now,
-                actor=self._actor,
-                previous_position=previous,
-                new_position=position,
-                reason=reason,
+                **history_row(now, self._actor, previous, position, reason),
             )
         )
         return written
-
-    def _check_key(self, key: WatermarkKey) -> None:
-        """Reject keys the columns cannot hold, before the database truncates or fails."""
-        if not isinstance(key, WatermarkKey):
-            raise ConfigError(f"expected a WatermarkKey, got {type(key).__name__}", key="key")
-        for what, value, limit in (
-            ("pipeline", key.pipeline, PIPELINE_MAX),
-            ("stage", key.stage, STAGE_MAX),
-        ):
-            if not isinstance(value, str) or not value or len(value) > limit:
-                raise ConfigError(
-                    f"watermark {what} must be a string of 1 to {limit} characters, got {value!r}",
-                    key=what,
-                )
-        if isinstance(key.partition, bool) or not isinstance(key.partition, int):
-            raise ConfigError(
-                f"watermark partition must be an integer, got {key.partition!r}", key="partition"
-            )
 
     def _ensure_tables(self) -> None:
         """Create both tables once per store; safe against other processes doing the same."""

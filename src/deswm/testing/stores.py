@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
-from deswm._engines import default_actor
-from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
+from deswm._defaults import default_actor
+from deswm.errors import WatermarkConflict
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
-from deswm.timeutil import format_utc, require_utc
+from deswm.stores._base import WatermarkStoreBase
+from deswm.timeutil import require_utc
 
 __all__ = ["MemoryWatermarkStore"]
 
@@ -25,7 +26,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryWatermarkStore:
+class MemoryWatermarkStore(WatermarkStoreBase):
     """:class:`~deswm.protocols.WatermarkStore` in a dict, safe to share between threads.
 
     Args:
@@ -63,23 +64,13 @@ class MemoryWatermarkStore:
         # No lock: a repr must never block, e.g. in a debugger stopped inside a write.
         return f"MemoryWatermarkStore({len(self._rows)} watermarks, {self._writes} writes)"
 
-    def get(self, key: WatermarkKey) -> Watermark | None:
-        """The stored watermark, or ``None`` if it was never initialised."""
+    def _get_watermark(self, key: WatermarkKey) -> Watermark | None:
         with self._lock:
             return self._rows.get(key)
 
-    def initialize(
-        self,
-        key: WatermarkKey,
-        position: datetime,
-        *,
-        lag: timedelta | None = None,
-        partitions: int = 1,
+    def _initialize_watermark(
+        self, key: WatermarkKey, position: datetime, lag: timedelta | None, partitions: int
     ) -> Watermark:
-        """Store the watermark at ``position`` unless it exists; return the stored one."""
-        position = require_utc(position, "initial watermark position")
-        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-            raise ConfigError(f"must be an integer >= 1, got {partitions!r}", key="partitions")
         with self._lock:
             existing = self._rows.get(key)
             if existing is not None:
@@ -97,17 +88,7 @@ class MemoryWatermarkStore:
             self._writes += 1
             return created
 
-    def advance(self, current: Watermark, position: datetime) -> Watermark:
-        """Compare-and-set ``current`` to ``position`` (see the protocol)."""
-        position = require_utc(position, "new watermark position")
-        if position < current.position:
-            raise WatermarkError(
-                f"watermark {current.key} cannot move backwards from "
-                f"{format_utc(current.position)} to {format_utc(position)} with advance()",
-                hint="To replay on purpose use set(), which records a reason in the history",
-            )
-        if position == current.position:
-            return current
+    def _advance_watermark(self, current: Watermark, position: datetime) -> Watermark:
         with self._lock:
             stored = self._rows.get(current.key)
             if stored is None or stored.version != current.version:
@@ -127,11 +108,7 @@ class MemoryWatermarkStore:
             self._writes += 1
             return updated
 
-    def set(self, key: WatermarkKey, position: datetime, *, reason: str) -> Watermark:
-        """Set the position in any direction, creating it if absent, and record why."""
-        position = require_utc(position, "watermark position")
-        if not isinstance(reason, str):
-            raise ConfigError(f"must be a string, got {type(reason).__name__}", key="reason")
+    def _set_watermark(self, key: WatermarkKey, position: datetime, reason: str) -> Watermark:
         with self._lock:
             now = self._now()
             stored = self._rows.get(key)
@@ -169,12 +146,7 @@ class MemoryWatermarkStore:
             ]
         return sorted(rows, key=lambda w: w.key)
 
-    def history(
-        self, key: WatermarkKey | None = None, *, limit: int = 100
-    ) -> Sequence[WatermarkChange]:
-        """Manual changes, newest first, at most ``limit``."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"must be an integer >= 0, got {limit!r}", key="limit")
+    def _list_history(self, key: WatermarkKey | None, limit: int) -> Sequence[WatermarkChange]:
         with self._lock:
             newest_first = [c for c in reversed(self._changes) if key is None or c.key == key]
         return newest_first[:limit]

@@ -14,18 +14,32 @@ returning a fresh, empty store::
             return MyStore(tmp_path / "watermarks")
 
 The store is shared between threads in the concurrency tests, as the orchestrator's
-runners share one store.
+runners share one store. A store whose watermarks live outside the process (a database,
+a folder, S3) also sets ``shared_across_processes = True`` and provides a
+``store_opener`` fixture, and the contract races compare-and-sets from separate
+processes too::
+
+    class TestMyStore(WatermarkStoreContract):
+        shared_across_processes = True
+
+        @pytest.fixture
+        def store_opener(self, tmp_path):
+            # picklable: it is sent to child processes
+            return functools.partial(MyStore, tmp_path / "watermarks")
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -78,15 +92,44 @@ def _state(watermark: Watermark | None) -> tuple[object, ...] | None:
     )
 
 
+def _advance_in_process(
+    opener: Callable[..., WatermarkStore],
+    current: Watermark,
+    position: datetime,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """Child process: race one compare-and-set against the siblings; report the outcome."""
+    store = opener(actor=f"racer-{os.getpid()}")
+    try:
+        store.get(current.key)  # connect (open, reflect) before the start line
+        barrier.wait(timeout=120)
+        won = store.advance(current, position)
+    except WatermarkConflict:
+        results.put(("conflict", None))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        results.put((f"error: {exc!r}", None))
+    else:
+        results.put(("won", won))
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
 class WatermarkStoreContract:
     """Tests every clause of the :class:`~deswm.protocols.WatermarkStore` protocol.
 
     Subclasses override the ``store`` fixture. ``racers`` and ``race_rounds`` size the
-    concurrency tests.
+    concurrency tests. ``shared_across_processes`` says that stores opened alike in
+    other processes see the same watermarks; then the ``store_opener`` fixture must
+    return a picklable callable, taking ``actor=`` and opening the watermarks of
+    ``store``, and the compare-and-set is raced between processes as well.
     """
 
     racers: int = 2
     race_rounds: int = 5
+    shared_across_processes: bool = False
 
     @pytest.fixture
     def store(self) -> WatermarkStore:
@@ -94,6 +137,14 @@ class WatermarkStoreContract:
         raise NotImplementedError(
             f"{type(self).__name__} must override the `store` fixture to return a fresh, "
             "empty WatermarkStore"
+        )
+
+    @pytest.fixture
+    def store_opener(self) -> Callable[..., WatermarkStore]:
+        """Opens ``store``'s watermarks in another process (see the class docstring)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} sets shared_across_processes and must override the "
+            "`store_opener` fixture"
         )
 
     # --- get / initialize ---------------------------------------------------------
@@ -392,3 +443,40 @@ class WatermarkStoreContract:
             assert all(loser.expected_version == current.version for loser in losers)
             assert _state(store.get(key)) == _state(winners[0])
             assert winners[0].version == current.version + 1
+
+    def test_processes_racing_advance_have_one_winner(
+        self, store: WatermarkStore, request: pytest.FixtureRequest
+    ) -> None:
+        if not self.shared_across_processes:
+            pytest.skip("the store's watermarks live in one process")
+        opener: Callable[..., WatermarkStore] = request.getfixturevalue("store_opener")
+        current = store.initialize(KEY, T0)
+        racers = 3
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(racers)
+        results = context.Queue()
+        processes = [
+            context.Process(
+                target=_advance_in_process,
+                args=(opener, current, T0 + (i + 1) * DAY, barrier, results),
+            )
+            for i in range(racers)
+        ]
+        for process in processes:
+            process.start()
+        try:
+            outcomes = [results.get(timeout=180) for _ in processes]
+        except queue.Empty:
+            outcomes = [("a racer did not report", None)]
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        assert sorted(outcome for outcome, _ in outcomes) == ["conflict"] * (racers - 1) + ["won"]
+        (winner,) = [won for _, won in outcomes if won is not None]
+        stored = store.get(KEY)
+        assert _state(stored) == _state(winner)
+        assert stored is not None
+        assert stored.version != current.version
+        assert stored.updated_by is None or stored.updated_by.startswith("racer-")
