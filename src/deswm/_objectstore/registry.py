@@ -23,7 +23,15 @@ from deswm._objectstore.s3 import S3Store
 from deswm._redact import redact, scrub, secret_values
 from deswm.errors import ConfigError
 
-__all__ = ["StoreFactory", "filesystem", "install_hint", "open_store", "protocols", "register"]
+__all__ = [
+    "StoreFactory",
+    "filesystem",
+    "install_hint",
+    "is_local_protocol",
+    "open_store",
+    "protocols",
+    "register",
+]
 
 StoreFactory = Callable[..., ObjectStore]
 """``factory(url, fs, root, *, block_size)``: an implementation's constructor."""
@@ -45,6 +53,11 @@ _EXTRAS: Final = {"s3": "s3", "s3a": "s3"}
 def register(protocol: str, factory: StoreFactory) -> None:
     """Serve ``protocol`` URLs with ``factory`` (a class taking ``url, fs, root, block_size``)."""
     _IMPLEMENTATIONS[protocol] = factory
+
+
+def is_local_protocol(protocol: str) -> bool:
+    """Whether URLs of ``protocol`` name local files (``file://``, ``local://``)."""
+    return _IMPLEMENTATIONS.get(protocol) is LocalStore
 
 
 def protocols(fs: Any) -> tuple[str, ...]:
