@@ -56,6 +56,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
+from deswm._objectstore import ObjectStore
 from deswm._redact import redact
 from deswm.container import (
     MAX_INLINE_SIZE,
@@ -77,7 +78,7 @@ from deswm.errors import (
 from deswm.model import ArchivedEntry, ShardKey
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
-from deswm.shardio import PartInfo, ShardStore, parse_part_name
+from deswm.shardio import PartInfo, ShardStore, parse_part_name, shard_store
 from deswm.timeutil import format_day, parse_day, require_utc
 
 __all__ = ["Archive"]
@@ -153,6 +154,8 @@ class Archive:
         url: where the shards live (local path, ``s3://bucket/prefix``, ...).
         router: the router the packer used (``DesRouter(8)`` by default).
         storage_options: fsspec options (credentials, endpoint); never shown in reprs.
+        store: an object store to read instead of opening ``url`` (then neither ``url``
+            nor ``storage_options`` is given); see ``deswm._objectstore``.
         cache_size: how many parsed indexes and group views to keep (0 disables caching).
         max_inline_size: the largest uncompressed size of a compressed inline entry this
             reader decodes (1 GiB); larger declared sizes are refused before decoding, so
@@ -163,10 +166,11 @@ class Archive:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         router: ShardRouter | None = None,
         *,
         storage_options: Mapping[str, Any] | None = None,
+        store: ObjectStore | None = None,
         cache_size: int = 1024,
         max_inline_size: int = MAX_INLINE_SIZE,
         allow_unverified: bool = False,
@@ -186,7 +190,7 @@ class Archive:
         self._max_inline_size = max_inline_size
         self._allow_unverified = bool(allow_unverified)
         self._router: ShardRouter = router if router is not None else DesRouter(8)
-        self._store = ShardStore(url, storage_options)
+        self._store = shard_store(url, storage_options, store)
         self._cache_size = cache_size
         self._indexes: _LRU[tuple[str, str], ShardIndex] = _LRU(cache_size)
         self._groups: _LRU[tuple[str, str], _GroupView] = _LRU(cache_size)

@@ -81,6 +81,7 @@ from deswm._merge import (
     copy_runs,
     plan_group,
 )
+from deswm._objectstore import ObjectStore
 from deswm._redact import redact
 from deswm.container import MAX_UID_BYTES, Compressor, ShardIndex, ShardWriter
 from deswm.errors import (
@@ -95,7 +96,7 @@ from deswm.errors import (
 from deswm.model import ArchivedEntry, BucketResult, Codec, PublishedShard, ShardKey, SourceRecord
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
-from deswm.shardio import BIG_FILES, PartInfo, ShardStore
+from deswm.shardio import BIG_FILES, PartInfo, ShardStore, shard_store
 from deswm.timeutil import format_day, format_utc, require_utc
 
 __all__ = ["DesBucketWriter", "DesPacker"]
@@ -143,6 +144,8 @@ class DesPacker:
         url: destination folder (local path, ``s3://bucket/prefix``, ``memory://x``, ...).
         router: how files map to groups; ``DesRouter(8)`` by default.
         storage_options: fsspec options (credentials, endpoint); never shown in reprs.
+        store: an object store to write to instead of opening ``url`` (then neither
+            ``url`` nor ``storage_options`` is given); see ``deswm._objectstore``.
         compression: ``"zstd"`` or ``"none"`` (payloads that do not shrink are stored raw).
         compression_level: zstd level.
         max_shard_size: the greedy split limit of a part, in bytes.
@@ -156,10 +159,11 @@ class DesPacker:
 
     def __init__(
         self,
-        url: str | os.PathLike[str],
+        url: str | os.PathLike[str] | None = None,
         router: ShardRouter | None = None,
         *,
         storage_options: Mapping[str, Any] | None = None,
+        store: ObjectStore | None = None,
         compression: Codec = "zstd",
         compression_level: int = 3,
         max_shard_size: int = GIB,
@@ -168,8 +172,7 @@ class DesPacker:
         spill_dir: str | os.PathLike[str] | None = None,
         workers: int = 2,
     ) -> None:
-        if not isinstance(url, str | os.PathLike) or not os.fspath(url):
-            raise ConfigError(f"must be a path or URL, got {url!r}", key="archive.url")
+        destination = shard_store(url, storage_options, store)
         if router is None:
             router = DesRouter(8)
         elif not isinstance(router, ShardRouter):
@@ -189,7 +192,7 @@ class DesPacker:
             workers=_int_setting("workers", workers, 0),
         )
         self._router: ShardRouter = router
-        self._store = ShardStore(url, storage_options)
+        self._store = destination
 
     def __repr__(self) -> str:
         s = self._settings
