@@ -57,7 +57,6 @@ from typing import Any, Final, Generic, TypeVar
 import attrs
 
 from deswm._objectstore import ObjectStore
-from deswm._redact import redact
 from deswm.container import (
     MAX_INLINE_SIZE,
     IndexEntry,
@@ -78,7 +77,7 @@ from deswm.errors import (
 from deswm.model import ArchivedEntry, ShardKey
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
-from deswm.shardio import PartInfo, ShardStore, parse_part_name, shard_store
+from deswm.shardio import PartInfo, ShardStore, describe, parse_part_name, shard_store
 from deswm.timeutil import format_day, parse_day, require_utc
 
 __all__ = ["Archive"]
@@ -196,10 +195,7 @@ class Archive:
         self._groups: _LRU[tuple[str, str], _GroupView] = _LRU(cache_size)
 
     def __repr__(self) -> str:
-        return (
-            f"Archive({redact(self._store.url)!r}, router={self._router!r}, "
-            f"cache_size={self._cache_size})"
-        )
+        return describe("Archive", self._store, self._router, cache_size=self._cache_size)
 
     @property
     def store(self) -> ShardStore:

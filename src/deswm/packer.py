@@ -82,7 +82,6 @@ from deswm._merge import (
     plan_group,
 )
 from deswm._objectstore import ObjectStore
-from deswm._redact import redact
 from deswm.container import MAX_UID_BYTES, Compressor, ShardIndex, ShardWriter
 from deswm.errors import (
     ArchivedDuplicateError,
@@ -96,7 +95,7 @@ from deswm.errors import (
 from deswm.model import ArchivedEntry, BucketResult, Codec, PublishedShard, ShardKey, SourceRecord
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
-from deswm.shardio import BIG_FILES, PartInfo, ShardStore, shard_store
+from deswm.shardio import BIG_FILES, PartInfo, ShardStore, describe, shard_store
 from deswm.timeutil import format_day, format_utc, require_utc
 
 __all__ = ["DesBucketWriter", "DesPacker"]
@@ -196,9 +195,12 @@ class DesPacker:
 
     def __repr__(self) -> str:
         s = self._settings
-        return (
-            f"DesPacker({redact(self._store.url)!r}, router={self._router!r}, "
-            f"compression={s.compression!r}, max_shard_size={s.max_shard_size})"
+        return describe(
+            "DesPacker",
+            self._store,
+            self._router,
+            compression=s.compression,
+            max_shard_size=s.max_shard_size,
         )
 
     @property

@@ -1,7 +1,9 @@
 """Object I/O shared by the packer (write side) and the archive (read side).
 
-:class:`ShardStore` opens a destination (a local folder or any fsspec URL) and offers the
-few operations both sides need, each with one clear consistency rule:
+:class:`ShardStore` opens a destination (a local folder or any fsspec URL, or takes an
+:class:`~deswm._objectstore.ObjectStore`) and offers the few operations both sides need,
+each with one clear consistency rule (the per-backend mechanics live in
+:mod:`deswm._objectstore`):
 
 * **listing** a group (``{day}_{hex}_``) or a day keeps only names matching
   ``{day}_{hex}_{NNNN}.des``: temp files and anything else are ignored. Every listed part
@@ -78,6 +80,7 @@ __all__ = [
     "ShardStore",
     "StagedObject",
     "WriteFn",
+    "describe",
     "parse_part_name",
     "shard_store",
 ]
@@ -479,3 +482,10 @@ def shard_store(
             key="archive.url",
         )
     return ShardStore(store=store)
+
+
+def describe(kind: str, store: ShardStore, router: object, **settings: object) -> str:
+    """``Kind('url', router=..., name=value, ...)`` with the URL's secrets masked: the
+    repr of the packer and of the archive."""
+    extra = "".join(f", {name}={value!r}" for name, value in settings.items())
+    return f"{kind}({redact(store.url)!r}, router={router!r}{extra})"

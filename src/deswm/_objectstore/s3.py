@@ -4,8 +4,9 @@ s3fs's ``cat_file`` would send a HEAD before a full GET and ``info`` may answer 
 directory cache, so reads, HEADs and listings go to the client directly: a ranged GET
 with ``IfMatch`` (a replaced object answers 412), a prefix listing, a ``PutObject`` with
 ``IfNoneMatch``/``IfMatch`` for conditional writes (409, another conditional write in
-flight, is retried), and a single PUT or a multipart upload completed on close for a
-publish. s3fs itself is imported by fsspec when an ``s3://`` URL is opened, never here.
+flight, is retried), and (inherited from the generic store) a single PUT or a multipart
+upload completed on close for a publish, with nothing to sync or clean up afterwards.
+s3fs itself is imported by fsspec when an ``s3://`` URL is opened, never here.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import errno
 import random
 import time
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any, Final
 
 import fsspec.asyn
 
-from deswm._objectstore.base import ErrorScope, ObjectInfo, PublishBatch, WriteFn
+from deswm._objectstore.base import ObjectInfo
 from deswm._objectstore.errors import (
     is_conditional_conflict,
     is_invalid_range,
@@ -28,7 +28,7 @@ from deswm._objectstore.errors import (
     is_precondition_failed,
     object_changed,
 )
-from deswm._objectstore.fsspec import write_or_discard
+from deswm._objectstore.fsspec import FsspecStore
 from deswm.errors import ObjectChangedError
 
 __all__ = ["S3Store"]
@@ -45,17 +45,17 @@ def _total_size(response: Mapping[str, Any]) -> int:
     return int(response.get("ContentLength", 0))
 
 
-class S3Store:
-    """An S3 bucket and prefix as an :class:`~deswm._objectstore.base.ObjectStore`."""
+class S3Store(FsspecStore):
+    """An S3 bucket and prefix as an :class:`~deswm._objectstore.base.ObjectStore`.
+
+    Every operation is its own S3 request here; nothing falls back to the generic store.
+    """
 
     kind = "s3"
     atomic_conditional_writes = True
 
     def __init__(self, url: str, fs: Any, root: str, *, block_size: int) -> None:
-        self.url = url
-        self.fs = fs
-        self.root = root
-        self.block_size = block_size
+        super().__init__(url, fs, root, block_size=block_size)
         bucket, key, _ = fs.split_path(root)
         self.bucket: str = bucket
         self.key_prefix: str = f"{key.strip('/')}/" if key.strip("/") else ""
@@ -174,7 +174,7 @@ class S3Store:
 
     # --- writing -----------------------------------------------------------------------
 
-    def _put(self, name: str, data: bytes, **condition: str) -> str:
+    def _conditional_put(self, name: str, data: bytes, **condition: str) -> str:
         for attempt in range(_CONFLICT_RETRIES + 1):
             try:
                 response = self.fs.call_s3(
@@ -191,10 +191,10 @@ class S3Store:
     def create(self, name: str, data: bytes) -> str | None:
         try:
             if len(data) > _SINGLE_PUT_MAX:  # a multipart upload completed with IfNoneMatch
-                self.fs.pipe_file(f"{self.root}/{name}", data, mode="create")
+                self.fs.pipe_file(self._path(name), data, mode="create")
                 current = self.stat(name)
                 return "" if current is None else current.version
-            return self._put(name, data, IfNoneMatch="*")
+            return self._conditional_put(name, data, IfNoneMatch="*")
         except FileExistsError:  # s3fs's translation of a failed If-None-Match
             return None
         except OSError as exc:
@@ -205,26 +205,13 @@ class S3Store:
 
     def replace(self, name: str, data: bytes, token: str) -> str | None:
         try:
-            return self._put(name, data, IfMatch=token)
+            return self._conditional_put(name, data, IfMatch=token)
         except OSError as exc:
             # A failed If-Match surfaces as a plain OSError: only a 412 is a conflict.
             if is_precondition_failed(exc) or is_missing_key(exc):
                 return None
             raise
 
-    def publish(self, name: str, write: WriteFn, *, sync: bool) -> None:
-        f = self.fs.open(f"{self.root}/{name}", "wb", block_size=self.block_size)
-        write_or_discard(f, write)  # durable once the PUT or the completion returns
-
     def delete(self, name: str, *, sync: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self._key(name))
-
-    def sync(self) -> None:
-        pass  # every S3 write is durable when it returns
-
-    def batch(self, threads: int, window: int, scope: ErrorScope) -> PublishBatch | None:
-        return None  # every S3 write is durable when it returns: nothing to batch
-
-    def cleanup_temp(self, folder: str, prefix: str, older_than: timedelta) -> int:
-        return 0  # S3 uploads leave no temp objects: an aborted upload is never visible
