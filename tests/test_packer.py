@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deswm._buffers import Fingerprints
+from deswm._objectstore import ObjectStore, open_store
 from deswm.archive import Archive
 from deswm.container import build_shard, make_meta, read_shard
 from deswm.container import meta_of as _meta
@@ -1045,3 +1046,46 @@ def test_a_faulted_route_is_never_skipped(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="route fault"):
             writer.add(rec("b", 1), b"2")
     assert getattr(inject(DesRouter(4)), "route_is_composed", False) is True  # no route fault
+
+
+# --- an injected object store -------------------------------------------------------------
+
+
+class _CountingStore:
+    """An ObjectStore that counts the publishes it is given, delegating the rest."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self._inner = inner
+        self.published: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def publish(self, name: str, write: Any, *, sync: bool) -> None:
+        self.published.append(name)
+        self._inner.publish(name, write, sync=sync)
+
+
+def test_packer_and_archive_use_an_injected_store(tmp_path: Path) -> None:
+    store = _CountingStore(open_store(f"memory://deswm-injected-{uuid.uuid4().hex}", key="t"))
+    packer = DesPacker(router=ROUTER, store=cast(ObjectStore, store))
+    assert packer.store.backend is store
+    items = [(rec(uid), text(uid, 100)) for uid in same_group(3)]
+    with packer.open_bucket(DAY) as writer:
+        for record, data in items:
+            writer.add(record, data)
+        writer.publish()
+    assert store.published and all(name.endswith(".des") for name in store.published)
+    reader = Archive(router=ROUTER, store=cast(ObjectStore, store))
+    assert [reader.get(r.uid, r.created_at) for r, _ in items] == [d for _, d in items]
+
+
+def test_a_url_and_a_store_together_are_a_config_error(tmp_path: Path) -> None:
+    store = open_store(tmp_path, key="archive.url")
+    with pytest.raises(ConfigError, match="not both") as caught:
+        DesPacker(tmp_path, ROUTER, store=store)
+    assert caught.value.key == "archive.url"
+    with pytest.raises(ConfigError, match="not both"):
+        Archive(str(tmp_path), ROUTER, storage_options={}, store=store)
+    with pytest.raises(ConfigError, match="must be a path or URL"):
+        Archive(router=ROUTER)

@@ -282,3 +282,9 @@ def test_an_error_table_row_never_holds_the_password(tmp_path: Path) -> None:
     assert secret not in row.failure.message
     assert quote(secret, safe="") not in row.failure.message
     store.close()
+
+
+def test_secret_values_can_leave_out_values_too_short_to_scrub() -> None:
+    options = {"token": "abc", "client_kwargs": {"aws_secret_access_key": "long-secret"}}
+    assert sorted(secret_values(options)) == ["abc", "long-secret"]
+    assert secret_values(options, min_length=4) == ["long-secret"]

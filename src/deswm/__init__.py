@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from deswm.config import (
         parse_size as parse_size,
     )
+    from deswm.container import PartInfo
     from deswm.errors import (
         ArchivedDuplicateError,
         BadRowError,
@@ -95,7 +96,6 @@ if TYPE_CHECKING:
     from deswm.purge import PURGED_STAGE, PurgeError, PurgeJob, PurgeResult
     from deswm.readers import FileReaderBase, FsspecFileReader
     from deswm.routing import DesRouter
-    from deswm.container import PartInfo
     from deswm.sources.sql import SqlSourceProvider
     from deswm.sqltypes import UtcDateTime
     from deswm.stores.errors import DEFAULT_ERROR_TABLE as DEFAULT_ERROR_TABLE

@@ -221,8 +221,12 @@ def url_secrets(url: object) -> list[str]:
     return sorted((v for v in variants if v), key=len, reverse=True)
 
 
-def secret_values(options: Mapping[str, Any] | None) -> list[str]:
-    """String values stored under secret-sounding keys of (nested) storage options."""
+def secret_values(options: Mapping[str, Any] | None, *, min_length: int = 1) -> list[str]:
+    """String values stored under secret-sounding keys of (nested) storage options.
+
+    Values shorter than ``min_length`` are left out: scrubbing them from a message would
+    mangle its words more than it would hide.
+    """
     found: list[str] = []
 
     def walk(value: Any, secret: bool) -> None:
@@ -232,7 +236,7 @@ def secret_values(options: Mapping[str, Any] | None) -> list[str]:
         elif isinstance(value, list | tuple):
             for inner in value:
                 walk(inner, secret)
-        elif secret and isinstance(value, str) and value:
+        elif secret and isinstance(value, str) and len(value) >= max(min_length, 1):
             found.append(value)
 
     walk(options or {}, False)

@@ -56,7 +56,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
-from deswm._redact import redact
+from deswm._objectstore import ObjectStore
 from deswm.container import (
     MAX_INLINE_SIZE,
     IndexEntry,
@@ -79,7 +79,7 @@ from deswm.errors import (
 from deswm.model import ArchivedEntry, ShardKey
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
-from deswm.shardio import ShardStore
+from deswm.shardio import ShardStore, describe, shard_store
 from deswm.timeutil import format_day, parse_day, require_utc
 
 __all__ = ["Archive"]
@@ -155,6 +155,8 @@ class Archive:
         url: where the shards live (local path, ``s3://bucket/prefix``, ...).
         router: the router the packer used (``DesRouter(8)`` by default).
         storage_options: fsspec options (credentials, endpoint); never shown in reprs.
+        store: an object store to read instead of opening ``url`` (then neither ``url``
+            nor ``storage_options`` is given); see ``deswm._objectstore``.
         cache_size: how many parsed indexes and group views to keep (0 disables caching).
         max_inline_size: the largest uncompressed size of a compressed inline entry this
             reader decodes (1 GiB); larger declared sizes are refused before decoding, so
@@ -165,10 +167,11 @@ class Archive:
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         router: ShardRouter | None = None,
         *,
         storage_options: Mapping[str, Any] | None = None,
+        store: ObjectStore | None = None,
         cache_size: int = 1024,
         max_inline_size: int = MAX_INLINE_SIZE,
         allow_unverified: bool = False,
@@ -188,16 +191,13 @@ class Archive:
         self._max_inline_size = max_inline_size
         self._allow_unverified = bool(allow_unverified)
         self._router: ShardRouter = router if router is not None else DesRouter(8)
-        self._store = ShardStore(url, storage_options)
+        self._store = shard_store(url, storage_options, store)
         self._cache_size = cache_size
         self._indexes: _LRU[tuple[str, str], ShardIndex] = _LRU(cache_size)
         self._groups: _LRU[tuple[str, str], _GroupView] = _LRU(cache_size)
 
     def __repr__(self) -> str:
-        return (
-            f"Archive({redact(self._store.url)!r}, router={self._router!r}, "
-            f"cache_size={self._cache_size})"
-        )
+        return describe("Archive", self._store, self._router, cache_size=self._cache_size)
 
     @property
     def store(self) -> ShardStore:

@@ -49,6 +49,7 @@ from deswm._buffers import (
     iter_records,
 )
 from deswm._checkpoints import reach
+from deswm._objectstore import ObjectStore
 from deswm._planner import (
     COPY_CHUNK,
     IN_BUFFER,
@@ -59,7 +60,6 @@ from deswm._planner import (
     copy_runs,
     plan_group,
 )
-from deswm._redact import redact
 from deswm.container import (
     MAX_PART_NUMBER,
     MAX_UID_BYTES,
@@ -83,7 +83,7 @@ from deswm.errors import (
 from deswm.model import ArchivedEntry, BucketResult, Codec, PublishedShard, ShardKey, SourceRecord
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, require_day_buckets, uid_text
-from deswm.shardio import BIG_FILES, ShardStore
+from deswm.shardio import BIG_FILES, ShardStore, describe, shard_store
 from deswm.timeutil import format_day, format_utc, require_utc
 
 __all__ = ["DesBucketWriter", "DesPacker"]
@@ -131,6 +131,8 @@ class DesPacker:
         url: destination folder (local path, ``s3://bucket/prefix``, ``memory://x``, ...).
         router: how files map to groups; ``DesRouter(8)`` by default.
         storage_options: fsspec options (credentials, endpoint); never shown in reprs.
+        store: an object store to write to instead of opening ``url`` (then neither
+            ``url`` nor ``storage_options`` is given); see ``deswm._objectstore``.
         compression: ``"zstd"`` or ``"none"`` (payloads that do not shrink are stored raw).
         compression_level: zstd level.
         max_shard_size: the greedy split limit of a part, in bytes.
@@ -144,10 +146,11 @@ class DesPacker:
 
     def __init__(
         self,
-        url: str | os.PathLike[str],
+        url: str | os.PathLike[str] | None = None,
         router: ShardRouter | None = None,
         *,
         storage_options: Mapping[str, Any] | None = None,
+        store: ObjectStore | None = None,
         compression: Codec = "zstd",
         compression_level: int = 3,
         max_shard_size: int = GIB,
@@ -156,8 +159,7 @@ class DesPacker:
         spill_dir: str | os.PathLike[str] | None = None,
         workers: int = 2,
     ) -> None:
-        if not isinstance(url, str | os.PathLike) or not os.fspath(url):
-            raise ConfigError(f"must be a path or URL, got {url!r}", key="archive.url")
+        destination = shard_store(url, storage_options, store)
         if router is None:
             router = DesRouter(8)
         elif not isinstance(router, ShardRouter):
@@ -178,13 +180,16 @@ class DesPacker:
             workers=_int_setting("workers", workers, 0),
         )
         self._router: ShardRouter = router
-        self._store = ShardStore(url, storage_options)
+        self._store = destination
 
     def __repr__(self) -> str:
         s = self._settings
-        return (
-            f"DesPacker({redact(self._store.url)!r}, router={self._router!r}, "
-            f"compression={s.compression!r}, max_shard_size={s.max_shard_size})"
+        return describe(
+            "DesPacker",
+            self._store,
+            self._router,
+            compression=s.compression,
+            max_shard_size=s.max_shard_size,
         )
 
     @property

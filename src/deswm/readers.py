@@ -25,7 +25,10 @@ from typing import Any, Final, TypeVar
 import fsspec
 
 from deswm._contain import NotRegular, Outside, Roots, delete_local, open_local
-from deswm._redact import redact
+from deswm._objectstore.errors import is_transient
+from deswm._objectstore.fsspec import remove
+from deswm._objectstore.registry import filesystem, is_local_protocol
+from deswm._redact import redact, scrub, secret_values
 from deswm.errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
 from deswm.model import SourceRecord
 from deswm.protocols import ReadResult
@@ -37,40 +40,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-_LOCAL_PROTOCOLS = frozenset({"file", "local"})
-# errno values that say "try again": busy/throttled (s3fs maps SlowDown and 503 to EBUSY),
-# remote I/O (s3fs maps 500 to EREMOTEIO), timeouts and dropped connections, stale NFS.
-_TRANSIENT_ERRNOS = frozenset(
-    {
-        errno.EAGAIN,
-        errno.EBUSY,
-        errno.ECONNABORTED,
-        errno.ECONNREFUSED,
-        errno.ECONNRESET,
-        errno.EPIPE,
-        errno.EREMOTEIO,
-        errno.ESTALE,
-        errno.ETIMEDOUT,
-    }
-)
-_TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequestsException",
-    }
-)
-# Exception class names of HTTP stacks (botocore, aiohttp, urllib3) that are transient.
-_TRANSIENT_NAMES = re.compile(
-    r"Timeout|ConnectionError|ConnectionClosed|ServerDisconnected|ClientPayloadError"
-    r"|IncompleteRead|ProtocolError|ResponseStreamingError"
-)
-_SECRET_KEYS = re.compile(r"secret|password|token|key|credential|signature|sas", re.IGNORECASE)
 
 
 class FileReaderBase(abc.ABC):
@@ -343,7 +312,7 @@ class FsspecFileReader(FileReaderBase):
             else self.root + "/"
         )
         self._options = _split_options(storage_options, declared[0] if declared else None)
-        self._secrets = _secret_values(storage_options or {})
+        self._secrets = secret_values(storage_options, min_length=4)
         self._filesystems: dict[str, Any] = {}
         self._cat_options: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -400,7 +369,7 @@ class FsspecFileReader(FileReaderBase):
                 self._with_retries("delete", location, lambda: _delete_local(path))
         else:
             fs = self._filesystem(protocol, location)
-            self._with_retries("delete", location, lambda: _delete_remote(fs, path))
+            self._with_retries("delete", location, lambda: remove(fs, path))
 
     def check_location(self, location: str) -> None:
         """Raise :class:`~deswm.errors.LocationOutsideRootError` if ``location`` is outside.
@@ -470,7 +439,7 @@ class FsspecFileReader(FileReaderBase):
         if match is None:
             return None, location
         protocol = match.group(0)[:-3].lower()
-        if protocol in _LOCAL_PROTOCOLS:
+        if is_local_protocol(protocol):
             return None, _local_path(location)
         return protocol, location
 
@@ -479,14 +448,7 @@ class FsspecFileReader(FileReaderBase):
             fs = self._filesystems.get(protocol)
             if fs is None:
                 try:
-                    fs = fsspec.filesystem(protocol, **self._options.for_protocol(protocol))
-                except ImportError as exc:
-                    raise ConfigError(
-                        f"the fsspec backend for {protocol}:// is not installed "
-                        f"({type(exc).__name__}: {self._scrub(str(exc))})",
-                        key="reader",
-                        hint="Install it, e.g. pip install 'deswm[s3]' for s3://",
-                    ) from exc
+                    fs = filesystem(protocol, self._options.for_protocol(protocol), key="reader")
                 except ValueError as exc:
                     raise FileReadError(
                         f"no fsspec filesystem knows the protocol {protocol!r}",
@@ -548,9 +510,7 @@ class FsspecFileReader(FileReaderBase):
         return f"{type(exc).__name__}: {self._scrub(str(exc))}"
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return redact(text)
+        return redact(scrub(text, self._secrets))
 
     def _show(self, location: str) -> str:
         return self._scrub(location)
@@ -630,64 +590,6 @@ def _delete_local(path: str, roots: Roots | None = None) -> None:
         raise
 
 
-def _delete_remote(fs: Any, path: str) -> None:
-    try:
-        fs.rm_file(path)
-    except FileNotFoundError:
-        return
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether retrying might help: connection trouble, timeouts, HTTP 5xx, throttling.
-
-    Looks through the exception and its causes (s3fs chains the botocore error). Missing
-    files, permission errors and HTTP 4xx other than 429 are never transient.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, FileNotFoundError | PermissionError | IsADirectoryError):
-            return False
-        verdict = _transient_verdict(current)
-        if verdict is not None:
-            return verdict
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _transient_verdict(exc: BaseException) -> bool | None:
-    if _error_code(exc) in _TRANSIENT_CODES:
-        return True
-    status = _http_status(exc)
-    if status is not None:
-        return status >= 500 or status == 429
-    if isinstance(exc, TimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-        return True
-    if any(_TRANSIENT_NAMES.search(cls.__name__) for cls in type(exc).__mro__):
-        return True
-    return None
-
-
-def _http_status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):  # botocore ClientError
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return status if isinstance(status, int) else None
-    status = getattr(exc, "status", None)  # aiohttp ClientResponseError
-    return status if isinstance(status, int) and 100 <= status <= 599 else None
-
-
-def _error_code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        code = response.get("Error", {}).get("Code")
-        return code if isinstance(code, str) else None
-    return None
-
-
 class _Options:
     """Storage options per protocol."""
 
@@ -715,24 +617,6 @@ def _split_options(options: Mapping[str, Any] | None, root: str | None) -> _Opti
     return _Options({}, dict(options))
 
 
-def _secret_values(options: Mapping[str, Any]) -> list[str]:
-    """String values under secret-looking keys, longest first, to mask in messages."""
-    found: set[str] = set()
-
-    def walk(value: Any, secret: bool) -> None:
-        if isinstance(value, Mapping):
-            for key, inner in value.items():
-                walk(inner, secret or bool(_SECRET_KEYS.search(str(key))))
-        elif isinstance(value, list | tuple):
-            for inner in value:
-                walk(inner, secret)
-        elif secret and isinstance(value, str) and len(value) >= 4:
-            found.add(value)
-
-    walk(options, False)
-    return sorted(found, key=len, reverse=True)
-
-
 def _allowed_roots(roots: Iterable[str | os.PathLike[str]] | None) -> tuple[str, ...]:
     if roots is None:
         return ()
@@ -755,7 +639,7 @@ def _allowed_roots(roots: Iterable[str | os.PathLike[str]] | None) -> tuple[str,
 def _normalise_root(root: str) -> str:
     if _URL.match(root):
         protocol = root.split("://", 1)[0].lower()
-        return _local_path(root) if protocol in _LOCAL_PROTOCOLS else root
+        return _local_path(root) if is_local_protocol(protocol) else root
     return os.path.abspath(root)
 
 

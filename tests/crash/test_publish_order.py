@@ -23,7 +23,8 @@ from crash_harness import (  # noqa: F401 (worlds_fixture is the fixture)
 )
 
 from deswm import _checkpoints
-from deswm.shardio import _LocalBackend, parse_part_name
+from deswm._objectstore.local import LocalStore
+from deswm.container import parse_part_name
 
 SLOW_FIRST_PART = 0.1
 
@@ -39,9 +40,9 @@ def test_parts_of_a_group_are_renamed_in_number_order(
     assert multi_part, "the fresh scenario must have groups of several parts"
     world = worlds.prepared(scenario, "sqlite", "local")
     root = Path(world.destination.url)
-    original: Callable[..., None] = _LocalBackend.publish
+    original: Callable[..., None] = LocalStore.publish
 
-    def slow_first_part(self: _LocalBackend, name: str, write: Any, *, sync: bool) -> None:
+    def slow_first_part(self: LocalStore, name: str, write: Any, *, sync: bool) -> None:
         if name.endswith("_0000.des") and name[: -len("0000.des")] in multi_part:
             time.sleep(SLOW_FIRST_PART)
         original(self, name, write, sync=sync)
@@ -57,7 +58,7 @@ def test_parts_of_a_group_are_renamed_in_number_order(
             with lock:
                 gaps.append(str(exc).splitlines()[0])
 
-    monkeypatch.setattr(_LocalBackend, "publish", slow_first_part)
+    monkeypatch.setattr(LocalStore, "publish", slow_first_part)
     _checkpoints.install("shardio.publish.after_rename", after_rename)
     try:
         world.run(scenario.crash)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from deswm import _checkpoints
+from deswm._objectstore import local as local_store
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm.model import WatermarkKey
 from deswm.stores import objectstore
@@ -198,7 +199,7 @@ def test_a_lock_held_too_long_is_an_error(
 ) -> None:
     import fcntl
 
-    monkeypatch.setattr(objectstore, "_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(local_store, "_LOCK_TIMEOUT", 0.2)
     store = _store(local_target)
     current = store.initialize(KEY, T0)
     lock = Path(local_target.url, "watermarks/orders/archived/.0.json.lock")

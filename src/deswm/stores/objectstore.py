@@ -45,7 +45,6 @@ writes delays the record, never loses it. ``history(key)`` orders by version (ex
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -56,15 +55,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
-
-import fsspec
-import fsspec.asyn
-from fsspec.implementations.local import LocalFileSystem
-from fsspec.implementations.memory import MemoryFileSystem
+from typing import Any, Final
 
 from deswm._checkpoints import reach
 from deswm._defaults import default_actor
+from deswm._objectstore import ObjectStore, open_store
 from deswm._redact import redact, scrub, secret_values
 from deswm.errors import ConfigError, DeswmError, WatermarkConflict, WatermarkError
 from deswm.model import Watermark, WatermarkChange, WatermarkKey
@@ -81,14 +76,10 @@ HISTORY: Final = "history"
 _SEGMENT_MAX: Final = 200
 _ACTOR_MAX: Final = 255
 _SET_ATTEMPTS: Final = 10
-_CONFLICT_RETRIES: Final = 5
-_LOCK_TIMEOUT: Final = 60.0
 _SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 _HISTORY_NAME: Final = re.compile(
     r"^(?P<stamp>\d{8}T\d{12}Z)-(?P<digest>[0-9a-f]{16})-(?P<version>\d+)\.json$"
 )
-_MEMORY_LOCK: Final = threading.Lock()
-"""The memory filesystem is one dict per process: one lock orders every write to it."""
 
 
 def _segment(text: str) -> str:
@@ -105,10 +96,6 @@ def _segment(text: str) -> str:
 def _digest(key: WatermarkKey) -> str:
     text = f"{key.pipeline}\0{key.stage}\0{key.partition}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def _content_token(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _now() -> datetime:
@@ -139,306 +126,6 @@ def _write_id(data: bytes) -> object:
 
 def _encode(doc: Mapping[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-# --- backends ---------------------------------------------------------------------------
-
-
-class _Backend(Protocol):
-    """Objects by name (``/``-separated, relative to the store's root).
-
-    ``read`` gives the bytes and a token naming that exact content, or ``None`` when
-    the object does not exist. ``create`` and ``replace`` return the new object's token,
-    or ``None`` when the object already exists (create) or is no longer the one
-    ``token`` names or is gone (replace). Any other failure raises.
-    """
-
-    def read(self, name: str) -> tuple[bytes, str] | None: ...
-
-    def create(self, name: str, data: bytes) -> str | None: ...
-
-    def replace(self, name: str, data: bytes, token: str) -> str | None: ...
-
-    def list(self, prefix: str) -> list[str]: ...
-
-
-def _fsync_dir(folder: str) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be opened elsewhere
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _LocalBackend:
-    """A local (or NFS) folder: POSIX calls, ``flock`` for compare-and-set."""
-
-    def __init__(self, root: str) -> None:
-        try:
-            import fcntl
-        except ImportError as exc:  # pragma: no cover - Windows
-            raise ConfigError(
-                "a local watermark folder needs POSIX file locks (fcntl), which this "
-                "platform lacks",
-                key="watermark.url",
-                hint="Use an s3:// URL or SqlWatermarkStore",
-            ) from exc
-        self._fcntl = fcntl
-        self.root = root
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.root, *name.split("/"))
-
-    def read(self, name: str) -> tuple[bytes, str] | None:
-        try:
-            with open(self._path(name), "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            return None
-        return data, _content_token(data)
-
-    def _write_temp(self, path: str, data: bytes) -> str:
-        folder, base = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
-        temp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        return temp
-
-    def create(self, name: str, data: bytes) -> str | None:
-        path = self._path(name)
-        temp = self._write_temp(path, data)
-        try:
-            os.link(temp, path)  # atomic, and never replaces an existing object
-        except FileExistsError:
-            return None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-        _fsync_dir(os.path.dirname(path))
-        return _content_token(data)
-
-    def replace(self, name: str, data: bytes, token: str) -> str | None:
-        path = self._path(name)
-        with self._locked(path):
-            current = self.read(name)
-            if current is None or current[1] != token:
-                return None
-            temp = self._write_temp(path, data)
-            try:
-                os.replace(temp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
-                raise
-            _fsync_dir(os.path.dirname(path))
-        return _content_token(data)
-
-    @contextlib.contextmanager
-    def _locked(self, path: str) -> Iterator[None]:
-        """Hold an exclusive ``flock`` on ``.{name}.lock`` beside ``path``."""
-        folder, base = os.path.split(path)
-        lock_path = os.path.join(folder, f".{base}.lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            deadline = time.monotonic() + _LOCK_TIMEOUT
-            delay = 0.001
-            while True:
-                try:
-                    self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            errno.ETIMEDOUT,
-                            f"another process held the lock for {_LOCK_TIMEOUT:.0f}s",
-                            lock_path,
-                        ) from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-            try:
-                yield
-            finally:
-                self._fcntl.flock(fd, self._fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def list(self, prefix: str) -> list[str]:
-        start = self._path(prefix.rstrip("/"))
-        names: list[str] = []
-        for folder, dirs, files in os.walk(start):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            relative = os.path.relpath(folder, self.root).replace(os.sep, "/")
-            for file in files:
-                if not file.startswith("."):
-                    names.append(f"{relative}/{file}")
-        return names
-
-
-class _MemoryBackend:
-    """fsspec's memory filesystem: one process, one lock."""
-
-    def __init__(self, fs: Any, root: str) -> None:
-        self.fs = fs
-        self.root = root.rstrip("/")
-
-    def _path(self, name: str) -> str:
-        return f"{self.root}/{name}"
-
-    def read(self, name: str) -> tuple[bytes, str] | None:
-        with _MEMORY_LOCK:
-            return self._read(name)
-
-    def _read(self, name: str) -> tuple[bytes, str] | None:
-        try:
-            data = bytes(self.fs.cat_file(self._path(name)))
-        except FileNotFoundError:
-            return None
-        return data, _content_token(data)
-
-    def create(self, name: str, data: bytes) -> str | None:
-        with _MEMORY_LOCK:
-            if self._read(name) is not None:
-                return None
-            self.fs.pipe_file(self._path(name), data)
-        return _content_token(data)
-
-    def replace(self, name: str, data: bytes, token: str) -> str | None:
-        with _MEMORY_LOCK:
-            current = self._read(name)
-            if current is None or current[1] != token:
-                return None
-            self.fs.pipe_file(self._path(name), data)
-        return _content_token(data)
-
-    def list(self, prefix: str) -> list[str]:
-        start = self._path(prefix.rstrip("/"))
-        try:
-            found = self.fs.find(start)
-        except FileNotFoundError:
-            return []
-        cut = len(self.root) + 1
-        return [str(path)[cut:] for path in found]
-
-
-def _error_response(exc: BaseException) -> tuple[str, int | None]:
-    """The S3 error code and HTTP status behind an s3fs ``OSError``, if any."""
-    for candidate in (exc, exc.__cause__):
-        response = getattr(candidate, "response", None)
-        if isinstance(response, dict):
-            code = str(response.get("Error", {}).get("Code", ""))
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return code, status if isinstance(status, int) else None
-    return "", None
-
-
-def _is_precondition_failed(exc: BaseException) -> bool:
-    code, status = _error_response(exc)
-    return code in ("PreconditionFailed", "412") or status == 412
-
-
-def _is_conditional_conflict(exc: BaseException) -> bool:
-    """S3's 409: another conditional write on the key is in flight; retry."""
-    code, status = _error_response(exc)
-    return code == "ConditionalRequestConflict" or status == 409
-
-
-def _is_missing_key(exc: BaseException) -> bool:
-    """A missing object, as opposed to a missing bucket (which is an error)."""
-    if not isinstance(exc, FileNotFoundError):
-        return False
-    code, _ = _error_response(exc)
-    return code != "NoSuchBucket"
-
-
-class _S3Backend:
-    """S3 through s3fs's client, so the conditional headers reach S3 as given."""
-
-    def __init__(self, fs: Any, root: str) -> None:
-        self.fs = fs
-        bucket, key, _ = fs.split_path(root)
-        self.bucket: str = bucket
-        self.prefix: str = f"{key.strip('/')}/" if key.strip("/") else ""
-
-    def _key(self, name: str) -> str:
-        return self.prefix + name
-
-    async def _get(self, name: str) -> tuple[bytes, str]:
-        response = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._key(name))
-        body = response["Body"]
-        try:
-            data = await body.read()
-        finally:
-            body.close()
-        return bytes(data), str(response["ETag"])
-
-    def read(self, name: str) -> tuple[bytes, str] | None:
-        try:
-            found: tuple[bytes, str] = fsspec.asyn.sync(self.fs.loop, self._get, name)
-        except FileNotFoundError as exc:
-            if _is_missing_key(exc):
-                return None
-            raise
-        return found
-
-    def _put(self, name: str, data: bytes, **condition: str) -> str:
-        for attempt in range(_CONFLICT_RETRIES + 1):
-            try:
-                response = self.fs.call_s3(
-                    "put_object", Bucket=self.bucket, Key=self._key(name), Body=data, **condition
-                )
-            except OSError as exc:
-                if attempt < _CONFLICT_RETRIES and _is_conditional_conflict(exc):
-                    time.sleep(0.05 * 2**attempt * (0.5 + random.random()))
-                    continue
-                raise
-            return str(response["ETag"])
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def create(self, name: str, data: bytes) -> str | None:
-        try:
-            return self._put(name, data, IfNoneMatch="*")
-        except FileExistsError:  # s3fs's translation of a failed If-None-Match
-            return None
-        except OSError as exc:
-            # s3fs only translates a 412 naming its condition; a bare 412 means the same.
-            if _is_precondition_failed(exc):
-                return None
-            raise
-
-    def replace(self, name: str, data: bytes, token: str) -> str | None:
-        try:
-            return self._put(name, data, IfMatch=token)
-        except OSError as exc:
-            # A failed If-Match surfaces as a plain OSError: only a 412 is a conflict.
-            if _is_precondition_failed(exc) or _is_missing_key(exc):
-                return None
-            raise
-
-    def list(self, prefix: str) -> list[str]:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
-        names: list[str] = []
-        while True:
-            page = self.fs.call_s3("list_objects_v2", **kwargs)
-            names.extend(str(item["Key"])[len(self.prefix) :] for item in page.get("Contents", []))
-            if not page.get("IsTruncated"):
-                return names
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
-
-
-def _secret_values(options: Mapping[str, Any]) -> list[str]:
-    """String values under secret-looking keys, longest first, to mask in messages."""
-    return sorted({v for v in secret_values(options) if len(v) >= 4}, key=len, reverse=True)
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -478,33 +165,16 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
                 key="watermark.storage_options",
             )
         options = dict(storage_options or {})
-        self._secrets = _secret_values(options)
-        try:
-            fs, root = fsspec.core.url_to_fs(self._url, **options)
-        except (ImportError, ValueError, TypeError, OSError) as exc:
+        self._secrets = secret_values(options, min_length=4)
+        self._backend: ObjectStore = open_store(self._url, options, key="watermark.url")
+        if not self._backend.atomic_conditional_writes:
             raise ConfigError(
-                f"cannot open {redact(self._url)}: {type(exc).__name__}: {self._scrub(str(exc))}",
-                key="watermark.url",
-                hint="Check the URL and storage_options (install s3fs for s3:// URLs)",
-            ) from None
-        root = str(root).rstrip("/") or str(root)
-        self._backend: _Backend
-        if isinstance(fs, LocalFileSystem):
-            self.kind = "local"
-            self._backend = _LocalBackend(root)
-        elif isinstance(fs, MemoryFileSystem):
-            self.kind = "memory"
-            self._backend = _MemoryBackend(fs, root)
-        elif hasattr(fs, "_call_s3") and "s3" in _protocols(fs):
-            self.kind = "s3"
-            self._backend = _S3Backend(fs, root)
-        else:
-            raise ConfigError(
-                f"{redact(self._url)} is on {type(fs).__name__}, which deswm cannot "
-                "compare-and-set on",
+                f"{redact(self._url)} is on {type(self._backend.fs).__name__}, which deswm "
+                "cannot compare-and-set on",
                 key="watermark.url",
                 hint="Use a local folder, s3:// or memory://, or SqlWatermarkStore",
             )
+        self.kind = self._backend.kind
         if actor is None:
             actor = default_actor()
         if not isinstance(actor, str) or not actor or len(actor) > _ACTOR_MAX:
@@ -640,7 +310,7 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
                 return []
             prefix += f"{_segment(pipeline)}/"
         with self._errors("list", prefix):
-            names = self._backend.list(prefix)
+            names = self._backend.walk(prefix)
         found: list[Watermark] = []
         for name in sorted(names):
             if not name.endswith(".json") or any(p.startswith(".") for p in name.split("/")):
@@ -662,7 +332,7 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
         digest = None if key is None else _digest(key)
         prefix = f"{HISTORY}/"
         with self._errors("list", prefix):
-            names = self._backend.list(prefix)
+            names = self._backend.walk(prefix)
         entries: list[tuple[tuple[int, str], str]] = []
         for name in names:
             match = _HISTORY_NAME.match(name[len(prefix) :])
@@ -946,8 +616,3 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
 
     def _scrub(self, text: str) -> str:
         return scrub(redact(text), self._secrets)
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
