@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,7 @@ def test_run_time_stops_at_the_next_bucket_boundary(world: _World) -> None:
 
 
 def test_run_time_must_be_positive(world: _World) -> None:
-    with pytest.raises(ConfigError, match="run.run_time"):
+    with pytest.raises(ConfigError, match=r"run\.run_time"):
         world.orchestrator(run_time=timedelta(0))
 
 
@@ -206,7 +205,7 @@ def _failing_source(world: _World, *calls: int) -> None:
 
 
 @pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff waits of run_forever, recorded instead of slept."""
     recorded: list[float] = []
 
@@ -214,7 +213,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
         recorded.append(seconds)
 
     monkeypatch.setattr("deswm.orchestrator._Stop.wait", wait)
-    yield recorded
+    return recorded
 
 
 def test_run_forever_backs_off_and_gives_up_after_max_failed_cycles(
@@ -286,6 +285,5 @@ def test_run_forever_run_time_ends_it(world: _World) -> None:
 
 
 def test_max_failed_cycles_must_not_be_negative(world: _World) -> None:
-    with pytest.raises(ConfigError, match="run.max_failed_cycles"):
+    with pytest.raises(ConfigError, match=r"run\.max_failed_cycles"):
         world.orchestrator().run_forever(1, handle_signals=False, max_failed_cycles=-1)
-
