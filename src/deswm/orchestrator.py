@@ -546,13 +546,18 @@ class WatermarkOrchestrator:
             yield
             return
 
+        received: list[int] = []
+
         def on_signal(signum: int, _frame: FrameType | None) -> None:
+            # State first, logging after: a second signal may interrupt this handler
+            # (while it writes the log line) and must see the first one counted.
+            received.append(signum)
             name = signal.Signals(signum).name
-            if self._stop.is_set() and self._stop.reason == "signal":
+            if len(received) > 1:
                 log.warning("received %s again; exiting now (nothing is lost)", name)
                 raise SystemExit(128 + signum)
-            log.info("received %s; stopping after the current bucket", name)
             self._stop.set("signal")
+            log.info("received %s; stopping after the current bucket", name)
 
         previous: dict[int, Any] = {}
         try:
