@@ -234,3 +234,51 @@ def test_a_source_page_is_retried_after_a_lost_connection(
     with pytest.raises(SourceError, match="files"):
         source.pending_stats(Window(T0, T0 + DAY))
     engine.dispose()
+
+
+# --- real servers: a connection the server ended -------------------------------------------
+
+
+def _end_other_sessions(engine: sa.Engine) -> int:
+    """Terminate every other session of ``engine``'s user (as a DBA or a failover would)."""
+    killer = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    try:
+        with killer.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                query = (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+                    "AND usename = current_user AND backend_type = 'client backend'"
+                )
+                return len(conn.execute(sa.text(query)).all())
+            mine = conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar_one()
+            database = conn.execute(sa.text("SELECT DATABASE()")).scalar_one()
+            ids = conn.execute(
+                sa.text(
+                    "SELECT id FROM information_schema.processlist WHERE id <> :mine AND db = :db"
+                ),
+                {"mine": mine, "db": database},
+            ).scalars()
+            killed = 0
+            for session in ids:
+                conn.execute(sa.text(f"KILL {int(session)}"))
+                killed += 1
+            return killed
+    finally:
+        killer.dispose()
+
+
+@pytest.mark.parametrize("sql_backend", ["postgresql", "mysql"])
+def test_a_session_ended_by_the_server_is_retried(db_url: str) -> None:
+    # An engine without pre-ping (the caller's own): its pooled connection is dead.
+    engine = sa.create_engine(db_url, pool_size=1, max_overflow=0)
+    try:
+        store = SqlWatermarkStore(engine, actor="tester@sql")
+        current = store.initialize(KEY, T0)
+        assert _end_other_sessions(engine) >= 1
+        assert store.get(KEY) == current
+        _end_other_sessions(engine)
+        moved = store.advance(current, T0 + DAY)
+        assert _versions(store) == [(2, T0 + DAY)] and moved.version == 2
+    finally:
+        engine.dispose()
