@@ -520,3 +520,129 @@ def test_entries_without_checksums_need_allow_unverified(
     assert f"\n{checked} unverified (no checksum" in out
     code, out, _ = run(["verify", "-c", config, "--deep", "--json"], capsys)
     assert json.loads(out)["unverified_count"] == checked
+
+
+# --- ergonomics (issue 11, item 4): the real process ------------------------------------------
+
+
+def _module_env() -> dict[str, str]:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _deswm(*args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m deswm ARGS``; with ``code``, that code runs first in the process."""
+    if code is None:
+        command = [sys.executable, "-m", "deswm", *args]
+    else:
+        run_main = "import sys; from deswm.cli import main; sys.exit(main(sys.argv[1:]))"
+        command = [sys.executable, "-c", f"{code}\n{run_main}", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=_module_env(), check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "-c", "{config}", "-v"],
+        ["-v", "stats", "-c", "{config}"],
+        ["stats", "-q", "-c", "{config}"],
+        ["stats", "-c", "{config}", "--json", "--debug"],
+    ],
+)
+def test_verbosity_flags_work_before_and_after_the_command(demo_dir: Path, args: list[str]) -> None:
+    config = str(demo_dir / "deswm.toml")
+    done = _deswm(*(a.format(config=config) for a in args))
+    assert done.returncode == 0, done.stderr
+    assert "pipeline" in done.stdout
+
+
+def test_a_flag_before_the_command_is_not_reset_by_the_command() -> None:
+    from deswm.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-v", "stats"]).verbose
+    assert parser.parse_args(["stats", "-v"]).verbose
+    assert parser.parse_args(["--debug", "run", "-q"]).debug
+    assert not parser.parse_args(["stats"]).verbose
+
+
+def test_a_closed_stdout_ends_quietly_with_141(demo_dir: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deswm", "stats", "-c", str(demo_dir / "deswm.toml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_module_env(),
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # like `| head` that has read enough before deswm writes
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_a_missing_prometheus_client_names_the_extra(demo_dir: Path) -> None:
+    done = _deswm(
+        "run",
+        "-c",
+        str(demo_dir / "deswm.toml"),
+        "--metrics-port",
+        "0",
+        code="import sys; sys.modules['prometheus_client'] = None",
+    )
+    assert done.returncode == 2
+    assert "pip install 'deswm[prometheus]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_extra_is_a_typed_error() -> None:
+    from deswm._extras import require
+    from deswm.errors import ConfigError, MissingExtraError
+
+    with pytest.raises(MissingExtraError) as caught:
+        require("deswm_no_such_module.sub", extra="nope", feature="A test")
+    assert isinstance(caught.value, ConfigError)
+    assert (caught.value.module, caught.value.extra) == ("deswm_no_such_module", "nope")
+    assert caught.value.hint == "pip install 'deswm[nope]'"
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_prints_a_script(shell: str) -> None:
+    done = _deswm("completion", shell)
+    assert done.returncode == 0, done.stderr
+    assert "deswm" in done.stdout and "--max-buckets" in done.stdout
+
+
+def test_completion_without_shtab_names_the_extra() -> None:
+    done = _deswm("completion", "bash", code="import sys; sys.modules['shtab'] = None")
+    assert done.returncode == 2
+    assert "pip install 'deswm[completion]'" in done.stderr
+
+
+def test_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.toml")
+    plain = _deswm("stats", "-c", missing)
+    assert plain.returncode == 2
+    assert plain.stderr.strip().splitlines() == [
+        f"deswm: configuration error: config file {missing!r} does not exist. pass -c PATH"
+    ]
+    debug = _deswm("stats", "-c", missing, "--debug")
+    assert debug.returncode == 2
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+
+
+def test_an_unexpected_error_is_one_line_with_a_hint(demo_dir: Path) -> None:
+    code = (
+        "import deswm.cli\n"
+        "def boom(args): raise OSError(28, 'No space left on device')\n"
+        "deswm.cli.cmd_stats = boom"
+    )
+    done = _deswm("stats", "-c", str(demo_dir / "deswm.toml"), code=code)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "unexpected OSError" in done.stderr and "--debug" in done.stderr

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import builtins
 import struct
+import sys
 import typing
-from typing import Any
 
 import pytest
 
@@ -111,14 +110,8 @@ def test_an_unknown_codec_id_is_a_corrupt_shard(codec_id: int) -> None:
 
 def test_a_missing_lz4_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     stored = CODECS_BY_NAME["lz4"].compressor(0).compress(PAYLOAD)  # type: ignore[union-attr]
-    real_import = builtins.__import__
-
-    def no_lz4(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("lz4"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_lz4)
+    monkeypatch.setitem(sys.modules, "lz4", None)  # import lz4... raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "lz4.frame", None)
     entry = IndexEntry("a", 8, len(stored), "lz4", len(PAYLOAD), b"")
     with pytest.raises(ConfigError) as info:
         decode_payload(entry, stored, name="x.des")

@@ -22,6 +22,7 @@ from typing import ClassVar, Final, Literal, Protocol
 
 import zstandard
 
+from deswm._extras import require
 from deswm.errors import ConfigError
 
 __all__ = [
@@ -183,14 +184,8 @@ class _Lz4Compressor:
 
 
 def _lz4_frame() -> _Lz4FrameModule:
-    try:
-        import lz4.frame
-    except ImportError:
-        raise ConfigError(
-            "this shard has lz4 entries but the lz4 package is not installed",
-            hint="pip install 'deswm[lz4]'",
-        ) from None
-    return lz4.frame  # type: ignore[no-any-return]
+    frame: _Lz4FrameModule = require("lz4.frame", extra="lz4", feature="lz4 compression")
+    return frame
 
 
 class _Lz4FrameModule(Protocol):

@@ -1,8 +1,12 @@
 """The ``deswm`` command: run cycles, see stats, steer the watermark, read files back.
 
-Exit codes: 0 success, 1 a failure at run time (failed files, conflicts, missing
-entries), 2 a usage or configuration error. Output is text for people, or JSON with
-``--json``. Passwords in URLs are never printed.
+Exit codes: 0 success (a run stopped by SIGTERM/SIGINT, ``--max-buckets`` or
+``--run-time`` at a bucket boundary included), 1 a failure at run time (failed files,
+conflicts, missing entries, ``--interval`` giving up), 2 a usage or configuration error
+(a missing optional package included), 130/143 a second SIGINT/SIGTERM, 141 stdout
+closed early (``deswm stats | head``). Output is text for people, or JSON with
+``--json``. Errors are one line with a hint; ``--debug`` adds tracebacks. Passwords in
+URLs are never printed.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from deswm._extras import require
 from deswm._redact import redact
 from deswm.config import Config, load_config
 from deswm.errors import (
@@ -28,7 +35,7 @@ from deswm.errors import (
     UnplaceableRowError,
     WatermarkMoveRefused,
 )
-from deswm.model import CyclePlan, Watermark, WatermarkMove, Window
+from deswm.model import STOP_REASON_TEXT, CyclePlan, Watermark, WatermarkMove, Window
 from deswm.timeutil import format_utc, parse_timestamp
 
 if TYPE_CHECKING:
@@ -39,6 +46,8 @@ __all__ = ["main"]
 log = logging.getLogger("deswm.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, what a shell reports for a command whose reader went away."""
 
 
 def _version() -> str:
@@ -141,16 +150,34 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(path)
 
 
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Orchestrator options given on the command line (they win over ``[run]``)."""
+    overrides: dict[str, Any] = {}
+    if args.max_buckets is not None:
+        overrides["max_buckets"] = args.max_buckets
+    if args.run_time is not None:
+        overrides["run_time"] = args.run_time
+    return overrides
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    orchestrator = config.build_orchestrator(partition=args.partition, read_only=args.dry_run)
+    orchestrator = config.build_orchestrator(
+        partition=args.partition, read_only=args.dry_run, **_run_overrides(args)
+    )
     if args.dry_run:
         plan = orchestrator.plan()
         _print_json(_plan_dict(plan)) if args.json else _print_plan(plan)
         return EXIT_OK
+    # From here on SIGTERM/SIGINT stop at the next bucket boundary (a second one exits).
+    with orchestrator.stop_on_signals():
+        return _run(args, config, orchestrator)
+
+
+def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrchestrator) -> int:
     observers = list(orchestrator.observers)
     if args.metrics_port is not None:
-        from prometheus_client import start_http_server
+        prometheus = require("prometheus_client", extra="prometheus", feature="--metrics-port")
 
         from deswm.metrics import PrometheusObserver
 
@@ -159,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             engine = getattr(component, "engine", None)
             if engine is not None:
                 metrics.instrument(engine)
-        start_http_server(args.metrics_port)
+        prometheus.start_http_server(args.metrics_port)
         observers.append(metrics)
     if args.progress:
         from deswm.progress import ProgressObserver
@@ -167,7 +194,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         observers.append(ProgressObserver(total=orchestrator.plan().pending.files))
     orchestrator.observers = tuple(observers)
     if args.interval is not None:
-        orchestrator.run_forever(args.interval)
+        failed = args.max_failed_cycles
+        reason = orchestrator.run_forever(
+            args.interval,
+            handle_signals=False,  # installed above
+            max_failed_cycles=config.run.max_failed_cycles if failed is None else failed,
+        )
+        if args.json:
+            _print_json({"stopped": reason})
+        else:
+            print(f"stopped: {STOP_REASON_TEXT[reason]}")
         return EXIT_OK
     try:
         result = orchestrator.run_cycle()
@@ -518,7 +554,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    shtab = require("shtab", extra="completion", feature="Shell completion")
+    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
+_SECONDS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """``--run-time``: seconds, or a number with ``s``, ``m``, ``h`` or ``d``."""
+    match = _DURATION.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive duration (e.g. 900, 90s, 15m, 2h)"
+        )
+    return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not zero or a positive integer")
+    return value
+
+
+def _common_options(default: Any) -> argparse.ArgumentParser:
+    """-v/-q/--debug, accepted before and after the command.
+
+    The sub-commands get them with ``default=SUPPRESS``, so a flag given before the
+    command is not reset by the sub-command's own default (argparse shares the action
+    objects of a parent, hence one parent for the main parser and one for the rest).
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("output")
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging"
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="only warnings and errors",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="debug logging and full tracebacks (errors are one line and a hint otherwise)",
+    )
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -526,18 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deswm",
         description="Archive the files of a huge SQL table into DES shards, "
         "tracked by a watermark.",
+        parents=[_common_options(False)],
     )
+    common = _common_options(argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"deswm {_version()}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
         name: str, help_text: str, func: Callable[[argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         p.set_defaults(func=func)
-        if name != "demo":
+        if name not in ("demo", "completion"):
             p.add_argument("-c", "--config", help="config file (.toml/.yaml); or set DESWM_CONFIG")
         return p
 
@@ -564,6 +667,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="PORT",
         help="serve Prometheus metrics on this port (deswm[prometheus])",
+    )
+    run.add_argument(
+        "--max-buckets",
+        type=_positive_int,
+        metavar="N",
+        help="commit at most N day buckets per cycle (default: run.max_buckets)",
+    )
+    run.add_argument(
+        "--run-time",
+        type=_duration,
+        metavar="DURATION",
+        help="stop at the next bucket boundary after this long, e.g. 900, 15m, 2h "
+        "(default: run.run_time); with --interval it bounds the whole run",
+    )
+    run.add_argument(
+        "--max-failed-cycles",
+        type=_count,
+        metavar="N",
+        help="with --interval: exit 1 after N failed cycles in a row, 0 never "
+        "(default: run.max_failed_cycles)",
     )
     with_output(run)
 
@@ -627,6 +750,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--files", type=int, default=1000, help="number of sample files (default: 1000)"
     )
+
+    completion = command(
+        "completion", "print a shell completion script (deswm[completion])", cmd_completion
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     return parser
 
 
@@ -643,16 +771,30 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Log lines (tracebacks included) with URL secrets and known passwords masked."""
+    """Log lines (tracebacks included) with URL secrets and known passwords masked.
+
+    Without ``tracebacks`` (``--debug``) a record's traceback is left out: one line each.
+    """
+
+    def __init__(self, fmt: str, *, tracebacks: bool) -> None:
+        super().__init__(fmt)
+        self.tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
+        if not self.tracebacks and (record.exc_info or record.exc_text):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
         return redact(super().format(record))
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    verbose = args.verbose or args.debug
+    level = logging.DEBUG if verbose else logging.WARNING if args.quiet else logging.INFO
     handler = _StderrHandler()
-    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _RedactingFormatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s", tracebacks=args.debug
+        )
+    )
     root = logging.getLogger("deswm")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -665,16 +807,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (``deswm stats | head``): nothing more to say to it.
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
-        print(f"deswm: configuration error: {redact(str(exc))}", file=sys.stderr)
+        _report(args, exc, "configuration error: ")
         return EXIT_USAGE
     except DeswmError as exc:
-        print(f"deswm: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        _report(args, exc, f"{type(exc).__name__}: ")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("deswm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an unexpected OS error: still one line by default
+        _report(args, exc, f"unexpected {type(exc).__name__}: ", hint="--debug shows where")
+        return EXIT_FAILURE
+
+
+def _report(
+    args: argparse.Namespace, exc: BaseException, prefix: str, *, hint: str | None = None
+) -> None:
+    """An error as one line on stderr (``--debug``: with its traceback first)."""
+    if args.debug:
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    line = " ".join(redact(str(exc)).split())
+    suffix = f" ({hint})" if hint and not args.debug else ""
+    print(f"deswm: {prefix}{line}{suffix}", file=sys.stderr)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null so flushing it again at exit cannot fail (the recipe of
+    the Python docs for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,7 @@ import attrs
 from deswm import _defaults as defaults
 from deswm._codecs import WritableCodec
 from deswm._defaults import DEFAULT_LOCK_TIMEOUT
+from deswm._extras import require
 from deswm._redact import redact_url, remember
 from deswm.errors import ConfigError
 from deswm.model import Partition
@@ -237,6 +238,8 @@ class RunSettings:
     partitions: int = 1
     partition: int = 0
     max_buckets: int | None = _bounded(None, 1, 10_000_000)
+    run_time: float | None = _bounded(None, 1, _YEAR)
+    max_failed_cycles: int = _bounded(5, 0, 1_000_000)
 
 
 _SECTIONS: dict[str, type] = {
@@ -558,6 +561,7 @@ class Config:
             "error_store": self.build_error_store(store_engine),
             "max_failure_ratio": self.run.max_failure_ratio,
             "max_buckets": self.run.max_buckets,
+            "run_time": None if self.run.run_time is None else timedelta(seconds=self.run.run_time),
         }
         options.update(overrides)
         store = self.build_store(store_engine)
@@ -624,12 +628,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: invalid TOML: {exc}") from None
     elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(
-                "YAML config files need PyYAML", hint="pip install 'deswm[yaml]' or use TOML"
-            ) from None
+        yaml = require("yaml", extra="yaml", feature="A YAML config file (or use TOML)")
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -6,6 +6,7 @@ next, so an operator reading a log line can act on it without the source code::
     DeswmError
     ├── ConfigError                 a setting is missing, unknown or invalid
     │   ├── NaiveDatetimeError      a datetime without a timezone where UTC is required
+    │   ├── MissingExtraError       an optional package is not installed (names the extra)
     │   └── WatermarkMoveRefused    a manual watermark move skips rows or passes the target
     ├── SourceError                 the source table could not be read
     │   └── BadRowError             one row cannot be archived (NULL created_at, bad uid, ...)
@@ -57,6 +58,7 @@ __all__ = [
     "FileMissingError",
     "FileReadError",
     "LocationOutsideRootError",
+    "MissingExtraError",
     "NaiveDatetimeError",
     "NotArchivedError",
     "ObjectChangedError",
@@ -106,6 +108,26 @@ class NaiveDatetimeError(ConfigError, ValueError):
             key=None,
             hint="Pass an aware datetime, e.g. datetime(..., tzinfo=timezone.utc)",
         )
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional package a feature needs is not installed.
+
+    ``module`` is the missing import and ``extra`` the deswm extra that installs it; the
+    hint is the command: ``pip install 'deswm[extra]'``.
+    """
+
+    def __init__(self, feature: str, *, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        ConfigError.__init__(
+            self,
+            f"{feature} needs the {module} package, which is not installed",
+            hint=f"pip install 'deswm[{extra}]'",
+        )
+
+    def __str__(self) -> str:  # ImportError would otherwise show only the first argument
+        return Exception.__str__(self)
 
 
 class SourceError(DeswmError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from deswm.errors import ConfigError
+from deswm._extras import require
 from deswm.model import BucketResult, CycleResult, Watermark, WatermarkKey, Window
 from deswm.orchestrator import CycleObserver
 
@@ -28,14 +28,7 @@ __all__ = ["PrometheusObserver", "instrument_engine"]
 
 
 def _client() -> Any:
-    try:
-        import prometheus_client
-    except ImportError:
-        raise ConfigError(
-            "Prometheus metrics need prometheus_client",
-            hint="pip install 'deswm[prometheus]'",
-        ) from None
-    return prometheus_client
+    return require("prometheus_client", extra="prometheus", feature="Prometheus metrics")
 
 
 class _Metrics:

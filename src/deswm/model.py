@@ -7,6 +7,7 @@ the orchestrator all speak the same vocabulary. All datetimes are aware UTC.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Final, Literal
 
 import attrs
 
@@ -30,6 +31,7 @@ __all__ = [
     "RetryResult",
     "ShardKey",
     "SourceRecord",
+    "StopReason",
     "Watermark",
     "WatermarkChange",
     "WatermarkKey",
@@ -39,6 +41,21 @@ __all__ = [
 
 DEFAULT_STAGE = "archived"
 """The stage whose watermark says "every row below it is packed and published"."""
+
+StopReason = Literal["finished", "requested", "signal", "cancelled", "max-buckets", "run-time"]
+"""Why a cycle ended without error: ``"finished"`` the whole window is done; otherwise it
+stopped at a bucket boundary with the rest left for the next cycle: ``request_stop()``,
+SIGTERM/SIGINT, ``arun_cycle()`` cancelled, ``max_buckets`` or ``run_time`` reached."""
+
+STOP_REASON_TEXT: Final[dict[str, str]] = {
+    "finished": "window finished",
+    "requested": "stop requested",
+    "signal": "signal received",
+    "cancelled": "cancelled",
+    "max-buckets": "max-buckets reached",
+    "run-time": "run-time reached",
+}
+"""How the exit summary words each :data:`StopReason` (``stopped: run-time reached``)."""
 
 
 def _is_aware_utc(_: object, attribute: attrs.Attribute[datetime], value: datetime) -> None:
@@ -325,11 +342,17 @@ class CycleResult:
     buckets_committed: int = 0
     failures: tuple[FileFailure, ...] = ()
     duration: timedelta = timedelta(0)
-    stopped_early: bool = False
+    stopped: StopReason = "finished"
+    """Why the cycle ended; anything but ``"finished"`` left buckets for the next one."""
 
     @property
     def advanced(self) -> bool:
         return self.watermark_after > self.watermark_before
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the cycle stopped at a bucket boundary before the end of its window."""
+        return self.stopped != "finished"
 
     def summary(self) -> str:
         return (
@@ -338,6 +361,7 @@ class CycleResult:
             f"{self.shards_written} shards, {self.buckets_committed} buckets committed, "
             f"{len(self.failures)} failures, watermark {format_utc(self.watermark_before)} -> "
             f"{format_utc(self.watermark_after)} in {self.duration.total_seconds():.2f}s"
+            f"; stopped: {STOP_REASON_TEXT[self.stopped]}"
         )
 
 

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
+import tenacity
 
 from deswm._checkpoints import reach
 from deswm._defaults import LAG_DAYS, MAX_FAILURE_RATIO, ON_ERROR
@@ -50,6 +51,7 @@ from deswm.model import (
     PendingStats,
     RetryResult,
     SourceRecord,
+    StopReason,
     Watermark,
     WatermarkKey,
     WatermarkMove,
@@ -73,6 +75,10 @@ log = logging.getLogger("deswm.orchestrator")
 
 OnError = Literal["stop", "record"]
 DEFAULT_INITIAL_AGE = timedelta(days=30)
+DEFAULT_MAX_FAILED_CYCLES = 5
+"""Consecutive failed cycles after which :meth:`WatermarkOrchestrator.run_forever` gives up."""
+DEFAULT_MAX_BACKOFF = 3600.0
+"""The longest wait (seconds) between failed cycles, unless the interval is longer."""
 
 
 def utc_now() -> datetime:
@@ -100,6 +106,61 @@ class CycleObserver:
 
     def cycle_finished(self, result: CycleResult) -> None:
         """A cycle ended without raising."""
+
+
+class _Stop:
+    """A stop request and its reason: set from any thread, checked at bucket boundaries."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: StopReason = "requested"
+
+    def set(self, reason: StopReason = "requested") -> None:
+        if not self.event.is_set():
+            self.reason = reason
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, seconds: float) -> None:
+        self.event.wait(seconds)
+
+    def clear(self) -> None:
+        self.event.clear()
+        self.reason = "requested"
+
+
+class _StopOnCancel(asyncio.Future[CycleResult]):
+    """What :meth:`WatermarkOrchestrator.arun_cycle` awaits: ``inner``'s outcome, and a
+    ``cancel()`` that sets the cycle's stop flag before it returns.
+
+    ``Task.cancel()`` calls ``cancel()`` on the future the task waits for synchronously,
+    so the worker thread sees the stop flag from that moment on. Setting it later, when
+    the task handles its ``CancelledError`` at a turn of the event loop, let the worker
+    commit one more bucket in between on a busy machine.
+    """
+
+    def __init__(
+        self, inner: asyncio.Future[CycleResult], stop: _Stop, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(loop=loop)
+        self._stop = stop
+        inner.add_done_callback(self._copy)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        self._stop.set("cancelled")
+        return super().cancel(msg=msg)
+
+    def _copy(self, inner: asyncio.Future[CycleResult]) -> None:
+        if self.done():
+            return
+        if inner.cancelled():
+            super().cancel()
+        elif (error := inner.exception()) is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(inner.result())
 
 
 @attrs.define
@@ -137,6 +198,8 @@ class WatermarkOrchestrator:
             mode before the bucket is refused (nothing committed for it).
         clock: returns the current aware time; injectable for tests.
         max_buckets: commit at most this many buckets per cycle (``None``: all).
+        run_time: stop at the first bucket boundary after a cycle (or
+            :meth:`run_forever`) has run this long (``None``: no limit).
         observers: hooks for metrics and progress.
     """
 
@@ -159,6 +222,7 @@ class WatermarkOrchestrator:
         max_buckets: int | None = None,
         observers: tuple[CycleObserver, ...] | list[CycleObserver] = (),
         stage: str = DEFAULT_STAGE,
+        run_time: timedelta | None = None,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
             raise ConfigError("must be a non-empty string", key="watermark.pipeline")
@@ -182,6 +246,10 @@ class WatermarkOrchestrator:
             )
         if max_buckets is not None and max_buckets < 1:
             raise ConfigError(f"must be at least 1, got {max_buckets}", key="run.max_buckets")
+        if run_time is not None and (
+            not isinstance(run_time, timedelta) or run_time <= timedelta(0)
+        ):
+            raise ConfigError(f"must be a positive duration, got {run_time!r}", key="run.run_time")
         self.store = store
         self.source = source
         self.reader = reader
@@ -203,8 +271,9 @@ class WatermarkOrchestrator:
         self.max_failure_ratio = max_failure_ratio
         self.clock = clock
         self.max_buckets = max_buckets
+        self.run_time = run_time
         self.observers = tuple(observers)
-        self._stop = threading.Event()
+        self._stop = _Stop()
 
     def __repr__(self) -> str:
         return (
@@ -339,27 +408,35 @@ class WatermarkOrchestrator:
         committed) and :class:`~deswm.errors.WatermarkConflict` when another runner
         moved the watermark.
         """
-        return self._run_cycle(self._stop)
+        return self._run_cycle(self._stop, self._deadline())
 
     async def arun_cycle(self) -> CycleResult:
         """:meth:`run_cycle` for asyncio hosts, on a worker thread.
 
         Cancelling the task stops the cycle at the next bucket boundary (what was
-        committed stays committed) and then re-raises the cancellation.
+        committed stays committed; no bucket is started after the cancellation) and
+        then re-raises the cancellation.
         """
-        stop = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(None, self._run_cycle, stop)
+        stop = _Stop()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._run_cycle, stop, self._deadline())
         try:
-            return await asyncio.shield(future)
+            return await _StopOnCancel(future, stop, loop)
         except asyncio.CancelledError:
-            stop.set()
+            stop.set("cancelled")
             with contextlib.suppress(Exception):
                 await future
             raise
 
     def request_stop(self) -> None:
         """Ask a running cycle or :meth:`run_forever` to stop at the next bucket boundary."""
-        self._stop.set()
+        self._stop.set("requested")
+
+    def _deadline(self) -> float | None:
+        """The ``time.monotonic()`` after which no bucket starts (``run_time``), or None."""
+        if self.run_time is None:
+            return None
+        return time.monotonic() + self.run_time.total_seconds()
 
     def run_forever(
         self,
@@ -367,51 +444,137 @@ class WatermarkOrchestrator:
         *,
         handle_signals: bool = True,
         max_cycles: int | None = None,
-    ) -> None:
+        max_failed_cycles: int | None = DEFAULT_MAX_FAILED_CYCLES,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+    ) -> StopReason:
         """Run cycles every ``interval`` seconds until SIGTERM/SIGINT or :meth:`request_stop`.
 
-        A signal lets the current bucket finish and commit, then returns. A cycle that
-        fails with a :class:`~deswm.errors.DeswmError` (other than a configuration
-        error) is logged and retried after the interval.
+        A signal lets the current bucket finish and commit, then returns (a second one
+        exits at once, see :meth:`stop_on_signals`); so does ``run_time``, counted from
+        this call. A cycle that fails with a :class:`~deswm.errors.DeswmError` (other
+        than a configuration error) is logged in one line (the traceback at DEBUG) and
+        tried again after an exponential backoff: ``interval`` (at least 1 s), doubled
+        per failure up to ``max(max_backoff, interval)``. After ``max_failed_cycles``
+        failures in a row (``None`` or 0: never) the last error is raised.
+
+        Returns why it stopped: ``"signal"``, ``"requested"``, ``"run-time"``, or
+        ``"finished"`` after ``max_cycles`` cycles.
         """
         if interval < 0:
             raise ConfigError(f"must be zero or positive, got {interval}", key="run.interval")
+        if max_failed_cycles is not None and max_failed_cycles < 0:
+            raise ConfigError(
+                f"must be zero (never) or positive, got {max_failed_cycles}",
+                key="run.max_failed_cycles",
+            )
         self._stop.clear()
-        restore = self._install_signal_handlers() if handle_signals else {}
-        try:
+        deadline = self._deadline()
+        signals = self.stop_on_signals() if handle_signals else contextlib.nullcontext()
+        with signals:
             cycles = 0
             while not self._stop.is_set():
-                try:
-                    self._run_cycle(self._stop)
-                except ConfigError:
-                    raise
-                except DeswmError:
-                    log.exception("cycle for %s failed; retrying in %ss", self.key, interval)
-                cycles += 1
-                if max_cycles is not None and cycles >= max_cycles:
+                if not self._cycle_with_retries(interval, max_failed_cycles, max_backoff, deadline):
                     break
-                self._stop.wait(interval)
-        finally:
-            for signum, handler in restore.items():
-                signal.signal(signum, handler)
+                cycles += 1
+                if deadline is not None and time.monotonic() >= deadline:
+                    return "run-time"
+                if max_cycles is not None and cycles >= max_cycles:
+                    return "finished"
+                wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+                self._stop.wait(max(wait, 0.0))
+        return self._stop.reason
 
-    def _install_signal_handlers(self) -> dict[int, signal._HANDLER]:
+    def _cycle_with_retries(
+        self,
+        interval: float,
+        max_failed_cycles: int | None,
+        max_backoff: float,
+        deadline: float | None,
+    ) -> bool:
+        """One cycle, tried again with backoff while it fails; False if stopped meanwhile."""
+        base = max(interval, 1.0)
+        stop: tenacity.stop.stop_base = tenacity.stop_when_event_set(self._stop.event)
+        if max_failed_cycles:
+            stop = stop | tenacity.stop_after_attempt(max_failed_cycles)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, DeswmError) and not isinstance(exc, ConfigError)
+            ),
+            stop=stop,
+            wait=tenacity.wait_exponential(multiplier=base, max=max(max_backoff, base)),
+            sleep=self._stop.wait,
+            before_sleep=self._failed_cycle,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._run_cycle(self._stop, deadline)
+        except DeswmError as exc:
+            if isinstance(exc, ConfigError) or not self._stop.is_set():
+                failed = retrying.statistics.get("attempt_number", 1)
+                log.error(
+                    "cycle for %s failed %d time(s) in a row; giving up: %s",
+                    self.key,
+                    failed,
+                    _one_line(exc),
+                )
+                raise
+            return False  # stopped while failing; the failure was logged
+        return True
+
+    def _failed_cycle(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.error(
+            "cycle for %s failed (%d in a row): %s; next try in %.0f s",
+            self.key,
+            state.attempt_number,
+            _one_line(error),
+            wait,
+        )
+        log.debug("the failed cycle's traceback", exc_info=error)
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """While inside: SIGTERM or SIGINT stops the cycle at the next bucket boundary.
+
+        What is published is committed and the cycle returns normally (``stopped ==
+        "signal"``). A second signal raises ``SystemExit(128 + signum)`` at once (143 for
+        SIGTERM, 130 for SIGINT); that is safe too, since the watermark only moves
+        after a bucket is published. Outside the main thread this does nothing (Python
+        delivers signals there only).
+        """
         if threading.current_thread() is not threading.main_thread():
-            return {}
+            yield
+            return
+
+        received: list[int] = []
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s; stopping after the current bucket", signal.Signals(signum).name)
-            self._stop.set()
+            # State first, logging after: a second signal may interrupt this handler
+            # (while it writes the log line) and must see the first one counted.
+            received.append(signum)
+            name = signal.Signals(signum).name
+            if len(received) > 1:
+                log.warning("received %s again; exiting now (nothing is lost)", name)
+                raise SystemExit(128 + signum)
+            self._stop.set("signal")
+            log.info("received %s; stopping after the current bucket", name)
 
-        previous: dict[int, signal._HANDLER] = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, on_signal)
-        return previous
+        previous: dict[int, Any] = {}
+        try:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                previous[number] = signal.getsignal(number)
+                signal.signal(number, on_signal)
+            yield
+        finally:
+            for restored, handler in previous.items():
+                signal.signal(restored, handler)
 
     # --- the cycle ----------------------------------------------------------------------
 
-    def _run_cycle(self, stop: threading.Event) -> CycleResult:
+    def _run_cycle(self, stop: _Stop, deadline: float | None) -> CycleResult:
         started = time.monotonic()
         now = self._now()
         watermark = self._load(now)
@@ -427,12 +590,14 @@ class WatermarkOrchestrator:
         start = self.router.bucket_start(before)
         window = Window(min(start, target), target)
         totals = _Totals()
-        stopped = False
+        stopped: StopReason = "finished"
         reach("cycle.started")
         if not window.empty:
             for observer in self.observers:
                 observer.cycle_started(self.key, window)
-            watermark, stopped = self._archive(window, before, watermark, totals, stop, started)
+            watermark, stopped = self._archive(
+                window, before, watermark, totals, (stop, deadline), started
+            )
         result = self._result(window, before, watermark, totals, started, stopped=stopped)
         log.info("cycle done: %s", result.summary())
         for observer in self.observers:
@@ -447,7 +612,7 @@ class WatermarkOrchestrator:
         totals: _Totals,
         started: float,
         *,
-        stopped: bool = False,
+        stopped: StopReason = "finished",
         failures: tuple[FileFailure, ...] | None = None,
     ) -> CycleResult:
         return CycleResult(
@@ -463,7 +628,7 @@ class WatermarkOrchestrator:
             buckets_committed=totals.buckets,
             failures=tuple(totals.failures) if failures is None else failures,
             duration=timedelta(seconds=time.monotonic() - started),
-            stopped_early=stopped,
+            stopped=stopped,
         )
 
     def _owned(self, window: Window) -> Iterator[SourceRecord]:
@@ -495,10 +660,10 @@ class WatermarkOrchestrator:
         before: datetime,
         watermark: Watermark,
         totals: _Totals,
-        stop: threading.Event,
+        until: tuple[_Stop, float | None],
         started: float,
-    ) -> tuple[Watermark, bool]:
-        """Stream the window bucket by bucket; return the last watermark and if stopped."""
+    ) -> tuple[Watermark, StopReason]:
+        """Stream the window bucket by bucket; return the last watermark and why it ended."""
         rows = _RowCounter(self._owned(window), self.router)
         results = self.reader.read_many(rows)
         accounted = 0  # rows of committed buckets: archived, kept or listed
@@ -507,10 +672,9 @@ class WatermarkOrchestrator:
             if pending is None:
                 self._check_count(rows, window.end, accounted, None, None)
             while pending is not None:
-                if stop.is_set() or (
-                    self.max_buckets is not None and totals.buckets >= self.max_buckets
-                ):
-                    return watermark, stop.is_set()
+                stopped = self._stop_reason(until, totals)
+                if stopped is not None:
+                    return watermark, stopped
                 bucket = self.router.bucket_start(pending[0].created_at)
                 outcome = self._pack_bucket(bucket, pending, items, totals)
                 pending = outcome.next_item
@@ -542,7 +706,18 @@ class WatermarkOrchestrator:
             if watermark.position < window.end:
                 # The rest of the window holds no rows for this partition.
                 watermark = self.store.advance(watermark, window.end)
-        return watermark, False
+        return watermark, "finished"
+
+    def _stop_reason(self, until: tuple[_Stop, float | None], totals: _Totals) -> StopReason | None:
+        """Why no further bucket may start now, or None (checked at each bucket boundary)."""
+        stop, deadline = until
+        if stop.is_set():
+            return stop.reason
+        if self.max_buckets is not None and totals.buckets >= self.max_buckets:
+            return "max-buckets"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "run-time"
+        return None
 
     def _check_count(
         self,
@@ -734,6 +909,14 @@ class WatermarkOrchestrator:
                 return done, failed, 0
             result = writer.publish()
         return done, failed, len(result.shards)
+
+
+def _one_line(error: BaseException | None) -> str:
+    """``Type: message`` of ``error`` on one line (the log line of a failed cycle)."""
+    if error is None:
+        return "unknown error"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"
 
 
 @attrs.frozen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deswm.errors import ConfigError
+from deswm._extras import require
 from deswm.model import BucketResult, CycleResult, SourceRecord, Watermark, WatermarkKey, Window
 from deswm.orchestrator import CycleObserver
 
@@ -21,13 +21,7 @@ class ProgressObserver(CycleObserver):
     """
 
     def __init__(self, total: int | None = None, **tqdm_options: Any) -> None:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            raise ConfigError(
-                "progress bars need tqdm", hint="pip install 'deswm[progress]'"
-            ) from None
-        self._tqdm = tqdm
+        self._tqdm = require("tqdm.auto", extra="progress", feature="A progress bar").tqdm
         self.total = total
         self.options = {"unit": "file", "dynamic_ncols": True, **tqdm_options}
         self.bar: Any = None

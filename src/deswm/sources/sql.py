@@ -39,7 +39,7 @@ from deswm._checkpoints import reach
 from deswm._defaults import CREATED_AT_COLUMN, LOCATION_COLUMN, PAGE_SIZE, SIZE_COLUMN, UID_COLUMN
 from deswm._engines import engine_from
 from deswm._redact import redact_url
-from deswm._sql.errors import db_errors
+from deswm._sql.errors import db_errors, transient_retries
 from deswm._sql.timecols import MYSQL_FAMILY, TimeKind, time_kind, utc_session
 from deswm.container import MAX_UID_BYTES
 from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
@@ -262,8 +262,10 @@ class SqlSourceProvider:
             .where(self._window_clause(cols, window))
         )
         query = self.filter_query(query)
-        with self._db_errors("computing pending stats"), self._connection(cols) as conn:
-            files, size, oldest, newest = conn.execute(query).one()
+        with self._db_errors("computing pending stats"):
+            for attempt in transient_retries("computing pending stats"):
+                with attempt, self._connection(cols) as conn:
+                    files, size, oldest, newest = conn.execute(query).one()
         return PendingStats(
             window=window,
             files=int(files),
@@ -338,8 +340,10 @@ class SqlSourceProvider:
         query = sa.select(cols.uid, self._stored_text(cols)).select_from(cols.table)
         query = self.filter_query(query.where(self._unplaceable_clause(cols)))
         query = query.order_by(cols.uid).limit(limit + 1)
-        with self._db_errors("looking for unplaceable created_at"), self._connection(cols) as conn:
-            found = conn.execute(query).all()
+        with self._db_errors("looking for unplaceable created_at"):
+            for attempt in transient_retries("looking for unplaceable created_at"):
+                with attempt, self._connection(cols) as conn:
+                    found = conn.execute(query).all()
         if not found:
             return
         rows = [
@@ -623,27 +627,36 @@ class SqlSourceProvider:
         return self.engine.dialect.name == "sqlite"
 
     def _page(self, cols: _Columns, query: AnySelect) -> Generator[Sequence[Any], None, None]:
+        # A transient failure (lost connection, deadlock) is retried until the first row
+        # is handed out; a stream that breaks later raises (its rows were used already).
         with self._db_errors("reading a page of rows"):
             if self._buffered:
                 # Fetch everything, release the connection, then yield: an open SQLite
                 # read statement would block the watermark write of another connection.
-                with self._connection(cols) as conn:
-                    try:
-                        rows = conn.execute(query).fetchall()
-                    except sa.exc.OperationalError as exc:
-                        if "decode" not in str(exc.orig):
-                            raise
-                        rows = _fetch_keeping_undecodable_text(conn, query)
+                for attempt in transient_retries("reading a page of rows"):
+                    with attempt, self._connection(cols) as conn:
+                        try:
+                            rows = conn.execute(query).fetchall()
+                        except sa.exc.OperationalError as exc:
+                            if "decode" not in str(exc.orig):
+                                raise
+                            rows = _fetch_keeping_undecodable_text(conn, query)
                 yield from rows
                 return
-            with self._connection(cols) as conn:
-                # One fetch per page: the page bounds memory already, and every fetch of
-                # a server-side cursor is a round trip (measured on PostgreSQL: 100,000
-                # rows in fetches of 1,000 spent 0.22 s fetching, in one of 10,000 0.15 s).
-                streaming = conn.execution_options(stream_results=True, yield_per=self.page_size)
-                result = streaming.execute(query)
-                with contextlib.closing(result):
-                    yield from result
+            with contextlib.ExitStack() as stack:
+                for attempt in transient_retries("reading a page of rows"):
+                    with attempt:
+                        stack.close()  # the connection of a failed try
+                        conn = stack.enter_context(self._connection(cols))
+                        # One fetch per page: the page bounds memory already, and every
+                        # fetch of a server-side cursor is a round trip (measured on
+                        # PostgreSQL: 100,000 rows in fetches of 1,000 spent 0.22 s
+                        # fetching, in one of 10,000 0.15 s).
+                        streaming = conn.execution_options(
+                            stream_results=True, yield_per=self.page_size
+                        )
+                        result = stack.enter_context(contextlib.closing(streaming.execute(query)))
+                yield from result
 
     def _sample_uids(self, cols: _Columns, query: AnySelect, limit: int, action: str) -> list[str]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from deswm._checkpoints import reach
 from deswm._defaults import default_actor
 from deswm._sql.engines import EngineOwner
-from deswm._sql.errors import db_errors
+from deswm._sql.errors import db_errors, is_transient, transient_retries
 from deswm._sql.names import check_name
 from deswm._sql.schema import LazyTables, history_change, history_row, history_table, key_string
 from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
@@ -46,10 +46,6 @@ STAGE_MAX: Final = 64
 ACTOR_MAX: Final = 255
 
 _SET_ATTEMPTS: Final = 10
-# Serialization failure and deadlock (PostgreSQL SQLSTATE), deadlock (MySQL errno):
-# the database aborted one of two concurrent writers, so trying again is correct.
-_RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
-_MYSQL_DEADLOCK: Final = 1213
 
 
 def _watermark_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
@@ -123,15 +119,9 @@ def _to_change(row: sa.RowMapping) -> WatermarkChange:
 
 
 def _is_write_race(exc: sa.exc.DBAPIError) -> bool:
-    """Whether ``exc`` means a concurrent writer got in first (worth one more try)."""
-    if isinstance(exc, sa.exc.IntegrityError):
-        return True
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in _RETRY_SQLSTATES:
-        return True
-    args: tuple[Any, ...] = getattr(orig, "args", ())
-    return bool(args) and args[0] == _MYSQL_DEADLOCK
+    """Whether ``exc`` means a concurrent writer got in first, or the database aborted
+    the transaction (deadlock, serialization failure): worth one more try."""
+    return isinstance(exc, sa.exc.IntegrityError) or is_transient(exc)
 
 
 def retry_write_races(once: Callable[[], Watermark | None], failed: str, *, hint: str) -> Watermark:
@@ -317,7 +307,6 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
         ``"missing"``) when the row is not at ``current.version`` any more.
         """
         self._ensure_tables()
-        table = self._table
         updated = attrs.evolve(
             current,
             position=position,
@@ -325,7 +314,24 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
             updated_at=_now(),
             updated_by=self._actor,
         )
-        with self._db_errors(f"advance watermark {current.key}"), self._engine.begin() as conn:
+        with self._db_errors(f"advance watermark {current.key}"):
+            for attempt in transient_retries(f"advance watermark {current.key}"):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1 and self._wrote(updated):
+                        # The try before committed, then lost its connection: done
+                        # already. Applying it again would be a conflict with ourselves.
+                        return updated
+                    actual = self._compare_and_set(current, updated)
+                    if actual is None:
+                        reach("store.advance.after_commit")
+                        return updated
+        raise WatermarkConflict(current.key, current.version, actual)
+
+    def _compare_and_set(self, current: Watermark, updated: Watermark) -> int | str | None:
+        """One UPDATE from ``current`` to ``updated``: None if it was written, else the
+        version found instead (``"missing"`` when the row is gone)."""
+        table = self._table
+        with self._engine.begin() as conn:
             result = conn.execute(
                 sa.update(table)
                 .where(_key_clause(table, current.key), table.c.version == current.version)
@@ -338,17 +344,20 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
             )
             if result.rowcount == 1:
                 reach("store.advance.in_transaction")
-                committed = True
-            else:
-                committed = False
-                actual = conn.execute(
-                    sa.select(table.c.version).where(_key_clause(table, current.key))
-                ).scalar_one_or_none()
-        if committed:
-            reach("store.advance.after_commit")
-            return updated
-        raise WatermarkConflict(
-            current.key, current.version, "missing" if actual is None else int(actual)
+                return None
+            actual = conn.execute(
+                sa.select(table.c.version).where(_key_clause(table, current.key))
+            ).scalar_one_or_none()
+        return "missing" if actual is None else int(actual)
+
+    def _wrote(self, updated: Watermark) -> bool:
+        """Whether the stored row is exactly ``updated``: this store's write committed."""
+        stored = self._read(updated.key)
+        return (
+            stored is not None
+            and stored.version == updated.version
+            and stored.position == updated.position
+            and stored.updated_by == updated.updated_by
         )
 
     def _set_watermark(self, key: WatermarkKey, position: datetime, reason: str) -> Watermark:
@@ -410,8 +419,9 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
 
     def _read(self, key: WatermarkKey) -> Watermark | None:
         query = sa.select(self._table).where(_key_clause(self._table, key))
-        with self._engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+        for attempt in transient_retries(f"read watermark {key}"):
+            with attempt, self._engine.connect() as conn:
+                row = conn.execute(query).mappings().first()
         return None if row is None else _to_watermark(row)
 
     def _set_once(
