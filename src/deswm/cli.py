@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from deswm._humanize import human_bytes, human_count, human_duration, human_time
 from deswm._redact import redact
 from deswm.config import Config, load_config
 from deswm.errors import (
@@ -84,19 +85,10 @@ def _watermark_dict(watermark: Watermark) -> dict[str, Any]:
         "position": format_utc(watermark.position),
         "version": watermark.version,
         "partitions": watermark.partitions,
-        "lag_seconds": watermark.lag.total_seconds() if watermark.lag is not None else None,
+        "delay_seconds": watermark.lag.total_seconds() if watermark.lag is not None else None,
         "updated_at": format_utc(watermark.updated_at) if watermark.updated_at else None,
         "updated_by": watermark.updated_by,
     }
-
-
-def _human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
-        size /= 1024
-    return f"{count} B"  # pragma: no cover
 
 
 def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
@@ -107,7 +99,8 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
         "watermark": format_utc(plan.watermark),
         "initialised": plan.initialised,
         "target": format_utc(plan.target),
-        "lag_behind_seconds": plan.lag_behind.total_seconds(),
+        "delay_seconds": plan.delay.total_seconds() if plan.delay is not None else None,
+        "behind_seconds": plan.behind.total_seconds(),
         "window": {"start": format_utc(plan.window.start), "end": format_utc(plan.window.end)},
         "pending_files": plan.pending.files,
         "pending_bytes": plan.pending.bytes,
@@ -117,18 +110,7 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
 
 
 def _print_plan(plan: CyclePlan) -> None:
-    state = "" if plan.initialised else " (not initialised yet: first run starts here)"
-    print(f"pipeline:      {plan.key}")
-    print(f"watermark:     {format_utc(plan.watermark)}{state}")
-    print(f"target:        {format_utc(plan.target)}")
-    print(f"lag behind:    {plan.lag_behind}")
-    print(f"window:        {plan.window}")
-    print(f"pending:       {plan.pending.files} files, {_human_bytes(plan.pending.bytes)}")
-    if plan.pending.oldest:
-        print(
-            f"oldest/newest: {format_utc(plan.pending.oldest)} / "
-            f"{format_utc(plan.pending.newest or plan.pending.oldest)}"
-        )
+    print(plan)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -146,7 +128,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     orchestrator = config.build_orchestrator(partition=args.partition, read_only=args.dry_run)
     if args.dry_run:
         plan = orchestrator.plan()
-        _print_json(_plan_dict(plan)) if args.json else _print_plan(plan)
+        if args.json:
+            _print_json(_plan_dict(plan))
+        else:
+            _print_plan(plan)
         return EXIT_OK
     observers = list(orchestrator.observers)
     if args.metrics_port is not None:
@@ -178,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(result.summary())
+        print(result)
     return EXIT_OK
 
 
@@ -242,7 +227,7 @@ def cmd_watermark(args: argparse.Namespace) -> int:
             _print_json([_watermark_dict(w) for w in marks])
         else:
             for mark in marks:
-                print(f"{mark.key}  {format_utc(mark.position)}  version {mark.version}")
+                print(f"{mark.key}  {human_time(mark.position)}  version {mark.version}")
             if not marks:
                 table = " (the watermark table is " + _NOT_CREATED + ")"
                 print("no watermarks stored yet" + (table if _missing_table(store) else ""))
@@ -253,11 +238,10 @@ def cmd_watermark(args: argparse.Namespace) -> int:
             _print_json(list(changes))
         else:
             for change in changes:
-                before = format_utc(change.previous) if change.previous else "-"
-                after = format_utc(change.position) if change.position else "-"
                 print(
-                    f"{format_utc(change.changed_at)}  {change.actor}  "
-                    f"{before} -> {after}  {change.reason}"
+                    f"{human_time(change.changed_at)}  {change.actor}  "
+                    f"{human_time(change.previous)} -> {human_time(change.position)}  "
+                    f"{change.reason}"
                 )
         return EXIT_OK
     if action == "get":
@@ -266,7 +250,7 @@ def cmd_watermark(args: argparse.Namespace) -> int:
             # Only read: nothing is created (the first `deswm run` initialises it).
             message = (
                 f"pipeline {key.pipeline!r} has no watermark ({key}): {_NOT_CREATED}, "
-                f"starting at {format_utc(orchestrator.initial_position())}"
+                f"starting at {human_time(orchestrator.initial_position())}"
             )
             if args.json:
                 _print_json(
@@ -284,7 +268,8 @@ def cmd_watermark(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(_watermark_dict(current))
         else:
-            print(f"{key}: {format_utc(current.position)} (version {current.version})")
+            delay = f", delay {human_duration(current.lag)}" if current.lag is not None else ""
+            print(f"{key}: {human_time(current.position)} (version {current.version}{delay})")
         return EXIT_OK
     reason = args.reason or f"deswm watermark {action}"
     try:
@@ -297,8 +282,8 @@ def cmd_watermark(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_watermark_dict(updated))
     else:
-        before = format_utc(move.previous.position) if move.previous else "(unset)"
-        print(f"{key}: {before} -> {format_utc(updated.position)} (version {updated.version})")
+        before = human_time(move.previous.position) if move.previous else "(unset)"
+        print(f"{key}: {before} -> {human_time(updated.position)} (version {updated.version})")
     return EXIT_OK
 
 
@@ -320,9 +305,9 @@ def _move(
 
 def _note_aligned(requested: datetime, position: datetime) -> None:
     if requested != position:
-        aligned = format_utc(position)
+        aligned = human_time(position)
         print(
-            f"note: {format_utc(requested)} aligned down to the bucket start {aligned}",
+            f"note: {human_time(requested)} aligned down to the bucket start {aligned}",
             file=sys.stderr,
         )
 
@@ -342,9 +327,9 @@ def cmd_errors(args: argparse.Namespace) -> int:
             for entry in recorded:
                 failure = entry.failure
                 print(
-                    f"{format_utc(failure.created_at)}  {failure.uid!r}  {failure.location}  "
+                    f"{human_time(failure.created_at)}  {failure.uid!r}  {failure.location}  "
                     f"{failure.stage}: {failure.error_type}: {failure.message}  "
-                    f"(attempts {entry.attempts}, last {format_utc(entry.last_failure)})"
+                    f"(attempts {entry.attempts}, last {human_time(entry.last_failure)})"
                 )
             if not recorded:
                 missing = _missing_table(store)
@@ -357,7 +342,8 @@ def cmd_errors(args: argparse.Namespace) -> int:
     else:
         print(
             f"retried {result.attempted} file(s): {result.archived} archived, "
-            f"{len(result.failures)} still failing, {result.shards_written} shard(s) written"
+            f"{len(result.failures)} still failing, {result.shards_written} shard(s) written "
+            f"in {human_duration(result.duration)}"
         )
         for failure in result.failures:
             print(f"still failing: {failure.uid!r} ({failure.location}): {failure.message}")
@@ -410,7 +396,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         output = output / _file_name(args.uid, output)
     data = archive.get(args.uid, created_at, allow_unverified=args.allow_unverified)
     _write_file(output, data, follow=not into_folder)
-    print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
+    print(f"wrote {human_bytes(len(data))} to {output}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -494,12 +480,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_json(report)
     else:
         print(
-            f"checked {report.checked} rows in {window}: "
-            f"{report.missing_count} missing, {report.corrupt_count} corrupt"
+            f"checked {human_count(report.checked)} rows in {window}: "
+            f"{human_count(report.missing_count)} missing, "
+            f"{human_count(report.corrupt_count)} corrupt"
         )
         for record in report.missing:
             print(
-                f"missing: {record.uid!r} created_at={format_utc(record.created_at)} "
+                f"missing: {record.uid!r} created_at={human_time(record.created_at)} "
                 f"({record.location})"
             )
         for record, reason in report.corrupt:
@@ -507,7 +494,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if report.unverified_count:
             print(f"{report.unverified_count} unverified (no checksum, other DES writers)")
         for record in report.unverified:
-            print(f"unverified: {record.uid!r} created_at={format_utc(record.created_at)}")
+            print(f"unverified: {record.uid!r} created_at={human_time(record.created_at)}")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -567,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_output(run)
 
-    stats = command("stats", "watermark, target, lag and pending files", cmd_stats)
+    stats = command(
+        "stats", "watermark, target, delay, how far behind, and pending files", cmd_stats
+    )
     with_output(stats)
 
     wm = command("watermark", "get, set, adjust, reset or list watermarks", cmd_watermark)

@@ -38,6 +38,7 @@ import attrs
 
 from deswm._codecs import WritableCodec
 from deswm._engines import DEFAULT_LOCK_TIMEOUT
+from deswm._humanize import html_table, text_block
 from deswm._redact import redact_url, remember
 from deswm.errors import ConfigError
 from deswm.model import Partition
@@ -262,6 +263,35 @@ class Config:
     @property
     def pipeline(self) -> str:
         return self.watermark.pipeline or self.source.table
+
+    def __str__(self) -> str:
+        return text_block(*self._display())
+
+    def _repr_html_(self) -> str:
+        return html_table(*self._display())
+
+    def _display(self) -> tuple[str, list[tuple[str, object]]]:
+        """The settings that differ from their defaults, secrets masked (G13)."""
+        rows: list[tuple[str, object]] = [("pipeline", self.pipeline)]
+        for name in _SECTIONS:
+            settings = getattr(self, name)
+            for field in attrs.fields(type(settings)):
+                value = getattr(settings, field.name)
+                if field.default is not attrs.NOTHING:
+                    default = field.default
+                    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                        default = default.factory()
+                    if value == default:
+                        continue
+                if callable(field.repr):
+                    text = field.repr(value)
+                elif isinstance(value, str):
+                    text = value
+                else:
+                    text = repr(value)
+                rows.append((f"{name}.{field.name}", text))
+        where = f" from {self.path}" if self.path else ""
+        return f"deswm config{where}", rows
 
     @property
     def watermark_url(self) -> str:
