@@ -78,7 +78,7 @@ def test_db_operations_are_counted_by_verb() -> None:
 
 def test_progress_bar_counts_files(tmp_path: Path) -> None:
     out = io.StringIO()
-    observer = ProgressObserver(total=12, file=out, mininterval=0)
+    observer = ProgressObserver(total=12, file=out, bar=True, mininterval=0)
     orchestrator(tmp_path, observer).run_cycle()
     text = out.getvalue()
     assert "12/12" in text

@@ -14,6 +14,7 @@ from deswm.packer import *
 from deswm.protocols import *
 from deswm.purge import *
 from deswm.readers import *
+from deswm.records import *
 from deswm.routing import *
 from deswm.shardio import PartInfo
 from deswm.sources.sql import *
@@ -65,6 +66,7 @@ __all__ = [
     "LegacyArchiveConfigStore",
     "LocationOutsideRootError",
     "LocationReference",
+    "MonitoringSettings",
     "NaiveDatetimeError",
     "NotArchivedError",
     "ObjectChangedError",
@@ -109,6 +111,8 @@ __all__ = [
     "WatermarkStore",
     "Window",
     "load_config",
+    "to_pandas",
+    "to_records",
     "verify_window",
 ]
 

@@ -8,6 +8,7 @@ entries), 2 a usage or configuration error. Output is text for people, or JSON w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from deswm._humanize import human_bytes, human_count, human_duration, human_time
+from deswm._logs import LogFormat, setup_logging, skip_events
 from deswm._redact import redact
 from deswm.config import Config, load_config
 from deswm.errors import (
@@ -33,7 +35,7 @@ from deswm.model import CyclePlan, Watermark, WatermarkMove, Window
 from deswm.timeutil import format_utc, parse_timestamp
 
 if TYPE_CHECKING:
-    from deswm.orchestrator import WatermarkOrchestrator
+    from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
 
 __all__ = ["main"]
 
@@ -120,7 +122,10 @@ def _config(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("DESWM_CONFIG")
     if not path:
         raise ConfigError("no config file given", hint="pass -c FILE or set DESWM_CONFIG")
-    return load_config(path)
+    config = load_config(path)
+    if args.log_format is None and config.monitoring.log_format != "text":
+        _setup_logging(args, config.monitoring.log_format)
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -133,29 +138,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             _print_plan(plan)
         return EXIT_OK
-    observers = list(orchestrator.observers)
-    if args.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        from deswm.metrics import PrometheusObserver
-
-        metrics = PrometheusObserver()
-        for component in (orchestrator.source, orchestrator.store):
-            engine = getattr(component, "engine", None)
-            if engine is not None:
-                metrics.instrument(engine)
-        start_http_server(args.metrics_port)
-        observers.append(metrics)
-    if args.progress:
-        from deswm.progress import ProgressObserver
-
-        observers.append(ProgressObserver(total=orchestrator.plan().pending.files))
-    orchestrator.observers = tuple(observers)
+    orchestrator.observers = (*orchestrator.observers, *_observers(args, config, orchestrator))
     if args.interval is not None:
         orchestrator.run_forever(args.interval)
         return EXIT_OK
     try:
-        result = orchestrator.run_cycle()
+        # Text output prints the result once, below: the log's copy of it is left out.
+        with skip_events("cycle_finished") if not args.json else contextlib.nullcontext():
+            result = orchestrator.run_cycle()
     except CycleError as exc:
         if args.json and exc.result is not None:
             _print_json({"error": str(exc), "result": exc.result})
@@ -165,6 +155,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(result)
     return EXIT_OK
+
+
+def _observers(
+    args: argparse.Namespace, config: Config, orchestrator: WatermarkOrchestrator
+) -> list[CycleObserver]:
+    """The metrics, health file and progress output ``run``'s flags and config ask for."""
+    monitoring = config.monitoring
+    port = args.metrics_port if args.metrics_port is not None else monitoring.metrics_port
+    push = args.metrics_push or monitoring.metrics_push
+    textfile = args.metrics_textfile or monitoring.metrics_textfile
+    health = args.health_file or monitoring.health_file
+    observers: list[CycleObserver] = []
+    if health:
+        from deswm.health import HealthFile
+
+        observers.append(HealthFile(health))
+    if port is not None or push or textfile:
+        from deswm.metrics import PrometheusObserver
+        from deswm.metrics import _client as client
+
+        registry = client().CollectorRegistry()
+        metrics = PrometheusObserver(
+            registry,
+            plan=orchestrator.plan,
+            push_url=push,
+            job=args.metrics_job or monitoring.metrics_job,
+            textfile=textfile,
+        )
+        for component in (orchestrator.source, orchestrator.store):
+            engine = getattr(component, "engine", None)
+            if engine is not None:
+                metrics.instrument(engine)
+        if port is not None:
+            client().start_http_server(port, registry=registry)
+        observers.append(metrics)
+    if args.progress:
+        from deswm.progress import ProgressObserver
+
+        interval = args.progress_interval or monitoring.progress_interval
+        total = orchestrator.plan().pending.files
+        observers.append(ProgressObserver(total=total, interval=interval))
+    return observers
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -517,6 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deswm {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="log lines for people (text, default) or JSON objects (deswm[json-logs]); "
+        "default: monitoring.log_format",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -547,10 +586,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", action="store_true", help="show a progress bar (deswm[progress])"
     )
     run.add_argument(
+        "--progress-interval",
+        type=float,
+        metavar="SECONDS",
+        help="without a terminal, one progress line every SECONDS (default 30)",
+    )
+    run.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
         help="serve Prometheus metrics on this port (deswm[prometheus])",
+    )
+    run.add_argument(
+        "--metrics-push",
+        metavar="URL",
+        help="push metrics to this Prometheus Pushgateway after every bucket and cycle",
+    )
+    run.add_argument("--metrics-job", metavar="NAME", help="Pushgateway job name (deswm)")
+    run.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write metrics to this .prom file (node_exporter textfile collector)",
+    )
+    run.add_argument(
+        "--health-file",
+        metavar="PATH",
+        help="touch PATH after every committed bucket and successful cycle (liveness)",
     )
     with_output(run)
 
@@ -619,41 +680,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is now (it may be replaced after setup)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-class _RedactingFormatter(logging.Formatter):
-    """Log lines (tracebacks included) with URL secrets and known passwords masked."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
-
-
-def _setup_logging(args: argparse.Namespace) -> None:
+def _setup_logging(args: argparse.Namespace, log_format: LogFormat | None = None) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler = _StderrHandler()
-    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("deswm")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    setup_logging(level, args.log_format or log_format or "text")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deswm`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args)
     try:
+        _setup_logging(args)
         return int(args.func(args))
     except ConfigError as exc:
         print(f"deswm: configuration error: {redact(str(exc))}", file=sys.stderr)

@@ -63,6 +63,7 @@ __all__ = [
     "Config",
     "FilesSettings",
     "FlagSettings",
+    "MonitoringSettings",
     "RunSettings",
     "SourceSettings",
     "WatermarkSettings",
@@ -238,6 +239,27 @@ class RunSettings:
     max_buckets: int | None = _bounded(None, 1, 10_000_000)
 
 
+@attrs.frozen
+class MonitoringSettings:
+    """``[monitoring]``: metrics, logs and the health file (each also a ``deswm run`` flag;
+    a flag wins over its key)."""
+
+    metrics_port: int | None = _bounded(None, 1, 65535)
+    """Serve Prometheus metrics on this port while running (``--metrics-port``)."""
+    metrics_push: str | None = attrs.field(default=None, repr=_redacted)
+    """A Prometheus Pushgateway URL to push to after every bucket (``--metrics-push``)."""
+    metrics_job: str = "deswm"
+    """The Pushgateway job name (``--metrics-job``)."""
+    metrics_textfile: str | None = None
+    """A ``*.prom`` file for node_exporter's textfile collector (``--metrics-textfile``)."""
+    health_file: str | None = None
+    """A file touched after every committed bucket and successful cycle (``--health-file``)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line (``--log-format``; ``deswm[json-logs]``)."""
+    progress_interval: float = _bounded(30.0, 0.001, _YEAR)
+    """Seconds between progress lines of ``--progress`` when stderr is no terminal."""
+
+
 _SECTIONS: dict[str, type] = {
     "source": SourceSettings,
     "files": FilesSettings,
@@ -245,6 +267,7 @@ _SECTIONS: dict[str, type] = {
     "archive": ArchiveSettings,
     "run": RunSettings,
     "flag": FlagSettings,
+    "monitoring": MonitoringSettings,
 }
 
 
@@ -258,6 +281,7 @@ class Config:
     files: FilesSettings = FilesSettings()
     run: RunSettings = RunSettings()
     flag: FlagSettings = FlagSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     path: Path | None = None
 
     @property
@@ -283,8 +307,8 @@ class Config:
                         default = default.factory()
                     if value == default:
                         continue
-                if callable(field.repr):
-                    text = field.repr(value)
+                if callable(field.repr):  # a URL with a secret, or storage options
+                    text = redact_url(value) if isinstance(value, str) else field.repr(value)
                 elif isinstance(value, str):
                     text = value
                 else:
@@ -333,6 +357,8 @@ class Config:
         remember(config.source.url)
         if config.watermark.url is not None:
             remember(config.watermark.url)
+        if config.monitoring.metrics_push is not None:
+            remember(config.monitoring.metrics_push)
         config = _resolve_paths(config, base)
         config._validate()
         return config
@@ -801,6 +827,11 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
             config.files,
             root=local(config.files.root),
             allowed_roots=tuple(str(local(r)) for r in config.files.allowed_roots),
+        ),
+        monitoring=attrs.evolve(
+            config.monitoring,
+            metrics_textfile=local(config.monitoring.metrics_textfile),
+            health_file=local(config.monitoring.health_file),
         ),
     )
 

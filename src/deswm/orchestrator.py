@@ -99,6 +99,9 @@ class CycleObserver:
     def cycle_finished(self, result: CycleResult) -> None:
         """A cycle ended without raising."""
 
+    def cycle_failed(self, key: WatermarkKey, error: Exception) -> None:
+        """A cycle raised ``error`` (committed buckets stay committed); it is re-raised."""
+
 
 @attrs.define
 class _Totals:
@@ -414,6 +417,14 @@ class WatermarkOrchestrator:
     # --- the cycle ----------------------------------------------------------------------
 
     def _run_cycle(self, stop: threading.Event) -> CycleResult:
+        try:
+            return self._cycle(stop)
+        except Exception as exc:
+            for observer in self.observers:
+                observer.cycle_failed(self.key, exc)
+            raise
+
+    def _cycle(self, stop: threading.Event) -> CycleResult:
         started = time.monotonic()
         now = self._now()
         watermark = self._load(now)
