@@ -26,13 +26,15 @@ __all__ = ["ProgressObserver"]
 log = logging.getLogger(__name__)
 
 
-def _tqdm_classes() -> tuple[Any, Any]:
+def _tqdm_classes() -> tuple[Any, bool]:
+    """``tqdm.auto``'s class, and whether it is the notebook widget."""
     try:
         from tqdm.auto import tqdm as auto
+        from tqdm.autonotebook import tqdm as chosen
         from tqdm.std import tqdm as std
     except ImportError:
         raise ConfigError("progress bars need tqdm", hint="pip install 'deswm[progress]'") from None
-    return auto, std
+    return auto, chosen is not std
 
 
 class ProgressObserver(CycleObserver):
@@ -77,10 +79,10 @@ class ProgressObserver(CycleObserver):
 
     def _wants_bar(self) -> bool:
         try:
-            auto, std = _tqdm_classes()
+            _, notebook = _tqdm_classes()
         except ConfigError:
             return False
-        if auto is not std:  # tqdm.auto chose the notebook widget
+        if notebook:
             return True
         stream = self._file if self._file is not None else sys.stderr
         isatty = getattr(stream, "isatty", None)
