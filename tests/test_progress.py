@@ -77,3 +77,16 @@ def test_a_failed_cycle_closes_the_bar_and_restores_logging(tmp_path: Path) -> N
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="positive"):
         ProgressObserver(interval=0)
+
+
+def test_a_callable_total_is_asked_at_every_cycle(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def total() -> int:
+        asked.append(1)
+        return 12
+
+    observer = ProgressObserver(total=total, bar=False)
+    orch = orchestrator(tmp_path, observer)
+    orch.run_cycle()
+    assert observer.total == 12 and len(asked) == 1

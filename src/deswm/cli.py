@@ -194,7 +194,11 @@ def _observers(
         from deswm.progress import ProgressObserver
 
         interval = args.progress_interval or monitoring.progress_interval
-        total = orchestrator.plan().pending.files
+        plan = orchestrator.plan
+
+        def total() -> int:  # again for every cycle of --interval
+            return plan().pending.files
+
         observers.append(ProgressObserver(total=total, interval=interval))
     return observers
 

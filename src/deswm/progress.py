@@ -42,7 +42,8 @@ class ProgressObserver(CycleObserver):
 
     Args:
         total: files expected (e.g. ``orchestrator.plan().pending.files``), for a
-            percentage and an ETA.
+            percentage and an ETA; or a function returning it, called when each cycle
+            starts (``lambda: orchestrator.plan().pending.files`` for ``run_forever``).
         interval: seconds between two progress lines when there is no bar.
         bar: ``True``/``False`` to force the bar or the lines; ``None`` (default): a bar
             in a notebook or when ``file`` is a terminal.
@@ -53,7 +54,7 @@ class ProgressObserver(CycleObserver):
 
     def __init__(
         self,
-        total: int | None = None,
+        total: int | Callable[[], int] | None = None,
         *,
         interval: float = 30.0,
         bar: bool | None = None,
@@ -63,7 +64,8 @@ class ProgressObserver(CycleObserver):
     ) -> None:
         if interval <= 0:
             raise ConfigError(f"must be positive, got {interval}", key="progress interval")
-        self.total = total
+        self._total = total
+        self.total = None if callable(total) else total
         self.interval = interval
         self._file = file
         self._clock = clock
@@ -92,6 +94,8 @@ class ProgressObserver(CycleObserver):
         self._key = key
         self._files = self._bytes = 0
         self._started = self._last = self._clock()
+        if callable(self._total):
+            self.total = self._total()
         if not self.use_bar:
             return
         from tqdm.contrib.logging import logging_redirect_tqdm
