@@ -68,7 +68,7 @@ def test_stats_json(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert stats["pipeline"] == "demo"
     assert stats["watermark"] == stats["target"]
     assert stats["pending_files"] == 0
-    assert stats["lag_behind_seconds"] == 0
+    assert stats["behind_seconds"] == 0
 
 
 def test_watermark_get_json_has_the_documented_fields(

@@ -17,6 +17,7 @@ PUBLIC_MODULES = [
     "deswm.protocols",
     "deswm.purge",
     "deswm.readers",
+    "deswm.records",
     "deswm.routing",
     "deswm.sources.sql",
     "deswm.sqltypes",

@@ -335,7 +335,7 @@ def test_plan_writes_nothing(world: World) -> None:
     assert not plan.initialised
     assert plan.window == Window(at(10, 0), at(18, 0))
     assert plan.pending.files == len([r for r in world.records if r.created_at < at(18, 0)])
-    assert plan.lag_behind == 8 * DAY
+    assert plan.behind == 8 * DAY
     assert world.store.writes == 0
     assert world.objects() == {}
 

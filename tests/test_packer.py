@@ -568,6 +568,11 @@ def test_identical_replay_writes_nothing(fs_target: Any, publish_log: list[str])
     assert result.shards == ()
     assert result.bytes_out == 0
     assert result.kept == 0
+    # A replay says what it found: every file unchanged, every touched part left alone.
+    assert (result.files, result.unchanged, result.replaced) == (len(items), len(items), 0)
+    assert result.shards_unchanged == len(first) - len(
+        [name for name in first if name.startswith("_bigFiles")]
+    )
     assert snapshot(fs_target) == first
 
 
@@ -593,6 +598,7 @@ def test_replay_keeps_old_entries_byte_identical_when_a_part_is_rewritten(fs_tar
     changed = (items[4][0], b"new bytes for one file")
     result = pack(fs_target, [changed])
     assert result.kept == 9
+    assert (result.files, result.replaced, result.unchanged) == (1, 1, 0)
     assert [s.name for s in result.shards] == ["20240517_0_0000.des"]
     assert result.shards[0].merged
     data = snapshot(fs_target)["20240517_0_0000.des"]

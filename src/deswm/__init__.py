@@ -13,21 +13,24 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from deswm.archive import Archive
+    from deswm.archive import (
+        Archive,
+    )
     from deswm.config import (
         ArchiveSettings,
         Config,
         FilesSettings,
         FlagSettings,
+        MonitoringSettings,
         RunSettings,
         SourceSettings,
         WatermarkSettings,
         load_config,
     )
-    from deswm.config import (
-        parse_size as parse_size,
+    from deswm.config import parse_size as parse_size
+    from deswm.container import (
+        PartInfo,
     )
-    from deswm.container import PartInfo
     from deswm.errors import (
         ArchivedDuplicateError,
         BadRowError,
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
         FileMissingError,
         FileReadError,
         LocationOutsideRootError,
+        MissingExtraError,
         NaiveDatetimeError,
         NotArchivedError,
         ObjectChangedError,
@@ -54,7 +58,12 @@ if TYPE_CHECKING:
         WatermarkError,
         WatermarkMoveRefused,
     )
-    from deswm.flagging import FLAGGED_STAGE, FlaggableSource, FlagJob, FlagResult
+    from deswm.flagging import (
+        FLAGGED_STAGE,
+        FlaggableSource,
+        FlagJob,
+        FlagResult,
+    )
     from deswm.model import (
         DEFAULT_STAGE,
         ArchivedEntry,
@@ -71,18 +80,23 @@ if TYPE_CHECKING:
         RetryResult,
         ShardKey,
         SourceRecord,
+        StopReason,
         Watermark,
         WatermarkChange,
         WatermarkKey,
         WatermarkMove,
         Window,
     )
-    from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
-    from deswm.orchestrator import utc_now as utc_now
-    from deswm.packer import DesBucketWriter, DesPacker
-    from deswm.protocols import (
-        ArchiveLookup as ArchiveLookup,
+    from deswm.orchestrator import (
+        CycleObserver,
+        WatermarkOrchestrator,
     )
+    from deswm.orchestrator import utc_now as utc_now
+    from deswm.packer import (
+        DesBucketWriter,
+        DesPacker,
+    )
+    from deswm.protocols import ArchiveLookup as ArchiveLookup
     from deswm.protocols import (
         BucketWriter,
         ErrorStore,
@@ -93,18 +107,47 @@ if TYPE_CHECKING:
         SourceProvider,
         WatermarkStore,
     )
-    from deswm.purge import PURGED_STAGE, PurgeError, PurgeJob, PurgeResult
-    from deswm.readers import FileReaderBase, FsspecFileReader
-    from deswm.routing import DesRouter
-    from deswm.sources.sql import SqlSourceProvider
-    from deswm.sqltypes import UtcDateTime
+    from deswm.purge import (
+        PURGED_STAGE,
+        PurgeError,
+        PurgeJob,
+        PurgeResult,
+    )
+    from deswm.readers import (
+        FileReaderBase,
+        FsspecFileReader,
+    )
+    from deswm.records import (
+        to_pandas,
+        to_records,
+    )
+    from deswm.routing import (
+        DesRouter,
+    )
+    from deswm.sources.sql import (
+        SqlSourceProvider,
+    )
+    from deswm.sqltypes import (
+        UtcDateTime,
+    )
     from deswm.stores.errors import DEFAULT_ERROR_TABLE as DEFAULT_ERROR_TABLE
-    from deswm.stores.errors import SqlErrorStore
-    from deswm.stores.legacy import LegacyArchiveConfigStore
-    from deswm.stores.objectstore import ObjectStoreWatermarkStore
+    from deswm.stores.errors import (
+        SqlErrorStore,
+    )
+    from deswm.stores.legacy import (
+        LegacyArchiveConfigStore,
+    )
+    from deswm.stores.objectstore import (
+        ObjectStoreWatermarkStore,
+    )
     from deswm.stores.sql import DEFAULT_TABLE as DEFAULT_TABLE
-    from deswm.stores.sql import SqlWatermarkStore
-    from deswm.verify import VerifyReport, verify_window
+    from deswm.stores.sql import (
+        SqlWatermarkStore,
+    )
+    from deswm.verify import (
+        VerifyReport,
+        verify_window,
+    )
 
 __version__: str
 __all__ = [
@@ -149,6 +192,7 @@ __all__ = [
     "LocationOutsideRootError",
     "LocationReference",
     "MissingExtraError",
+    "MonitoringSettings",
     "NaiveDatetimeError",
     "NotArchivedError",
     "ObjectChangedError",
@@ -194,6 +238,8 @@ __all__ = [
     "WatermarkStore",
     "Window",
     "load_config",
+    "to_pandas",
+    "to_records",
     "verify_window",
 ]
 
@@ -203,11 +249,13 @@ _EXPORTS: dict[str, str] = {
     "Config": "deswm.config",
     "FilesSettings": "deswm.config",
     "FlagSettings": "deswm.config",
+    "MonitoringSettings": "deswm.config",
     "RunSettings": "deswm.config",
     "SourceSettings": "deswm.config",
     "WatermarkSettings": "deswm.config",
     "load_config": "deswm.config",
     "parse_size": "deswm.config",
+    "PartInfo": "deswm.container",
     "ArchivedDuplicateError": "deswm.errors",
     "BadRowError": "deswm.errors",
     "ConfigError": "deswm.errors",
@@ -220,6 +268,7 @@ _EXPORTS: dict[str, str] = {
     "FileMissingError": "deswm.errors",
     "FileReadError": "deswm.errors",
     "LocationOutsideRootError": "deswm.errors",
+    "MissingExtraError": "deswm.errors",
     "NaiveDatetimeError": "deswm.errors",
     "NotArchivedError": "deswm.errors",
     "ObjectChangedError": "deswm.errors",
@@ -233,9 +282,9 @@ _EXPORTS: dict[str, str] = {
     "WatermarkError": "deswm.errors",
     "WatermarkMoveRefused": "deswm.errors",
     "FLAGGED_STAGE": "deswm.flagging",
-    "FlaggableSource": "deswm.flagging",
     "FlagJob": "deswm.flagging",
     "FlagResult": "deswm.flagging",
+    "FlaggableSource": "deswm.flagging",
     "ArchivedEntry": "deswm.model",
     "BucketResult": "deswm.model",
     "Codec": "deswm.model",
@@ -251,6 +300,7 @@ _EXPORTS: dict[str, str] = {
     "RetryResult": "deswm.model",
     "ShardKey": "deswm.model",
     "SourceRecord": "deswm.model",
+    "StopReason": "deswm.model",
     "Watermark": "deswm.model",
     "WatermarkChange": "deswm.model",
     "WatermarkKey": "deswm.model",
@@ -261,6 +311,7 @@ _EXPORTS: dict[str, str] = {
     "utc_now": "deswm.orchestrator",
     "DesBucketWriter": "deswm.packer",
     "DesPacker": "deswm.packer",
+    "ArchiveLookup": "deswm.protocols",
     "BucketWriter": "deswm.protocols",
     "ErrorStore": "deswm.protocols",
     "FileReader": "deswm.protocols",
@@ -275,8 +326,9 @@ _EXPORTS: dict[str, str] = {
     "PurgeResult": "deswm.purge",
     "FileReaderBase": "deswm.readers",
     "FsspecFileReader": "deswm.readers",
+    "to_pandas": "deswm.records",
+    "to_records": "deswm.records",
     "DesRouter": "deswm.routing",
-    "PartInfo": "deswm.container",
     "SqlSourceProvider": "deswm.sources.sql",
     "UtcDateTime": "deswm.sqltypes",
     "DEFAULT_ERROR_TABLE": "deswm.stores.errors",
@@ -285,7 +337,6 @@ _EXPORTS: dict[str, str] = {
     "ObjectStoreWatermarkStore": "deswm.stores.objectstore",
     "DEFAULT_TABLE": "deswm.stores.sql",
     "SqlWatermarkStore": "deswm.stores.sql",
-    "ArchiveLookup": "deswm.protocols",
     "VerifyReport": "deswm.verify",
     "verify_window": "deswm.verify",
 }

@@ -137,6 +137,8 @@ class PartPlan:
     size: int
     old: PartInfo | None
     identical: bool
+    replaced: int = 0
+    """New entries that take the place of a published entry with the same uid."""
 
 
 @attrs.frozen
@@ -201,7 +203,9 @@ def plan_group(
         size = part_size(items_sorted)
         before = previous.get(number)
         identical = before is not None and _identical(items_sorted, size, before[1])
-        parts.append(PartPlan(number, items_sorted, size, before[0] if before else None, identical))
+        replaced = sum(1 for i in items_sorted if i.source != IN_OLD_PART and i.uid in owner)
+        old_part = before[0] if before else None
+        parts.append(PartPlan(number, items_sorted, size, old_part, identical, replaced))
     deletions = tuple(part for part, _ in old if part.part not in final)
     return GroupPlan(tuple(parts), deletions, kept)
 

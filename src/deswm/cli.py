@@ -12,6 +12,7 @@ URLs are never printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from deswm._extras import require
+from deswm._humanize import human_bytes, human_count, human_duration, human_time
+from deswm._logs import LogFormat, setup_logging, skip_events
 from deswm._redact import redact
 from deswm.config import Config, load_config
 from deswm.errors import (
@@ -39,7 +42,7 @@ from deswm.model import STOP_REASON_TEXT, CyclePlan, Watermark, WatermarkMove, W
 from deswm.timeutil import format_utc, parse_timestamp
 
 if TYPE_CHECKING:
-    from deswm.orchestrator import WatermarkOrchestrator
+    from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
 
 __all__ = ["main"]
 
@@ -93,19 +96,10 @@ def _watermark_dict(watermark: Watermark) -> dict[str, Any]:
         "position": format_utc(watermark.position),
         "version": watermark.version,
         "partitions": watermark.partitions,
-        "lag_seconds": watermark.lag.total_seconds() if watermark.lag is not None else None,
+        "delay_seconds": watermark.lag.total_seconds() if watermark.lag is not None else None,
         "updated_at": format_utc(watermark.updated_at) if watermark.updated_at else None,
         "updated_by": watermark.updated_by,
     }
-
-
-def _human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
-        size /= 1024
-    return f"{count} B"  # pragma: no cover
 
 
 def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
@@ -116,7 +110,8 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
         "watermark": format_utc(plan.watermark),
         "initialised": plan.initialised,
         "target": format_utc(plan.target),
-        "lag_behind_seconds": plan.lag_behind.total_seconds(),
+        "delay_seconds": plan.delay.total_seconds() if plan.delay is not None else None,
+        "behind_seconds": plan.behind.total_seconds(),
         "window": {"start": format_utc(plan.window.start), "end": format_utc(plan.window.end)},
         "pending_files": plan.pending.files,
         "pending_bytes": plan.pending.bytes,
@@ -126,18 +121,7 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
 
 
 def _print_plan(plan: CyclePlan) -> None:
-    state = "" if plan.initialised else " (not initialised yet: first run starts here)"
-    print(f"pipeline:      {plan.key}")
-    print(f"watermark:     {format_utc(plan.watermark)}{state}")
-    print(f"target:        {format_utc(plan.target)}")
-    print(f"lag behind:    {plan.lag_behind}")
-    print(f"window:        {plan.window}")
-    print(f"pending:       {plan.pending.files} files, {_human_bytes(plan.pending.bytes)}")
-    if plan.pending.oldest:
-        print(
-            f"oldest/newest: {format_utc(plan.pending.oldest)} / "
-            f"{format_utc(plan.pending.newest or plan.pending.oldest)}"
-        )
+    print(plan)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -147,7 +131,10 @@ def _config(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("DESWM_CONFIG")
     if not path:
         raise ConfigError("no config file given", hint="pass -c FILE or set DESWM_CONFIG")
-    return load_config(path)
+    config = load_config(path)
+    if args.log_format is None and config.monitoring.log_format != "text":
+        _setup_logging(args, config.monitoring.log_format)
+    return config
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -167,7 +154,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         plan = orchestrator.plan()
-        _print_json(_plan_dict(plan)) if args.json else _print_plan(plan)
+        if args.json:
+            _print_json(_plan_dict(plan))
+        else:
+            _print_plan(plan)
         return EXIT_OK
     # From here on SIGTERM/SIGINT stop at the next bucket boundary (a second one exits).
     with orchestrator.stop_on_signals():
@@ -175,24 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrchestrator) -> int:
-    observers = list(orchestrator.observers)
-    if args.metrics_port is not None:
-        prometheus = require("prometheus_client", extra="prometheus", feature="--metrics-port")
-
-        from deswm.metrics import PrometheusObserver
-
-        metrics = PrometheusObserver()
-        for component in (orchestrator.source, orchestrator.store):
-            engine = getattr(component, "engine", None)
-            if engine is not None:
-                metrics.instrument(engine)
-        prometheus.start_http_server(args.metrics_port)
-        observers.append(metrics)
-    if args.progress:
-        from deswm.progress import ProgressObserver
-
-        observers.append(ProgressObserver(total=orchestrator.plan().pending.files))
-    orchestrator.observers = tuple(observers)
+    orchestrator.observers = (*orchestrator.observers, *_observers(args, config, orchestrator))
     if args.interval is not None:
         failed = args.max_failed_cycles
         reason = orchestrator.run_forever(
@@ -206,7 +179,9 @@ def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrches
             print(f"stopped: {STOP_REASON_TEXT[reason]}")
         return EXIT_OK
     try:
-        result = orchestrator.run_cycle()
+        # Text output prints the result once, below: the log's copy of it is left out.
+        with skip_events("cycle_finished") if not args.json else contextlib.nullcontext():
+            result = orchestrator.run_cycle()
     except CycleError as exc:
         if args.json and exc.result is not None:
             _print_json({"error": str(exc), "result": exc.result})
@@ -214,8 +189,54 @@ def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrches
     if args.json:
         _print_json(result)
     else:
-        print(result.summary())
+        print(result)
     return EXIT_OK
+
+
+def _observers(
+    args: argparse.Namespace, config: Config, orchestrator: WatermarkOrchestrator
+) -> list[CycleObserver]:
+    """The metrics, health file and progress output ``run``'s flags and config ask for."""
+    monitoring = config.monitoring
+    port = args.metrics_port if args.metrics_port is not None else monitoring.metrics_port
+    push = args.metrics_push or monitoring.metrics_push
+    textfile = args.metrics_textfile or monitoring.metrics_textfile
+    health = args.health_file or monitoring.health_file
+    observers: list[CycleObserver] = []
+    if health:
+        from deswm.health import HealthFile
+
+        observers.append(HealthFile(health))
+    if port is not None or push or textfile:
+        from deswm.metrics import PrometheusObserver
+        from deswm.metrics import _client as client
+
+        registry = client().CollectorRegistry()
+        metrics = PrometheusObserver(
+            registry,
+            plan=orchestrator.plan,
+            push_url=push,
+            job=args.metrics_job or monitoring.metrics_job,
+            textfile=textfile,
+        )
+        for component in (orchestrator.source, orchestrator.store):
+            engine = getattr(component, "engine", None)
+            if engine is not None:
+                metrics.instrument(engine)
+        if port is not None:
+            client().start_http_server(port, registry=registry)
+        observers.append(metrics)
+    if args.progress:
+        from deswm.progress import ProgressObserver
+
+        interval = args.progress_interval or monitoring.progress_interval
+        plan = orchestrator.plan
+
+        def total() -> int:  # again for every cycle of --interval
+            return plan().pending.files
+
+        observers.append(ProgressObserver(total=total, interval=interval))
+    return observers
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -278,7 +299,7 @@ def cmd_watermark(args: argparse.Namespace) -> int:
             _print_json([_watermark_dict(w) for w in marks])
         else:
             for mark in marks:
-                print(f"{mark.key}  {format_utc(mark.position)}  version {mark.version}")
+                print(f"{mark.key}  {human_time(mark.position)}  version {mark.version}")
             if not marks:
                 table = " (the watermark table is " + _NOT_CREATED + ")"
                 print("no watermarks stored yet" + (table if _missing_table(store) else ""))
@@ -289,11 +310,10 @@ def cmd_watermark(args: argparse.Namespace) -> int:
             _print_json(list(changes))
         else:
             for change in changes:
-                before = format_utc(change.previous) if change.previous else "-"
-                after = format_utc(change.position) if change.position else "-"
                 print(
-                    f"{format_utc(change.changed_at)}  {change.actor}  "
-                    f"{before} -> {after}  {change.reason}"
+                    f"{human_time(change.changed_at)}  {change.actor}  "
+                    f"{human_time(change.previous)} -> {human_time(change.position)}  "
+                    f"{change.reason}"
                 )
         return EXIT_OK
     if action == "get":
@@ -302,7 +322,7 @@ def cmd_watermark(args: argparse.Namespace) -> int:
             # Only read: nothing is created (the first `deswm run` initialises it).
             message = (
                 f"pipeline {key.pipeline!r} has no watermark ({key}): {_NOT_CREATED}, "
-                f"starting at {format_utc(orchestrator.initial_position())}"
+                f"starting at {human_time(orchestrator.initial_position())}"
             )
             if args.json:
                 _print_json(
@@ -320,7 +340,8 @@ def cmd_watermark(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(_watermark_dict(current))
         else:
-            print(f"{key}: {format_utc(current.position)} (version {current.version})")
+            delay = f", delay {human_duration(current.lag)}" if current.lag is not None else ""
+            print(f"{key}: {human_time(current.position)} (version {current.version}{delay})")
         return EXIT_OK
     reason = args.reason or f"deswm watermark {action}"
     try:
@@ -333,8 +354,8 @@ def cmd_watermark(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_watermark_dict(updated))
     else:
-        before = format_utc(move.previous.position) if move.previous else "(unset)"
-        print(f"{key}: {before} -> {format_utc(updated.position)} (version {updated.version})")
+        before = human_time(move.previous.position) if move.previous else "(unset)"
+        print(f"{key}: {before} -> {human_time(updated.position)} (version {updated.version})")
     return EXIT_OK
 
 
@@ -356,9 +377,9 @@ def _move(
 
 def _note_aligned(requested: datetime, position: datetime) -> None:
     if requested != position:
-        aligned = format_utc(position)
+        aligned = human_time(position)
         print(
-            f"note: {format_utc(requested)} aligned down to the bucket start {aligned}",
+            f"note: {human_time(requested)} aligned down to the bucket start {aligned}",
             file=sys.stderr,
         )
 
@@ -378,9 +399,9 @@ def cmd_errors(args: argparse.Namespace) -> int:
             for entry in recorded:
                 failure = entry.failure
                 print(
-                    f"{format_utc(failure.created_at)}  {failure.uid!r}  {failure.location}  "
+                    f"{human_time(failure.created_at)}  {failure.uid!r}  {failure.location}  "
                     f"{failure.stage}: {failure.error_type}: {failure.message}  "
-                    f"(attempts {entry.attempts}, last {format_utc(entry.last_failure)})"
+                    f"(attempts {entry.attempts}, last {human_time(entry.last_failure)})"
                 )
             if not recorded:
                 missing = _missing_table(store)
@@ -393,7 +414,8 @@ def cmd_errors(args: argparse.Namespace) -> int:
     else:
         print(
             f"retried {result.attempted} file(s): {result.archived} archived, "
-            f"{len(result.failures)} still failing, {result.shards_written} shard(s) written"
+            f"{len(result.failures)} still failing, {result.shards_written} shard(s) written "
+            f"in {human_duration(result.duration)}"
         )
         for failure in result.failures:
             print(f"still failing: {failure.uid!r} ({failure.location}): {failure.message}")
@@ -446,7 +468,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         output = output / _file_name(args.uid, output)
     data = archive.get(args.uid, created_at, allow_unverified=args.allow_unverified)
     _write_file(output, data, follow=not into_folder)
-    print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
+    print(f"wrote {human_bytes(len(data))} to {output}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -530,12 +552,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_json(report)
     else:
         print(
-            f"checked {report.checked} rows in {window}: "
-            f"{report.missing_count} missing, {report.corrupt_count} corrupt"
+            f"checked {human_count(report.checked)} rows in {window}: "
+            f"{human_count(report.missing_count)} missing, "
+            f"{human_count(report.corrupt_count)} corrupt"
         )
         for record in report.missing:
             print(
-                f"missing: {record.uid!r} created_at={format_utc(record.created_at)} "
+                f"missing: {record.uid!r} created_at={human_time(record.created_at)} "
                 f"({record.location})"
             )
         for record, reason in report.corrupt:
@@ -543,7 +566,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if report.unverified_count:
             print(f"{report.unverified_count} unverified (no checksum, other DES writers)")
         for record in report.unverified:
-            print(f"unverified: {record.uid!r} created_at={format_utc(record.created_at)}")
+            print(f"unverified: {record.uid!r} created_at={human_time(record.created_at)}")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -621,6 +644,13 @@ def _common_options(default: Any) -> argparse.ArgumentParser:
         default=default,
         help="debug logging and full tracebacks (errors are one line and a hint otherwise)",
     )
+    group.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None if default is False else default,
+        help="log lines for people (text, default) or JSON objects (deswm[json-logs]); "
+        "default: monitoring.log_format",
+    )
     return common
 
 
@@ -663,6 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", action="store_true", help="show a progress bar (deswm[progress])"
     )
     run.add_argument(
+        "--progress-interval",
+        type=float,
+        metavar="SECONDS",
+        help="without a terminal, one progress line every SECONDS (default 30)",
+    )
+    run.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -688,9 +724,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --interval: exit 1 after N failed cycles in a row, 0 never "
         "(default: run.max_failed_cycles)",
     )
+    run.add_argument(
+        "--metrics-push",
+        metavar="URL",
+        help="push metrics to this Prometheus Pushgateway after every bucket and cycle",
+    )
+    run.add_argument("--metrics-job", metavar="NAME", help="Pushgateway job name (deswm)")
+    run.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write metrics to this .prom file (node_exporter textfile collector)",
+    )
+    run.add_argument(
+        "--health-file",
+        metavar="PATH",
+        help="touch PATH after every committed bucket and successful cycle (liveness)",
+    )
     with_output(run)
 
-    stats = command("stats", "watermark, target, lag and pending files", cmd_stats)
+    stats = command(
+        "stats", "watermark, target, delay, how far behind, and pending files", cmd_stats
+    )
     with_output(stats)
 
     wm = command("watermark", "get, set, adjust, reset or list watermarks", cmd_watermark)
@@ -758,55 +812,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is now (it may be replaced after setup)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-class _RedactingFormatter(logging.Formatter):
-    """Log lines (tracebacks included) with URL secrets and known passwords masked.
-
-    Without ``tracebacks`` (``--debug``) a record's traceback is left out: one line each.
-    """
-
-    def __init__(self, fmt: str, *, tracebacks: bool) -> None:
-        super().__init__(fmt)
-        self.tracebacks = tracebacks
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not self.tracebacks and (record.exc_info or record.exc_text):
-            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
-        return redact(super().format(record))
-
-
-def _setup_logging(args: argparse.Namespace) -> None:
+def _setup_logging(args: argparse.Namespace, log_format: LogFormat | None = None) -> None:
     verbose = args.verbose or args.debug
     level = logging.DEBUG if verbose else logging.WARNING if args.quiet else logging.INFO
-    handler = _StderrHandler()
-    handler.setFormatter(
-        _RedactingFormatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", tracebacks=args.debug
-        )
-    )
-    root = logging.getLogger("deswm")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    setup_logging(level, args.log_format or log_format or "text", tracebacks=args.debug)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deswm`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args)
     try:
+        _setup_logging(args)
         code = int(args.func(args))
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code

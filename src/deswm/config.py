@@ -41,6 +41,7 @@ from deswm import _defaults as defaults
 from deswm._codecs import WritableCodec
 from deswm._defaults import DEFAULT_LOCK_TIMEOUT
 from deswm._extras import require
+from deswm._humanize import html_table, text_block
 from deswm._redact import redact_url, remember
 from deswm.errors import ConfigError
 from deswm.model import Partition
@@ -65,6 +66,7 @@ __all__ = [
     "Config",
     "FilesSettings",
     "FlagSettings",
+    "MonitoringSettings",
     "RunSettings",
     "SourceSettings",
     "WatermarkSettings",
@@ -242,6 +244,27 @@ class RunSettings:
     max_failed_cycles: int = _bounded(5, 0, 1_000_000)
 
 
+@attrs.frozen
+class MonitoringSettings:
+    """``[monitoring]``: metrics, logs and the health file (each also a ``deswm run`` flag;
+    a flag wins over its key)."""
+
+    metrics_port: int | None = _bounded(None, 1, 65535)
+    """Serve Prometheus metrics on this port while running (``--metrics-port``)."""
+    metrics_push: str | None = attrs.field(default=None, repr=_redacted)
+    """A Prometheus Pushgateway URL to push to after every bucket (``--metrics-push``)."""
+    metrics_job: str = "deswm"
+    """The Pushgateway job name (``--metrics-job``)."""
+    metrics_textfile: str | None = None
+    """A ``*.prom`` file for node_exporter's textfile collector (``--metrics-textfile``)."""
+    health_file: str | None = None
+    """A file touched after every committed bucket and successful cycle (``--health-file``)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line (``--log-format``; ``deswm[json-logs]``)."""
+    progress_interval: float = _bounded(30.0, 0.001, _YEAR)
+    """Seconds between progress lines of ``--progress`` when stderr is no terminal."""
+
+
 _SECTIONS: dict[str, type] = {
     "source": SourceSettings,
     "files": FilesSettings,
@@ -249,6 +272,7 @@ _SECTIONS: dict[str, type] = {
     "archive": ArchiveSettings,
     "run": RunSettings,
     "flag": FlagSettings,
+    "monitoring": MonitoringSettings,
 }
 
 
@@ -262,11 +286,41 @@ class Config:
     files: FilesSettings = FilesSettings()
     run: RunSettings = RunSettings()
     flag: FlagSettings = FlagSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     path: Path | None = None
 
     @property
     def pipeline(self) -> str:
         return self.watermark.pipeline or self.source.table
+
+    def __str__(self) -> str:
+        return text_block(*self._display())
+
+    def _repr_html_(self) -> str:
+        return html_table(*self._display())
+
+    def _display(self) -> tuple[str, list[tuple[str, object]]]:
+        """The settings that differ from their defaults, secrets masked (G13)."""
+        rows: list[tuple[str, object]] = [("pipeline", self.pipeline)]
+        for name in _SECTIONS:
+            settings = getattr(self, name)
+            for field in attrs.fields(type(settings)):
+                value = getattr(settings, field.name)
+                if field.default is not attrs.NOTHING:
+                    default = field.default
+                    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                        default = default.factory()
+                    if value == default:
+                        continue
+                if callable(field.repr):  # a URL with a secret, or storage options
+                    text = redact_url(value) if isinstance(value, str) else field.repr(value)
+                elif isinstance(value, str):
+                    text = value
+                else:
+                    text = repr(value)
+                rows.append((f"{name}.{field.name}", text))
+        where = f" from {self.path}" if self.path else ""
+        return f"deswm config{where}", rows
 
     @property
     def watermark_url(self) -> str:
@@ -308,6 +362,8 @@ class Config:
         remember(config.source.url)
         if config.watermark.url is not None:
             remember(config.watermark.url)
+        if config.monitoring.metrics_push is not None:
+            remember(config.monitoring.metrics_push)
         config = _resolve_paths(config, base)
         config._validate()
         return config
@@ -821,6 +877,11 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
             config.files,
             root=local(config.files.root),
             allowed_roots=tuple(str(local(r)) for r in config.files.allowed_roots),
+        ),
+        monitoring=attrs.evolve(
+            config.monitoring,
+            metrics_textfile=local(config.monitoring.metrics_textfile),
+            health_file=local(config.monitoring.health_file),
         ),
     )
 

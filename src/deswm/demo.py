@@ -23,6 +23,7 @@ from pathlib import Path
 import attrs
 import sqlalchemy as sa
 
+from deswm._humanize import human_bytes, human_time
 from deswm.config import load_config
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import CycleResult
@@ -206,19 +207,19 @@ def run_demo(
     )
     plan = orchestrator.plan()
     echo(
-        f"watermark {format_utc(plan.watermark)}, target {format_utc(plan.target)} "
-        f"(lag {LAG_DAYS} days): {plan.pending.files} files pending"
+        f"watermark {human_time(plan.watermark)}, target {human_time(plan.target)} "
+        f"(delay {LAG_DAYS} days): {plan.pending.files} files pending"
     )
     result = orchestrator.run_cycle()
     if result.files:
         echo(
             f"archived {result.files} files of {result.buckets_committed} days into "
             f"{result.shards_written} shards under {config.archive.url} "
-            f"({result.bytes_in:,} bytes -> {result.bytes_out:,} bytes); "
-            f"watermark now {format_utc(result.watermark_after)}"
+            f"({human_bytes(result.bytes_in)} -> {human_bytes(result.bytes_out)}); "
+            f"watermark now {human_time(result.watermark_after)}"
         )
     else:
-        echo(f"nothing new to archive; watermark stays at {format_utc(result.watermark_after)}")
+        echo(f"nothing new to archive; watermark stays at {human_time(result.watermark_after)}")
 
     engine = sa.create_engine(config.source.url)
     try:

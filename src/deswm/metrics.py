@@ -1,30 +1,53 @@
 """Prometheus metrics for cycles, as a :class:`~deswm.orchestrator.CycleObserver`.
 
 Needs ``pip install 'deswm[prometheus]'``. Metric names follow the earlier DES tooling so
-existing dashboards and alerts keep working::
+existing dashboards and alerts keep working (the first eight); the gauges after them are
+for batch jobs and alerts. All but the last carry ``{pipeline,partition}``::
 
-    des_watermark_lag_seconds{pipeline,partition}          target - watermark after a cycle
-    des_watermark_window_size_seconds{pipeline,partition}  the last window's length
-    des_migration_files_total{pipeline,partition}          files archived
-    des_migration_bytes_total{pipeline,partition,direction}  bytes read (in) and written (out)
-    des_migration_shards_total{pipeline,partition}         shard objects written
-    des_migration_duration_seconds{pipeline,partition}     cycle durations (histogram)
-    des_migration_failures_total{pipeline,partition}       files that failed
-    des_db_operations_total{operation}                      SQL statements by verb
+    des_watermark_lag_seconds              how far the watermark is *behind* its target
+                                           (target - watermark; the configured delay is
+                                           not included), after each bucket and cycle
+    des_watermark_window_size_seconds      the current cycle's window length
+    des_migration_files_total              files archived (read and packed)
+    des_migration_bytes_total{direction}   bytes read (in) and written to shards (out)
+    des_migration_shards_total             shard objects written
+    des_migration_duration_seconds         cycle durations (histogram)
+    des_migration_failures_total           files that failed
+    des_db_operations_total{operation}     SQL statements by verb (no pipeline label)
+    des_watermark_position_timestamp_seconds  the watermark, as a Unix time
+    des_watermark_behind_rows              rows between the watermark and the target
+    des_watermark_behind_bytes             their bytes, as the size column claims
+    des_last_success_timestamp_seconds     end of the last cycle that did not fail
+    des_last_failure_timestamp_seconds     end of the last cycle that failed
+    des_cycle_failures_total               cycles that failed
+
+A process that exits (a cron job, a Kubernetes CronJob) cannot be scraped: give
+``push_url`` (a Prometheus Pushgateway) or ``textfile`` (a ``.prom`` file for
+node_exporter's textfile collector), and the metrics are pushed or written after every
+bucket and at the end of every cycle.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from deswm._extras import require
-from deswm.model import BucketResult, CycleResult, Watermark, WatermarkKey, Window
+from deswm._redact import redact, redact_url
+from deswm.errors import ConfigError
+from deswm.model import BucketResult, CyclePlan, CycleResult, Watermark, WatermarkKey, Window
 from deswm.orchestrator import CycleObserver
 
 __all__ = ["PrometheusObserver", "instrument_engine"]
+
+log = logging.getLogger(__name__)
 
 
 def _client() -> Any:
@@ -37,9 +60,43 @@ class _Metrics:
         labels = ("pipeline", "partition")
         self.lag = prom.Gauge(
             "des_watermark_lag_seconds",
-            "Seconds the watermark trails the target after the last cycle",
+            "Seconds the watermark is behind its target (target - watermark; the configured "
+            "delay not included), after the last bucket or cycle",
             labels,
             registry=registry,
+        )
+        self.position = prom.Gauge(
+            "des_watermark_position_timestamp_seconds",
+            "The watermark position as a Unix time: every row created before it is archived",
+            labels,
+            registry=registry,
+        )
+        self.behind_rows = prom.Gauge(
+            "des_watermark_behind_rows",
+            "Rows between the watermark and the target, still to archive",
+            labels,
+            registry=registry,
+        )
+        self.behind_bytes = prom.Gauge(
+            "des_watermark_behind_bytes",
+            "Bytes of the rows between the watermark and the target (the size column's claim)",
+            labels,
+            registry=registry,
+        )
+        self.last_success = prom.Gauge(
+            "des_last_success_timestamp_seconds",
+            "Unix time the last cycle that did not fail ended",
+            labels,
+            registry=registry,
+        )
+        self.last_failure = prom.Gauge(
+            "des_last_failure_timestamp_seconds",
+            "Unix time the last failed cycle ended",
+            labels,
+            registry=registry,
+        )
+        self.cycle_failures = prom.Counter(
+            "des_cycle_failures_total", "Cycles that failed", labels, registry=registry
         )
         self.window = prom.Gauge(
             "des_watermark_window_size_seconds",
@@ -78,15 +135,33 @@ class _Metrics:
 
 
 class PrometheusObserver(CycleObserver):
-    """Updates Prometheus metrics from a running orchestrator.
+    """Updates Prometheus metrics from a running orchestrator, and exports them.
 
     Args:
         registry: a ``prometheus_client.CollectorRegistry`` (default: the global one).
+        plan: called when a cycle starts (e.g. ``orchestrator.plan``) for the rows and
+            bytes behind; one aggregate query per cycle. Without it those two gauges
+            stay unset.
+        push_url: a Pushgateway to push the registry to after every bucket and cycle,
+            grouped by ``job``, ``pipeline`` and ``partition``.
+        job: the Pushgateway job name.
+        textfile: a ``*.prom`` file for node_exporter's textfile collector, rewritten
+            atomically after every bucket and cycle.
+        clock: Unix time for the last-success/failure gauges (injectable for tests).
     """
 
     _shared: dict[int, _Metrics] = {}
 
-    def __init__(self, registry: Any = None) -> None:
+    def __init__(
+        self,
+        registry: Any = None,
+        *,
+        plan: Callable[[], CyclePlan] | None = None,
+        push_url: str | None = None,
+        job: str = "deswm",
+        textfile: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         prom = _client()
         self.registry = registry if registry is not None else prom.REGISTRY
         # One set of metric objects per registry: registering a name twice fails.
@@ -94,12 +169,38 @@ class PrometheusObserver(CycleObserver):
         if key not in self._shared:
             self._shared[key] = _Metrics(self.registry)
         self.metrics = self._shared[key]
+        self._plan = plan
+        self.push_url = push_url
+        self.job = job
+        self.textfile = None if textfile is None else _textfile_path(textfile)
+        self._clock = clock
+        self._target: dict[WatermarkKey, Any] = {}
+        self._behind: dict[WatermarkKey, tuple[int, int]] = {}
 
     def _labels(self, key: WatermarkKey) -> dict[str, str]:
         return {"pipeline": key.pipeline, "partition": str(key.partition)}
 
     def cycle_started(self, key: WatermarkKey, window: Window) -> None:
-        self.metrics.window.labels(**self._labels(key)).set(window.duration.total_seconds())
+        labels = self._labels(key)
+        self.metrics.window.labels(**labels).set(window.duration.total_seconds())
+        self._target[key] = window.end
+        if self._plan is not None:
+            pending = self._plan().pending
+            self._set_behind(key, pending.files, pending.bytes)
+
+    def _set_behind(self, key: WatermarkKey, rows: int, size: int) -> None:
+        rows, size = max(rows, 0), max(size, 0)
+        self._behind[key] = (rows, size)
+        labels = self._labels(key)
+        self.metrics.behind_rows.labels(**labels).set(rows)
+        self.metrics.behind_bytes.labels(**labels).set(size)
+
+    def _set_position(self, key: WatermarkKey, position: Any, target: Any) -> None:
+        labels = self._labels(key)
+        self.metrics.position.labels(**labels).set(position.timestamp())
+        if target is not None:
+            behind = max(target - position, timedelta(0))
+            self.metrics.lag.labels(**labels).set(behind.total_seconds())
 
     def bucket_committed(
         self, key: WatermarkKey, result: BucketResult, watermark: Watermark
@@ -109,14 +210,56 @@ class PrometheusObserver(CycleObserver):
         self.metrics.bytes.labels(**labels, direction="in").inc(result.bytes_in)
         self.metrics.bytes.labels(**labels, direction="out").inc(result.bytes_out)
         self.metrics.shards.labels(**labels).inc(len(result.shards))
+        self._set_position(key, watermark.position, self._target.get(key))
+        if key in self._behind:
+            rows, size = self._behind[key]
+            self._set_behind(key, rows - result.files - result.kept, size - result.bytes_in)
+        self.export(key)
 
     def cycle_finished(self, result: CycleResult) -> None:
-        labels = self._labels(result.key)
-        behind = max(result.window.end - result.watermark_after, timedelta(0))
-        self.metrics.lag.labels(**labels).set(behind.total_seconds())
+        key = result.key
+        labels = self._labels(key)
+        self._set_position(key, result.watermark_after, result.window.end)
+        if result.watermark_after >= result.window.end and (self._plan or key in self._behind):
+            self._set_behind(key, 0, 0)  # caught up: nothing is left behind the target
         self.metrics.duration.labels(**labels).observe(result.duration.total_seconds())
         if result.failures:
             self.metrics.failures.labels(**labels).inc(len(result.failures))
+        self.metrics.last_success.labels(**labels).set(self._clock())
+        self._target.pop(key, None)
+        self.export(key)
+
+    def cycle_failed(self, key: WatermarkKey, error: Exception) -> None:
+        labels = self._labels(key)
+        self.metrics.cycle_failures.labels(**labels).inc()
+        self.metrics.last_failure.labels(**labels).set(self._clock())
+        self._target.pop(key, None)
+        self.export(key)
+
+    def export(self, key: WatermarkKey) -> None:
+        """Write the textfile and push to the gateway (whichever are configured).
+
+        A failure is logged as a warning and does not stop archiving: the next bucket
+        exports again, and the last-success gauge tells an alert what it missed.
+        """
+        prom = _client()
+        if self.textfile is not None:
+            try:
+                prom.write_to_textfile(str(self.textfile), self.registry)
+            except OSError as exc:
+                log.warning("cannot write the metrics textfile %s: %s", self.textfile, exc)
+        if self.push_url is not None:
+            try:
+                prom.push_to_gateway(
+                    self.push_url,
+                    job=self.job,
+                    registry=self.registry,
+                    grouping_key=self._labels(key),
+                )
+            except OSError as exc:
+                log.warning(
+                    "cannot push metrics to %s: %s", redact_url(self.push_url), redact(str(exc))
+                )
 
     def instrument(self, engine: sa.Engine) -> None:
         """Count this engine's SQL statements in ``des_db_operations_total``."""
@@ -131,3 +274,22 @@ def instrument_engine(engine: sa.Engine, counter: Any) -> None:
         counter.labels(operation=verb).inc()
 
     sa.event.listen(engine, "before_cursor_execute", count)
+
+
+def _textfile_path(path: str | os.PathLike[str]) -> Path:
+    """node_exporter only reads ``*.prom`` files of an existing folder: check both now."""
+    textfile = Path(path)
+    if textfile.suffix != ".prom":
+        raise ConfigError(
+            f"{textfile} does not end in .prom, so node_exporter's textfile collector "
+            "would never read it",
+            key="metrics_textfile",
+            hint="name the file like /var/lib/node_exporter/textfile/deswm.prom",
+        )
+    if not textfile.parent.is_dir():
+        raise ConfigError(
+            f"the folder of {textfile} does not exist",
+            key="metrics_textfile",
+            hint="create it, or point --metrics-textfile at node_exporter's textfile folder",
+        )
+    return textfile

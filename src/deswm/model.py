@@ -12,6 +12,13 @@ from typing import Final, Literal
 import attrs
 
 from deswm._codecs import Codec as Codec
+from deswm._humanize import (
+    Displayed,
+    human_bytes,
+    human_count,
+    human_duration,
+    human_time,
+)
 from deswm.container import group_prefix, part_name
 from deswm.timeutil import format_day, format_utc
 
@@ -95,6 +102,8 @@ class Watermark:
     """A stored watermark: every row with ``created_at < position`` is done.
 
     ``version`` increases with every write; ``advance`` is a compare-and-set on it.
+    ``lag`` is the configured *delay* stored with it (how far behind now its target
+    stays), not how far it is behind: that is :attr:`CyclePlan.behind`.
     """
 
     key: WatermarkKey
@@ -112,7 +121,7 @@ class Watermark:
 
 
 @attrs.frozen
-class WatermarkChange:
+class WatermarkChange(Displayed):
     """One manual change of a watermark, as kept in the history table."""
 
     key: WatermarkKey
@@ -121,6 +130,15 @@ class WatermarkChange:
     previous: datetime | None
     position: datetime | None
     reason: str
+
+    def _display(self) -> tuple[str, list[tuple[str, object]]]:
+        return f"watermark change of {self.key}", [
+            ("changed at", human_time(self.changed_at)),
+            ("by", self.actor),
+            ("from", human_time(self.previous)),
+            ("to", human_time(self.position)),
+            ("reason", self.reason),
+        ]
 
 
 @attrs.frozen
@@ -163,7 +181,7 @@ class Window:
         return isinstance(instant, datetime) and self.start <= instant < self.end
 
     def __str__(self) -> str:
-        return f"[{format_utc(self.start)}, {format_utc(self.end)})"
+        return f"[{human_time(self.start)}, {human_time(self.end)})"
 
 
 @attrs.frozen
@@ -184,7 +202,7 @@ class Partition:
 
 
 @attrs.frozen
-class PendingStats:
+class PendingStats(Displayed):
     """What a window holds, from one aggregate statement."""
 
     window: Window
@@ -192,6 +210,14 @@ class PendingStats:
     bytes: int
     oldest: datetime | None
     newest: datetime | None
+
+    def _display(self) -> tuple[str, list[tuple[str, object]]]:
+        return f"pending in {self.window}", [
+            ("files", human_count(self.files)),
+            ("bytes", human_bytes(self.bytes)),
+            ("oldest", human_time(self.oldest)),
+            ("newest", human_time(self.newest)),
+        ]
 
 
 @attrs.frozen(order=True)
@@ -256,6 +282,12 @@ class BucketResult:
     bytes_out: int
     kept: int
     shards: tuple[PublishedShard, ...] = ()
+    unchanged: int = 0
+    """Files already published byte for byte (a replay): their parts were left as they were."""
+    replaced: int = 0
+    """Files that replaced the published entry of the same uid in a rewritten part."""
+    shards_unchanged: int = 0
+    """Parts of touched groups left as they were (nothing new for them, or identical)."""
 
 
 @attrs.frozen
@@ -310,8 +342,13 @@ class RetryResult:
 
 
 @attrs.frozen
-class CyclePlan:
-    """What a cycle would do now: ``plan()`` and ``deswm stats`` (writes nothing)."""
+class CyclePlan(Displayed):
+    """What a cycle would do now: ``plan()`` and ``deswm stats`` (writes nothing).
+
+    Two durations are kept apart: the *delay* is configured (the target stays that far
+    behind now, ``target = bucket_start(now - delay)``); :attr:`behind` is the backlog
+    (how far the watermark trails the target).
+    """
 
     key: WatermarkKey
     watermark: datetime
@@ -319,16 +356,46 @@ class CyclePlan:
     window: Window
     pending: PendingStats
     initialised: bool
+    delay: timedelta | None = None
+    """The configured delay the target was computed with (``None``: not given)."""
 
     @property
-    def lag_behind(self) -> timedelta:
-        """How far the watermark trails the target (zero when caught up)."""
+    def behind(self) -> timedelta:
+        """How far the watermark trails the target: the backlog (zero when caught up)."""
         return max(self.target - self.watermark, timedelta(0))
+
+    def _display(self) -> tuple[str, list[tuple[str, object]]]:
+        state = "" if self.initialised else " (not initialised yet: the first run starts here)"
+        rows: list[tuple[str, object]] = [
+            ("watermark", human_time(self.watermark) + state),
+            ("target", human_time(self.target)),
+            ("delay", "-" if self.delay is None else human_duration(self.delay)),
+            ("behind", human_duration(self.behind) if self.behind else "caught up"),
+            ("window", self.window),
+            (
+                "pending",
+                f"{human_count(self.pending.files)} files, {human_bytes(self.pending.bytes)}",
+            ),
+        ]
+        if self.pending.oldest:
+            newest = self.pending.newest or self.pending.oldest
+            rows.append(
+                ("oldest/newest", f"{human_time(self.pending.oldest)} / {human_time(newest)}")
+            )
+        return f"plan for {self.key}", rows
 
 
 @attrs.frozen
-class CycleResult:
-    """What one ``run_cycle()`` did, with real counts."""
+class CycleResult(Displayed):
+    """What one ``run_cycle()`` did, with real counts.
+
+    ``files`` counts every file read and handed to the packer; of them, ``unchanged``
+    were already published byte for byte (a replay writes nothing for them) and
+    ``replaced`` took the place of the same entry in a rewritten part; the rest are new.
+    ``kept`` rows had no file any more but an archived entry. ``shards_written`` parts
+    were written (``shards_merged`` of them merged with entries published before), and
+    ``shards_unchanged`` parts of the touched groups were left as they were.
+    """
 
     key: WatermarkKey
     window: Window
@@ -344,6 +411,10 @@ class CycleResult:
     duration: timedelta = timedelta(0)
     stopped: StopReason = "finished"
     """Why the cycle ended; anything but ``"finished"`` left buckets for the next one."""
+    unchanged: int = 0
+    replaced: int = 0
+    shards_merged: int = 0
+    shards_unchanged: int = 0
 
     @property
     def advanced(self) -> bool:
@@ -354,15 +425,82 @@ class CycleResult:
         """Whether the cycle stopped at a bucket boundary before the end of its window."""
         return self.stopped != "finished"
 
+    @property
+    def new(self) -> int:
+        """Files that were not in the archive before this cycle."""
+        return self.files - self.unchanged - self.replaced
+
+    def _files_text(self) -> str:
+        text = f"{human_count(self.files)} read ({human_bytes(self.bytes_in)})"
+        if self.files:
+            text += (
+                f": {human_count(self.new)} new, {human_count(self.replaced)} rewritten, "
+                f"{human_count(self.unchanged)} unchanged"
+            )
+        return text
+
+    def _shards_text(self) -> str:
+        text = f"{human_count(self.shards_written)} written ({human_bytes(self.bytes_out)}"
+        text += f", {human_count(self.shards_merged)} merged with earlier entries)"
+        return text + f", {human_count(self.shards_unchanged)} unchanged"
+
     def summary(self) -> str:
+        """One line for a log: what was read, what was written, where the watermark is."""
+        replay = ", nothing changed (already archived)" if self._replay else ""
         return (
-            f"{self.key}: window {self.window}, {self.files} files, "
-            f"{self.bytes_in} bytes in, {self.bytes_out} bytes out, "
-            f"{self.shards_written} shards, {self.buckets_committed} buckets committed, "
-            f"{len(self.failures)} failures, watermark {format_utc(self.watermark_before)} -> "
-            f"{format_utc(self.watermark_after)} in {self.duration.total_seconds():.2f}s"
+            f"{self.key}: window {self.window}, files {self._files_text()}; "
+            f"shards {self._shards_text()}{replay}; {human_count(self.buckets_committed)} "
+            f"buckets committed, {human_count(len(self.failures))} failures; watermark "
+            f"{human_time(self.watermark_before)} -> {human_time(self.watermark_after)} in "
+            f"{human_duration(self.duration)}"
             f"; stopped: {STOP_REASON_TEXT[self.stopped]}"
         )
+
+    def log_fields(self) -> dict[str, object]:
+        """The stable keys of the ``cycle_finished`` log event (``--log-format json``)."""
+        return {
+            "event": "cycle_finished",
+            "pipeline": self.key.pipeline,
+            "partition": self.key.partition,
+            "window": str(self.window),
+            "files": self.files,
+            "unchanged": self.unchanged,
+            "replaced": self.replaced,
+            "bytes": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "shards": self.shards_written,
+            "buckets": self.buckets_committed,
+            "failures": len(self.failures),
+            "watermark": format_utc(self.watermark_after),
+            "duration": round(self.duration.total_seconds(), 6),
+            "stopped": self.stopped,
+        }
+
+    @property
+    def _replay(self) -> bool:
+        return self.files > 0 and self.unchanged == self.files and self.shards_written == 0
+
+    def _display(self) -> tuple[str, list[tuple[str, object]]]:
+        rows: list[tuple[str, object]] = [
+            ("window", self.window),
+            ("files", self._files_text()),
+        ]
+        if self.kept:
+            rows.append(("kept", f"{human_count(self.kept)} (file gone, archived before)"))
+        rows.append(("shards", self._shards_text()))
+        if self._replay:
+            rows.append(("replay", "nothing changed: every file was already archived"))
+        rows += [
+            ("buckets", f"{human_count(self.buckets_committed)} committed"),
+            ("failures", human_count(len(self.failures))),
+            (
+                "watermark",
+                f"{human_time(self.watermark_before)} -> {human_time(self.watermark_after)}",
+            ),
+            ("duration", human_duration(self.duration)),
+        ]
+        rows.append(("stopped", STOP_REASON_TEXT[self.stopped]))
+        return f"cycle of {self.key}", rows
 
 
 @attrs.frozen

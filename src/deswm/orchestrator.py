@@ -107,6 +107,9 @@ class CycleObserver:
     def cycle_finished(self, result: CycleResult) -> None:
         """A cycle ended without raising."""
 
+    def cycle_failed(self, key: WatermarkKey, error: Exception) -> None:
+        """A cycle raised ``error`` (committed buckets stay committed); it is re-raised."""
+
 
 class _Stop:
     """A stop request and its reason: set from any thread, checked at bucket boundaries."""
@@ -172,6 +175,10 @@ class _Totals:
     shards: int = 0
     buckets: int = 0
     failures: list[FileFailure] = attrs.Factory(list)
+    unchanged: int = 0
+    replaced: int = 0
+    shards_merged: int = 0
+    shards_unchanged: int = 0
 
 
 class WatermarkOrchestrator:
@@ -396,6 +403,7 @@ class WatermarkOrchestrator:
             window=window,
             pending=pending,
             initialised=stored is not None,
+            delay=self.lag,
         )
 
     # --- running ------------------------------------------------------------------------
@@ -575,6 +583,14 @@ class WatermarkOrchestrator:
     # --- the cycle ----------------------------------------------------------------------
 
     def _run_cycle(self, stop: _Stop, deadline: float | None) -> CycleResult:
+        try:
+            return self._cycle(stop, deadline)
+        except Exception as exc:
+            for observer in self.observers:
+                observer.cycle_failed(self.key, exc)
+            raise
+
+    def _cycle(self, stop: _Stop, deadline: float | None) -> CycleResult:
         started = time.monotonic()
         now = self._now()
         watermark = self._load(now)
@@ -599,7 +615,7 @@ class WatermarkOrchestrator:
                 window, before, watermark, totals, (stop, deadline), started
             )
         result = self._result(window, before, watermark, totals, started, stopped=stopped)
-        log.info("cycle done: %s", result.summary())
+        log.info("cycle done: %s", result.summary(), extra=result.log_fields())
         for observer in self.observers:
             observer.cycle_finished(result)
         return result
@@ -629,6 +645,10 @@ class WatermarkOrchestrator:
             failures=tuple(totals.failures) if failures is None else failures,
             duration=timedelta(seconds=time.monotonic() - started),
             stopped=stopped,
+            unchanged=totals.unchanged,
+            replaced=totals.replaced,
+            shards_merged=totals.shards_merged,
+            shards_unchanged=totals.shards_unchanged,
         )
 
     def _owned(self, window: Window) -> Iterator[SourceRecord]:
@@ -764,15 +784,33 @@ class WatermarkOrchestrator:
         totals.buckets += 1
         totals.shards += len(result.shards)
         totals.bytes_out += result.bytes_out
+        totals.unchanged += result.unchanged
+        totals.replaced += result.replaced
+        totals.shards_merged += sum(1 for shard in result.shards if shard.merged)
+        totals.shards_unchanged += result.shards_unchanged
         log.info(
-            "committed %s bucket %s: %d files, %d shards, %d -> %d bytes; watermark -> %s",
+            "committed %s bucket %s: %d files (%d unchanged), %d shards, %d -> %d bytes; "
+            "watermark -> %s",
             self.key,
             bucket.date().isoformat(),
             result.files,
+            result.unchanged,
             len(result.shards),
             result.bytes_in,
             result.bytes_out,
             format_utc(watermark.position),
+            extra={
+                "event": "bucket_committed",
+                "pipeline": self.key.pipeline,
+                "partition": self.key.partition,
+                "bucket": bucket.date().isoformat(),
+                "files": result.files,
+                "unchanged": result.unchanged,
+                "bytes": result.bytes_in,
+                "bytes_out": result.bytes_out,
+                "shards": len(result.shards),
+                "watermark": format_utc(watermark.position),
+            },
         )
         for observer in self.observers:
             observer.bucket_committed(self.key, result, watermark)

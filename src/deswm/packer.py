@@ -550,7 +550,7 @@ class DesBucketWriter:
         if self._big_seen:
             self._store.cleanup_temp(folder=BIG_FILES)
         shards: list[PublishedShard] = []
-        kept = 0
+        kept = unchanged = replaced = shards_unchanged = 0
         bytes_out = self._big_written
         # On local disk, the parts' fsyncs are issued together (see ShardStore.batch);
         # every object is still written, fsynced and renamed on its own (G11), in order.
@@ -564,7 +564,10 @@ class DesBucketWriter:
                 reach("packer.merge.before_write" if old else "packer.before_group")
                 for part in plan.parts:
                     if part.identical and self._unchanged(group, part):
+                        shards_unchanged += 1
+                        unchanged += sum(1 for item in part.items if item.source != IN_OLD_PART)
                         continue
+                    replaced += part.replaced
                     shards.append(self._publish_part(group, part, merged=bool(old)))
                     bytes_out += part.size
                     reach("packer.after_part")
@@ -581,6 +584,9 @@ class DesBucketWriter:
             bytes_out=bytes_out,
             kept=kept,
             shards=tuple(shards),
+            unchanged=unchanged,
+            replaced=replaced,
+            shards_unchanged=shards_unchanged,
         )
 
     def _publish_part(self, group: Group, part: PartPlan, *, merged: bool) -> PublishedShard:

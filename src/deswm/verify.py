@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import attrs
 
+from deswm._humanize import Displayed, human_count, human_time
 from deswm.errors import CorruptShardError, NotArchivedError, UnverifiedEntryError
 from deswm.model import SourceRecord, Window
 from deswm.protocols import ArchiveLookup, SourceProvider
@@ -14,7 +15,7 @@ __all__ = ["ArchiveLookup", "VerifyReport", "verify_window"]
 
 
 @attrs.frozen
-class VerifyReport:
+class VerifyReport(Displayed):
     """Rows checked, and those missing from or corrupt in the archive (first 100 each).
 
     ``unverified`` (deep only) are entries of other DES writers that decoded to their
@@ -33,6 +34,23 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return self.missing_count == 0 and self.corrupt_count == 0
+
+    def _display(self) -> tuple[str, list[tuple[str, object]]]:
+        rows: list[tuple[str, object]] = [
+            ("window", self.window),
+            ("result", "ok" if self.ok else "FAILED"),
+            ("checked", f"{human_count(self.checked)} rows"),
+            ("missing", human_count(self.missing_count)),
+            ("corrupt", human_count(self.corrupt_count)),
+        ]
+        if self.unverified_count:
+            rows.append(("unverified", f"{human_count(self.unverified_count)} (no checksum)"))
+        rows += [
+            ("missing row", f"{r.uid!r} created_at={human_time(r.created_at)} ({r.location})")
+            for r in self.missing
+        ]
+        rows += [("corrupt row", f"{r.uid!r}: {reason}") for r, reason in self.corrupt]
+        return "verify report", rows
 
 
 def verify_window(
