@@ -557,7 +557,7 @@ def test_verbosity_flags_work_before_and_after_the_command(demo_dir: Path, args:
     config = str(demo_dir / "deswm.toml")
     done = _deswm(*(a.format(config=config) for a in args))
     assert done.returncode == 0, done.stderr
-    assert "pipeline" in done.stdout
+    assert "demo" in done.stdout and "watermark" in done.stdout
 
 
 def test_a_flag_before_the_command_is_not_reset_by_the_command() -> None:

@@ -23,7 +23,9 @@ def blocks(language: str) -> list[str]:
 def test_examples_parse() -> None:
     for block in blocks("json"):
         assert json.loads(block)["event"] == "bucket_committed"
-    probe, rules = (yaml.safe_load(block) for block in blocks("yaml"))
+    docs = [doc for block in blocks("yaml") for doc in yaml.safe_load_all(block)]
+    probe = next(doc for doc in docs if isinstance(doc, dict) and "containers" in doc)
+    rules = next(doc for doc in docs if isinstance(doc, dict) and "groups" in doc)
     assert (
         "find /tmp/health/deswm -mmin"
         in probe["containers"][0]["livenessProbe"]["exec"]["command"][2]
