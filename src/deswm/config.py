@@ -631,6 +631,7 @@ class Config:
 _READER_KEYS: Final = {
     # FsspecFileReader's own names for its arguments
     "reader.allowed_roots": "files.allowed_roots",
+    "reader.max_workers": "files.max_workers",
     "reader.retries": "files.retries",
     "reader.storage_options": "files.storage_options",
 }

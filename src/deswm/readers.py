@@ -65,7 +65,9 @@ class FileReaderBase(abc.ABC):
 
     def __init__(self, *, max_workers: int = 8, read_ahead: int | None = None) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ConfigError(f"must be a positive integer, got {max_workers!r}", key="max_workers")
+            raise ConfigError(
+                f"must be a positive integer, got {max_workers!r}", key="reader.max_workers"
+            )
         if read_ahead is None:
             read_ahead = 2 * max_workers
         if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 1:
