@@ -22,6 +22,7 @@ from deswm.stores.errors import *
 from deswm.stores.legacy import LegacyArchiveConfigStore
 from deswm.stores.objectstore import ObjectStoreWatermarkStore
 from deswm.stores.sql import *
+from deswm.throttle import *
 from deswm.verify import *
 
 __version__: str
@@ -62,6 +63,7 @@ __all__ = [
     "FlagResult",
     "FlagSettings",
     "FsspecFileReader",
+    "LagProbe",
     "LegacyArchiveConfigStore",
     "LocationOutsideRootError",
     "LocationReference",
@@ -80,6 +82,7 @@ __all__ = [
     "PurgeResult",
     "ReadResult",
     "RecordedFailure",
+    "ReplicaLagError",
     "RetryResult",
     "RowCountError",
     "RunSettings",
@@ -90,7 +93,9 @@ __all__ = [
     "SourceProvider",
     "SourceRecord",
     "SourceSettings",
+    "SourceThrottle",
     "SqlErrorStore",
+    "SqlReplicaLagProbe",
     "SqlSourceProvider",
     "SqlWatermarkStore",
     "UnplaceableRowError",

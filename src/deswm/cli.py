@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -113,7 +114,31 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
         "pending_bytes": plan.pending.bytes,
         "oldest_pending": format_utc(plan.pending.oldest) if plan.pending.oldest else None,
         "newest_pending": format_utc(plan.pending.newest) if plan.pending.newest else None,
+        **_before_start_dict(plan),
     }
+
+
+def _before_start_dict(plan: CyclePlan) -> dict[str, Any]:
+    before = plan.before_start
+    return {
+        "rows_before_start": None if before is None else before.files,
+        "bytes_before_start": None if before is None else before.bytes,
+        "oldest_before_start": format_utc(before.oldest) if before and before.oldest else None,
+    }
+
+
+def _print_before_start(plan: CyclePlan) -> None:
+    """Rows older than where the new watermark starts: never archived, so say so."""
+    before = plan.before_start
+    if before is None or not before.files:
+        return
+    oldest = format_utc(before.oldest) if before.oldest else "?"
+    print(
+        f"warning: {before.files} row(s) ({_human_bytes(before.bytes)}) are older than "
+        f"{format_utc(plan.watermark)}, where the new watermark starts, and will never be "
+        f"archived (the oldest from {oldest}); to archive them set [watermark] initial "
+        "before the first run (by default it starts 30 days back)"
+    )
 
 
 def _print_plan(plan: CyclePlan) -> None:
@@ -129,6 +154,7 @@ def _print_plan(plan: CyclePlan) -> None:
             f"oldest/newest: {format_utc(plan.pending.oldest)} / "
             f"{format_utc(plan.pending.newest or plan.pending.oldest)}"
         )
+    _print_before_start(plan)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -142,7 +168,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _with_source_limits(_config(args), args)
     orchestrator = config.build_orchestrator(partition=args.partition, read_only=args.dry_run)
     if args.dry_run:
         plan = orchestrator.plan()
@@ -180,6 +206,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(result.summary())
     return EXIT_OK
+
+
+_SOURCE_LIMIT_FLAGS = (
+    "max_rows_per_second",
+    "max_pages_per_second",
+    "sleep_coef",
+    "max_replica_lag",
+)
+
+
+def _with_source_limits(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with the ``[source]`` rate limits given on the command line."""
+    given = {
+        name: getattr(args, name)
+        for name in _SOURCE_LIMIT_FLAGS
+        if getattr(args, name, None) is not None
+    }
+    if not given:
+        return config
+    return attrs.evolve(config, source=attrs.evolve(config.source, **given))
+
+
+def _number(*, positive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            wanted = "a positive number" if positive else "zero or a positive number"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    return parse
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -564,6 +624,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="PORT",
         help="serve Prometheus metrics on this port (deswm[prometheus])",
+    )
+    limits = run.add_argument_group("source limits (override [source])")
+    limits.add_argument(
+        "--max-rows-per-second",
+        type=_number(positive=True),
+        metavar="N",
+        help="read at most N source rows a second",
+    )
+    limits.add_argument(
+        "--max-pages-per-second",
+        type=_number(positive=True),
+        metavar="N",
+        help="send at most N page queries a second",
+    )
+    limits.add_argument(
+        "--sleep-coef",
+        type=_number(positive=False),
+        metavar="F",
+        help="after each page wait F times its query time",
+    )
+    limits.add_argument(
+        "--max-replica-lag",
+        type=_number(positive=False),
+        metavar="SECONDS",
+        help="pause while source.replica_url lags more than this",
     )
     with_output(run)
 

@@ -301,11 +301,25 @@ class CyclePlan:
     window: Window
     pending: PendingStats
     initialised: bool
+    before_start: PendingStats | None = None
+    """Before the first run: the rows older than where the new watermark will start,
+    which this pipeline never archives (one aggregate query); ``None`` once the
+    watermark exists (where it started is not kept)."""
 
     @property
     def lag_behind(self) -> timedelta:
         """How far the watermark trails the target (zero when caught up)."""
         return max(self.target - self.watermark, timedelta(0))
+
+    @property
+    def rows_before_start(self) -> int | None:
+        """How many rows lie before the new watermark's start (``None``: not known)."""
+        return None if self.before_start is None else self.before_start.files
+
+    @property
+    def oldest_before_start(self) -> datetime | None:
+        """The oldest ``created_at`` before the new watermark's start, if any."""
+        return None if self.before_start is None else self.before_start.oldest
 
 
 @attrs.frozen
