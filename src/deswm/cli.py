@@ -137,7 +137,7 @@ def _print_before_start(plan: CyclePlan) -> None:
         f"warning: {before.files} row(s) ({_human_bytes(before.bytes)}) are older than "
         f"{format_utc(plan.watermark)}, where the new watermark starts, and will never be "
         f"archived (the oldest from {oldest}); to archive them set [watermark] initial "
-        "before the first run (by default it starts 30 days back)"
+        "to an earlier date before the first run (without it: 30 days back)"
     )
 
 

@@ -248,8 +248,7 @@ class WatermarkOrchestrator:
             level,
             "%s: the new watermark starts at %s; %d row(s) older than that, the oldest from "
             "%s, are never archived by this pipeline. To archive them move the watermark "
-            "back (`deswm watermark set --to %s`), or set [watermark] initial before the "
-            "first run",
+            "back: `deswm watermark set --to %s`",
             self.key,
             where,
             before.files,
