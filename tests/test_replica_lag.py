@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -44,7 +45,7 @@ def engine_of(db_url: str) -> Iterator[sa.Engine]:
 def test_postgres_queries_read_a_primary_that_has_no_standby(engine_of: sa.Engine) -> None:
     with engine_of.connect() as conn:
         assert postgres_standby_lag(conn) == (False, None)  # replay timestamp: NULL
-        assert postgres_primary_lag(conn) == (0, 0, None)  # pg_stat_replication: empty
+        assert postgres_primary_lag(conn) == (0, 0, 0, None)  # pg_stat_replication: empty
     probe = SqlReplicaLagProbe(engine_of)
     with pytest.raises(ReplicaLagError) as caught:
         probe.replica_lag()
@@ -135,3 +136,50 @@ def test_an_unreachable_replica_is_a_source_error_without_the_password(db_url: s
     assert "reading the replication lag" in str(caught.value)
     assert "hunter2" not in str(caught.value)
     probe.close()
+
+
+# --- the answers a real replica gives, which no CI server can: fed to the same decisions ---
+
+
+class _Conn:
+    """Enough of a connection for the messages (the queries are replaced)."""
+
+    class engine:
+        url = sa.make_url("postgresql://reader:pw@replica.internal/db")
+
+
+@pytest.mark.parametrize(
+    ("standby", "primary", "expected"),
+    [
+        ((True, 4.5), None, 4.5),
+        ((True, None), None, "has replayed no transaction"),
+        ((False, None), (2, 2, 2, 7.25), 7.25),
+        ((False, None), (1, 1, 1, None), 0.0),  # caught up and idle
+        ((False, None), (2, 0, 0, None), "hides the state of its standbys"),
+        ((False, None), (1, 1, 0, None), "streams WAL only to clients that replay nothing"),
+    ],
+)
+def test_postgres_lag_decisions(
+    monkeypatch: pytest.MonkeyPatch, standby: Any, primary: Any, expected: float | str
+) -> None:
+    from deswm._sql import replica
+
+    monkeypatch.setattr(replica, "postgres_standby_lag", lambda _conn: standby)
+    monkeypatch.setattr(replica, "postgres_primary_lag", lambda _conn: primary)
+    if isinstance(expected, float):
+        assert replica._postgres_lag(_Conn()) == expected  # type: ignore[arg-type]
+        return
+    with pytest.raises(ReplicaLagError, match=expected) as caught:
+        replica._postgres_lag(_Conn())  # type: ignore[arg-type]
+    assert "pw" not in str(caught.value)
+
+
+def test_mariadb_lag_is_the_largest_running_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deswm._sql import replica
+
+    rows = [
+        {"Connection_name": "", "Seconds_Behind_Master": 2},
+        {"Connection_name": "eu", "Seconds_Behind_Master": 40},
+    ]
+    monkeypatch.setattr(replica, "mysql_replica_status", lambda _conn: rows)
+    assert replica._mysql_lag(_Conn()) == 40.0  # type: ignore[arg-type]

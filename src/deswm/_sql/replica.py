@@ -7,7 +7,8 @@
 * **PostgreSQL, on a primary**: the largest ``pg_stat_replication.replay_lag`` over its
   standbys (NULL there means caught up and idle, so 0). No standby is a
   ``ReplicaLagError``; so are rows whose details are hidden (an account without
-  ``pg_monitor`` sees NULL columns, which would read as no lag).
+  ``pg_monitor`` sees NULL columns, which would read as no lag) and senders that only
+  feed WAL receivers (``pg_receivewal``: no replay position).
 * **MariaDB / MySQL**: ``Seconds_Behind_Master`` (MySQL 8.0.22+: ``Seconds_Behind_Source``)
   of ``SHOW ALL REPLICAS STATUS`` (MariaDB, every named connection), ``SHOW REPLICA
   STATUS`` (MySQL, every channel) or ``SHOW SLAVE STATUS`` (older servers), the largest
@@ -44,7 +45,8 @@ _PG_STANDBY = sa.text(
     "THEN 0 ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
 )
 _PG_PRIMARY = sa.text(
-    "SELECT count(*), count(state), max(EXTRACT(EPOCH FROM replay_lag)) FROM pg_stat_replication"
+    "SELECT count(*), count(state), count(replay_lsn), max(EXTRACT(EPOCH FROM replay_lag)) "
+    "FROM pg_stat_replication"
 )
 _LAG_COLUMNS = ("Seconds_Behind_Master", "Seconds_Behind_Source")
 
@@ -107,10 +109,16 @@ def postgres_standby_lag(conn: sa.Connection) -> tuple[bool, float | None]:
     return bool(in_recovery), None if lag is None else max(float(lag), 0.0)
 
 
-def postgres_primary_lag(conn: sa.Connection) -> tuple[int, int, float | None]:
-    """``(standbys, standbys whose state is visible, largest replay lag)`` of a primary."""
-    standbys, visible, lag = conn.execute(_PG_PRIMARY).one()
-    return int(standbys), int(visible), None if lag is None else max(float(lag), 0.0)
+def postgres_primary_lag(conn: sa.Connection) -> tuple[int, int, int, float | None]:
+    """``(WAL senders, those whose state this account sees, those that replay, largest
+    replay lag)`` of a primary (a WAL receiver such as pg_receivewal replays nothing)."""
+    senders, visible, replaying, lag = conn.execute(_PG_PRIMARY).one()
+    return (
+        int(senders),
+        int(visible),
+        int(replaying),
+        None if lag is None else max(float(lag), 0.0),
+    )
 
 
 def _postgres_lag(conn: sa.Connection) -> float:
@@ -122,7 +130,7 @@ def _postgres_lag(conn: sa.Connection) -> float:
                 "(pg_last_xact_replay_timestamp() is NULL), so its lag is unknown"
             )
         return lag
-    standbys, visible, lag = postgres_primary_lag(conn)
+    standbys, visible, replaying, lag = postgres_primary_lag(conn)
     if standbys == 0:
         raise ReplicaLagError(
             f"{_where(conn)} is a PostgreSQL primary with no standby in "
@@ -133,6 +141,11 @@ def _postgres_lag(conn: sa.Connection) -> float:
             f"{_where(conn)} hides the state of its standbys from this account "
             "(pg_stat_replication columns are NULL), so their lag would read as none",
             hint="GRANT pg_monitor TO the account of source.replica_url, or point it at a standby",
+        )
+    if replaying == 0:
+        raise ReplicaLagError(
+            f"{_where(conn)} streams WAL only to clients that replay nothing (pg_receivewal, "
+            "backup tools): no standby in pg_stat_replication reports a replay position"
         )
     return lag or 0.0
 
