@@ -149,6 +149,12 @@ def test_bad_limit_flags_exit_2_naming_the_flag(demo: Path, flag: str, value: st
     assert f"argument {flag}: " in done.stderr
 
 
+def test_max_replica_lag_without_a_replica_exits_2(demo: Path) -> None:
+    done = deswm("run", "-c", "fresh.toml", "--max-replica-lag", "5", cwd=demo)
+    assert done.returncode == 2
+    assert "--max-replica-lag: has nothing to watch: source.replica_url is not set" in done.stderr
+
+
 def test_config_limits_apply_and_flags_override_them(demo: Path) -> None:
     text = FRESH_CONFIG.format(initial='initial = "2000-01-01"').replace(
         "page_size = 25", "page_size = 25\nmax_pages_per_second = 0.001"

@@ -225,6 +225,12 @@ def _with_source_limits(config: Config, args: argparse.Namespace) -> Config:
     }
     if not given:
         return config
+    if "max_replica_lag" in given and config.source.replica_url is None:
+        raise ConfigError(
+            "has nothing to watch: source.replica_url is not set",
+            key="--max-replica-lag",
+            hint="set [source] replica_url to the replica whose lag should pause the reads",
+        )
     return attrs.evolve(config, source=attrs.evolve(config.source, **given))
 
 
