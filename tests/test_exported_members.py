@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "deswm.sqltypes",
     "deswm.stores.errors",
     "deswm.stores.sql",
+    "deswm.throttle",
     "deswm.verify",
 ]
 # Re-exported without the rest of their module (helpers and constants stay there).

@@ -340,6 +340,60 @@ def test_plan_writes_nothing(world: World) -> None:
     assert world.objects() == {}
 
 
+OLD_ROWS = [
+    SourceRecord("old-1", datetime(2023, 1, 5, 8, tzinfo=UTC), "mem/old-1", 7),
+    SourceRecord("old-2", datetime(2023, 6, 1, tzinfo=UTC), "mem/old-2", 5),
+]
+
+
+def test_plan_reports_the_rows_a_new_watermark_never_archives(world: World) -> None:
+    world.source = MemorySourceProvider(OLD_ROWS + world.records)
+    plan = world.orchestrator(initial=None).plan()
+    assert plan.watermark == datetime(2024, 4, 20, tzinfo=UTC)  # 30 days before NOW
+    assert plan.before_start is not None
+    assert plan.before_start.window.end == plan.watermark
+    assert (plan.rows_before_start, plan.before_start.bytes) == (2, 12)
+    assert plan.oldest_before_start == datetime(2023, 1, 5, 8, tzinfo=UTC)
+    assert world.store.writes == 0
+    explicit = world.orchestrator(initial=datetime(2023, 3, 1, tzinfo=UTC)).plan()
+    assert (explicit.rows_before_start, explicit.oldest_before_start) == (1, OLD_ROWS[0].created_at)
+    world.source = MemorySourceProvider(world.records)
+    assert world.orchestrator().plan().rows_before_start == 0  # initial May 10: none older
+
+
+def test_the_run_that_creates_the_watermark_warns_about_older_rows(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.source = MemorySourceProvider(OLD_ROWS + world.records)
+    with caplog.at_level(logging.INFO, logger="deswm.orchestrator"):
+        world.orchestrator(initial=None).run_cycle()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "the new watermark starts at 2024-04-20T00:00:00" in message
+    assert "30 days before the first run ([watermark] initial is not set)" in message
+    assert "2 row(s) older than that, the oldest from 2023-01-05T08:00:00" in message
+    assert "`deswm watermark set --to 2023-01-05T00:00:00" in message
+    # Once the watermark exists, where it started is not known: nothing more is said.
+    caplog.clear()
+    assert world.orchestrator(initial=None).plan().before_start is None
+    with caplog.at_level(logging.INFO, logger="deswm.orchestrator"):
+        world.orchestrator(initial=None).run_cycle()
+    assert not [r for r in caplog.records if "never archived" in r.getMessage()]
+
+
+def test_an_explicit_initial_reports_older_rows_without_a_warning(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.source = MemorySourceProvider(OLD_ROWS + world.records)
+    with caplog.at_level(logging.INFO, logger="deswm.orchestrator"):
+        world.orchestrator().run_cycle()
+    found = [r for r in caplog.records if "never archived" in r.getMessage()]
+    assert [r.levelno for r in found] == [logging.INFO]
+    assert "starts at 2024-05-10T00:00:00" in found[0].getMessage()
+    assert "Z ([watermark] initial); 2 row(s) older" in found[0].getMessage()
+
+
 def test_max_buckets_commits_in_steps(world: World) -> None:
     first = world.orchestrator(max_buckets=2).run_cycle()
     assert first.buckets_committed == 2

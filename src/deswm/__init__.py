@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         NotArchivedError,
         ObjectChangedError,
         PackError,
+        ReplicaLagError,
         RowCountError,
         ShardError,
         SourceError,
@@ -144,6 +145,11 @@ if TYPE_CHECKING:
     from deswm.stores.sql import (
         SqlWatermarkStore,
     )
+    from deswm.throttle import (
+        LagProbe,
+        SourceThrottle,
+        SqlReplicaLagProbe,
+    )
     from deswm.verify import (
         VerifyReport,
         verify_window,
@@ -188,6 +194,7 @@ __all__ = [
     "FlagSettings",
     "FlaggableSource",
     "FsspecFileReader",
+    "LagProbe",
     "LegacyArchiveConfigStore",
     "LocationOutsideRootError",
     "LocationReference",
@@ -208,6 +215,7 @@ __all__ = [
     "PurgeResult",
     "ReadResult",
     "RecordedFailure",
+    "ReplicaLagError",
     "RetryResult",
     "RowCountError",
     "RunSettings",
@@ -218,7 +226,9 @@ __all__ = [
     "SourceProvider",
     "SourceRecord",
     "SourceSettings",
+    "SourceThrottle",
     "SqlErrorStore",
+    "SqlReplicaLagProbe",
     "SqlSourceProvider",
     "SqlWatermarkStore",
     "StopReason",
@@ -273,6 +283,7 @@ _EXPORTS: dict[str, str] = {
     "NotArchivedError": "deswm.errors",
     "ObjectChangedError": "deswm.errors",
     "PackError": "deswm.errors",
+    "ReplicaLagError": "deswm.errors",
     "RowCountError": "deswm.errors",
     "ShardError": "deswm.errors",
     "SourceError": "deswm.errors",
@@ -337,6 +348,9 @@ _EXPORTS: dict[str, str] = {
     "ObjectStoreWatermarkStore": "deswm.stores.objectstore",
     "DEFAULT_TABLE": "deswm.stores.sql",
     "SqlWatermarkStore": "deswm.stores.sql",
+    "LagProbe": "deswm.throttle",
+    "SourceThrottle": "deswm.throttle",
+    "SqlReplicaLagProbe": "deswm.throttle",
     "VerifyReport": "deswm.verify",
     "verify_window": "deswm.verify",
 }

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -117,11 +118,36 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
         "pending_bytes": plan.pending.bytes,
         "oldest_pending": format_utc(plan.pending.oldest) if plan.pending.oldest else None,
         "newest_pending": format_utc(plan.pending.newest) if plan.pending.newest else None,
+        **_before_start_dict(plan),
     }
+
+
+def _before_start_dict(plan: CyclePlan) -> dict[str, Any]:
+    before = plan.before_start
+    return {
+        "rows_before_start": None if before is None else before.files,
+        "bytes_before_start": None if before is None else before.bytes,
+        "oldest_before_start": format_utc(before.oldest) if before and before.oldest else None,
+    }
+
+
+def _print_before_start(plan: CyclePlan) -> None:
+    """Rows older than where the new watermark starts: never archived, so say so."""
+    before = plan.before_start
+    if before is None or not before.files:
+        return
+    oldest = format_utc(before.oldest) if before.oldest else "?"
+    print(
+        f"warning: {human_count(before.files)} row(s) ({human_bytes(before.bytes)}) are older than "
+        f"{format_utc(plan.watermark)}, where the new watermark starts, and will never be "
+        f"archived (the oldest from {oldest}); to archive them set [watermark] initial "
+        "to an earlier date before the first run (without it: 30 days back)"
+    )
 
 
 def _print_plan(plan: CyclePlan) -> None:
     print(plan)
+    _print_before_start(plan)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -148,7 +174,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _with_source_limits(_config(args), args)
     orchestrator = config.build_orchestrator(
         partition=args.partition, read_only=args.dry_run, **_run_overrides(args)
     )
@@ -237,6 +263,46 @@ def _observers(
 
         observers.append(ProgressObserver(total=total, interval=interval))
     return observers
+
+
+_SOURCE_LIMIT_FLAGS = (
+    "max_rows_per_second",
+    "max_pages_per_second",
+    "sleep_coef",
+    "max_replica_lag",
+)
+
+
+def _with_source_limits(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with the ``[source]`` rate limits given on the command line."""
+    given = {
+        name: getattr(args, name)
+        for name in _SOURCE_LIMIT_FLAGS
+        if getattr(args, name, None) is not None
+    }
+    if not given:
+        return config
+    if "max_replica_lag" in given and config.source.replica_url is None:
+        raise ConfigError(
+            "has nothing to watch: source.replica_url is not set",
+            key="--max-replica-lag",
+            hint="set [source] replica_url to the replica whose lag should pause the reads",
+        )
+    return attrs.evolve(config, source=attrs.evolve(config.source, **given))
+
+
+def _number(*, positive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            wanted = "a positive number" if positive else "zero or a positive number"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    return parse
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -739,6 +805,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--health-file",
         metavar="PATH",
         help="touch PATH after every committed bucket and successful cycle (liveness)",
+    )
+    limits = run.add_argument_group("source limits (override [source])")
+    limits.add_argument(
+        "--max-rows-per-second",
+        type=_number(positive=True),
+        metavar="N",
+        help="read at most N source rows a second",
+    )
+    limits.add_argument(
+        "--max-pages-per-second",
+        type=_number(positive=True),
+        metavar="N",
+        help="send at most N page queries a second",
+    )
+    limits.add_argument(
+        "--sleep-coef",
+        type=_number(positive=False),
+        metavar="F",
+        help="after each page wait F times its query time",
+    )
+    limits.add_argument(
+        "--max-replica-lag",
+        type=_number(positive=False),
+        metavar="SECONDS",
+        help="pause while source.replica_url lags more than this",
     )
     with_output(run)
 

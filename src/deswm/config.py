@@ -60,6 +60,7 @@ if typing.TYPE_CHECKING:
     from deswm.routing import DesRouter
     from deswm.sources.sql import SqlSourceProvider
     from deswm.stores.errors import SqlErrorStore
+    from deswm.throttle import SourceThrottle
 
 __all__ = [
     "ArchiveSettings",
@@ -78,6 +79,7 @@ _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _INT64: Final = (-(2**63), 2**63 - 1)
 _MAX_SIZE: Final = 2**62
 _YEAR: Final = 365 * 86400.0
+_PROBE_STATEMENT_TIMEOUT: Final = 30.0  # a replication status read is instant when healthy
 DEFAULT_WATERMARK_STATEMENT_TIMEOUT: Final = 300.0
 """Seconds a statement on deswm's own tables may run (they are small: 5 minutes is ample)."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -165,6 +167,18 @@ class SourceSettings:
     statement_timeout: float = _bounded(0.0, 0, _YEAR)
     """Seconds a statement may run (0: no limit, the default: a streamed page stays open
     while its files are read, which on MariaDB counts as running)."""
+    max_rows_per_second: float | None = _bounded(None, 1e-6, 1e12)
+    """Rows read per second at most, averaged over each page (unset: no limit)."""
+    max_pages_per_second: float | None = _bounded(None, 1e-6, 1e6)
+    """Page queries per second at most (unset: no limit)."""
+    sleep_coef: float = _bounded(0.0, 0, 1e6)
+    """After each page, wait this many times its query time (pt-archiver's --sleep-coef)."""
+    replica_url: str | None = attrs.field(default=None, repr=_redacted)
+    """A replica (or PostgreSQL primary) whose replication lag pauses the reads."""
+    max_replica_lag: float = _bounded(10.0, 0, _YEAR)
+    """Seconds of replica lag beyond which reads pause."""
+    replica_check_interval: float = _bounded(1.0, 0.001, 86_400)
+    """Seconds between two replica lag checks."""
 
 
 @attrs.frozen
@@ -360,6 +374,8 @@ class Config:
             sections[name] = _build_section(section_type, name, raw)
         config = cls(path=None, **sections)
         remember(config.source.url)
+        if config.source.replica_url is not None:
+            remember(config.source.replica_url)
         if config.watermark.url is not None:
             remember(config.watermark.url)
         if config.monitoring.metrics_push is not None:
@@ -374,6 +390,13 @@ class Config:
         parse_url(self.source.url, "source.url")
         if self.watermark.url is not None and self.watermark.kind != "object":
             parse_url(self.watermark.url, "watermark.url")
+        if self.source.replica_url is not None:
+            backend = parse_url(self.source.replica_url, "source.replica_url").get_backend_name()
+            if backend not in ("postgresql", "mysql", "mariadb"):
+                raise ConfigError(
+                    f"replica lag is read from PostgreSQL or MariaDB/MySQL, not {backend}",
+                    key="source.replica_url",
+                )
         parse_timezone(self.source.timezone, "source.timezone")
         if self.watermark.lag_days < 0:
             raise ConfigError(
@@ -463,6 +486,7 @@ class Config:
                 self.source.provider, "source.provider", SqlSourceProvider
             )
         size_column = self.source.size_column or None
+        throttle = self.build_throttle()
         with _rekeyed("source"):
             return provider_type(
                 engine,
@@ -474,7 +498,35 @@ class Config:
                 size_column=size_column,
                 timezone=parse_timezone(self.source.timezone, "source.timezone"),
                 page_size=self.source.page_size,
+                **({"throttle": throttle} if throttle is not None else {}),
             )
+
+    def build_throttle(self) -> SourceThrottle | None:
+        """The source's rate limits and replica lag pause, or ``None`` when none is set."""
+        from deswm.throttle import SourceThrottle, SqlReplicaLagProbe
+
+        settings = self.source
+        probe = None
+        if settings.replica_url is not None:
+            from deswm._engines import create_engine
+
+            probe = SqlReplicaLagProbe(
+                create_engine(
+                    settings.replica_url,
+                    key="source.replica_url",
+                    lock_timeout=settings.lock_timeout,
+                    statement_timeout=_PROBE_STATEMENT_TIMEOUT,
+                )
+            )
+        throttle = SourceThrottle(
+            max_rows_per_second=settings.max_rows_per_second,
+            max_pages_per_second=settings.max_pages_per_second,
+            sleep_coef=settings.sleep_coef,
+            lag_probe=probe,
+            max_replica_lag=settings.max_replica_lag,
+            replica_check_interval=settings.replica_check_interval,
+        )
+        return throttle if throttle.limits_anything else None
 
     def build_store(self, engine: sa.Engine) -> WatermarkStore:
         """The watermark store ``watermark.kind`` names (``engine``: for the SQL kinds)."""

@@ -9,9 +9,10 @@ next, so an operator reading a log line can act on it without the source code::
     │   ├── MissingExtraError       an optional package is not installed (names the extra)
     │   └── WatermarkMoveRefused    a manual watermark move skips rows or passes the target
     ├── SourceError                 the source table could not be read
-    │   └── BadRowError             one row cannot be archived (NULL created_at, bad uid, ...)
-    │       └── UnplaceableRowError rows whose created_at no window can hold (a number, bytes,
-    │                               a year outside 0001-9999, the last day 9999-12-31)
+    │   ├── BadRowError             one row cannot be archived (NULL created_at, bad uid, ...)
+    │   │   └── UnplaceableRowError rows whose created_at no window can hold (a number, bytes,
+    │   │                           a year outside 0001-9999, the last day 9999-12-31)
+    │   └── ReplicaLagError         source.replica_url is not replicating, so its lag is unknown
     ├── FileReadError               a source file could not be read
     │   ├── FileMissingError        the location does not exist
     │   └── LocationOutsideRootError  the location is not inside files.root / allowed_roots
@@ -63,6 +64,7 @@ __all__ = [
     "NotArchivedError",
     "ObjectChangedError",
     "PackError",
+    "ReplicaLagError",
     "RowCountError",
     "ShardError",
     "SourceError",
@@ -172,6 +174,25 @@ class UnplaceableRowError(BadRowError):
             hint="Store created_at as a timestamp from 0001-01-01 to 9999-12-30 (on SQLite "
             "the text YYYY-MM-DD HH:MM:SS[.ffffff]), or exclude the rows in "
             "SqlSourceProvider.filter_query(); nothing was archived or moved",
+        )
+
+
+class ReplicaLagError(SourceError):
+    """The server at ``source.replica_url`` reports no replication lag to wait on.
+
+    Not a replica (no replica status, a PostgreSQL primary without standbys), or
+    replication stopped (a NULL lag): pausing would wait forever, reading on would ignore
+    the setting, so the run stops before its next page (what was committed stays).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.key = "source.replica_url"
+        super().__init__(
+            f"{self.key}: {message}",
+            hint=hint
+            or "Point source.replica_url at a replica that is replicating (or at the "
+            "PostgreSQL primary it streams from), or remove it to stop waiting on "
+            "replica lag",
         )
 
 

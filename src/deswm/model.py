@@ -358,6 +358,10 @@ class CyclePlan(Displayed):
     initialised: bool
     delay: timedelta | None = None
     """The configured delay the target was computed with (``None``: not given)."""
+    before_start: PendingStats | None = None
+    """Before the first run: the rows older than where the new watermark will start,
+    which this pipeline never archives (one aggregate query); ``None`` once the
+    watermark exists (where it started is not kept)."""
 
     @property
     def behind(self) -> timedelta:
@@ -383,6 +387,16 @@ class CyclePlan(Displayed):
                 ("oldest/newest", f"{human_time(self.pending.oldest)} / {human_time(newest)}")
             )
         return f"plan for {self.key}", rows
+
+    @property
+    def rows_before_start(self) -> int | None:
+        """How many rows lie before the new watermark's start (``None``: not known)."""
+        return None if self.before_start is None else self.before_start.files
+
+    @property
+    def oldest_before_start(self) -> datetime | None:
+        """The oldest ``created_at`` before the new watermark's start, if any."""
+        return None if self.before_start is None else self.before_start.oldest
 
 
 @attrs.frozen

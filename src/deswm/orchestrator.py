@@ -79,6 +79,7 @@ DEFAULT_MAX_FAILED_CYCLES = 5
 """Consecutive failed cycles after which :meth:`WatermarkOrchestrator.run_forever` gives up."""
 DEFAULT_MAX_BACKOFF = 3600.0
 """The longest wait (seconds) between failed cycles, unless the interval is longer."""
+_FIRST_INSTANT = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> datetime:
@@ -304,12 +305,44 @@ class WatermarkOrchestrator:
         )
         return self.router.bucket_start(start)
 
+    def _before_start(self, position: datetime) -> PendingStats:
+        """The rows older than ``position``, where a new watermark starts: one aggregate
+        query. This pipeline never archives them (unless the watermark is moved back)."""
+        return self.source.pending_stats(Window(_FIRST_INSTANT, position))
+
+    def _warn_before_start(self, position: datetime, before: PendingStats) -> None:
+        if not before.files:
+            return
+        oldest = format_utc(before.oldest) if before.oldest else "?"
+        if self.initial is None:
+            where = (
+                f"{format_utc(position)}, {DEFAULT_INITIAL_AGE.days} days before the first "
+                "run ([watermark] initial is not set)"
+            )
+            level = logging.WARNING
+        else:
+            where = f"{format_utc(position)} ([watermark] initial)"
+            level = logging.INFO
+        log.log(
+            level,
+            "%s: the new watermark starts at %s; %d row(s) older than that, the oldest from "
+            "%s, are never archived by this pipeline. To archive them move the watermark "
+            "back: `deswm watermark set --to %s`",
+            self.key,
+            where,
+            before.files,
+            oldest,
+            format_utc(self.router.bucket_start(before.oldest)) if before.oldest else "DATE",
+        )
+
     def _load(self, now: datetime) -> Watermark:
         watermark = self.store.get(self.key)
         if watermark is None:
+            position = self.initial_position(now)
+            self._warn_before_start(position, self._before_start(position))
             watermark = self.store.initialize(
                 self.key,
-                self.initial_position(now),
+                position,
                 lag=self.lag,
                 partitions=self.partition.count,
             )
@@ -404,6 +437,7 @@ class WatermarkOrchestrator:
             pending=pending,
             initialised=stored is not None,
             delay=self.lag,
+            before_start=None if stored is not None else self._before_start(position),
         )
 
     # --- running ------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from deswm._sql.timecols import MYSQL_FAMILY, TimeKind, time_kind, utc_session
 from deswm.container import MAX_UID_BYTES
 from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
 from deswm.model import LocationReference, PendingStats, SourceRecord, Window
+from deswm.throttle import SourceThrottle
 from deswm.timeutil import format_wall, parse_timezone
 
 if TYPE_CHECKING:
@@ -92,6 +93,9 @@ class SqlSourceProvider:
         timezone: the zone naive ``created_at`` values are wall times in (tzinfo or an
             IANA name); ignored for ``timestamptz`` and MySQL ``TIMESTAMP`` columns.
         page_size: rows per keyset page; bounds memory whatever the window holds (G9).
+        throttle: limits on how fast pages are read (rows and pages per second, a sleep
+            proportional to each page's query time, a pause while a replica lags),
+            waited out between pages; see :mod:`deswm.throttle`. ``None``: no limit.
 
     Identifiers always go through SQLAlchemy's quoting (G13), so mixed case, spaces and
     quotes in table and column names work. The table is reflected on first use; a
@@ -141,6 +145,7 @@ class SqlSourceProvider:
         size_column: str | None = SIZE_COLUMN,
         timezone: tzinfo | str = UTC,
         page_size: int = PAGE_SIZE,
+        throttle: SourceThrottle | None = None,
     ) -> None:
         self.engine, self._owns_engine = engine_from(engine_or_url, key="source.url")
         if not isinstance(table, sa.Table | str) or not str(
@@ -170,6 +175,9 @@ class SqlSourceProvider:
                 hint="10000 suits most tables; smaller pages hold a stream open for less time",
             )
         self.page_size = page_size
+        if throttle is not None and not isinstance(throttle, SourceThrottle):
+            raise ConfigError(f"must be a SourceThrottle, got {throttle!r}", key="throttle")
+        self.throttle = throttle
         self._columns: _Columns | None = None
         self._lock = threading.Lock()
 
@@ -559,6 +567,8 @@ class SqlSourceProvider:
         tied: set[object] = set()  # uids yielded at the last created_at (when ``ties``)
         last: tuple[object, object] | None = None
         total = pages = 0
+        throttle = self.throttle
+        pacer = throttle.pacer() if throttle is not None and throttle.limits_anything else None
         while True:
             if last is None:
                 query = base.where(start)
@@ -571,8 +581,10 @@ class SqlSourceProvider:
             query = query.order_by(cols.created_at, cols.uid).limit(self.page_size)
             rows = 0
             pages += 1
+            if pacer is not None:
+                pacer.before_page()  # no page is open: nothing is held while it waits
             with contextlib.closing(self._page(cols, query)) as page:
-                for row in page:
+                for row in page if pacer is None else pacer.timed(page):
                     rows += 1
                     record = reader.record(row)
                     if ties:
@@ -589,9 +601,19 @@ class SqlSourceProvider:
                 log.debug(
                     "%s window %s: %d rows in %d pages", self._table_ref, window, total, pages
                 )
+                if pacer is not None and (pacer.slept or pacer.paused):
+                    log.info(
+                        "%s window %s: throttled %.1f s, paused %.1f s for the replica",
+                        self._table_ref,
+                        window,
+                        pacer.slept,
+                        pacer.paused,
+                    )
                 return
             if ties and last is not None:
                 yield from self._rest_of_tie(cols, base, reader, last, tied)
+            if pacer is not None:
+                pacer.page_done(rows)
             reach("source.between_pages")
 
     def _collation_may_tie(self, cols: _Columns) -> bool:
