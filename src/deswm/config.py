@@ -63,6 +63,7 @@ __all__ = [
     "FilesSettings",
     "FlagSettings",
     "RunSettings",
+    "ServeSettings",
     "SourceSettings",
     "WatermarkSettings",
     "load_config",
@@ -237,6 +238,20 @@ class RunSettings:
     max_buckets: int | None = _bounded(None, 1, 10_000_000)
 
 
+@attrs.frozen
+class ServeSettings:
+    """``[serve]``: the HTTP retrieval service (``deswm serve``, docs/serving.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = _bounded(8080, 0, 65535)
+    token_env: str = "DESWM_SERVE_TOKEN"  # noqa: S105 - the variable's name, not a secret
+    """Environment variable holding the bearer token / API key (unset: no auth, loopback only)."""
+    cache_entries: int = _bounded(1024, 0, 10_000_000)
+    cache_bytes: int = _size(256 * 1024**2)
+    threads: int = _bounded(40, 1, 1024)
+    """Archive reads running at once (a thread pool: a slow backend never blocks the loop)."""
+
+
 _SECTIONS: dict[str, type] = {
     "source": SourceSettings,
     "files": FilesSettings,
@@ -244,6 +259,7 @@ _SECTIONS: dict[str, type] = {
     "archive": ArchiveSettings,
     "run": RunSettings,
     "flag": FlagSettings,
+    "serve": ServeSettings,
 }
 
 
@@ -257,6 +273,7 @@ class Config:
     files: FilesSettings = FilesSettings()
     run: RunSettings = RunSettings()
     flag: FlagSettings = FlagSettings()
+    serve: ServeSettings = ServeSettings()
     path: Path | None = None
 
     @property
