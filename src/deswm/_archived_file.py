@@ -137,7 +137,8 @@ class ArchivedFile(io.BufferedReader):
     """
 
     def __init__(self, raw: _RangeReader, entry: ArchivedEntry) -> None:
-        super().__init__(raw, buffer_size=READ_BUFFER)
+        # A small file needs no 1 MiB buffer (it would be allocated for every open).
+        super().__init__(raw, buffer_size=min(READ_BUFFER, max(entry.size, io.DEFAULT_BUFFER_SIZE)))
         self._entry = entry
 
     @property

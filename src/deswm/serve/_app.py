@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
+import attrs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -176,25 +177,12 @@ class Service:
             if request.method == "HEAD":
                 headers["Content-Length"] = str(entry.size)
                 return Response(status_code=200, headers=headers)
-        f = await self._run(self.archive.open, uid, created_at)
-        try:
-            headers = _file_headers(f.entry, uid)
-            wanted = _range(request, f.entry.size, headers.get("ETag"))
-            status = 200 if wanted is None else 206
-            if wanted is None:
-                wanted = ByteRange(0, f.entry.size, f.entry.size)
-            else:
-                headers["Content-Range"] = wanted.content_range
-            headers["Content-Length"] = str(wanted.length)
-            if wanted.length <= CHUNK:
-                data = await self._run(_read_at, f, wanted.start, wanted.length)
-                f.close()
-                return Response(data, status_code=status, headers=headers)
-        except BaseException:
-            f.close()
-            raise
-        body = self._stream(f, wanted, request)
-        return _Stream(body, status_code=status, headers=headers)
+        range_header = _range_header(request)
+        opened = await self._run(_open, self.archive, uid, created_at, range_header)
+        if isinstance(opened, _Whole):
+            return Response(opened.data, status_code=opened.status, headers=opened.headers)
+        f, wanted, status, headers = opened
+        return _Stream(self._stream(f, wanted, request), status_code=status, headers=headers)
 
     async def _stream(
         self, f: ArchivedFile, wanted: ByteRange, request: Request
@@ -243,11 +231,52 @@ def _not_modified(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k in ("ETag", "Accept-Ranges")}
 
 
-def _range(request: Request, size: int, etag: str | None) -> ByteRange | None:
+def _range_header(request: Request) -> tuple[str, str | None] | None:
     header = request.headers.get("range")
-    if_range = request.headers.get("if-range")
-    if header is None or (if_range is not None and if_range.strip() != etag):
-        return None  # no range, or If-Range names another version: the whole file
+    return None if header is None else (header, request.headers.get("if-range"))
+
+
+@attrs.frozen
+class _Whole:
+    """A response body read at once (at most one chunk)."""
+
+    data: bytes
+    status: int
+    headers: dict[str, str]
+
+
+def _open(
+    archive: Archive, uid: str, created_at: datetime, range_header: tuple[str, str | None] | None
+) -> _Whole | tuple[ArchivedFile, ByteRange, int, dict[str, str]]:
+    """Open the file and, when the answer is one chunk, read it (one worker-thread hop)."""
+    f = archive.open(uid, created_at)
+    try:
+        headers = _file_headers(f.entry, uid)
+        wanted = _range(range_header, f.entry.size, headers.get("ETag"))
+        status = 200 if wanted is None else 206
+        if wanted is None:
+            wanted = ByteRange(0, f.entry.size, f.entry.size)
+        else:
+            headers["Content-Range"] = wanted.content_range
+        headers["Content-Length"] = str(wanted.length)
+        if wanted.length > CHUNK:
+            return f, wanted, status, headers
+        data = _read_at(f, wanted.start, wanted.length)
+    except BaseException:
+        f.close()
+        raise
+    f.close()
+    return _Whole(data, status, headers)
+
+
+def _range(
+    range_header: tuple[str, str | None] | None, size: int, etag: str | None
+) -> ByteRange | None:
+    if range_header is None:
+        return None
+    header, if_range = range_header
+    if if_range is not None and if_range.strip() != etag:
+        return None  # If-Range names another version: the whole file
     return parse_range(header, size)
 
 
