@@ -9,8 +9,9 @@ archive, starts the service in a child process (uvicorn, one worker, the same ap
 prints requests/s, p50/p99 latency and the server's peak RSS, and with ``--big-mb`` the
 server's peak RSS before and after streaming the big file to a client that discards it
 (flat memory means it stays put). ``requests_per_server_cpu_second`` is the service's
-capacity per core, independent of what else runs on the machine. The client runs on the same machine, so on a small box
-it competes with the server for CPU: the figures are a lower bound.
+capacity per core, independent of what else runs on the machine. The client runs on the
+same machine, so on a small box it competes with the server for CPU: the figures are a
+lower bound.
 """
 
 from __future__ import annotations
@@ -62,10 +63,17 @@ def serve(url: str, port: int) -> None:
 
     from deswm.archive import Archive
     from deswm.routing import DesRouter
-    from deswm.serve import create_app
+    from deswm.serve import KEEP_ALIVE_SECONDS, create_app
 
     app = create_app(Archive(url, DesRouter(8)))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,  # as deswm serve
+    )
 
 
 def peak_rss_mib(pid: int) -> float:

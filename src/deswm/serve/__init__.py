@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -20,7 +20,17 @@ from deswm.serve._metrics import MetricsMiddleware, ServeMetrics
 if TYPE_CHECKING:
     from deswm.config import Config
 
-__all__ = ["build_archive", "create_app", "is_loopback", "resolve_token", "serve"]
+__all__ = [
+    "KEEP_ALIVE_SECONDS",
+    "build_archive",
+    "create_app",
+    "is_loopback",
+    "resolve_token",
+    "serve",
+]
+
+KEEP_ALIVE_SECONDS: Final = 75
+"""How long an idle keep-alive connection stays open."""
 
 
 def create_app(archive: Archive, *, token: str | None = None, threads: int = 40) -> Starlette:
@@ -74,4 +84,13 @@ def serve(
     port = settings.port if port is None else port
     token = resolve_token(settings.token_env, host, insecure_no_auth=insecure_no_auth)
     app = create_app(build_archive(config), token=token, threads=settings.threads)
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        proxy_headers=False,
+        # Longer than a load balancer's idle timeout (AWS ALB: 60 s), so the balancer,
+        # not the service, closes idle connections: no request races a closing socket.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
