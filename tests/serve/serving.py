@@ -1,19 +1,29 @@
-"""Helpers of the service tests: the packed files and a real uvicorn server in a thread."""
+"""Helpers and fixtures of the service tests: packed files, a real uvicorn server in a thread.
+
+Test modules import the fixtures they use from here (a ``conftest.py`` in this folder
+would shadow the suite's root ``conftest`` that other test modules import from).
+"""
 
 from __future__ import annotations
 
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-import uvicorn
+import pytest
 
-from deswm.model import SourceRecord
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+pytest.importorskip("starlette")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from deswm.archive import Archive  # noqa: E402
+from deswm.model import SourceRecord  # noqa: E402
+from deswm.packer import DesPacker  # noqa: E402
+from deswm.routing import DesRouter  # noqa: E402
+from deswm.serve import create_app  # noqa: E402
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 ROUTER = DesRouter(4)
@@ -78,3 +88,30 @@ def path(uid: str) -> str:
 
 def query(created_at: datetime) -> dict[str, str]:
     return {"created_at": created_at.isoformat()}
+
+
+@pytest.fixture(scope="module")
+def archive_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = str(tmp_path_factory.mktemp("serve") / "archive")
+    pack(url)
+    return url
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., Server]]:
+    """Start a server over an archive (``create_app`` options pass through)."""
+    servers: list[Server] = []
+
+    def starting(archive: Archive, **options: Any) -> Server:
+        server = Server(create_app(archive, **options))
+        servers.append(server)
+        return server
+
+    yield starting
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(archive_url: str, start: Callable[..., Server]) -> Server:
+    return start(Archive(archive_url, ROUTER))

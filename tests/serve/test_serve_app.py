@@ -1,4 +1,5 @@
 """The retrieval service over a real uvicorn server and a real HTTP client (httpx)."""
+# ruff: noqa: F811 - the fixtures imported from serving are redefined as parameters
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from typing import Any
 
 import httpx
 import pytest
-from serving import FILES, ROUTER, Server, at, pack, path, query
+from serving import (  # noqa: F401 - fixtures
+    FILES,
+    ROUTER,
+    Server,
+    archive_url,
+    at,
+    pack,
+    path,
+    query,
+    server,
+    start,
+)
 
 from deswm.archive import Archive
 

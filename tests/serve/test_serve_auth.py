@@ -1,11 +1,12 @@
 """Authentication of the retrieval service: a token from the environment, loopback default."""
+# ruff: noqa: F811 - the fixtures imported from serving are redefined as parameters
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from serving import FILES, ROUTER, path, query
+from serving import FILES, ROUTER, archive_url, path, query, server, start  # noqa: F401
 
 from deswm.archive import Archive
 from deswm.errors import ConfigError
