@@ -633,7 +633,11 @@ MINIMAL = '[source]\nurl = "sqlite:///source.db"\n[archive]\nurl = "archive"\n'
     ("extra", "key", "text"),
     [
         ("[watermark]\nlag_dayz = 3\n", "watermark.lag_dayz", "settings of [watermark]: initial"),
-        ("[wat]\nx = 1\n", "wat", "known sections: archive, files, flag, monitoring, run, source"),
+        (
+            "[wat]\nx = 1\n",
+            "wat",
+            "known sections: archive, files, flag, monitoring, run, serve, source, watermark",
+        ),
         ("[run]\non_eror = 'stop'\n", "run.on_eror", "settings of [run]:"),
     ],
     ids=["setting", "section", "typo"],

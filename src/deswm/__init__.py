@@ -13,8 +13,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from deswm._archived_file import (
+        ArchivedFile,
+    )
     from deswm.archive import (
         Archive,
+        IndexCacheStats,
     )
     from deswm.config import (
         ArchiveSettings,
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
         FlagSettings,
         MonitoringSettings,
         RunSettings,
+        ServeSettings,
         SourceSettings,
         WatermarkSettings,
         load_config,
@@ -164,6 +169,7 @@ __all__ = [
     "ArchiveSettings",
     "ArchivedDuplicateError",
     "ArchivedEntry",
+    "ArchivedFile",
     "BadRowError",
     "BucketResult",
     "BucketWriter",
@@ -194,6 +200,7 @@ __all__ = [
     "FlagSettings",
     "FlaggableSource",
     "FsspecFileReader",
+    "IndexCacheStats",
     "LagProbe",
     "LegacyArchiveConfigStore",
     "LocationOutsideRootError",
@@ -219,6 +226,7 @@ __all__ = [
     "RetryResult",
     "RowCountError",
     "RunSettings",
+    "ServeSettings",
     "ShardError",
     "ShardKey",
     "ShardRouter",
@@ -254,13 +262,16 @@ __all__ = [
 ]
 
 _EXPORTS: dict[str, str] = {
+    "ArchivedFile": "deswm._archived_file",
     "Archive": "deswm.archive",
+    "IndexCacheStats": "deswm.archive",
     "ArchiveSettings": "deswm.config",
     "Config": "deswm.config",
     "FilesSettings": "deswm.config",
     "FlagSettings": "deswm.config",
     "MonitoringSettings": "deswm.config",
     "RunSettings": "deswm.config",
+    "ServeSettings": "deswm.config",
     "SourceSettings": "deswm.config",
     "WatermarkSettings": "deswm.config",
     "load_config": "deswm.config",

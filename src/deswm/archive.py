@@ -26,6 +26,15 @@ Request budget on S3 (P7), for a file in part 0 of its group:
 * big-file entries read ``_bigFiles/<sha256>`` instead of a payload range; a warm big get
   also checks the shard's version (one HEAD), so it costs 2 requests;
 * ``exists``/``stat`` answer from a cached index after one HEAD proving it current.
+* :meth:`Archive.open` locates an entry the same way; an uncompressed entry larger than
+  1 MiB and a big file are then read range by range as the caller reads (one request
+  per read), smaller or compressed entries are read and decoded whole.
+
+The index cache is bounded by entries (``cache_size``) and by an estimate of the memory
+the parsed indexes take (``cache_bytes``). A burst of concurrent lookups in one cold
+group loads it once: the first lookup probes or lists the group while the others wait
+for it (a per-group lock, held only on the cold path), and an index is read once per
+object version however many lookups need it at the same time.
 
 Every entry is verified on read (``CorruptShardError`` on a mismatch, never swallowed);
 a meta that is damaged, or names deswm's keys without a valid sha256, is corruption, so
@@ -47,15 +56,18 @@ current version.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
+from deswm._archived_file import ArchivedFile, BytesSource, archived_file
+from deswm._codecs import RAW_CODECS
 from deswm._objectstore import ObjectStore
 from deswm.container import (
     MAX_INLINE_SIZE,
@@ -82,7 +94,7 @@ from deswm.routing import DesRouter, uid_text
 from deswm.shardio import ShardStore, describe, shard_store
 from deswm.timeutil import format_day, parse_day, require_utc
 
-__all__ = ["Archive"]
+__all__ = ["Archive", "ArchivedFile", "IndexCacheStats"]
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +104,38 @@ _ATTEMPTS: Final = 3
 _VERIFY_CHUNK: Final = 8 * 2**20
 """Largest ranged read ``verify`` issues (runs of adjacent entries are read together)."""
 
+_OPEN_WHOLE: Final = 1024 * 1024
+"""``open`` reads an uncompressed inline entry up to this size whole (one verified read)."""
+
+_ENTRY_WEIGHT: Final = 256
+"""Estimated bytes a parsed index entry takes beyond its uid and meta (``cache_bytes``)."""
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class _LRU(Generic[K, V]):
-    """A small thread-safe LRU map; ``capacity == 0`` caches nothing."""
+    """A small thread-safe LRU map; ``capacity == 0`` caches nothing.
 
-    def __init__(self, capacity: int) -> None:
+    With ``weigh``, the summed weight of the items is kept at most ``max_weight`` too
+    (an item heavier than that on its own is not cached).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        max_weight: int | None = None,
+        weigh: Callable[[V], int] | None = None,
+    ) -> None:
         self._capacity = capacity
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+        self._max_weight = max_weight
+        self._weigh = weigh
+        self._weights: dict[K, int] = {}
+        self.weight = 0
 
     def get(self, key: K) -> V | None:
         with self._lock:
@@ -114,22 +147,77 @@ class _LRU(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         if self._capacity <= 0:
             return
+        weight = 0 if self._weigh is None else self._weigh(value)
+        limit = self._max_weight
+        if limit is not None and weight > limit:
+            return
         with self._lock:
+            self._drop(key)
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
+            self._weights[key] = weight
+            self.weight += weight
+            while len(self._items) > self._capacity or (limit is not None and self.weight > limit):
+                self._drop(next(iter(self._items)))
+
+    def _drop(self, key: K) -> None:
+        if self._items.pop(key, None) is not None:
+            self.weight -= self._weights.pop(key)
 
     def pop(self, key: K) -> None:
         with self._lock:
-            self._items.pop(key, None)
+            self._drop(key)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._weights.clear()
+            self.weight = 0
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class _KeyedLocks:
+    """One lock per key while someone holds or waits for it (single-flight loads)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[Hashable, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: Hashable) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+@attrs.frozen
+class IndexCacheStats:
+    """The index cache of an :class:`Archive` (``Archive.cache_stats``).
+
+    ``hits`` count lookups answered by a cached index, ``loads`` the indexes read from
+    storage; ``entries`` and ``bytes`` (an estimate of the memory held) are its size now.
+    """
+
+    hits: int
+    loads: int
+    entries: int
+    bytes: int
+
+
+def _index_weight(index: ShardIndex) -> int:
+    """An estimate of the memory a parsed index holds (its uids, metas, and per entry)."""
+    return sum(len(e.uid) + len(e.meta) + _ENTRY_WEIGHT for e in index.entries)
 
 
 @attrs.frozen
@@ -158,6 +246,7 @@ class Archive:
         store: an object store to read instead of opening ``url`` (then neither ``url``
             nor ``storage_options`` is given); see ``deswm._objectstore``.
         cache_size: how many parsed indexes and group views to keep (0 disables caching).
+        cache_bytes: the most memory (estimated) the cached indexes may hold (256 MiB).
         max_inline_size: the largest uncompressed size of a compressed inline entry this
             reader decodes (1 GiB); larger declared sizes are refused before decoding, so
             a hostile shard cannot make a read allocate more.
@@ -173,12 +262,17 @@ class Archive:
         storage_options: Mapping[str, Any] | None = None,
         store: ObjectStore | None = None,
         cache_size: int = 1024,
+        cache_bytes: int = 256 * 2**20,
         max_inline_size: int = MAX_INLINE_SIZE,
         allow_unverified: bool = False,
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigError(
                 f"must be a non-negative integer, got {cache_size!r}", key="cache_size"
+            )
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ConfigError(
+                f"must be a non-negative integer, got {cache_bytes!r}", key="cache_bytes"
             )
         if (
             isinstance(max_inline_size, bool)
@@ -193,8 +287,14 @@ class Archive:
         self._router: ShardRouter = router if router is not None else DesRouter(8)
         self._store = shard_store(url, storage_options, store)
         self._cache_size = cache_size
-        self._indexes: _LRU[tuple[str, str], ShardIndex] = _LRU(cache_size)
+        self._indexes: _LRU[tuple[str, str], ShardIndex] = _LRU(
+            cache_size, max_weight=cache_bytes, weigh=_index_weight
+        )
         self._groups: _LRU[tuple[str, str], _GroupView] = _LRU(cache_size)
+        self._flights = _KeyedLocks()
+        self._counts_lock = threading.Lock()
+        self._hits = 0
+        self._loads = 0
 
     def __repr__(self) -> str:
         return describe("Archive", self._store, self._router, cache_size=self._cache_size)
@@ -213,6 +313,17 @@ class Archive:
         self._indexes.clear()
         self._groups.clear()
 
+    def cache_stats(self) -> IndexCacheStats:
+        """Hits, loads and the size of the index cache (for metrics)."""
+        with self._counts_lock:
+            hits, loads = self._hits, self._loads
+        return IndexCacheStats(hits, loads, len(self._indexes), self._indexes.weight)
+
+    def _count(self, *, hits: int = 0, loads: int = 0) -> None:
+        with self._counts_lock:
+            self._hits += hits
+            self._loads += loads
+
     # --- files ---------------------------------------------------------------------------
 
     def get(
@@ -227,12 +338,39 @@ class Archive:
         """
         allow = self._allow_unverified if allow_unverified is None else allow_unverified
         key, name = self._route(uid, created_at)
+        return self._retrying(key, name, created_at, lambda hit: self._read(hit, allow))
+
+    def open(
+        self, uid: str | int, created_at: datetime, *, allow_unverified: bool | None = None
+    ) -> ArchivedFile:
+        """A seekable, read-only binary file of an archived file, read on demand.
+
+        Big files (``_bigFiles/``) and uncompressed entries above 1 MiB are read range by
+        range as the caller reads, pinned to the shard version that was indexed (a
+        rewrite in between is followed to the entry's new place, if its bytes are the
+        same), so a 1 GB file is never held in memory; smaller or compressed entries
+        (at most ``max_inline_size`` when decoded) are read, decoded and verified at
+        once. A file read start to end is verified against its sha256 as it is read:
+        the read that reaches the end raises :class:`~deswm.errors.CorruptShardError`
+        on a mismatch. Bytes read out of order cannot be hash-checked. Errors as for
+        :meth:`get`; the file's ``entry`` is what :meth:`stat` returns.
+        """
+        allow = self._allow_unverified if allow_unverified is None else allow_unverified
+        key, name = self._route(uid, created_at)
+        return self._retrying(
+            key, name, created_at, lambda hit: self._open(key, name, created_at, hit, allow)
+        )
+
+    def _retrying(
+        self, key: ShardKey, name: str, created_at: datetime, action: Callable[[_Hit], T]
+    ) -> T:
+        """Locate ``name`` and run ``action`` on it, starting cold when a shard changed."""
         for _ in range(_ATTEMPTS):
             hit: _Hit | None = None
             try:
                 hit = self._locate(key, name, created_at)
                 _require_instant(hit, name, created_at)
-                return self._read(hit, allow)
+                return action(hit)
             except ObjectChangedError:
                 self._forget(key)
             except EntryMismatchError:
@@ -336,22 +474,44 @@ class Archive:
         return part
 
     def _index(self, part: PartInfo) -> ShardIndex:
-        cached = self._indexes.get((part.name, part.version))
-        if cached is not None:
-            return cached
-        index = self._store.read_index(part)
-        self._indexes.put((part.name, part.version), index)
-        return index
+        ident = (part.name, part.version)
+        cached = self._indexes.get(ident)
+        if cached is None:
+            with self._flights.hold(("index", *ident)):  # concurrent lookups read it once
+                cached = self._indexes.get(ident)
+                if cached is None:
+                    index = self._store.read_index(part)
+                    self._count(loads=1)
+                    self._indexes.put(ident, index)
+                    return index
+        self._count(hits=1)
+        return cached
 
-    def _locate(self, key: ShardKey, uid: str, created_at: datetime) -> _Hit:
-        gid = _group_id(key)
+    def _cached_hit(self, gid: tuple[str, str], uid: str) -> tuple[_Hit | None, _GroupView | None]:
         view = self._groups.get(gid)
         if view is not None:
             for part in view.parts:
                 entry = self._index(part).get(uid)
                 if entry is not None:
-                    return _Hit(part, entry, fresh=False)
-        else:
+                    return _Hit(part, entry, fresh=False), view
+        return None, view
+
+    def _locate(self, key: ShardKey, uid: str, created_at: datetime) -> _Hit:
+        gid = _group_id(key)
+        hit, _ = self._cached_hit(gid, uid)
+        if hit is not None:
+            return hit
+        with self._flights.hold(("group", *gid)):  # one cold load per group; the others wait
+            hit, view = self._cached_hit(gid, uid)
+            if hit is not None:
+                return hit
+            return self._locate_cold(key, uid, created_at, view)
+
+    def _locate_cold(
+        self, key: ShardKey, uid: str, created_at: datetime, view: _GroupView | None
+    ) -> _Hit:
+        gid = _group_id(key)
+        if view is None:
             view = _GroupView((), complete=False)
         if not view.complete:
             hit = self._probe(key, uid, view)
@@ -375,6 +535,7 @@ class Archive:
             if probed is None:
                 return None
             part, index = probed
+            self._count(loads=1)
             self._indexes.put((part.name, part.version), index)
             parts.append(part)
             self._groups.put(_group_id(key), _GroupView(tuple(parts), complete=False))
@@ -383,6 +544,51 @@ class Archive:
                 return _Hit(part, entry, fresh=True)
             number += 1
         return None
+
+    def _open(
+        self, key: ShardKey, uid: str, created_at: datetime, hit: _Hit, allow: bool
+    ) -> ArchivedFile:
+        part, entry = hit.part, hit.entry
+        info = _archived_entry(part, entry)
+        if entry.big:
+            if not hit.fresh and self._store.current(part.name) != part:
+                raise ObjectChangedError(part.name, "the shard changed since it was indexed")
+            big = self._store.big_name(entry, shard=part.name)
+            return archived_file(
+                _BigRange(self._store, big, entry, part.name),
+                info,
+                sha256=entry_checksum(entry, name=part.name),
+                name=f"{part.name} -> {big}",
+            )
+        if entry.codec not in RAW_CODECS or entry.size <= _OPEN_WHOLE:
+            data = self._read(hit, allow)  # decoded and verified now
+            return archived_file(BytesSource(data), info, sha256=None, name=part.name)
+        checksum = entry_checksum(entry, name=part.name)
+        self._require_checksum(part, entry, allow)
+        if entry.length != entry.size:
+            raise CorruptShardError(
+                part.name,
+                entry.offset,
+                f"entry {uid!r}: {entry.length} stored bytes, uncompressed size {entry.size}",
+            )
+        source = _ShardRange(self, key, uid, created_at, hit)
+        return archived_file(source, info, sha256=checksum, name=part.name)
+
+    def _relocate(self, key: ShardKey, uid: str, created_at: datetime, old: _Hit) -> _Hit:
+        """The entry's place after its shard was rewritten, if its bytes are the same."""
+        self._forget(key, old.part)
+        hit = self._locate(key, uid, created_at)
+        _require_instant(hit, uid, created_at)
+        new = hit.entry
+        if (
+            new.big
+            or new.codec not in RAW_CODECS
+            or new.size != old.entry.size
+            or new.length != new.size
+            or new.sha256 != old.entry.sha256
+        ):
+            raise ObjectChangedError(hit.part.name, f"entry {uid!r} changed while it was read")
+        return hit
 
     def _read(self, hit: _Hit, allow_unverified: bool) -> bytes:
         if hit.entry.big:
@@ -412,6 +618,67 @@ class Archive:
         verify_checksum(
             entry, data, name=f"{part.name} -> {self._store.big_name(entry, shard=part.name)}"
         )
+        return data
+
+
+class _ShardRange:
+    """Ranges of an uncompressed inline entry, pinned to its shard's indexed version.
+
+    A rewrite of the shard between two reads is followed to the entry's new place
+    (same size and sha256); anything else raises :class:`ObjectChangedError`.
+    """
+
+    def __init__(
+        self, archive: Archive, key: ShardKey, uid: str, created_at: datetime, hit: _Hit
+    ) -> None:
+        self._archive = archive
+        self._key = key
+        self._uid = uid
+        self._created_at = created_at
+        self._hit = hit
+
+    def read(self, start: int, end: int) -> bytes:
+        for _ in range(_ATTEMPTS):
+            hit = self._hit
+            offset = hit.entry.offset
+            try:
+                return self._archive.store.read_range(hit.part, offset + start, offset + end)
+            except ObjectChangedError:
+                self._hit = self._archive._relocate(self._key, self._uid, self._created_at, hit)
+        raise ShardError(
+            f"group {self._key.prefix}* changed {_ATTEMPTS} times while reading {self._uid!r}",
+            hint="A writer is rewriting this group right now; retry later",
+        )
+
+
+class _BigRange:
+    """Ranges of a content-addressed ``_bigFiles/<sha256>`` object.
+
+    Its name is its hash, so any version of it with the right size holds the same bytes
+    (a repair only ever replaces damaged bytes): reads are not pinned to a version.
+    """
+
+    def __init__(self, store: ShardStore, name: str, entry: IndexEntry, shard: str) -> None:
+        self._store = store
+        self._name = name
+        self._entry = entry
+        self._shard = shard
+
+    def read(self, start: int, end: int) -> bytes:
+        try:
+            with self._store._reading("read", self._name):
+                data, found = self._store.backend.get_range(self._name, start, end, None)
+            size = found.size
+        except FileNotFoundError as exc:
+            raise CorruptShardError(
+                self._shard, None, f"entry {self._entry.uid!r}: big file {self._name} is missing"
+            ) from exc
+        if size != self._entry.size:
+            raise CorruptShardError(
+                self._name,
+                None,
+                f"big file has {size} bytes, entry {self._entry.uid!r} says {self._entry.size}",
+            )
         return data
 
 

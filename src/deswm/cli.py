@@ -636,6 +636,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        from deswm.serve import serve
+    except ImportError as exc:
+        raise ConfigError(
+            f"deswm serve needs the serve extra ({exc.name} is missing)",
+            hint="pip install 'deswm[serve]'",
+        ) from None
+    serve(config, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from deswm.demo import run_demo
 
@@ -887,6 +900,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--deep", action="store_true", help="read every file back and verify checksums"
     )
     with_output(verify)
+
+    serve = command("serve", "serve archived files over HTTP (deswm[serve])", cmd_serve)
+    serve.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port, 8080)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback host without a token (a proxy in front authenticates)",
+    )
 
     demo = command("demo", "create sample data, archive it and read a file back", cmd_demo)
     demo.add_argument(

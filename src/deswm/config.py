@@ -69,6 +69,7 @@ __all__ = [
     "FlagSettings",
     "MonitoringSettings",
     "RunSettings",
+    "ServeSettings",
     "SourceSettings",
     "WatermarkSettings",
     "load_config",
@@ -279,6 +280,20 @@ class MonitoringSettings:
     """Seconds between progress lines of ``--progress`` when stderr is no terminal."""
 
 
+@attrs.frozen
+class ServeSettings:
+    """``[serve]``: the HTTP retrieval service (``deswm serve``, docs/serving.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = _bounded(8080, 0, 65535)
+    token_env: str = "DESWM_SERVE_TOKEN"  # noqa: S105 - the variable's name, not a secret
+    """Environment variable holding the bearer token / API key (unset: no auth, loopback only)."""
+    cache_entries: int = _bounded(1024, 0, 10_000_000)
+    cache_bytes: int = _size(256 * 1024**2)
+    threads: int = _bounded(40, 1, 1024)
+    """Archive reads running at once (a thread pool: a slow backend never blocks the loop)."""
+
+
 _SECTIONS: dict[str, type] = {
     "source": SourceSettings,
     "files": FilesSettings,
@@ -287,6 +302,7 @@ _SECTIONS: dict[str, type] = {
     "run": RunSettings,
     "flag": FlagSettings,
     "monitoring": MonitoringSettings,
+    "serve": ServeSettings,
 }
 
 
@@ -301,6 +317,7 @@ class Config:
     run: RunSettings = RunSettings()
     flag: FlagSettings = FlagSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    serve: ServeSettings = ServeSettings()
     path: Path | None = None
 
     @property

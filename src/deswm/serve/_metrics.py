@@ -1,0 +1,143 @@
+"""Prometheus metrics of the retrieval service, in a registry of its own.
+
+* ``deswm_serve_requests_total{route,method,status}`` and
+  ``deswm_serve_request_duration_seconds{route}`` (a histogram; until the response ends);
+* ``deswm_serve_backend_requests_total{op}``: calls to the archive's storage backend
+  (``get_range``, ``get_tail``, ``stat``, ``list``), counted by wrapping the store's backend;
+* ``deswm_serve_index_cache_hits_total``, ``deswm_serve_index_cache_loads_total`` (misses:
+  indexes read from storage), ``deswm_serve_index_cache_entries`` and
+  ``deswm_serve_index_cache_bytes``, read from :meth:`Archive.cache_stats` at scrape time.
+
+Routes are the templates (``/files/{uid}``), never a uid, so the label sets stay bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deswm.archive import Archive
+
+__all__ = ["MetricsMiddleware", "ServeMetrics", "route_of"]
+
+_BACKEND_OPS: Final = frozenset({"get_range", "get_tail", "stat", "list"})
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def route_of(path: str) -> str:
+    """The route template a path belongs to (``other`` for anything unknown)."""
+    if path.startswith("/files/"):
+        return "/files/{uid}/stat" if path.endswith("/stat") else "/files/{uid}"
+    if path in ("/metrics", "/healthz", "/readyz"):
+        return path
+    return "other"
+
+
+class _CacheCollector(Collector):
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+
+    def collect(self) -> Iterator[Any]:
+        stats = self._archive.cache_stats()
+        yield CounterMetricFamily(
+            "deswm_serve_index_cache_hits", "Lookups answered by a cached index", stats.hits
+        )
+        yield CounterMetricFamily(
+            "deswm_serve_index_cache_loads",
+            "Indexes read from storage (cache misses)",
+            stats.loads,
+        )
+        yield GaugeMetricFamily(
+            "deswm_serve_index_cache_entries", "Indexes in the cache", stats.entries
+        )
+        yield GaugeMetricFamily(
+            "deswm_serve_index_cache_bytes", "Estimated memory of the cached indexes", stats.bytes
+        )
+
+
+class ServeMetrics:
+    """The service's metrics and the registry ``/metrics`` renders."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "deswm_serve_requests",
+            "HTTP requests by route, method and status",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "deswm_serve_request_duration_seconds",
+            "Time from request to the end of the response",
+            ("route",),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend = Counter(
+            "deswm_serve_backend_requests",
+            "Requests to the archive's storage backend by operation",
+            ("op",),
+            registry=self.registry,
+        )
+        self.registry.register(_CacheCollector(archive))
+        _count_backend(archive, lambda op: self.backend.labels(op).inc())
+
+
+class _CountingBackend:
+    """Forwards everything to the wrapped backend, counting the read-side calls."""
+
+    def __init__(self, backend: Any, count: Callable[[str], None]) -> None:
+        self._backend = backend
+        self._count = count
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._backend, name)
+        if name not in _BACKEND_OPS or not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._count(name)
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def _count_backend(archive: Archive, count: Callable[[str], None]) -> None:
+    """Count the archive's backend calls (the service only reads, so writes pass as they are)."""
+    store = archive.store
+    if not isinstance(store.backend, _CountingBackend):
+        store.backend = _CountingBackend(store.backend, count)
+
+
+class MetricsMiddleware:
+    """ASGI middleware: count and time every HTTP request by route and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._app(scope, receive, sending)
+        finally:
+            route = route_of(scope["path"])
+            self._metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self._metrics.latency.labels(route).observe(time.perf_counter() - started)
