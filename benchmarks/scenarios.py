@@ -549,7 +549,7 @@ class _Counter:
 
     def local(self, archive: Any) -> None:
         backend = archive.store.backend
-        for name in ("list", "stat", "read", "read_tail"):
+        for name in ("list", "stat", "get_range", "get_tail"):
             original = getattr(backend, name)
 
             def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:

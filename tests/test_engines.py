@@ -233,12 +233,17 @@ def test_read_only_sqlite_is_never_created(tmp_path: Path) -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize("kills", ["once", "every attempt"])
 def test_a_watermark_connection_killed_mid_cycle_moves_nothing_past_published_work(
-    tmp_path: Path,
+    tmp_path: Path, kills: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The store's session is terminated inside the watermark UPDATE of the first day:
-    the cycle fails with a typed error and the watermark stays where it was; the shards
-    published for that day are simply rewritten (idempotently) by the next cycle."""
+    """The store's session is terminated inside the watermark UPDATE of the first day.
+
+    Once: the transient error is retried on a new connection and the cycle commits every
+    day exactly once (a replay then finds nothing new). On every attempt: the retries run
+    out, the cycle fails with a typed error, the watermark stays where it was, and the
+    next cycle rewrites the day's published shards idempotently.
+    """
     from conftest import postgres_url
     from deswm.errors import DeswmError
     from deswm.testing.faults import at_checkpoint
@@ -261,15 +266,23 @@ def test_a_watermark_connection_killed_mid_cycle_moves_nothing_past_published_wo
                         {"name": name},
                     )
 
-            with (
-                at_checkpoint("store.advance.in_transaction", kill, on=1),
-                pytest.raises(DeswmError) as caught,
-            ):
-                site.config().build_orchestrator().run_cycle()
-            assert "deswm_watermark" in str(caught.value), caught.value
-            assert site.position() == site.start
-            result = site.config().build_orchestrator().run_cycle()
-            assert result.files == 3
+            if kills == "once":
+                with at_checkpoint("store.advance.in_transaction", kill, on=1):
+                    first = site.config().build_orchestrator().run_cycle()
+                assert first.files == 3 and first.buckets_committed == 3
+                assert "failed transiently" in caplog.text
+                replay = site.config().build_orchestrator().run_cycle()
+                assert replay.files == 0 and replay.buckets_committed == 0
+            else:
+                with (
+                    at_checkpoint("store.advance.in_transaction", kill),
+                    pytest.raises(DeswmError) as caught,
+                ):
+                    site.config().build_orchestrator().run_cycle()
+                assert "deswm_watermark" in str(caught.value), caught.value
+                assert site.position() == site.start
+                result = site.config().build_orchestrator().run_cycle()
+                assert result.files == 3
             archive = site.config().build_archive()
             for index in range(3):
                 created = datetime.now(UTC).replace(
