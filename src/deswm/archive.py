@@ -71,6 +71,7 @@ from deswm._codecs import RAW_CODECS
 from deswm._objectstore import ObjectStore
 from deswm.container import (
     MAX_INLINE_SIZE,
+    MAX_PART_NUMBER,
     IndexEntry,
     PartInfo,
     ShardIndex,
@@ -530,7 +531,7 @@ class Archive:
         """Read the next parts by name (no listing) until the uid is found or one is missing."""
         parts = list(view.parts)
         number = parts[-1].part + 1 if parts else 0
-        while number <= 9999:
+        while number <= MAX_PART_NUMBER:
             probed = self._store.probe(key.object_name(number))
             if probed is None:
                 return None

@@ -56,6 +56,7 @@ from deswm.container import (
     IndexEntry,
     PartInfo,
     ShardIndex,
+    day_prefix,
     parse_footer,
     parse_header,
     parse_index,
@@ -166,7 +167,9 @@ class ShardStore:
 
     def list_day(self, day: str) -> list[PartInfo]:
         """Every published part of a ``YYYYMMDD`` day, by name."""
-        return sorted((p for p in self._list(f"{day}_") if p.day == day), key=lambda p: p.name)
+        return sorted(
+            (p for p in self._list(day_prefix(day)) if p.day == day), key=lambda p: p.name
+        )
 
     def _list(self, prefix: str) -> Iterator[PartInfo]:
         with self._reading("list", prefix + "*"):
