@@ -7,7 +7,9 @@ process sends itself SIGKILL the n-th time (default: first) it reaches ``<point>
 cleanup, no ``finally`` blocks, exactly like a power cut of the process. In-process
 tests install hooks with :func:`deswm.testing.faults.at_checkpoint`.
 
-When neither is set, :func:`reach` is one global boolean test.
+When neither is set, :func:`reach` is one global boolean test. Lane processes of the
+packing engine inherit ``DESWM_CRASH_AT``, so a ``lane.*`` point kills the worker process
+that reaches it (the coordinator then fails the bucket typed).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = ["POINTS", "install", "installed", "reach", "uninstall"]
 POINTS: tuple[str, ...] = (
     "cycle.started",
     "bucket.before_publish",
+    "lane.before_publish",
+    "lane.after_publish",
     "bucket.after_publish",
     "bucket.after_commit",
     "packer.after_add",

@@ -14,13 +14,17 @@ import socket
 from typing import Final
 
 __all__ = [
+    "BUCKETS_IN_FLIGHT",
     "CREATED_AT_COLUMN",
     "DEFAULT_LOCK_TIMEOUT",
     "ERROR_TABLE",
+    "EXECUTOR",
+    "EXECUTORS",
     "FLAG_BATCH_SIZE",
     "FLAG_COLUMN",
     "FLAG_VALUE",
     "LAG_DAYS",
+    "LANE_TIMEOUT",
     "LEGACY_ROW_ID",
     "LOCATION_COLUMN",
     "MAX_FAILURE_RATIO",
@@ -29,6 +33,7 @@ __all__ = [
     "PAGE_SIZE",
     "SIZE_COLUMN",
     "UID_COLUMN",
+    "WORKERS",
     "default_actor",
 ]
 
@@ -53,6 +58,13 @@ N_BITS: Final = 8
 ON_ERROR: Final = "stop"
 MAX_FAILURE_RATIO: Final = 0.1
 ERROR_TABLE: Final = "deswm_errors"
+WORKERS: Final = "auto"
+"""Lanes of the packing engine: ``"auto"`` = the CPUs this process may use."""
+EXECUTORS: Final = ("auto", "inline", "threads", "processes", "dask")
+EXECUTOR: Final = "auto"
+"""Where lanes run: processes when they can (W > 1), else threads, else inline (W = 1)."""
+BUCKETS_IN_FLIGHT: Final = 2
+LANE_TIMEOUT: Final[float | None] = None
 
 # [flag] / FlagJob
 FLAG_COLUMN: Final = "archived"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from deswm._defaults import EXECUTORS
 from deswm._extras import require
 from deswm._humanize import human_bytes, human_count, human_duration, human_time
 from deswm._logs import LogFormat, setup_logging, skip_events
@@ -170,6 +171,10 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["max_buckets"] = args.max_buckets
     if args.run_time is not None:
         overrides["run_time"] = args.run_time
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    if args.executor is not None:
+        overrides["executor"] = args.executor
     return overrides
 
 
@@ -185,8 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             _print_plan(plan)
         return EXIT_OK
-    # From here on SIGTERM/SIGINT stop at the next bucket boundary (a second one exits).
-    with orchestrator.stop_on_signals():
+    # From here on SIGTERM/SIGINT stop at the next bucket boundary (a second one exits);
+    # leaving the block shuts the packing engine's lanes down.
+    with orchestrator, orchestrator.stop_on_signals():
         return _run(args, config, orchestrator)
 
 
@@ -688,6 +694,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -782,6 +792,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="PORT",
         help="serve Prometheus metrics on this port (deswm[prometheus])",
+    )
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N|auto",
+        help="lanes of the packing engine (default: run.workers, auto = the CPUs usable)",
+    )
+    run.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="where lanes run (default: run.executor; inline = serial, in-process)",
     )
     run.add_argument(
         "--max-buckets",

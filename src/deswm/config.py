@@ -257,6 +257,15 @@ class RunSettings:
     max_buckets: int | None = _bounded(None, 1, 10_000_000)
     run_time: float | None = _bounded(None, 1, _YEAR)
     max_failed_cycles: int = _bounded(5, 0, 1_000_000)
+    workers: Literal["auto"] | int = defaults.WORKERS
+    """Lanes of the packing engine (``"auto"``: the CPUs this process may use)."""
+    executor: Literal["auto", "inline", "threads", "processes", "dask"] = defaults.EXECUTOR
+    """Where lanes run; ``"inline"`` is the serial in-process path."""
+    scheduler: str | None = None
+    """The Dask scheduler address (``tcp://host:8786``) for ``executor = "dask"``."""
+    buckets_in_flight: int = _bounded(defaults.BUCKETS_IN_FLIGHT, 1, 1000)
+    lane_timeout: float | None = _bounded(defaults.LANE_TIMEOUT, 0.001, _YEAR)
+    """Seconds the coordinator waits for a bucket's lanes (unset: no limit)."""
 
 
 @attrs.frozen
@@ -687,6 +696,11 @@ class Config:
             "max_failure_ratio": self.run.max_failure_ratio,
             "max_buckets": self.run.max_buckets,
             "run_time": None if self.run.run_time is None else timedelta(seconds=self.run.run_time),
+            "workers": self.run.workers,
+            "executor": self.run.executor,
+            "scheduler": self.run.scheduler,
+            "buckets_in_flight": self.run.buckets_in_flight,
+            "lane_timeout": self.run.lane_timeout,
         }
         options.update(overrides)
         store = self.build_store(store_engine)

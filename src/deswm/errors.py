@@ -17,6 +17,7 @@ next, so an operator reading a log line can act on it without the source code::
     │   ├── FileMissingError        the location does not exist
     │   └── LocationOutsideRootError  the location is not inside files.root / allowed_roots
     ├── PackError                   shards could not be built or published
+    │   ├── LaneError               a lane of the packing engine raised, died or hung
     │   └── DuplicateUidError       two rows of one shard group share a uid
     │       └── ArchivedDuplicateError  the uid is already archived with another created_at
     ├── ShardError                  problems with published shards
@@ -58,6 +59,7 @@ __all__ = [
     "EntryMismatchError",
     "FileMissingError",
     "FileReadError",
+    "LaneError",
     "LocationOutsideRootError",
     "MissingExtraError",
     "NaiveDatetimeError",
@@ -88,6 +90,20 @@ class DeswmError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(f"{message}. {hint}" if hint else message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Rebuild from the attributes, not ``__init__``: an error raised in a lane process
+        or on a Dask worker arrives whole (subclasses take other arguments)."""
+        return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
+
+def _rebuild(
+    cls: type[DeswmError], args: tuple[object, ...], state: dict[str, object]
+) -> DeswmError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(DeswmError):
@@ -247,6 +263,22 @@ class LocationOutsideRootError(FileReadError):
 
 class PackError(DeswmError):
     """Shards could not be built or published; nothing was committed for the bucket."""
+
+
+class LaneError(PackError):
+    """A lane of the packing engine raised, its process died, or it ran past
+    ``run.lane_timeout``: its bucket was not committed (the cause is chained)."""
+
+    def __init__(self, bucket: object, lane: int, lanes: int, reason: str) -> None:
+        self.bucket = bucket
+        self.lane = lane
+        self.lanes = lanes
+        self.reason = reason
+        super().__init__(
+            f"lane {lane} of {lanes} failed in bucket {bucket}: {reason}",
+            hint="Nothing was committed for this bucket and the objects already published "
+            "stay valid; the next run packs it again (see the chained cause)",
+        )
 
 
 class DuplicateUidError(PackError):

@@ -14,12 +14,14 @@ It depends on the five protocols and nothing else, so every component can be rep
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, Literal
@@ -28,7 +30,9 @@ import attrs
 import tenacity
 
 from deswm._checkpoints import reach
-from deswm._defaults import LAG_DAYS, MAX_FAILURE_RATIO, ON_ERROR
+from deswm._defaults import BUCKETS_IN_FLIGHT, LAG_DAYS, LANE_TIMEOUT, MAX_FAILURE_RATIO, ON_ERROR
+from deswm._lane_pool import LanePool, resolve_pool
+from deswm._lanes import LaneBatch, LaneJob, LaneOutcome, merge_results, pack_lane
 from deswm.errors import (
     ConfigError,
     CycleError,
@@ -36,6 +40,7 @@ from deswm.errors import (
     DuplicateUidError,
     FileMissingError,
     FileReadError,
+    LaneError,
     RowCountError,
     SourceError,
     WatermarkError,
@@ -98,7 +103,12 @@ class CycleObserver:
         """A non-empty window is about to be streamed."""
 
     def file_done(self, record: SourceRecord, size: int) -> None:
-        """One file was handed to the packer (``size`` bytes read)."""
+        """One file was handed to the packer (``size`` bytes read); in-process path only."""
+
+    def files_done(self, key: WatermarkKey, bucket: datetime, files: int, size: int) -> None:
+        """A lane of the packing engine packed ``files`` files (``size`` bytes read) of
+        ``bucket``; called by the coordinator as lane results arrive (lanes may run in
+        other processes, where no per-file hook can be called)."""
 
     def bucket_committed(
         self, key: WatermarkKey, result: BucketResult, watermark: Watermark
@@ -209,6 +219,18 @@ class WatermarkOrchestrator:
         run_time: stop at the first bucket boundary after a cycle (or
             :meth:`run_forever`) has run this long (``None``: no limit).
         observers: hooks for metrics and progress.
+        workers: lanes of the packing engine (``"auto"``: the CPUs this process may
+            use). With neither ``workers`` nor ``executor`` a cycle runs in-process,
+            serially (the config file and ``deswm run`` default to the engine).
+        executor: where lanes run: ``"auto"``, ``"inline"``, ``"threads"``,
+            ``"processes"``, ``"dask"`` (with ``scheduler``) or an executor object
+            (e.g. ``client.get_executor(pure=False)``), which is never shut down here.
+        scheduler: the Dask scheduler address for ``executor="dask"``.
+        buckets_in_flight: buckets streamed and dispatched before the oldest commits.
+        lane_timeout: seconds the coordinator waits for a bucket's lanes (``None``: no
+            limit); past it the bucket fails with :class:`~deswm.errors.LaneError`.
+
+    The engine's pool lives across cycles: call :meth:`close` (or use a ``with`` block).
     """
 
     def __init__(
@@ -231,6 +253,11 @@ class WatermarkOrchestrator:
         observers: tuple[CycleObserver, ...] | list[CycleObserver] = (),
         stage: str = DEFAULT_STAGE,
         run_time: timedelta | None = None,
+        workers: int | Literal["auto"] | None = None,
+        executor: str | cf.Executor | None = None,
+        scheduler: str | None = None,
+        buckets_in_flight: int = BUCKETS_IN_FLIGHT,
+        lane_timeout: float | None = LANE_TIMEOUT,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
             raise ConfigError("must be a non-empty string", key="watermark.pipeline")
@@ -258,6 +285,16 @@ class WatermarkOrchestrator:
             not isinstance(run_time, timedelta) or run_time <= timedelta(0)
         ):
             raise ConfigError(f"must be a positive duration, got {run_time!r}", key="run.run_time")
+        if (
+            isinstance(buckets_in_flight, bool)
+            or not isinstance(buckets_in_flight, int)
+            or (buckets_in_flight < 1)
+        ):
+            raise ConfigError(
+                f"must be an integer >= 1, got {buckets_in_flight!r}", key="run.buckets_in_flight"
+            )
+        if lane_timeout is not None and not lane_timeout > 0:
+            raise ConfigError(f"must be positive, got {lane_timeout!r}", key="run.lane_timeout")
         self.store = store
         self.source = source
         self.reader = reader
@@ -281,13 +318,35 @@ class WatermarkOrchestrator:
         self.max_buckets = max_buckets
         self.run_time = run_time
         self.observers = tuple(observers)
+        self.buckets_in_flight = buckets_in_flight
+        self.lane_timeout = lane_timeout
+        self._lanes: LanePool | None = resolve_pool(
+            executor, workers, reader=reader, packer=packer, scheduler=scheduler
+        )
         self._stop = _Stop()
 
     def __repr__(self) -> str:
+        lanes = "" if self._lanes is None else f", lanes={self._lanes.lanes} on {self._lanes.kind}"
         return (
             f"WatermarkOrchestrator({self.key}, lag={self.lag}, "
-            f"partition={self.partition.index}/{self.partition.count})"
+            f"partition={self.partition.index}/{self.partition.count}{lanes})"
         )
+
+    @property
+    def lanes(self) -> LanePool | None:
+        """The packing engine's pool, or None when cycles run in-process."""
+        return self._lanes
+
+    def close(self) -> None:
+        """Shut the packing engine's pool down (lanes running finish first)."""
+        if self._lanes is not None:
+            self._lanes.close()
+
+    def __enter__(self) -> WatermarkOrchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- positions ----------------------------------------------------------------------
 
@@ -685,7 +744,7 @@ class WatermarkOrchestrator:
             shards_unchanged=totals.shards_unchanged,
         )
 
-    def _owned(self, window: Window) -> Iterator[SourceRecord]:
+    def _owned(self, window: Window) -> Generator[SourceRecord, None, None]:
         """The window's rows this partition owns, checked for order and bounds."""
         router, partition = self.router, self.partition
         last: SourceRecord | None = None
@@ -718,6 +777,10 @@ class WatermarkOrchestrator:
         started: float,
     ) -> tuple[Watermark, StopReason]:
         """Stream the window bucket by bucket; return the last watermark and why it ended."""
+        if self._lanes is not None:
+            return self._archive_in_lanes(
+                self._lanes, window, before, watermark, totals, until, started
+            )
         rows = _RowCounter(self._owned(window), self.router)
         results = self.reader.read_many(rows)
         accounted = 0  # rows of committed buckets: archived, kept or listed
@@ -726,7 +789,7 @@ class WatermarkOrchestrator:
             if pending is None:
                 self._check_count(rows, window.end, accounted, None, None)
             while pending is not None:
-                stopped = self._stop_reason(until, totals)
+                stopped = self._stop_reason(until, totals.buckets)
                 if stopped is not None:
                     return watermark, stopped
                 bucket = self.router.bucket_start(pending[0].created_at)
@@ -748,26 +811,192 @@ class WatermarkOrchestrator:
                     else self.router.bucket_start(pending[0].created_at)
                 )
                 accounted += outcome.accounted
-                self._check_count(rows, end, accounted, bucket, outcome)
-                if outcome.failures:
-                    # Listed before the watermark passes them: archived or listed (G1).
-                    self._error_store().record(self.key, outcome.failures)
-                    totals.failures.extend(outcome.failures)
-                reach("bucket.after_publish")
-                watermark = self.store.advance(watermark, end)
-                reach("bucket.after_commit")
-                self._committed(bucket, outcome.result, watermark, totals)
+                watermark = self._commit(rows, bucket, end, accounted, outcome, watermark, totals)
             if watermark.position < window.end:
                 # The rest of the window holds no rows for this partition.
                 watermark = self.store.advance(watermark, window.end)
         return watermark, "finished"
 
-    def _stop_reason(self, until: tuple[_Stop, float | None], totals: _Totals) -> StopReason | None:
-        """Why no further bucket may start now, or None (checked at each bucket boundary)."""
+    def _commit(
+        self,
+        rows: _RowCounter,
+        bucket: datetime,
+        end: datetime,
+        accounted: int,
+        outcome: _Outcome,
+        watermark: Watermark,
+        totals: _Totals,
+    ) -> Watermark:
+        """Move the watermark past a published bucket to ``end`` (both paths, in order).
+
+        ``outcome.result`` is the bucket's whole result (every lane's part merged).
+        """
+        assert outcome.result is not None
+        self._check_count(rows, end, accounted, bucket, outcome)
+        if outcome.failures:
+            # Listed before the watermark passes them: archived or listed (G1).
+            self._error_store().record(self.key, outcome.failures)
+            totals.failures.extend(outcome.failures)
+        reach("bucket.after_publish")
+        watermark = self.store.advance(watermark, end)
+        reach("bucket.after_commit")
+        self._committed(bucket, outcome.result, watermark, totals)
+        return watermark
+
+    # --- the packing engine -------------------------------------------------------------
+
+    def _archive_in_lanes(
+        self,
+        pool: LanePool,
+        window: Window,
+        before: datetime,
+        watermark: Watermark,
+        totals: _Totals,
+        until: tuple[_Stop, float | None],
+        started: float,
+    ) -> tuple[Watermark, StopReason]:
+        """:meth:`_archive` on lanes: stream the window once, route each row to lane
+        ``shard_index % lanes``, keep at most ``buckets_in_flight`` buckets dispatched,
+        commit strictly in bucket order."""
+        owned = self._owned(window)
+        rows = _RowCounter(owned, self.router)
+        flight: deque[_InFlight] = deque()
+        state = _LaneState(watermark)
+        stopped: StopReason = "finished"
+        shard_index, lanes = self.router.shard_index, pool.lanes
+        batches: list[LaneBatch] | None = None
+        bucket = bucket_end = window.start
+        dispatched = 0
+        try:
+            for record in rows:
+                if batches is None or record.created_at >= bucket_end:
+                    if batches is not None:
+                        flight.append(self._dispatch(pool, bucket, batches, end=None))
+                        dispatched += 1
+                        batches = None
+                    bucket = self.router.bucket_start(record.created_at)
+                    if flight:
+                        flight[-1].end = bucket
+                    while len(flight) >= self.buckets_in_flight:
+                        self._settle(pool, flight, rows, state, totals, window, before, started)
+                    reason = self._stop_reason(until, dispatched)
+                    if reason is not None:
+                        stopped = reason
+                        break
+                    bucket_end = self.router.next_bucket(bucket)
+                    batches = [LaneBatch() for _ in range(lanes)]
+                batches[shard_index(record.uid) % lanes].add(record)
+            else:
+                if batches is not None:
+                    flight.append(self._dispatch(pool, bucket, batches, end=window.end))
+                elif not flight:
+                    self._check_count(rows, window.end, 0, None, None)
+            while flight:
+                self._settle(pool, flight, rows, state, totals, window, before, started)
+        except BaseException:
+            # Nothing of a failed cycle may still write when the next one starts (G7).
+            pool.fail([f for item in flight for f in item.futures.values()], hung=False)
+            raise
+        finally:
+            owned.close()
+        watermark = state.watermark
+        if stopped == "finished" and watermark.position < window.end:
+            # The rest of the window holds no rows for this partition.
+            watermark = self.store.advance(watermark, window.end)
+        return watermark, stopped
+
+    def _dispatch(
+        self, pool: LanePool, bucket: datetime, batches: list[LaneBatch], end: datetime | None
+    ) -> _InFlight:
+        lanes = len(batches)
+        futures = {
+            lane: pool.submit(
+                pack_lane,
+                LaneJob(bucket, lane, lanes, self.reader, self.packer, self.on_error, rows),
+            )
+            for lane, rows in enumerate(batches)
+            if len(rows)
+        }
+        return _InFlight(bucket, end, futures, sum(len(rows) for rows in batches))
+
+    def _settle(
+        self,
+        pool: LanePool,
+        flight: deque[_InFlight],
+        rows: _RowCounter,
+        state: _LaneState,
+        totals: _Totals,
+        window: Window,
+        before: datetime,
+        started: float,
+    ) -> None:
+        """Wait for the oldest bucket's lanes, merge their parts, commit or refuse it."""
+        item = flight[0]
+        outcomes = self._collect(pool, flight)
+        flight.popleft()
+        for lane in outcomes:
+            totals.files += lane.files
+            totals.bytes_in += lane.bytes_in
+            for observer in self.observers:
+                observer.files_done(self.key, item.bucket, lane.files, lane.bytes_in)
+        failures = tuple(f for o in outcomes for f in o.failures)
+        kept = sum(o.kept for o in outcomes)
+        seen = sum(o.seen for o in outcomes)
+        totals.kept += kept
+        reason = self._refusal(list(failures), seen)
+        parts = [o.result for o in outcomes if o.result is not None]
+        if reason is None and len(parts) < len(outcomes):
+            reason = 'on_error="stop"'  # a lane aborted: the bucket is not whole
+        if reason is not None:
+            partial = self._result(
+                window, before, state.watermark, totals, started, failures=failures
+            )
+            raise CycleError(
+                failures, bucket=format_utc(item.bucket), result=partial, reason=reason
+            )
+        outcome = _Outcome(None, failures, merge_results(item.bucket, parts), None, kept)
+        end = item.end
+        assert end is not None  # known once the next bucket's first row (or the end) arrived
+        state.accounted += outcome.accounted
+        state.watermark = self._commit(
+            rows, item.bucket, end, state.accounted, outcome, state.watermark, totals
+        )
+
+    def _collect(self, pool: LanePool, flight: deque[_InFlight]) -> list[LaneOutcome]:
+        """The oldest bucket's lane outcomes in lane order, or a typed error once every
+        lane in flight has stopped."""
+        item = flight[0]
+        day = item.bucket.date().isoformat()
+        lanes = pool.lanes
+        done, waiting = cf.wait(
+            item.futures.values(), timeout=self.lane_timeout, return_when=cf.FIRST_EXCEPTION
+        )
+        everything = [f for entry in flight for f in entry.futures.values()]
+        failed = next((f for f in done if f.exception() is not None), None)
+        if waiting and failed is None:
+            lane = next(n for n, f in item.futures.items() if f in waiting)
+            pool.fail(everything, hung=True)
+            raise LaneError(day, lane, lanes, f"ran past run.lane_timeout={self.lane_timeout:g}s")
+        if failed is not None:
+            lane = next(n for n, f in item.futures.items() if f is failed)
+            error = failed.exception()
+            pool.fail(everything, hung=False)
+            if isinstance(error, LaneError):
+                raise error
+            if isinstance(error, DeswmError):
+                error.add_note(f"raised in lane {lane} of {lanes}, bucket {day}")
+                raise error
+            raise LaneError(day, lane, lanes, _one_line(error)) from error
+        return [item.futures[lane].result() for lane in sorted(item.futures)]
+
+    def _stop_reason(self, until: tuple[_Stop, float | None], buckets: int) -> StopReason | None:
+        """Why no further bucket may start now, or None (checked at each bucket boundary).
+
+        ``buckets``: the buckets started so far (committed or in flight)."""
         stop, deadline = until
         if stop.is_set():
             return stop.reason
-        if self.max_buckets is not None and totals.buckets >= self.max_buckets:
+        if self.max_buckets is not None and buckets >= self.max_buckets:
             return "max-buckets"
         if deadline is not None and time.monotonic() >= deadline:
             return "run-time"
@@ -1006,6 +1235,25 @@ class _Outcome:
         """Rows of the bucket archived, kept or listed, as the packer reports them."""
         files = self.result.files if self.result is not None else 0
         return files + self.kept + len(self.failures)
+
+
+@attrs.define
+class _InFlight:
+    """A bucket dispatched to its lanes, not yet committed."""
+
+    bucket: datetime
+    end: datetime | None
+    """Where the watermark moves once it commits: the next bucket with rows (or the
+    window's end); ``None`` until the coordinator has seen that row."""
+    futures: dict[int, cf.Future[LaneOutcome]]
+    rows: int
+
+
+@attrs.define
+class _LaneState:
+    watermark: Watermark
+    accounted: int = 0
+    """Rows of committed buckets: archived, kept or listed."""
 
 
 class _RowCounter(Iterator[SourceRecord]):

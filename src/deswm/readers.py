@@ -320,6 +320,21 @@ class FsspecFileReader(FileReaderBase):
         self._lock = threading.Lock()
         self._shown_roots = tuple(self._show(r) for r in declared)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The settings without the lock, the open root folders and the filesystems (a
+        lane process opens its own)."""
+        state = self.__dict__.copy()
+        del state["_lock"], state["_roots"]
+        state["_filesystems"] = {}
+        state["_cat_options"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        declared = ((self.root,) if self.root is not None else ()) + self.allowed_roots
+        self._roots = Roots(declared, allowed_from=len(declared) - len(self.allowed_roots))
+
     def __repr__(self) -> str:
         protocols = sorted(self._options.per_protocol)
         allowed = f"allowed_roots={list(self._shown_roots[1 if self.root else 0 :])}, "

@@ -135,6 +135,16 @@ class ShardStore:
     def __repr__(self) -> str:
         return f"ShardStore({redact(self.url)!r}, kind={self.kind})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the per-thread batch state (a lane process gets its own)."""
+        state = self.__dict__.copy()
+        del state["_batches"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._batches = threading.local()
+
     @contextlib.contextmanager
     def _reading(self, action: str, name: str) -> Iterator[None]:
         """Wrap filesystem errors into :class:`ShardError` naming the object.
