@@ -120,27 +120,32 @@ class LanePool:
             return executor
         raise ConfigError(f"unknown executor {self.kind!r}", key="run.executor")
 
-    def fail(self, futures: Iterable[cf.Future[Any]], *, hung: bool) -> None:
-        """A lane failed: cancel what has not started and make sure nothing still runs.
+    def fail(self, futures: Iterable[cf.Future[Any]], *, hung: bool, broken: bool = False) -> None:
+        """A lane failed: make sure no lane of the failed cycle still runs afterwards.
 
-        ``hung``: a lane ran past its timeout. A process pool's workers are killed (their
-        futures fail); lanes on threads or Dask cannot be killed, so they are waited for
-        before the next lane starts. Any broken pool is dropped and recreated on demand.
+        ``hung``: a lane ran past its timeout; ``broken``: a lane's process died. A process
+        pool is then killed and dropped (every future fails; a new pool is created on
+        demand). Lanes on threads or Dask cannot be killed: a hung one is waited for
+        before the next lane starts. Otherwise lanes not started are cancelled and the
+        running ones waited for.
         """
-        pending = [f for f in futures if not f.cancel()]
-        if hung and self.kind == "processes" and self._executor is not None:
-            processes = getattr(self._executor, "_processes", None) or {}
-            for process in list(processes.values()):
-                process.kill()
-        if hung and self.kind != "processes":
-            self._stragglers.update(f for f in pending if not f.done())
-        else:
-            cf.wait(pending)
-        if self.kind == "processes" and self._executor is not None:
-            broken = getattr(self._executor, "_broken", False)
-            if hung or broken:
-                self._executor.shutdown(wait=True, cancel_futures=True)
+        futures = list(futures)
+        if self.kind == "processes" and (hung or broken):
+            executor = self._executor
+            if executor is not None:
+                # Not cancelled first: the pool's own thread fails every pending future.
+                processes = getattr(executor, "_processes", None) or {}
+                for process in list(processes.values()):
+                    process.kill()
+                cf.wait(futures)
+                executor.shutdown(wait=True)
                 self._executor = None
+            return
+        running = [f for f in futures if not f.cancel()]
+        if hung:
+            self._stragglers.update(f for f in running if not f.done())
+        else:
+            cf.wait(running)
 
     def close(self) -> None:
         """Shut the pool down (waiting for running lanes); a given executor stays open."""

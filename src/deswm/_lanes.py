@@ -30,7 +30,6 @@ from deswm.errors import (
 )
 from deswm.model import BucketResult, FileFailure, SourceRecord
 from deswm.protocols import FileReader, Packer
-from deswm.timeutil import format_day
 
 __all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "merge_results", "pack_lane"]
 
@@ -106,7 +105,7 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
         raise
     except Exception as exc:
         raise LaneError(
-            format_day(job.bucket), job.lane, job.lanes, f"{type(exc).__name__}: {exc}"
+            job.bucket.date().isoformat(), job.lane, job.lanes, f"{type(exc).__name__}: {exc}"
         ) from exc
 
 

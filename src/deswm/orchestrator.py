@@ -909,6 +909,8 @@ class WatermarkOrchestrator:
         self, pool: LanePool, bucket: datetime, batches: list[LaneBatch], end: datetime | None
     ) -> _InFlight:
         lanes = len(batches)
+        # No object of this bucket is published before this point (its lanes publish).
+        reach("bucket.before_publish")
         futures = {
             lane: pool.submit(
                 pack_lane,
@@ -980,7 +982,7 @@ class WatermarkOrchestrator:
         if failed is not None:
             lane = next(n for n, f in item.futures.items() if f is failed)
             error = failed.exception()
-            pool.fail(everything, hung=False)
+            pool.fail(everything, hung=False, broken=isinstance(error, cf.BrokenExecutor))
             if isinstance(error, LaneError):
                 raise error
             if isinstance(error, DeswmError):

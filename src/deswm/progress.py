@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import IO, Any
 
 from deswm._extras import require
@@ -106,10 +107,16 @@ class ProgressObserver(CycleObserver):
         )
 
     def file_done(self, record: SourceRecord, size: int) -> None:
-        self._files += 1
+        self._advance(1, size)
+
+    def files_done(self, key: WatermarkKey, bucket: datetime, files: int, size: int) -> None:
+        self._advance(files, size)
+
+    def _advance(self, files: int, size: int) -> None:
+        self._files += files
         self._bytes += size
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(files)
         elif not self.use_bar:
             now = self._clock()
             if now - self._last >= self.interval:

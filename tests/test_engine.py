@@ -1,0 +1,433 @@
+"""The packing engine: lanes on threads and processes give the in-process path's results.
+
+Every test runs a real cycle over files on local disk; lanes in processes get the reader
+and packer pickled. Faults inside lanes come from reader subclasses defined here (a
+worker process imports this module to unpickle them).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from collections.abc import Generator, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deswm._lane_pool import cpu_count, resolve_pool
+from deswm.errors import (
+    ConfigError,
+    CycleError,
+    DuplicateUidError,
+    FileMissingError,
+    LaneError,
+    RowCountError,
+)
+from deswm.model import BucketResult, SourceRecord, Watermark, WatermarkKey
+from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
+from deswm.packer import DesPacker
+from deswm.protocols import ReadResult
+from deswm.readers import FsspecFileReader
+from deswm.routing import DesRouter
+from deswm.testing import (
+    MemoryErrorStore,
+    MemoryFileReader,
+    MemorySourceProvider,
+    MemoryWatermarkStore,
+)
+
+NOW = datetime(2024, 5, 20, 15, 30, tzinfo=UTC)
+DAYS = (10, 11, 12, 15, 17)
+PER_DAY = 24
+ENGINES = [("threads", 2), ("threads", 3), ("processes", 2)]
+ENGINE_IDS = [f"{kind}-{lanes}" for kind, lanes in ENGINES]
+
+
+def at(day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(2024, 5, day, hour, minute, tzinfo=UTC)
+
+
+# --- readers that misbehave inside a lane (module level: picklable) ---------------------
+
+
+class DroppingReader(FsspecFileReader):
+    """Loses the row of one uid without an error."""
+
+    def __init__(self, drop: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.drop = drop
+
+    def read_many(self, records: Iterable[SourceRecord]) -> Generator[ReadResult, None, None]:
+        for record, data in super().read_many(records):
+            if record.uid != self.drop:
+                yield record, data
+
+
+class FaultyReader(FsspecFileReader):
+    """Raises, kills its own process, or sleeps when it reads the file of one uid."""
+
+    def __init__(self, uid: str, action: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.uid = uid
+        self.action = action
+
+    def read(self, location: str) -> bytes:
+        if location.endswith(self.uid):
+            if self.action == "raise":
+                raise RuntimeError("the reader broke")
+            if self.action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.action == "sleep":
+                time.sleep(3)
+        return super().read(location)
+
+
+# --- the world ---------------------------------------------------------------------------
+
+
+class World:
+    """A source of rows over several days, their files on disk, an archive folder."""
+
+    def __init__(self, root: Path, records: list[SourceRecord] | None = None) -> None:
+        self.root = root
+        self.files = root / "files"
+        self.files.mkdir(parents=True)
+        if records is None:
+            records = [
+                SourceRecord(f"u{day}-{i:03d}", at(day, i % 24, i), f"u{day}-{i:03d}", None)
+                for day in DAYS
+                for i in range(PER_DAY)
+            ]
+        self.records = sorted(records, key=lambda r: (r.created_at, r.uid))
+        for record in self.records:
+            path = self.files / record.location
+            if not path.exists():
+                path.write_bytes(f"payload of {record.uid} ".encode() * (3 + len(record.uid)))
+        self.router = DesRouter(4)
+        self.store = MemoryWatermarkStore()
+        self.errors = MemoryErrorStore()
+        self.archive_dir = root / "archive"
+
+    def orchestrator(self, **options: Any) -> WatermarkOrchestrator:
+        reader = options.pop("reader", None) or FsspecFileReader(root=str(self.files))
+        options.setdefault("pipeline", "files")
+        options.setdefault("lag", timedelta(days=2))
+        options.setdefault("initial", at(10))
+        options.setdefault("clock", lambda: NOW)
+        if options.get("on_error") == "record":
+            options.setdefault("error_store", self.errors)
+        return WatermarkOrchestrator(
+            self.store,
+            MemorySourceProvider(self.records),
+            reader,
+            self.router,
+            DesPacker(str(self.archive_dir), self.router, workers=0),
+            **options,
+        )
+
+    def objects(self) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(self.archive_dir)): p.read_bytes()
+            for p in sorted(self.archive_dir.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")
+        }
+
+    def position(self) -> datetime | None:
+        stored = self.store.get(WatermarkKey("files"))
+        return None if stored is None else stored.position
+
+
+@pytest.fixture
+def inline(tmp_path: Path) -> World:
+    """A world archived by the in-process path: the reference."""
+    world = World(tmp_path / "inline")
+    with world.orchestrator() as orchestrator:
+        orchestrator.run_cycle()
+    return world
+
+
+@pytest.fixture(params=ENGINES, ids=ENGINE_IDS)
+def engine(request: pytest.FixtureRequest) -> dict[str, Any]:
+    kind, lanes = request.param
+    return {"executor": kind, "workers": lanes}
+
+
+def test_lanes_publish_the_same_objects_as_the_in_process_path(
+    tmp_path: Path, inline: World, engine: dict[str, Any]
+) -> None:
+    world = World(tmp_path / "engine")
+    with world.orchestrator(**engine) as orchestrator:
+        assert orchestrator.lanes is not None
+        result = orchestrator.run_cycle()
+    assert world.objects() == inline.objects()
+    assert result.files == len(DAYS) * PER_DAY
+    assert result.buckets_committed == len(DAYS)
+    assert result.bytes_in == sum((world.files / r.location).stat().st_size for r in world.records)
+    assert world.position() == at(18)
+    assert world.store.writes == inline.store.writes  # one write per committed bucket (G4)
+
+
+def test_a_replay_on_lanes_rewrites_nothing(inline: World, engine: dict[str, Any]) -> None:
+    before = inline.objects()
+    inline.store.set(WatermarkKey("files"), at(10), reason="replay")
+    with inline.orchestrator(**engine) as orchestrator:
+        result = orchestrator.run_cycle()
+    assert inline.objects() == before
+    assert result.unchanged == result.files == len(DAYS) * PER_DAY
+    assert result.bytes_out == 0
+
+
+def test_stop_mode_refuses_the_bucket_of_a_failed_file(
+    tmp_path: Path, inline: World, engine: dict[str, Any]
+) -> None:
+    world = World(tmp_path / "engine")
+    (world.files / "u12-005").unlink()
+    with world.orchestrator(**engine) as orchestrator, pytest.raises(CycleError) as caught:
+        orchestrator.run_cycle()
+    assert caught.value.bucket == "2024-05-12T00:00:00.000000Z"
+    assert [f.uid for f in caught.value.failures] == ["u12-005"]
+    assert world.position() == at(12)  # days 10 and 11 committed, 12 not
+
+
+def test_record_mode_lists_failures_and_commits(tmp_path: Path, engine: dict[str, Any]) -> None:
+    world = World(tmp_path / "engine")
+    (world.files / "u11-003").unlink()
+    with world.orchestrator(on_error="record", **engine) as orchestrator:
+        result = orchestrator.run_cycle()
+        listed = world.errors.list(orchestrator.key)
+    assert [f.uid for f in result.failures] == ["u11-003"]
+    assert [entry.record.uid for entry in listed] == ["u11-003"]
+    assert world.position() == at(18)
+
+
+def test_record_mode_judges_the_failure_ratio_over_the_whole_bucket(
+    tmp_path: Path, engine: dict[str, Any]
+) -> None:
+    world = World(tmp_path / "engine")
+    for i in range(4):  # 4 of 24 files of day 11 (16.7 %), spread over the lanes
+        (world.files / f"u11-{i * 5:03d}").unlink()
+    options = {"on_error": "record", "max_failure_ratio": 0.15, **engine}
+    with world.orchestrator(**options) as orchestrator, pytest.raises(CycleError) as caught:
+        orchestrator.run_cycle()
+    assert "4 of 24 files failed" in str(caught.value)
+    assert world.position() == at(11)
+    # The lanes published their good files; the refused bucket is not committed, and a
+    # rerun that may skip more archives it on top of them.
+    with world.orchestrator(on_error="record", max_failure_ratio=0.2, **engine) as again:
+        result = again.run_cycle()
+    assert len(result.failures) == 4
+    assert world.position() == at(18)
+
+
+def test_a_lane_that_loses_a_row_is_caught_by_the_row_count(
+    tmp_path: Path, engine: dict[str, Any]
+) -> None:
+    world = World(tmp_path / "engine")
+    reader = DroppingReader("u11-007", root=str(world.files))
+    with (
+        world.orchestrator(reader=reader, **engine) as orchestrator,
+        pytest.raises(RowCountError) as caught,
+    ):
+        orchestrator.run_cycle()
+    assert "bucket 2024-05-11T00:00:00" in str(caught.value)
+    assert "returned 24 row(s)" in str(caught.value)
+    assert world.position() == at(11)
+
+
+def test_a_lane_that_raises_fails_its_bucket_typed_and_a_rerun_loses_nothing(
+    tmp_path: Path, inline: World, engine: dict[str, Any]
+) -> None:
+    world = World(tmp_path / "engine")
+    reader = FaultyReader("u12-009", "raise", root=str(world.files))
+    with world.orchestrator(reader=reader, **engine) as orchestrator:
+        with pytest.raises(LaneError) as caught:
+            orchestrator.run_cycle()
+        assert caught.value.bucket == "2024-05-12"
+        assert caught.value.lane == world.router.shard_index("u12-009") % engine["workers"]
+        assert "RuntimeError: the reader broke" in str(caught.value)
+        assert world.position() == at(12)
+        orchestrator.reader = FsspecFileReader(root=str(world.files))
+        orchestrator.run_cycle()  # the same pool, on the next cycle
+    assert world.position() == at(18)
+    assert world.objects() == inline.objects()
+
+
+def test_a_killed_lane_process_fails_its_bucket_and_the_pool_is_replaced(
+    tmp_path: Path, inline: World
+) -> None:
+    world = World(tmp_path / "engine")
+    reader = FaultyReader("u11-004", "kill", root=str(world.files))
+    # One bucket in flight: a dead process breaks the whole pool, so with two in flight
+    # the older bucket would fail with it (nothing committed for either; also fine).
+    options = {"executor": "processes", "workers": 2, "buckets_in_flight": 1}
+    with world.orchestrator(reader=reader, **options) as orchestrator:
+        with pytest.raises(LaneError) as caught:
+            orchestrator.run_cycle()
+        assert caught.value.bucket == "2024-05-11"
+        assert "BrokenProcessPool" in str(caught.value)
+        assert type(caught.value.__cause__).__name__ == "BrokenProcessPool"
+        assert world.position() == at(11)
+        orchestrator.reader = FsspecFileReader(root=str(world.files))
+        orchestrator.run_cycle()
+    assert world.position() == at(18)
+    assert world.objects() == inline.objects()
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_a_lane_past_its_timeout_fails_its_bucket(tmp_path: Path, inline: World, kind: str) -> None:
+    world = World(tmp_path / "engine")
+    reader = FaultyReader("u10-002", "sleep", root=str(world.files))
+    options = {"executor": kind, "workers": 2, "lane_timeout": 0.5}
+    with world.orchestrator(reader=reader, **options) as orchestrator:
+        with pytest.raises(LaneError, match=r"ran past run.lane_timeout=0.5s"):
+            orchestrator.run_cycle()
+        assert world.position() == at(10)
+        orchestrator.reader = FsspecFileReader(root=str(world.files))
+        orchestrator.lane_timeout = None  # a new process pool starts slowly on a busy machine
+        orchestrator.run_cycle()  # waits for (threads) or replaces (processes) the hung lane
+    assert world.position() == at(18)
+    assert world.objects() == inline.objects()
+
+
+def test_a_duplicate_uid_under_stop_raises_what_the_in_process_path_raises(
+    tmp_path: Path, engine: dict[str, Any]
+) -> None:
+    records = [
+        SourceRecord("a", at(10, 1), "a"),
+        SourceRecord("dup", at(10, 2), "dup"),
+        SourceRecord("dup", at(10, 3), "dup"),
+    ]
+    world = World(tmp_path / "engine", records)
+    with world.orchestrator(**engine) as orchestrator, pytest.raises(DuplicateUidError) as caught:
+        orchestrator.run_cycle()
+    assert any("bucket 2024-05-10" in note for note in caught.value.__notes__)
+    assert world.position() == at(10)
+
+
+class Stopper(CycleObserver):
+    def __init__(self) -> None:
+        self.orchestrator: WatermarkOrchestrator | None = None
+        self.files: list[int] = []
+        self.per_file = 0
+
+    def file_done(self, record: SourceRecord, size: int) -> None:
+        self.per_file += 1
+
+    def files_done(self, key: WatermarkKey, bucket: datetime, files: int, size: int) -> None:
+        self.files.append(files)
+
+    def bucket_committed(
+        self, key: WatermarkKey, result: BucketResult, watermark: Watermark
+    ) -> None:
+        assert self.orchestrator is not None
+        self.orchestrator.request_stop()
+
+
+def test_a_stop_commits_the_buckets_in_flight_and_dispatches_no_more(
+    tmp_path: Path, engine: dict[str, Any]
+) -> None:
+    world = World(tmp_path / "engine")
+    stopper = Stopper()
+    with world.orchestrator(observers=[stopper], buckets_in_flight=2, **engine) as orchestrator:
+        stopper.orchestrator = orchestrator
+        result = orchestrator.run_cycle()
+    # The stop came with the first commit; the second bucket was already dispatched.
+    assert (result.stopped, result.buckets_committed) == ("requested", 2)
+    assert world.position() == at(12)
+    assert stopper.per_file == 0  # lanes report in batches
+    assert sum(stopper.files) == result.files == 2 * PER_DAY
+
+
+def test_max_buckets_counts_buckets_in_flight(tmp_path: Path, engine: dict[str, Any]) -> None:
+    world = World(tmp_path / "engine")
+    with world.orchestrator(max_buckets=1, buckets_in_flight=3, **engine) as orchestrator:
+        result = orchestrator.run_cycle()
+    assert (result.stopped, result.buckets_committed) == ("max-buckets", 1)
+    assert world.position() == at(11)
+
+
+# --- choosing the executor -------------------------------------------------------------
+
+
+def test_no_workers_and_no_executor_is_the_in_process_path(tmp_path: Path) -> None:
+    assert World(tmp_path).orchestrator().lanes is None
+
+
+def test_auto_picks_processes_for_picklable_components(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    lanes = world.orchestrator(workers=2).lanes
+    assert lanes is not None and (lanes.kind, lanes.lanes) == ("processes", 2)
+    assert world.orchestrator(workers=1).lanes is None  # one lane: in-process
+    default = world.orchestrator(workers="auto").lanes
+    if cpu_count() > 1:
+        assert default is not None and default.lanes == cpu_count()
+
+
+def test_auto_picks_threads_when_lanes_cannot_leave_the_process(tmp_path: Path) -> None:
+    reader = MemoryFileReader({})
+    memory = DesPacker("memory://engine-auto", DesRouter(4))
+    lanes = resolve_pool("auto", 2, reader=reader, packer=memory)
+    assert lanes is not None and lanes.kind == "threads"
+    local = DesPacker(str(tmp_path), DesRouter(4))
+    lanes = resolve_pool("auto", 2, reader=reader, packer=local)  # unpicklable reader
+    assert lanes is not None and lanes.kind == "threads"
+
+
+def test_processes_with_an_unpicklable_component_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="threads") as caught:
+        resolve_pool(
+            "processes",
+            2,
+            reader=MemoryFileReader({}),
+            packer=DesPacker(str(tmp_path), DesRouter(4)),
+        )
+    assert caught.value.key == "run.executor"
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"workers": 0}, "run.workers"),
+        ({"workers": "many"}, "run.workers"),
+        ({"executor": "gpu"}, "run.executor"),
+        ({"executor": "dask"}, "run.scheduler"),
+        ({"buckets_in_flight": 0}, "run.buckets_in_flight"),
+        ({"lane_timeout": 0}, "run.lane_timeout"),
+    ],
+)
+def test_bad_engine_settings_are_config_errors(
+    tmp_path: Path, options: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        World(tmp_path).orchestrator(**options)
+    assert caught.value.key == key
+
+
+def test_a_given_executor_is_used_and_not_shut_down(tmp_path: Path, inline: World) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    world = World(tmp_path / "engine")
+    with ThreadPoolExecutor(2) as host:
+        with world.orchestrator(executor=host, workers=2) as orchestrator:
+            assert orchestrator.lanes is not None and orchestrator.lanes.kind == "given"
+            orchestrator.run_cycle()
+        assert host.submit(lambda: 42).result() == 42  # still open
+    assert world.objects() == inline.objects()
+
+
+def test_deswm_errors_cross_process_boundaries_whole() -> None:
+    errors = [
+        DuplicateUidError("u1", at(10, 1), at(10, 2), shard="20240510_0a"),
+        FileMissingError("/data/x"),
+        LaneError("2024-05-10", 1, 2, "boom"),
+    ]
+    for error in errors:
+        error.add_note("a note")
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
