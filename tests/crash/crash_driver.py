@@ -121,6 +121,7 @@ def run_step(config_path: str | Path, step: Step) -> dict[str, Any]:
         try:
             result = orchestrator.run_cycle()
         finally:
+            orchestrator.close()
             _dispose(orchestrator.source, orchestrator.store)
         return {
             "op": "cycle",

@@ -76,6 +76,12 @@ NOW_SECOND = datetime(2024, 5, 16, 9, tzinfo=UTC)  # target 15 May (11..14 on a 
 REPLAY_FROM = DAYS[1]
 ROUTER = DesRouter(N_BITS)
 
+EXECUTOR = "threads"
+"""Where the crash suite's lanes run: threads of the killed process itself, so a kill at
+any point (lane points included) is the whole runner's power cut, and every point is
+counted in the process that reaches it. Lanes in processes: test_lane_crashes.py."""
+LANES = 2
+
 LOCAL_ONLY_POINTS = frozenset(p for p in POINTS if p.startswith("shardio."))
 """Points of the local-disk publish (temp file, fsync, rename, link): unreachable on S3."""
 
@@ -439,8 +445,10 @@ class World:
         rows: Sequence[Row],
         *,
         scenario: Scenario,
+        executor: str = EXECUTOR,
     ) -> None:
         self.folder = folder
+        self.executor = executor
         self.sql_url = sql_url
         self.destination = destination
         self.scenario = scenario
@@ -522,6 +530,7 @@ class World:
                         "initial": INITIAL.date().isoformat(),
                     },
                     "archive": archive,
+                    "run": {"executor": self.executor, "workers": LANES},
                 }
             ),
             encoding="utf-8",
@@ -865,32 +874,35 @@ class Worlds:
 
     def __init__(self, provisioner: Provisioner) -> None:
         self.provisioner = provisioner
-        self._references: dict[tuple[str, str, str], Reference] = {}
+        self._references: dict[tuple[str, str, str, str], Reference] = {}
 
-    def new(self, scenario: Scenario, sql: str, dest: str) -> World:
-        folder = self.provisioner.folder(f"{scenario.name}-{sql}-{dest}")
+    def new(self, scenario: Scenario, sql: str, dest: str, executor: str = EXECUTOR) -> World:
+        folder = self.provisioner.folder(f"{scenario.name}-{sql}-{dest}-{executor}")
         world = World(
             folder,
             self.provisioner.sql_url(sql, folder),
             self.provisioner.destination(dest, folder),
             base_rows(rows_per_day(dest)),
             scenario=scenario,
+            executor=executor,
         )
         self.provisioner.on_close(world.close)
         return world
 
-    def prepared(self, scenario: Scenario, sql: str, dest: str) -> World:
+    def prepared(self, scenario: Scenario, sql: str, dest: str, executor: str = EXECUTOR) -> World:
         """A world where the steps before the crash ran and the world was changed."""
-        world = self.new(scenario, sql, dest)
+        world = self.new(scenario, sql, dest, executor)
         world.run(scenario.before)
         if scenario.replay:
             world.apply_replay_change()
         return world
 
-    def reference(self, scenario: Scenario, sql: str, dest: str) -> Reference:
-        key = (scenario.name, sql, dest)
+    def reference(
+        self, scenario: Scenario, sql: str, dest: str, executor: str = EXECUTOR
+    ) -> Reference:
+        key = (scenario.name, sql, dest, executor)
         if key not in self._references:
-            world = self.prepared(scenario, sql, dest)
+            world = self.prepared(scenario, sql, dest, executor)
             counts = world.run_counted(scenario.crash)
             stored = world.watermark()
             assert stored is not None and stored.position == scenario.final

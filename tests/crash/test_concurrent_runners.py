@@ -95,6 +95,9 @@ def race_in_processes(
 
 
 RACES = {"threads": race_in_threads, "processes": race_in_processes}
+RUNNER_EXECUTOR = "inline"
+"""The races are between two runners; their choreographies count each runner's
+checkpoints in the order one serial writer reaches them, so each runner packs in-process."""
 
 
 def check_after_race(world: World, worlds: Worlds, scenario: Scenario, backend: str) -> None:
@@ -139,7 +142,7 @@ def test_two_runners_commit_the_same_bucket_one_gets_watermark_conflict(
     """Both pack and publish the first bucket from the same watermark version, then
     commit at the same moment: the compare-and-set lets exactly one through."""
     scenario = SCENARIOS["fresh"]
-    world = worlds.prepared(scenario, *BACKENDS[backend])
+    world = worlds.prepared(scenario, *BACKENDS[backend], RUNNER_EXECUTOR)
     where = world.folder / f"race-{mode}"
     where.mkdir()
     outcomes = RACES[mode](world, scenario.crash, conflict_choreography(), where)
@@ -164,7 +167,7 @@ def test_runner_merging_from_replaced_objects_fails_with_pack_error(
     publishes the whole bucket first, then the other writes from its stale plan: its
     version-pinned reads see the replaced objects and it stops before publishing."""
     scenario = SCENARIOS["replay"]
-    world = worlds.prepared(scenario, *BACKENDS[backend])
+    world = worlds.prepared(scenario, *BACKENDS[backend], RUNNER_EXECUTOR)
     set_step, cycle_step = scenario.crash
     world.run([set_step])  # the operator's replay, then two runners start
     where = world.folder / f"race-{mode}"

@@ -45,6 +45,8 @@ FRESH: tuple[Case, ...] = (
     ("shardio.create_only.after_fsync", 1, False),
     ("shardio.create_only.after_link", 2, False),
     ("bucket.before_publish", 2, True),
+    ("lane.before_publish", 1, False),
+    ("lane.before_publish", 4, True),
     ("packer.before_group", 1, False),
     ("packer.before_group", 5, True),
     ("packer.part.mid_write", 1, False),
@@ -54,6 +56,8 @@ FRESH: tuple[Case, ...] = (
     ("shardio.publish.after_rename", 5, False),
     ("packer.after_part", 2, False),
     ("packer.before_dir_sync", 1, True),
+    ("lane.after_publish", 1, True),
+    ("lane.after_publish", 3, False),
     ("bucket.after_publish", 2, True),
     ("store.advance.in_transaction", 1, False),
     ("store.advance.after_commit", 2, True),
@@ -81,6 +85,8 @@ REPLAY: tuple[Case, ...] = (
     ("packer.before_delete", 1, True),
     ("packer.before_dir_sync", 2, False),
     ("packer.before_group", 1, False),
+    ("lane.before_publish", 2, False),
+    ("lane.after_publish", 2, True),
     ("bucket.after_publish", 1, False),
     ("store.advance.in_transaction", 2, True),
     ("store.advance.after_commit", 1, False),
@@ -112,7 +118,7 @@ def test_every_point_is_killed_on_every_backend_where_it_exists() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_clean_runs_reach_every_point_the_backend_has(worlds: Worlds, backend: str) -> None:
-    """Which points a clean run reaches, per backend: all 23 on local disk; on S3 all but
+    """Which points a clean run reaches, per backend: all 25 on local disk; on S3 all but
     the five of the local temp-file publish (an S3 PUT has no temp file, fsync or link)."""
     sql, dest = BACKENDS[backend]
     reached: set[str] = set()
