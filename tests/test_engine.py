@@ -431,3 +431,69 @@ def test_deswm_errors_cross_process_boundaries_whole() -> None:
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert copy.__dict__ == error.__dict__
+
+
+# --- the config file and the command line -------------------------------------------------
+
+
+def _config(tmp_path: Path, run: str = "") -> Path:
+    from test_cli_run import make_setup
+
+    config = make_setup(tmp_path / "setup", per_day=3)
+    config.write_text(config.read_text() + (f"[run]\n{run}\n" if run else ""))
+    return config
+
+
+def test_the_config_file_defaults_to_the_engine(tmp_path: Path) -> None:
+    from deswm.config import load_config
+
+    orchestrator = load_config(_config(tmp_path)).build_orchestrator()
+    if cpu_count() > 1:
+        assert orchestrator.lanes is not None and orchestrator.lanes.lanes == cpu_count()
+        assert orchestrator.lanes.kind == "processes"
+    else:
+        assert orchestrator.lanes is None  # one CPU: one lane, in-process
+
+
+def test_run_settings_configure_the_engine(tmp_path: Path) -> None:
+    from deswm.config import load_config
+
+    run = 'executor = "threads"\nworkers = 3\nbuckets_in_flight = 4\nlane_timeout = 30'
+    orchestrator = load_config(_config(tmp_path, run)).build_orchestrator()
+    assert orchestrator.lanes is not None
+    assert (orchestrator.lanes.kind, orchestrator.lanes.lanes) == ("threads", 3)
+    assert (orchestrator.buckets_in_flight, orchestrator.lane_timeout) == (4, 30)
+    inline = load_config(_config(tmp_path / "2", 'executor = "inline"')).build_orchestrator()
+    assert inline.lanes is None
+
+
+@pytest.mark.parametrize(
+    ("run", "key"),
+    [
+        ("workers = 0", "run.workers"),
+        ('workers = "all"', "run.workers"),
+        ('executor = "gpu"', "run.executor"),
+        ('executor = "dask"', "run.scheduler"),
+        ("buckets_in_flight = 0", "run.buckets_in_flight"),
+        ("lane_timeout = -1", "run.lane_timeout"),
+    ],
+)
+def test_bad_run_settings_name_their_key(tmp_path: Path, run: str, key: str) -> None:
+    from deswm.config import load_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(_config(tmp_path, run)).build_orchestrator()
+    assert caught.value.key == key
+
+
+def test_deswm_run_takes_workers_and_executor(tmp_path: Path) -> None:
+    from test_cli_run import deswm
+
+    config = _config(tmp_path)
+    done = deswm("run", "-c", str(config), "--workers", "2", "--executor", "threads")
+    assert done.returncode == 0, done.stderr
+    assert "packing engine: 2 lane(s) on threads" in done.stderr
+    assert "buckets:   6 committed" in done.stdout
+    bad = deswm("run", "-c", str(config), "--executor", "gpu")
+    assert bad.returncode == 2
+    assert "--executor" in bad.stderr
