@@ -99,6 +99,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=4,
         help="also run the full cycle with this n_bits (fewer, larger shards); 0 to skip",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="[run] workers of the main deswm runs (1: in-process, as before the engine)",
+    )
+    parser.add_argument(
+        "--engine-variant",
+        type=int,
+        default=2,
+        metavar="N",
+        help="also run the full cycle on N lanes in processes (the engine); 0 to skip",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.files = SMOKE_FILES
@@ -329,7 +342,17 @@ def main(argv: list[str] | None = None) -> int:
             if scenario not in steps:
                 continue
             params = _base_params(dataset, run_root / f"{key.replace('_', '-')}-{attempt}")
+            if scenario == "deswm":
+                params["lanes"] = args.workers
             sqlite_runs.setdefault(key, []).append(_run(key, scenario, dataset, params))
+            if scenario == "deswm" and args.engine_variant:
+                # The same cycle on the engine's lanes, right after (same machine state).
+                params = _base_params(dataset, run_root / f"deswm-engine-{attempt}")
+                params.update(lanes=args.engine_variant, executor="processes")
+                name = f"deswm_sqlite (engine, {args.engine_variant} lanes in processes)"
+                sqlite_runs.setdefault("deswm_sqlite_engine", []).append(
+                    _run(name, scenario, dataset, params)
+                )
     runs.update({key: _best(found) for key, found in sqlite_runs.items()})
     if "deswm" in steps and args.n_bits_variant:
         params = _base_params(dataset, run_root / f"deswm-nbits-{args.n_bits_variant}")

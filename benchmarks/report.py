@@ -97,6 +97,25 @@ def figures(runs: dict[str, Any]) -> list[Row]:
             "stretch met" if p1 is not None and p1 <= 1.5 else "",
         )
     )
+    engine = runs.get("deswm_sqlite_engine")
+    if engine is not None:
+        lanes = engine.get("lanes", "?")
+        rows.append(
+            _reported(
+                f"full cycle on the engine, {lanes} lanes in processes / native (s)",
+                _seconds(engine),
+                _seconds(native),
+                "s",
+            )
+        )
+        rows.append(
+            _reported(
+                f"scaling: {lanes} lanes / {deswm.get('lanes', 1) if deswm else '?'} lane (s)",
+                _seconds(engine),
+                _seconds(deswm),
+                "s",
+            )
+        )
     variant = runs.get("deswm_sqlite_variant")
     if variant is not None:
         bits = variant.get("n_bits", "?")

@@ -71,8 +71,10 @@ def _dir_bytes(folder: Path) -> int:
 
 
 def _times() -> dict[str, float]:
+    """CPU of this process and of its children that ended (the engine's lane processes
+    end when the orchestrator is closed, before the CPU is read)."""
     t = os.times()
-    return {"user": t.user, "system": t.system}
+    return {"user": t.user + t.children_user, "system": t.system + t.children_system}
 
 
 def _cpu_since(before: dict[str, float]) -> dict[str, float]:
@@ -120,7 +122,13 @@ def _deswm_config(params: dict[str, Any], run_dir: Path) -> Path:
     ]
     if params.get("pack_workers") is not None:
         lines.append(f"workers = {int(params['pack_workers'])}")
-    lines += ["", "[run]", f"partitions = {int(params.get('partitions', 1))}", ""]
+    lines += ["", "[run]", f"partitions = {int(params.get('partitions', 1))}"]
+    # The packing engine's lanes: 1 (in-process, the figures before the engine) unless
+    # a run asks for more (--workers, --engine-variant).
+    lines.append(f"workers = {int(params.get('lanes', 1))}")
+    if params.get("executor"):
+        lines.append(f"executor = {_toml(params['executor'])}")
+    lines.append("")
     path = run_dir / "deswm.toml"
     path.write_text("\n".join(lines))
     return path
@@ -191,6 +199,7 @@ def deswm_cycle(params: dict[str, Any]) -> dict[str, Any]:
     result = orchestrator.run_cycle()
     seconds = time.perf_counter() - started
     wall_end = time.time()
+    orchestrator.close()  # lane processes end: their CPU counts (os.times children)
     cpu_used = _cpu_since(cpu)
     sql = timer.snapshot()
     wal = wal_bytes_since(engine, before_lsn) if before_lsn is not None else None
@@ -207,6 +216,8 @@ def deswm_cycle(params: dict[str, Any]) -> dict[str, Any]:
         "bytes_out": result.bytes_out,
         "shards": result.shards_written,
         "n_bits": int(params.get("n_bits", 8)),
+        "lanes": int(params.get("lanes", 1)),
+        "executor": params.get("executor") or "auto",
         "buckets": result.buckets_committed,
         "failures": len(result.failures),
         "sql": sql,

@@ -497,3 +497,19 @@ def test_deswm_run_takes_workers_and_executor(tmp_path: Path) -> None:
     bad = deswm("run", "-c", str(config), "--executor", "gpu")
     assert bad.returncode == 2
     assert "--executor" in bad.stderr
+
+
+def test_lane_processes_start_under_a_long_temp_dir(
+    tmp_path: Path, inline: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forkserver's socket in a deep TMPDIR exceeds the AF_UNIX path limit (108 bytes);
+    the pool's workers must start anyway."""
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    world = World(tmp_path / "engine")
+    with world.orchestrator(executor="processes", workers=2) as orchestrator:
+        orchestrator.run_cycle()
+    assert world.objects() == inline.objects()

@@ -1,7 +1,7 @@
 """Where the packing engine's lanes run: a ``concurrent.futures`` executor, chosen once.
 
 ``[run] executor`` picks it: ``"inline"`` (no engine: the serial in-process path),
-``"threads"``, ``"processes"`` (a ``ProcessPoolExecutor`` on a ``forkserver`` context,
+``"threads"``, ``"processes"`` (a ``ProcessPoolExecutor`` on a ``spawn`` context,
 since the parent has threads), ``"dask"`` (``Client(scheduler).get_executor(pure=False)``)
 or ``"auto"``: processes when there is more than one lane and the reader and packer
 survive a pickle round trip (and the destination is not ``memory://``, which lives in one
@@ -107,11 +107,11 @@ class LanePool:
         if self.kind == "processes":
             import multiprocessing  # only here: it costs the other paths' start-up
 
-            method = (
-                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            )
+            # "spawn", not "fork" (the parent has threads: a forked child may inherit a
+            # held lock) nor "forkserver" (its socket lives in TMPDIR, whose path may be
+            # too long for AF_UNIX). Workers start once per pool, which lives across cycles.
             return cf.ProcessPoolExecutor(
-                self.lanes, mp_context=multiprocessing.get_context(method)
+                self.lanes, mp_context=multiprocessing.get_context("spawn")
             )
         if self.kind == "dask":
             distributed = require("distributed", extra="dask", feature='executor = "dask"')
