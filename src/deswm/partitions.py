@@ -22,7 +22,8 @@ __all__ = ["run_partition", "run_partitions"]
 
 def run_partition(config_path: str, partition: int) -> CycleResult:
     """One cycle of one partition (module-level, so executors can pickle it)."""
-    return load_config(config_path).build_orchestrator(partition=partition).run_cycle()
+    with load_config(config_path).build_orchestrator(partition=partition) as orchestrator:
+        return orchestrator.run_cycle()
 
 
 def run_partitions(
