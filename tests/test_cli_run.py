@@ -207,11 +207,16 @@ def test_a_second_sigterm_exits_at_once_and_loses_nothing(
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, err
     assert "exiting now" in err
-    assert watermark(folder) == DAY0 + timedelta(days=HOLD_AT - 1)  # held bucket not committed
+    # The held bucket is not committed; on the packing engine the one before it may still
+    # have been in flight (buckets_in_flight = 2), and is not committed either.
+    position = watermark(folder)
+    assert position is not None
+    committed = (position - DAY0).days
+    assert HOLD_AT - 2 <= committed <= HOLD_AT - 1
     rest = deswm("run", "-c", str(folder / "deswm.toml"), "--json")
     assert rest.returncode == 0, rest.stderr
     result = json.loads(rest.stdout)
-    assert (result["stopped"], result["buckets_committed"]) == ("finished", DAYS - HOLD_AT + 1)
+    assert (result["stopped"], result["buckets_committed"]) == ("finished", DAYS - committed)
     assert snapshot(folder / "archive") == clean_archive
 
 

@@ -513,3 +513,24 @@ def test_lane_processes_start_under_a_long_temp_dir(
     with world.orchestrator(executor="processes", workers=2) as orchestrator:
         orchestrator.run_cycle()
     assert world.objects() == inline.objects()
+
+
+def test_lane_processes_leave_ctrl_c_to_the_coordinator(tmp_path: Path, inline: World) -> None:
+    """Ctrl-C signals the whole process group; a lane process must not die of it, or the
+    buckets in flight could not be committed before the runner stops."""
+    world = World(tmp_path / "engine")
+    with world.orchestrator(executor="processes", workers=2) as orchestrator:
+        orchestrator.run_cycle()
+        assert orchestrator.lanes is not None
+        executor = orchestrator.lanes._pool()
+        processes = list(getattr(executor, "_processes", {}).values())
+        assert processes
+        for process in processes:
+            os.kill(process.pid, signal.SIGINT)
+            os.kill(process.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert all(process.is_alive() for process in processes)
+        world.store.set(WatermarkKey("files"), at(10), reason="replay")
+        result = orchestrator.run_cycle()  # the same pool, still whole
+    assert result.unchanged == len(DAYS) * PER_DAY
+    assert world.objects() == inline.objects()

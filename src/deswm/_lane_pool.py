@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import logging
 import os
 import pickle
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -61,6 +62,13 @@ def _unpicklable(reader: FileReader, packer: Packer) -> str | None:
     except Exception as exc:
         return f"the reader or packer cannot be pickled ({type(exc).__name__}: {exc})"
     return None
+
+
+def _lane_process_started() -> None:
+    """Lane processes ignore SIGINT/SIGTERM: Ctrl-C reaches the whole process group, and
+    the coordinator alone decides to stop (after the buckets in flight are committed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class LanePool:
@@ -111,7 +119,9 @@ class LanePool:
             # held lock) nor "forkserver" (its socket lives in TMPDIR, whose path may be
             # too long for AF_UNIX). Workers start once per pool, which lives across cycles.
             return cf.ProcessPoolExecutor(
-                self.lanes, mp_context=multiprocessing.get_context("spawn")
+                self.lanes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lane_process_started,
             )
         if self.kind == "dask":
             distributed = require("distributed", extra="dask", feature='executor = "dask"')
