@@ -534,3 +534,25 @@ def test_lane_processes_leave_ctrl_c_to_the_coordinator(tmp_path: Path, inline: 
         result = orchestrator.run_cycle()  # the same pool, still whole
     assert result.unchanged == len(DAYS) * PER_DAY
     assert world.objects() == inline.objects()
+
+
+def test_a_hung_thread_lane_is_remembered_and_waited_for_before_the_next_lane(
+    tmp_path: Path, inline: World
+) -> None:
+    """A thread cannot be killed: the failed cycle returns at once, and the next lane
+    starts only after the hung one ended (one writer per object, G7)."""
+    world = World(tmp_path / "engine")
+    reader = FaultyReader("u10-002", "sleep", root=str(world.files))
+    options = {"executor": "threads", "workers": 2, "lane_timeout": 0.5}
+    with world.orchestrator(reader=reader, **options) as orchestrator:
+        with pytest.raises(LaneError):
+            orchestrator.run_cycle()
+        lanes = orchestrator.lanes
+        assert lanes is not None
+        hung = set(lanes._stragglers)
+        assert hung and not any(f.done() for f in hung)  # still sleeping, not waited for
+        orchestrator.reader = FsspecFileReader(root=str(world.files))
+        orchestrator.lane_timeout = None
+        orchestrator.run_cycle()
+        assert all(f.done() for f in hung) and not lanes._stragglers
+    assert world.objects() == inline.objects()

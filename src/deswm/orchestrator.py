@@ -893,9 +893,12 @@ class WatermarkOrchestrator:
                     self._check_count(rows, window.end, 0, None, None)
             while flight:
                 self._settle(pool, flight, rows, state, totals, window, before, started)
-        except BaseException:
-            # Nothing of a failed cycle may still write when the next one starts (G7).
-            pool.fail([f for item in flight for f in item.futures.values()], hung=False)
+        except BaseException as exc:
+            # Nothing of a failed cycle may still write when the next one starts (G7). On
+            # SystemExit/KeyboardInterrupt (a second signal) do not wait for lanes:
+            # processes are killed, threads are waited for before any new lane starts.
+            urgent = not isinstance(exc, Exception)
+            pool.fail([f for item in flight for f in item.futures.values()], hung=urgent)
             raise
         finally:
             owned.close()
@@ -974,14 +977,16 @@ class WatermarkOrchestrator:
             item.futures.values(), timeout=self.lane_timeout, return_when=cf.FIRST_EXCEPTION
         )
         everything = [f for entry in flight for f in entry.futures.values()]
-        failed = next((f for f in done if f.exception() is not None), None)
+        failed = next((f for f in done if f.cancelled() or f.exception() is not None), None)
+        if waiting or failed is not None:
+            flight.clear()  # handled here: the caller must not wait for them again
         if waiting and failed is None:
             lane = next(n for n, f in item.futures.items() if f in waiting)
             pool.fail(everything, hung=True)
             raise LaneError(day, lane, lanes, f"ran past run.lane_timeout={self.lane_timeout:g}s")
         if failed is not None:
             lane = next(n for n, f in item.futures.items() if f is failed)
-            error = failed.exception()
+            error = cf.CancelledError() if failed.cancelled() else failed.exception()
             pool.fail(everything, hung=False, broken=isinstance(error, cf.BrokenExecutor))
             if isinstance(error, LaneError):
                 raise error
