@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import shutil
@@ -28,6 +29,7 @@ from serving import (  # noqa: F401 - fixtures
 )
 
 from deswm.archive import Archive
+from deswm.serve import create_app
 
 
 def sha(data: bytes) -> str:
@@ -323,6 +325,20 @@ def test_metrics(server: Server) -> None:
     assert "deswm_serve_index_cache_entries" in text
     assert 'deswm_serve_backend_requests_total{op="get_range"}' in text
     assert "missing" not in text  # no uid becomes a label
+
+
+def test_an_unknown_method_is_counted_as_other(archive_url: str) -> None:
+    transport = httpx.ASGITransport(create_app(Archive(archive_url, ROUTER)))
+
+    async def calls() -> str:
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            for i in range(3):  # uvicorn's h11 parser passes any token as a method
+                assert (await client.request(f"BREW{i}", "/healthz")).status_code == 405
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(calls())
+    assert 'deswm_serve_requests_total{method="other",route="/healthz",status="405"} 3.0' in text
+    assert "BREW" not in text
 
 
 def test_a_burst_on_a_cold_shard_loads_its_index_once(archive_url: str, start: Any) -> None:

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
 from starlette.applications import Starlette
@@ -52,7 +54,13 @@ def create_app(archive: Archive, *, token: str | None = None, threads: int = 40)
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if token is not None:
         middleware.append(Middleware(TokenAuth, token=token))
-    app = Starlette(routes=build_routes(service), middleware=middleware)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = Starlette(routes=build_routes(service), middleware=middleware, lifespan=lifespan)
     app.state.archive = archive
     app.state.metrics = metrics
     return app
@@ -116,6 +124,7 @@ def serve(
         host=host,
         port=port,
         log_level="info",
+        access_log=settings.access_log,
         proxy_headers=False,
         # Longer than a load balancer's idle timeout (AWS ALB: 60 s), so the balancer,
         # not the service, closes idle connections: no request races a closing socket.

@@ -8,7 +8,8 @@
   indexes read from storage), ``deswm_serve_index_cache_entries`` and
   ``deswm_serve_index_cache_bytes``, read from :meth:`Archive.cache_stats` at scrape time.
 
-Routes are the templates (``/files/{uid}``), never a uid, so the label sets stay bounded.
+Routes are the templates (``/files/{uid}``), never a uid, and methods outside the
+standard ones are ``other``, so the label sets stay bounded.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from deswm.archive import Archive
 
 __all__ = ["MetricsMiddleware", "ServeMetrics", "route_of"]
 
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+"""Methods counted by name; any other is ``other`` (a client can send any token)."""
 _BACKEND_OPS: Final = frozenset({"get_range", "get_tail", "stat", "list"})
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -87,6 +90,23 @@ class ServeMetrics:
         )
         self.registry.register(_CacheCollector(archive))
         _count_backend(archive, lambda op: self.backend.labels(op).inc())
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latencies: dict[str, Any] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        # The labelled children are looked up once per label set (labels() takes a lock
+        # and builds a key each call); the label sets are bounded (route_of).
+        method = method if method in _METHODS else "other"
+        key = (route, method, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(route, method, str(status))
+        counter.inc()
+        latency = self._latencies.get(route)
+        if latency is None:
+            latency = self._latencies[route] = self.latency.labels(route)
+        latency.observe(seconds)
 
 
 class _CountingBackend:
@@ -138,6 +158,6 @@ class MetricsMiddleware:
         try:
             await self._app(scope, receive, sending)
         finally:
-            route = route_of(scope["path"])
-            self._metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self._metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self._metrics.observe(
+                route_of(scope["path"]), scope["method"], status, time.perf_counter() - started
+            )
