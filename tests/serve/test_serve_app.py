@@ -378,7 +378,7 @@ def test_a_burst_on_a_cold_shard_loads_its_index_once(archive_url: str, start: A
 def test_s3_through_moto(moto_s3: Any, start: Any) -> None:
     bucket = moto_s3.new_bucket()
     url = f"s3://{bucket}/archive"
-    pack(url, moto_s3.storage_options)
+    pack(url, storage_options=moto_s3.storage_options)
     archive = Archive(url, ROUTER, storage_options=moto_s3.storage_options)
     server: Server = start(archive)
     counted = server.app.state.metrics.backend
@@ -389,12 +389,12 @@ def test_s3_through_moto(moto_s3: Any, start: Any) -> None:
             for op in ("get_range", "get_tail", "stat", "list")
         )
 
-    created_at, data = FILES["raw.bin"]
-    cold = server.client.get(path("raw.bin"), params=query(created_at))
+    created_at, data = FILES["hello.txt"]  # a small file: one ranged GET when warm
+    cold = server.client.get(path("hello.txt"), params=query(created_at))
     assert cold.content == data
     cold_requests = requests()
     assert 1 <= cold_requests <= 3
-    warm = server.client.get(path("raw.bin"), params=query(created_at))
+    warm = server.client.get(path("hello.txt"), params=query(created_at))
     assert warm.content == data
     assert requests() - cold_requests == 1
     created_at, data = FILES["big.bin"]

@@ -3,8 +3,9 @@
 Every archive call runs on a worker thread (a pool of ``threads``; a plain executor
 costs about a third of the CPU of ``anyio.to_thread`` per hop under load), so a slow
 backend read never blocks the event loop. Bodies above 1 MiB are streamed from
-:meth:`Archive.open`, one 256 KiB chunk read at a time, so serving a 1 GB file holds
-about two chunks per download in memory (one read, one being sent).
+:meth:`Archive.open`, one 1 MiB chunk (one backend request) read at a time, so
+serving a 1 GB file holds about two chunks per download in memory (one read, one being
+sent).
 
 Errors are JSON ``{"error": ..., "hint": ...}``: 400 for a bad uid or ``created_at``,
 404 naming the shard looked in, 416 for an unsatisfiable range, 502 when archived
@@ -54,11 +55,10 @@ __all__ = ["Service", "build_routes"]
 
 log = logging.getLogger("deswm.serve")
 
-WHOLE: Final = 1024 * 1024
-"""The largest body read at once and sent whole (larger ones are streamed)."""
-CHUNK: Final = 256 * 1024
-"""Bytes read from the archive per streamed chunk: with the chunk the connection is still
-sending, what one download holds in memory."""
+CHUNK: Final = 1024 * 1024
+"""Bytes read from the archive per streamed chunk (one ranged GET on S3; with the chunk
+the connection is still sending, what one download holds in memory), and the largest
+body read at once and sent whole."""
 
 _CREATED_AT_HINT: Final = (
     "pass ?created_at=2024-05-17T10:00:00Z (an ISO 8601 instant with Z or an offset)"
@@ -251,7 +251,7 @@ def _range_header(request: Request) -> tuple[str, str | None] | None:
 
 @attrs.frozen
 class _Whole:
-    """A response body read at once (at most ``WHOLE`` bytes)."""
+    """A response body read at once (at most ``CHUNK`` bytes)."""
 
     data: bytes
     status: int
@@ -272,7 +272,7 @@ def _open(
         else:
             headers["Content-Range"] = wanted.content_range
         headers["Content-Length"] = str(wanted.length)
-        if wanted.length > WHOLE:
+        if wanted.length > CHUNK:
             return f, wanted, status, headers
         data = _read_at(f, wanted.start, wanted.length)
     except BaseException:
