@@ -11,25 +11,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
-from serving import (  # noqa: F401 - fixtures
-    FILES,
-    ROUTER,
-    Server,
-    archive_url,
-    at,
-    pack,
-    path,
-    query,
-    server,
-    start,
-)
+from serving import Server, path, query, server, start  # noqa: F401 - fixtures
 
+from deswm._objectstore import ObjectStore
 from deswm.archive import Archive
 from deswm.serve import create_app
+from packed_files import FILES, ROUTER, archive_url, at, pack  # noqa: F401 - fixture
 
 
 def sha(data: bytes) -> str:
@@ -241,7 +232,7 @@ def test_a_backend_failure_is_503_without_secrets_or_tracebacks(
     archive_url: str, start: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     archive = Archive(archive_url, ROUTER)
-    archive.store.backend = FailingBackend()
+    archive.store.backend = cast(ObjectStore, FailingBackend())  # fails every call
     server = start(archive)
     with caplog.at_level(logging.INFO):
         for suffix in ("", "/stat"):
