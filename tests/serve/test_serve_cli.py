@@ -43,12 +43,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_once(config: Path, *options: str) -> tuple[int | None, str]:
-    """Run ``deswm serve``, GET the demo's first file, SIGTERM it: (exit status, stderr)."""
+def serve_once(config: Path, *options: str, token: str | None = None) -> tuple[int | None, str]:
+    """Run ``deswm serve``, GET the demo's first file, SIGTERM it: (exit status, stderr).
+
+    With ``token``, the service gets it in its environment, a GET without it must be
+    refused and the file is read with it.
+    """
     uid, created_at, data = first_row(config.parent)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("DESWM_SERVE_TOKEN", None)
+    headers = {}
+    if token is not None:
+        env["DESWM_SERVE_TOKEN"] = token
+        headers["Authorization"] = f"Bearer {token}"
     process = subprocess.Popen(
         [sys.executable, "-m", "deswm", "serve", "-c", str(config), "--port", f"{port}", *options],
         env=env,
@@ -67,7 +75,10 @@ def serve_once(config: Path, *options: str) -> tuple[int | None, str]:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             assert time.monotonic() < deadline, "deswm serve did not start"
             time.sleep(0.1)
-        response = httpx.get(f"{base}/files/{uid}", params={"created_at": created_at})
+        params = {"created_at": created_at}
+        if token is not None:
+            assert httpx.get(f"{base}/files/{uid}", params=params).status_code == 401
+        response = httpx.get(f"{base}/files/{uid}", params=params, headers=headers)
         assert response.status_code == 200
         assert response.content == data
     finally:
@@ -96,7 +107,8 @@ def test_deswm_serve_needs_only_the_archive_section(demo_dir: Path) -> None:
 
 
 def test_several_workers_share_the_port(demo_dir: Path) -> None:
-    code, err = serve_once(archive_only_config(demo_dir), "--workers", "2")
+    token = "a-test-token-of-enough-length"
+    code, err = serve_once(archive_only_config(demo_dir), "--workers", "2", token=token)
     assert code in (0, -signal.SIGTERM), err
     assert len(set(re.findall(r"Started server process \[(\d+)\]", err))) == 2, err
 
