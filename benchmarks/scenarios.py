@@ -559,15 +559,9 @@ class _Counter:
         return sent
 
     def local(self, archive: Any) -> None:
-        backend = archive.store.backend
-        for name in ("list", "stat", "get_range", "get_tail"):
-            original = getattr(backend, name)
+        from deswm._objectstore.counting import count_reads
 
-            def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
-                self.sent.append(_name)
-                return _original(*args)
-
-            setattr(backend, name, counted)
+        count_reads(archive.store, self.sent.append)
 
     def s3(self, archive: Any) -> None:
         archive.store.fs.s3.meta.events.register("before-send.s3", self._seen)

@@ -1,4 +1,5 @@
 """Archive.open: a seekable file read range by range; the index cache's bounds and single flight."""
+# ruff: noqa: F811 - the fixtures imported from packed_files are redefined as parameters
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +16,7 @@ import pytest
 from deswm._objectstore import ObjectInfo
 from deswm.archive import Archive, ArchivedFile
 from deswm.errors import ConfigError, CorruptShardError, EntryMismatchError, NotArchivedError
-from deswm.model import SourceRecord
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
-
-DAY = datetime(2024, 5, 17, tzinfo=UTC)
-ROUTER = DesRouter(4)
-BIG_THRESHOLD = 64 * 1024
-
-
-def at(seconds: float) -> datetime:
-    return DAY + timedelta(seconds=seconds)
-
-
-def noise(seed: object, size: int) -> bytes:
-    return random.Random(str(seed)).randbytes(size)
-
-
-FILES: dict[str, tuple[datetime, bytes]] = {
-    "small.json": (at(1), b'{"a": 1}' * 100),  # compressed, inline
-    "raw.bin": (at(2), noise("raw", 2 * 1024 * 1024 + 17)),  # stored raw (noise), inline
-    "big.bin": (at(3), noise("big", 8 * 1024 * 1024 + 5)),  # _bigFiles/
-}
-
-
-def pack(url: str, files: dict[str, tuple[datetime, bytes]], **options: Any) -> None:
-    packer = DesPacker(url, ROUTER, big_file_threshold=4 * 1024 * 1024, workers=0, **options)
-    with packer.open_bucket(DAY) as writer:
-        for uid, (created_at, data) in files.items():
-            writer.add(SourceRecord(uid, created_at, f"/src/{uid}"), data)
-        writer.publish()
-
-
-@pytest.fixture
-def archive_dir(tmp_path: Path) -> str:
-    url = str(tmp_path / "archive")
-    pack(url, FILES)
-    return url
+from packed_files import FILES, ROUTER, archive_dir, at, noise, pack  # noqa: F401 - fixture
 
 
 class BytesCounter:
@@ -213,13 +177,13 @@ def test_a_burst_on_a_cold_group_loads_its_index_once(archive_dir: str) -> None:
 
     store.probe = counted_probe  # type: ignore[method-assign]
     store.read_index = counted_read_index  # type: ignore[method-assign]
-    created_at, data = FILES["small.json"]
+    created_at, data = FILES["hello.txt"]
     barrier = threading.Barrier(50)
     results: list[bytes] = []
 
     def fetch() -> None:
         barrier.wait()
-        results.append(archive.get("small.json", created_at))
+        results.append(archive.get("hello.txt", created_at))
 
     threads = [threading.Thread(target=fetch) for _ in range(50)]
     for thread in threads:

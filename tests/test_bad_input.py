@@ -752,7 +752,7 @@ def test_relative_location_without_a_root(pipeline: Pipeline) -> None:
     pipeline.finish(9)
 
 
-_ESCAPES = {
+_ESCAPES: dict[str, Callable[[Any], str]] = {
     "dotdot": lambda p: "../outside/victim.txt",
     "dotdot-to-the-watermark-db": lambda p: "../watermark.db",
     "absolute": lambda p: str(p.root / "outside" / "victim.txt"),
@@ -1278,16 +1278,19 @@ def test_disk_full_in_the_spill_folder_with_workers(tmp_path: Path) -> None:
 def _s3_error(kind: str, operation: str, endpoint: str) -> Exception:
     import botocore.exceptions
 
+    error: Exception
     if kind == "timeout":
-        return botocore.exceptions.ReadTimeoutError(endpoint_url=f"{endpoint}/{operation}")
+        error = botocore.exceptions.ReadTimeoutError(endpoint_url=f"{endpoint}/{operation}")
+        return error
     code, status, text = {
         "503": ("SlowDown", 503, "Please reduce your request rate."),
         "500": ("InternalError", 500, "We encountered an internal error."),
     }[kind]
-    return botocore.exceptions.ClientError(
+    error = botocore.exceptions.ClientError(
         {"Error": {"Code": code, "Message": text}, "ResponseMetadata": {"HTTPStatusCode": status}},
         operation,
     )
+    return error
 
 
 @contextlib.contextmanager

@@ -452,7 +452,9 @@ def test_a_read_only_postgres_role_runs_every_read_command(
     with postgres_url() as url:
         admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
         _files_table(admin)
-        schema = sa.make_url(url).query["options"].split("=", 1)[1]
+        options = sa.make_url(url).query["options"]
+        assert isinstance(options, str)
+        schema = options.split("=", 1)[1]
         role = f"deswm_ro_{uuid.uuid4().hex[:8]}"
         database = admin.url.database
         with admin.begin() as conn:

@@ -209,7 +209,7 @@ def two_entry_shard() -> bytes:
 
 
 def index_start(data: bytes) -> int:
-    (size,) = struct.unpack_from("<Q", data, len(data) - 8)
+    size: int = struct.unpack_from("<Q", data, len(data) - 8)[0]
     return len(data) - FOOTER_SIZE - size
 
 
@@ -228,7 +228,7 @@ def first_entry_at(data: bytes) -> int:
 
 def second_entry_at(data: bytes) -> int:
     start = first_entry_at(data)
-    (meta_len,) = struct.unpack_from("<I", data, start + 2 + 2 + 1 + 33)
+    meta_len: int = struct.unpack_from("<I", data, start + 2 + 2 + 1 + 33)[0]
     return start + 2 + 2 + 1 + 37 + meta_len
 
 

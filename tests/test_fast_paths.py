@@ -14,9 +14,10 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import pytest
 import sqlalchemy as sa
@@ -32,6 +33,15 @@ from deswm.sources.sql import SqlSourceProvider
 from deswm.timeutil import format_utc
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def writing(data: bytes) -> Callable[[IO[bytes]], None]:
+    """A publish callback writing ``data`` (``f.write`` returns a count, a callback None)."""
+
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    return write
 
 
 def _payloads() -> list[bytes]:
@@ -238,8 +248,8 @@ def _names(folder: Path) -> list[str]:
 
 def test_batched_publishes_are_complete_and_in_order(tmp_path: Path) -> None:
     store = ShardStore(str(tmp_path))
-    store.publish("20240517_0_0000.des", lambda f: f.write(b"old part"))
-    store.publish("20240517_1_0000.des", lambda f: f.write(b"dead part"))
+    store.publish("20240517_0_0000.des", writing(b"old part"))
+    store.publish("20240517_1_0000.des", writing(b"dead part"))
     renamed: list[str] = []
     original = os.replace
 
@@ -253,7 +263,7 @@ def test_batched_publishes_are_complete_and_in_order(tmp_path: Path) -> None:
         with store.batch(threads=3, window=4):
             for n in range(10):
                 data = big if n == 4 else b"part %d" % n
-                store.publish(f"20240517_0_{n:04d}.des", lambda f, d=data: f.write(d))
+                store.publish(f"20240517_0_{n:04d}.des", writing(data))
             store.delete("20240517_1_0000.des", sync=False)
     assert renamed == [f"20240517_0_{n:04d}.des" for n in range(10)]
     assert _names(tmp_path) == [f"20240517_0_{n:04d}.des" for n in range(10)]
@@ -265,17 +275,17 @@ def test_a_failure_in_a_batch_finishes_what_came_before_and_nothing_after(
     tmp_path: Path,
 ) -> None:
     store = ShardStore(str(tmp_path))
-    store.publish("20240517_1_0000.des", lambda f: f.write(b"kept: its delete comes later"))
+    store.publish("20240517_1_0000.des", writing(b"kept: its delete comes later"))
 
     def broken(f: object) -> None:
         raise OSError("disk on fire")
 
     def run() -> None:
         with store.batch(threads=2, window=100):
-            store.publish("20240517_0_0000.des", lambda f: f.write(b"zero"))
-            store.publish("20240517_0_0001.des", lambda f: f.write(b"one"))
+            store.publish("20240517_0_0000.des", writing(b"zero"))
+            store.publish("20240517_0_0001.des", writing(b"one"))
             store.publish("20240517_0_0002.des", broken)
-            store.publish("20240517_0_0003.des", lambda f: f.write(b"never"))
+            store.publish("20240517_0_0003.des", writing(b"never"))
             store.delete("20240517_1_0000.des", sync=False)
 
     with pytest.raises(PackError, match="disk on fire"):
@@ -306,7 +316,7 @@ def test_a_failed_fsync_stops_the_renames_at_that_object(
     def run() -> None:
         with store.batch(threads=2, window=100):
             for n in range(6):
-                store.publish(f"20240517_0_{n:04d}.des", lambda f, n=n: f.write(b"%d" % n))
+                store.publish(f"20240517_0_{n:04d}.des", writing(b"%d" % n))
 
     with pytest.raises(PackError, match="I/O error"):
         run()
@@ -321,7 +331,7 @@ def test_batch_is_a_no_op_elsewhere(tmp_path: Path) -> None:
     store = ShardStore(root)
     try:
         with store.batch(threads=4):
-            store.publish("20240517_0_0000.des", lambda f: f.write(b"x"))
+            store.publish("20240517_0_0000.des", writing(b"x"))
             assert store.current("20240517_0_0000.des") is not None  # published at once
     finally:
         fsspec.filesystem("memory").rm(root, recursive=True)

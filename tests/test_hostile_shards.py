@@ -21,6 +21,7 @@ import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import lz4.frame
 import pytest
@@ -59,7 +60,7 @@ def zstd_rle_frame(size: int, *, content_size: bool) -> bytes:
 def lz4_zero_frame(size_mib: int) -> bytes:
     """An lz4 frame of ``size_mib`` MiB of zeros without a content size (independent
     4 MiB blocks, so one compressed block repeated is a valid frame)."""
-    one = lz4.frame.compress(
+    one: bytes = lz4.frame.compress(
         bytes(4 * 2**20),
         block_size=lz4.frame.BLOCKSIZE_MAX4MB,
         block_linked=False,
@@ -204,16 +205,16 @@ damage = st.one_of(
 )
 
 
-def damaged(how: tuple[str, object]) -> bytes:
+def damaged(how: tuple[str, Any]) -> bytes:
     kind, what = how
     data = bytearray(ORIGINAL)
     if kind == "flip":
-        for at, mask in what:  # type: ignore[attr-defined]
+        for at, mask in what:
             data[at] ^= mask
         return bytes(data)
     if kind == "truncate":
-        return bytes(data[:what])  # type: ignore[misc]
-    at, length = what  # type: ignore[misc]
+        return bytes(data[:what])
+    at, length = what
     return bytes(data[:at] + data[at + length :])
 
 

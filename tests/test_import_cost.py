@@ -55,7 +55,7 @@ def test_star_import_gives_every_public_name() -> None:
 
 def test_unknown_names_raise_attribute_error() -> None:
     with pytest.raises(AttributeError, match="NoSuchThing"):
-        deswm.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+        deswm.NoSuchThing  # noqa: B018
 
 
 def test_submodules_are_attributes_on_first_use() -> None:

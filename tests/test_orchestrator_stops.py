@@ -102,9 +102,14 @@ def test_cancel_while_a_bucket_publishes_starts_no_further_bucket(world: _World)
         await asyncio.get_running_loop().run_in_executor(None, publishing.wait, 10)
         task.cancel()
         release.set()
+
         # Block the loop: the task cannot handle its cancellation before the worker
         # has gone as far as it will go on its own.
-        threading.Thread(target=lambda: (finished.done.wait(10), settled.set())).start()
+        def settle() -> None:
+            finished.done.wait(10)
+            settled.set()
+
+        threading.Thread(target=settle).start()
         settled.wait(10)
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -184,8 +184,9 @@ def test_implements_the_protocols(tmp_path: Path) -> None:
     ],
 )
 def test_bad_settings_name_their_key(tmp_path: Path, setting: str, value: object) -> None:
+    settings: dict[str, Any] = {setting: value}
     with pytest.raises(ConfigError) as info:
-        DesPacker(tmp_path, **{setting: value})
+        DesPacker(tmp_path, **settings)
     assert info.value.key == f"archive.{setting}"
 
 
@@ -888,7 +889,11 @@ def test_s3_upload_error_aborts_the_multipart_upload(moto_s3: Any) -> None:
     assert not fs.exists(f"{bucket}/a/20240517_0_0000.des")
     uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket)
     assert uploads.get("Uploads", []) == []
-    store.publish("20240517_0_0001.des", lambda fp: fp.write(b"y" * (6 * 2**20)))
+
+    def write_big(fp: Any) -> None:
+        fp.write(b"y" * (6 * 2**20))
+
+    store.publish("20240517_0_0001.des", write_big)
     assert fs.size(f"{bucket}/a/20240517_0_0001.des") == 6 * 2**20
 
 

@@ -408,6 +408,6 @@ def test_only_parts_left_empty_are_deleted(group: Any) -> None:
     for part in plan.deletions:
         index = dict(old)[part]
         assert all(published[entry.uid] < part.part for entry in index.entries)
-    for part in plan.parts:
-        if part.old is not None:
-            assert part.old.part == part.number
+    for planned in plan.parts:
+        if planned.old is not None:
+            assert planned.old.part == planned.number

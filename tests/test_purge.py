@@ -521,7 +521,8 @@ def test_shared_location_on_every_database(engine: sa.Engine, tmp_path: Path) ->
                 for r in world.records
             ],
         )
-    world.source = SqlSourceProvider(engine, "files")
+    # World's source is a memory one in every other test (they add rows to it)
+    world.source = SqlSourceProvider(engine, "files")  # type: ignore[assignment]
     world.orchestrator().run_cycle()
 
     result = world.purge().run()

@@ -6,7 +6,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from conftest import FsTarget
 from deswm import _contain
+from deswm._objectstore.errors import is_transient
 from deswm._redact import redact
 from deswm.errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
 from deswm.model import SourceRecord
-from deswm.readers import FsspecFileReader, is_transient
+from deswm.readers import FsspecFileReader
 from deswm.testing.contracts.reader import FileReaderContract, MakeReader
 
 NOW = datetime(2024, 5, 10, tzinfo=UTC)
@@ -268,7 +269,7 @@ def test_storage_options_per_protocol(
 # --- retries with a fake filesystem --------------------------------------------------
 
 
-class FlakyFS(AbstractFileSystem):
+class FlakyFS(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no type information
     """Fails with the queued exceptions, then serves ``data``; logs every call."""
 
     protocol = "deswmflaky"
@@ -526,7 +527,7 @@ def tree(tmp_path: Path) -> _Tree:
     return _Tree(tmp_path)
 
 
-LOCAL_ESCAPES = {
+LOCAL_ESCAPES: dict[str, Callable[[_Tree], str]] = {
     "dotdot": lambda t: "../outside/victim.txt",
     "dotdot-deep": lambda t: "sub/../../outside/victim.txt",
     "absolute": lambda t: str(t.victim),
@@ -653,7 +654,7 @@ def test_delete_refuses_a_folder_swapped_for_a_symlink_out(
     """The folder of the resolved file is re-checked right before the unlink."""
     reader = tree.reader()
     real_open = os.open
-    swapped = []
+    swapped: list[Any] = []
 
     def swap_then_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         if flags & getattr(os, "O_DIRECTORY", 0) and str(path).endswith("/sub") and not swapped:
@@ -665,7 +666,7 @@ def test_delete_refuses_a_folder_swapped_for_a_symlink_out(
 
     if not _contain._PROC_FD:  # pragma: no cover - Linux CI has /proc
         pytest.skip("needs /proc/self/fd")
-    monkeypatch.setattr(_contain.os, "open", swap_then_open)
+    monkeypatch.setattr(os, "open", swap_then_open)  # the os module _contain calls
     with pytest.raises(LocationOutsideRootError, match="its folder now resolves to"):
         reader.delete("sub/deep.txt")
     assert swapped

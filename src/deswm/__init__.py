@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         IndexCacheStats,
     )
     from deswm.config import (
+        ArchiveConfig,
         ArchiveSettings,
         Config,
         FilesSettings,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         ServeSettings,
         SourceSettings,
         WatermarkSettings,
+        load_archive_config,
         load_config,
     )
     from deswm.config import parse_size as parse_size
@@ -167,6 +169,7 @@ __all__ = [
     "FLAGGED_STAGE",
     "PURGED_STAGE",
     "Archive",
+    "ArchiveConfig",
     "ArchiveSettings",
     "ArchivedDuplicateError",
     "ArchivedEntry",
@@ -257,6 +260,7 @@ __all__ = [
     "WatermarkSettings",
     "WatermarkStore",
     "Window",
+    "load_archive_config",
     "load_config",
     "to_pandas",
     "to_records",
@@ -267,6 +271,7 @@ _EXPORTS: dict[str, str] = {
     "ArchivedFile": "deswm._archived_file",
     "Archive": "deswm.archive",
     "IndexCacheStats": "deswm.archive",
+    "ArchiveConfig": "deswm.config",
     "ArchiveSettings": "deswm.config",
     "Config": "deswm.config",
     "FilesSettings": "deswm.config",
@@ -276,6 +281,7 @@ _EXPORTS: dict[str, str] = {
     "ServeSettings": "deswm.config",
     "SourceSettings": "deswm.config",
     "WatermarkSettings": "deswm.config",
+    "load_archive_config": "deswm.config",
     "load_config": "deswm.config",
     "parse_size": "deswm.config",
     "PartInfo": "deswm.container",

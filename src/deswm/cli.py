@@ -154,11 +154,15 @@ def _print_plan(plan: CyclePlan) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace) -> Config:
-    path = args.config or os.environ.get("DESWM_CONFIG")
+def _config_path(args: argparse.Namespace) -> str:
+    path: str | None = args.config or os.environ.get("DESWM_CONFIG")
     if not path:
         raise ConfigError("no config file given", hint="pass -c FILE or set DESWM_CONFIG")
-    config = load_config(path)
+    return path
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(_config_path(args))
     if args.log_format is None and config.monitoring.log_format != "text":
         _setup_logging(args, config.monitoring.log_format)
     return config
@@ -643,7 +647,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _config(args)
+    from deswm.config import load_archive_config
+
+    config = load_archive_config(_config_path(args))  # the service never reads the source
+    if args.log_format is None and config.monitoring.log_format != "text":
+        _setup_logging(args, config.monitoring.log_format)
     try:
         from deswm.serve import serve
     except ImportError as exc:
@@ -651,7 +659,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"deswm serve needs the serve extra ({exc.name} is missing)",
             hint="pip install 'deswm[serve]'",
         ) from None
-    serve(config, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth)
+    serve(
+        config,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        insecure_no_auth=args.insecure_no_auth,
+    )
     return EXIT_OK
 
 
@@ -925,6 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", "serve archived files over HTTP (deswm[serve])", cmd_serve)
     serve.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serve.port, 8080)")
+    serve.add_argument(
+        "--workers", type=int, help="server processes sharing the port (default: serve.workers, 1)"
+    )
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",

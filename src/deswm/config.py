@@ -63,6 +63,7 @@ if typing.TYPE_CHECKING:
     from deswm.throttle import SourceThrottle
 
 __all__ = [
+    "ArchiveConfig",
     "ArchiveSettings",
     "Config",
     "FilesSettings",
@@ -72,6 +73,7 @@ __all__ = [
     "ServeSettings",
     "SourceSettings",
     "WatermarkSettings",
+    "load_archive_config",
     "load_config",
     "parse_size",
 ]
@@ -301,6 +303,11 @@ class ServeSettings:
     cache_bytes: int = _size(256 * 1024**2)
     threads: int = _bounded(40, 1, 1024)
     """Archive reads running at once (a thread pool: a slow backend never blocks the loop)."""
+    workers: int = _bounded(1, 1, 256)
+    """Server processes sharing the port (``--workers``), each with its own index cache."""
+    access_log: bool = True
+    """One log line per request (uvicorn's access log, on stdout); off saves about a tenth
+    of the service's CPU per request."""
 
 
 _SECTIONS: dict[str, type] = {
@@ -379,25 +386,10 @@ class Config:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, base: Path | None = None) -> Config:
         """Validate a parsed config (``base``: folder that relative paths are relative to)."""
-        if not isinstance(data, Mapping):
-            raise ConfigError("the config file must hold a table of sections")
-        _check_keys(data, None)
-        unknown = sorted(set(data) - set(_SECTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown section(s) {', '.join(unknown)}",
-                key=unknown[0],
-                hint=f"known sections: {', '.join(sorted(_SECTIONS))}",
-            )
-        for required in ("source", "archive"):
-            if required not in data:
-                raise ConfigError(f"the [{required}] section is required", key=required)
+        _require_sections(data, ("source", "archive"))
         sections: dict[str, Any] = {}
         for name, section_type in _SECTIONS.items():
-            raw = _interpolate(data.get(name, {}), name)
-            if not isinstance(raw, Mapping):
-                raise ConfigError("must be a table of settings", key=name)
-            sections[name] = _build_section(section_type, name, raw)
+            sections[name] = _build_section(section_type, name, _section(data, name))
         config = cls(path=None, **sections)
         remember(config.source.url)
         if config.source.replica_url is not None:
@@ -726,6 +718,41 @@ _ORCHESTRATOR_KEYS: Final = {
 }
 
 
+@attrs.frozen
+class ArchiveConfig:
+    """The part of a config file that reading the archive needs: ``[archive]``, ``[serve]``
+    and ``[monitoring]`` (for ``log_format``).
+
+    ``deswm serve`` loads this (:func:`load_archive_config`), so a service that never reads
+    the source starts from a file without ``[source]``, and without the source's secrets
+    in its environment: the other sections are neither interpolated nor validated.
+    """
+
+    archive: ArchiveSettings
+    serve: ServeSettings = ServeSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    path: Path | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, base: Path | None = None) -> ArchiveConfig:
+        """Validate the reading sections of a parsed config (``base`` as in :class:`Config`)."""
+        _require_sections(data, ("archive",))
+        sections = {
+            name: _build_section(_SECTIONS[name], name, _section(data, name))
+            for name in ("archive", "serve", "monitoring")
+        }
+        config = cls(**sections)
+        if base is None:
+            return config
+        return attrs.evolve(config, archive=_resolve_archive_paths(config.archive, base))
+
+    def build_router(self) -> DesRouter:
+        from deswm.routing import DesRouter
+
+        with _rekeyed("archive"):
+            return DesRouter(self.archive.n_bits)
+
+
 @contextlib.contextmanager
 def _rekeyed(section: str, aliases: Mapping[str, str] | None = None) -> Iterator[None]:
     """Name the config key in a :class:`ConfigError` a component raised while being built.
@@ -755,6 +782,18 @@ def _rekeyed(section: str, aliases: Mapping[str, str] | None = None) -> Iterator
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, interpolate and validate a ``.toml``, ``.yaml`` or ``.yml`` config file."""
     file = Path(path)
+    data = _read_config_file(file)
+    return attrs.evolve(Config.from_mapping(data, base=file.resolve().parent), path=file)
+
+
+def load_archive_config(path: str | os.PathLike[str]) -> ArchiveConfig:
+    """Read the sections of a config file that reading the archive needs (``deswm serve``)."""
+    file = Path(path)
+    data = _read_config_file(file)
+    return attrs.evolve(ArchiveConfig.from_mapping(data, base=file.resolve().parent), path=file)
+
+
+def _read_config_file(file: Path) -> Any:
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist", hint="pass -c PATH")
     suffix = file.suffix.lower()
@@ -777,10 +816,35 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(
             f"unknown config file type {suffix!r} ({file})", hint="use .toml, .yaml or .yml"
         )
-    return attrs.evolve(Config.from_mapping(data, base=file.resolve().parent), path=file)
+    return data
 
 
 # --- validation helpers ---------------------------------------------------------------------
+
+
+def _require_sections(data: Mapping[str, Any], required: tuple[str, ...]) -> None:
+    """Check a parsed file's top level: a table of known sections holding ``required``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("the config file must hold a table of sections")
+    _check_keys(data, None)
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {', '.join(unknown)}",
+            key=unknown[0],
+            hint=f"known sections: {', '.join(sorted(_SECTIONS))}",
+        )
+    for name in required:
+        if name not in data:
+            raise ConfigError(f"the [{name}] section is required", key=name)
+
+
+def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """One section's settings, ``${NAME}`` interpolated."""
+    raw = _interpolate(data.get(name, {}), name)
+    if not isinstance(raw, Mapping):
+        raise ConfigError("must be a table of settings", key=name)
+    return raw
 
 
 def _interpolate(value: Any, key: str) -> Any:
@@ -941,9 +1005,7 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
     from deswm._engines import resolve_sqlite_url
 
     def local(path: str | None) -> str | None:
-        if path is None or "://" in path or os.path.isabs(path):
-            return path
-        return str((base / path).resolve())
+        return _local_path(path, base)
 
     return attrs.evolve(
         config,
@@ -952,11 +1014,7 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
             config.watermark,
             url=_watermark_url(config.watermark, base, local),
         ),
-        archive=attrs.evolve(
-            config.archive,
-            url=local(config.archive.url) or config.archive.url,
-            spill_dir=local(config.archive.spill_dir),
-        ),
+        archive=_resolve_archive_paths(config.archive, base),
         files=attrs.evolve(
             config.files,
             root=local(config.files.root),
@@ -967,6 +1025,21 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
             metrics_textfile=local(config.monitoring.metrics_textfile),
             health_file=local(config.monitoring.health_file),
         ),
+    )
+
+
+def _local_path(path: str | None, base: Path) -> str | None:
+    """``path`` resolved against ``base`` when it is a relative local path."""
+    if path is None or "://" in path or os.path.isabs(path):
+        return path
+    return str((base / path).resolve())
+
+
+def _resolve_archive_paths(settings: ArchiveSettings, base: Path) -> ArchiveSettings:
+    return attrs.evolve(
+        settings,
+        url=_local_path(settings.url, base) or settings.url,
+        spill_dir=_local_path(settings.spill_dir, base),
     )
 
 

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from sqlalchemy.dialects import mysql
 
 from deswm.archive import Archive
 from deswm.errors import CycleError, DeswmError, FileReadError, WatermarkError
-from deswm.model import PendingStats, SourceRecord, WatermarkKey, Window
+from deswm.model import LocationReference, PendingStats, SourceRecord, WatermarkKey, Window
 from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
 from deswm.packer import DesPacker
 from deswm.readers import FsspecFileReader
@@ -398,7 +398,9 @@ def test_postgresql_counts_no_source_writes_and_one_update_per_bucket(
 ) -> None:
     tag = uuid.uuid4().hex[:10]
     application = f"deswm-matrix-{tag}"
-    schema = sa.make_url(db_url).query["options"].removeprefix("-csearch_path=")
+    options = sa.make_url(db_url).query["options"]
+    assert isinstance(options, str)
+    schema = options.removeprefix("-csearch_path=")
     connect = {"connect_args": {"application_name": application}, "poolclass": sa.pool.NullPool}
     admin = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
     source_engine = sa.create_engine(db_url, **connect)
@@ -498,6 +500,9 @@ class CountingSource:
     def pending_stats(self, window: Window) -> PendingStats:
         return self.inner.pending_stats(window)
 
+    def location_references(self, locations: Collection[str]) -> Iterator[LocationReference]:
+        return self.inner.location_references(locations)
+
 
 class CommitLog(CycleObserver):
     def __init__(self, source: CountingSource) -> None:
@@ -519,7 +524,7 @@ def test_mariadb_streams_every_row_while_commits_happen_mid_page(
         table = _source_table(sa.MetaData(), "files")
         table.metadata.create_all(engine)
         step = DAY / per_day
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "uid": f"{d:02d}{n:05d}",
                 "created_at": START + d * DAY + n * step,
@@ -552,7 +557,7 @@ def test_mariadb_streams_every_row_while_commits_happen_mid_page(
         mid_page = [n for n in commits.at[:-1] if n % page and n < total]
         assert len(mid_page) >= days - 2, commits.at
         archive = Archive(str(tmp_path / "archive"), router)
-        archived = set()
+        archived: set[str] = set()
         for day in range(days):
             for part in archive.shards(START + day * DAY):
                 archived.update(entry.uid for entry in archive.entries(part.name))

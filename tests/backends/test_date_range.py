@@ -15,6 +15,7 @@ import re
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -69,7 +70,7 @@ def test_every_year_is_archived_under_its_own_day_or_named(
     table = _table(metadata)
     metadata.drop_all(engine)
     metadata.create_all(engine)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"uid": f"u{n}", "created_at": stamp, "file_location": f"mem/{n}", "size_bytes": n}
         for n, stamp in enumerate(stamps)
     ]

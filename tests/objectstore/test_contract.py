@@ -47,7 +47,10 @@ def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
 
 
 def _put(store: ObjectStore, name: str, data: bytes) -> None:
-    store.publish(name, lambda f: f.write(data), sync=True)
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    store.publish(name, write, sync=True)
 
 
 def test_the_registry_picks_the_implementation_of_the_kind(store: ObjectStore) -> None:

@@ -1,16 +1,18 @@
-"""Helpers and fixtures of the service tests: packed files, a real uvicorn server in a thread.
+"""Helpers and fixtures of the service tests: a real uvicorn server in a thread (the packed
+files and the ``archive_url`` fixture come from ``packed_files``, shared with the
+``Archive.open`` tests).
 
 Test modules import the fixtures they use from here (a ``conftest.py`` in this folder
 would shadow the suite's root ``conftest`` that other test modules import from).
 """
+# ruff: noqa: F811 - the fixtures imported from packed_files are redefined as parameters
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -20,40 +22,8 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from deswm.archive import Archive  # noqa: E402
-from deswm.model import SourceRecord  # noqa: E402
-from deswm.packer import DesPacker  # noqa: E402
-from deswm.routing import DesRouter  # noqa: E402
 from deswm.serve import create_app  # noqa: E402
-
-DAY = datetime(2024, 5, 17, tzinfo=UTC)
-ROUTER = DesRouter(4)
-BIG_THRESHOLD = 1024 * 1024
-
-
-def at(seconds: float) -> datetime:
-    return DAY + timedelta(seconds=seconds)
-
-
-def noise(seed: object, size: int) -> bytes:
-    return random.Random(str(seed)).randbytes(size)
-
-
-FILES: dict[str, tuple[datetime, bytes]] = {
-    "hello.txt": (at(1), b"hello, archive\n" * 40),  # compressed, inline
-    "dir/a b ż.json": (at(2), b'{"k": "v"}'),
-    "raw.bin": (at(3), noise("raw", BIG_THRESHOLD - 100)),  # stored raw, inline
-    "big.bin": (at(4), noise("big", 3 * BIG_THRESHOLD + 7)),  # _bigFiles/
-}
-
-
-def pack(url: str, storage_options: dict[str, Any] | None = None) -> None:
-    packer = DesPacker(
-        url, ROUTER, storage_options=storage_options, big_file_threshold=BIG_THRESHOLD, workers=0
-    )
-    with packer.open_bucket(DAY) as writer:
-        for uid, (created_at, data) in FILES.items():
-            writer.add(SourceRecord(uid, created_at, f"/src/{uid}"), data)
-        writer.publish()
+from packed_files import FILES, ROUTER, archive_url, at, pack  # noqa: E402, F401 - re-exported
 
 
 class Server:
@@ -88,13 +58,6 @@ def path(uid: str) -> str:
 
 def query(created_at: datetime) -> dict[str, str]:
     return {"created_at": created_at.isoformat()}
-
-
-@pytest.fixture(scope="module")
-def archive_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = str(tmp_path_factory.mktemp("serve") / "archive")
-    pack(url)
-    return url
 
 
 @pytest.fixture

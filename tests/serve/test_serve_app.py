@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import shutil
@@ -10,24 +11,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
-from serving import (  # noqa: F401 - fixtures
-    FILES,
-    ROUTER,
-    Server,
-    archive_url,
-    at,
-    pack,
-    path,
-    query,
-    server,
-    start,
-)
+from serving import Server, path, query, server, start  # noqa: F401 - fixtures
 
+from deswm._objectstore import ObjectStore
 from deswm.archive import Archive
+from deswm.serve import create_app
+from packed_files import FILES, ROUTER, archive_url, at, pack  # noqa: F401 - fixture
 
 
 def sha(data: bytes) -> str:
@@ -239,7 +232,7 @@ def test_a_backend_failure_is_503_without_secrets_or_tracebacks(
     archive_url: str, start: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     archive = Archive(archive_url, ROUTER)
-    archive.store.backend = FailingBackend()
+    archive.store.backend = cast(ObjectStore, FailingBackend())  # fails every call
     server = start(archive)
     with caplog.at_level(logging.INFO):
         for suffix in ("", "/stat"):
@@ -325,6 +318,20 @@ def test_metrics(server: Server) -> None:
     assert "missing" not in text  # no uid becomes a label
 
 
+def test_an_unknown_method_is_counted_as_other(archive_url: str) -> None:
+    transport = httpx.ASGITransport(create_app(Archive(archive_url, ROUTER)))
+
+    async def calls() -> str:
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            for i in range(3):  # uvicorn's h11 parser passes any token as a method
+                assert (await client.request(f"BREW{i}", "/healthz")).status_code == 405
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(calls())
+    assert 'deswm_serve_requests_total{method="other",route="/healthz",status="405"} 3.0' in text
+    assert "BREW" not in text
+
+
 def test_a_burst_on_a_cold_shard_loads_its_index_once(archive_url: str, start: Any) -> None:
     archive = Archive(archive_url, ROUTER)
     tails: list[str] = []
@@ -362,7 +369,7 @@ def test_a_burst_on_a_cold_shard_loads_its_index_once(archive_url: str, start: A
 def test_s3_through_moto(moto_s3: Any, start: Any) -> None:
     bucket = moto_s3.new_bucket()
     url = f"s3://{bucket}/archive"
-    pack(url, moto_s3.storage_options)
+    pack(url, storage_options=moto_s3.storage_options)
     archive = Archive(url, ROUTER, storage_options=moto_s3.storage_options)
     server: Server = start(archive)
     counted = server.app.state.metrics.backend
@@ -373,12 +380,12 @@ def test_s3_through_moto(moto_s3: Any, start: Any) -> None:
             for op in ("get_range", "get_tail", "stat", "list")
         )
 
-    created_at, data = FILES["raw.bin"]
-    cold = server.client.get(path("raw.bin"), params=query(created_at))
+    created_at, data = FILES["hello.txt"]  # a small file: one ranged GET when warm
+    cold = server.client.get(path("hello.txt"), params=query(created_at))
     assert cold.content == data
     cold_requests = requests()
     assert 1 <= cold_requests <= 3
-    warm = server.client.get(path("raw.bin"), params=query(created_at))
+    warm = server.client.get(path("hello.txt"), params=query(created_at))
     assert warm.content == data
     assert requests() - cold_requests == 1
     created_at, data = FILES["big.bin"]

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from serving import FILES, ROUTER, archive_url, path, query, server, start  # noqa: F401
+from serving import path, query, server, start  # noqa: F401 - fixtures
 
 from deswm.archive import Archive
 from deswm.errors import ConfigError
 from deswm.serve import is_loopback, resolve_token
+from packed_files import FILES, ROUTER, archive_url  # noqa: F401 - fixture
 
 TOKEN = "s3cr3t-token-0123456789"
 

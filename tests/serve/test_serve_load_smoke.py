@@ -26,6 +26,10 @@ def test_serve_load_smoke() -> None:
             "5",
             "--big-mb",
             "2",
+            "--big-clients",
+            "2",
+            "--generator",
+            "httpx",
         ],
         cwd=ROOT,
         env=env,
@@ -40,4 +44,6 @@ def test_serve_load_smoke() -> None:
     assert result["errors"] == 0
     assert result["requests_per_second"] > 0
     assert result["p99_ms"] >= result["p50_ms"] > 0
-    assert result["server_peak_rss_after_big_mib"] > 0
+    assert result["server_cpu_seconds_per_1000_requests"] > 0
+    assert result["server_peak_rss_during_load_mib"] >= result["server_rss_before_load_mib"] > 0
+    assert result["server_peak_rss_during_big_mib"] > 0

@@ -554,6 +554,7 @@ def test_location_references_ignore_filter_query(engine: sa.Engine) -> None:
 def test_quoted_identifiers_and_schema(engine: sa.Engine) -> None:
     dialect = engine.dialect.name
     schema = {"sqlite": "main", "mysql": engine.url.database, "postgresql": 'Src "Data" 1'}[dialect]
+    assert schema is not None
     if dialect == "postgresql":
         with engine.begin() as conn:
             conn.execute(sa.schema.CreateSchema(schema))
@@ -614,7 +615,7 @@ def test_missing_table_lists_what_exists(engine: sa.Engine) -> None:
     ],
 )
 def test_missing_column_names_the_setting(
-    sqlite_db_url: str, setting: dict[str, str], key: str
+    sqlite_db_url: str, setting: dict[str, Any], key: str
 ) -> None:
     engine = sa.create_engine(sqlite_db_url)
     load(engine, files_table(sa.MetaData()), [])
@@ -745,7 +746,9 @@ def test_without_a_size_column(engine: sa.Engine) -> None:
 
 
 def test_null_created_at(engine: sa.Engine) -> None:
-    rows = [{"uid": f"n{n}", "created_at": None, "file_location": "/"} for n in range(5)]
+    rows: list[dict[str, Any]] = [
+        {"uid": f"n{n}", "created_at": None, "file_location": "/"} for n in range(5)
+    ]
     rows.append({"uid": "ok", "created_at": datetime(2024, 5, 1), "file_location": "/"})
     load(engine, files_table(sa.MetaData()), rows)
     source = SqlSourceProvider(engine, "files")

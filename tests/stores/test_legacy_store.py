@@ -375,7 +375,8 @@ def test_the_seed_table_is_used_as_it_is(
     if sql_backend != "sqlite":
         assert advanced.updated_at is not None
         assert abs(advanced.updated_at - datetime.now(UTC)) < timedelta(minutes=1)
-        assert store.get(WatermarkKey("files")).updated_at == advanced.updated_at
+        stored = store.get(WatermarkKey("files"))
+        assert stored is not None and stored.updated_at == advanced.updated_at
     assert _columns(engine) == columns  # no column added, nothing renamed
     with engine.connect() as conn:
         assert not sa.inspect(conn).has_table("des_archive_config_history")  # reads need none
@@ -589,7 +590,9 @@ def test_tables_are_created_with_portable_types(engine: sa.Engine, sql_backend: 
     with engine.connect() as conn:
         inspector = sa.inspect(conn)
         assert inspector.has_table("Legacy Config_history")
-        types = {c["name"]: c["type"] for c in inspector.get_columns("Legacy Config")}
+        types: dict[str, Any] = {
+            c["name"]: c["type"] for c in inspector.get_columns("Legacy Config")
+        }
     assert set(types) == {"id", "archived_until", "lag_days", "last_updated", "updated_by"}
     if sql_backend == "mysql":
         assert types["archived_until"].fsp == 6

@@ -183,7 +183,12 @@ def test_a_held_lock_makes_the_writer_wait(local_target: Any) -> None:
     lock = Path(local_target.url, "watermarks/orders/archived/.0.json.lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # another process in the middle of a compare-and-set
-    release = threading.Timer(0.3, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd)))
+
+    def unlock() -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    release = threading.Timer(0.3, unlock)
     started = time.monotonic()
     release.start()
     try:
@@ -303,7 +308,7 @@ def s3_calls(s3_target: Any) -> Callable[[ObjectStoreWatermarkStore], list[str]]
 
     def watch(store: ObjectStoreWatermarkStore) -> list[str]:
         calls: list[str] = []
-        fs = store._backend.fs  # type: ignore[attr-defined]
+        fs = store._backend.fs
         original_async, original_sync = fs._call_s3, fs.call_s3
 
         async def counting(method: str, *args: Any, **kwargs: Any) -> Any:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,7 @@ def test_rejects_non_bytes() -> None:
         ({"read_ahead": 0}, "reader.read_ahead"),
     ],
 )
-def test_validates_pool_settings(kwargs: dict[str, int], key: str) -> None:
+def test_validates_pool_settings(kwargs: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         MemoryFileReader({}, **kwargs)
     assert caught.value.key == key

@@ -3,18 +3,20 @@
 * ``deswm_serve_requests_total{route,method,status}`` and
   ``deswm_serve_request_duration_seconds{route}`` (a histogram; until the response ends);
 * ``deswm_serve_backend_requests_total{op}``: calls to the archive's storage backend
-  (``get_range``, ``get_tail``, ``stat``, ``list``), counted by wrapping the store's backend;
+  (``get_range``, ``get_tail``, ``stat``, ``list``), counted by wrapping the store's backend
+  (:func:`deswm._objectstore.counting.count_reads`);
 * ``deswm_serve_index_cache_hits_total``, ``deswm_serve_index_cache_loads_total`` (misses:
   indexes read from storage), ``deswm_serve_index_cache_entries`` and
   ``deswm_serve_index_cache_bytes``, read from :meth:`Archive.cache_stats` at scrape time.
 
-Routes are the templates (``/files/{uid}``), never a uid, so the label sets stay bounded.
+Routes are the templates (``/files/{uid}``), never a uid, and methods outside the
+standard ones are ``other``, so the label sets stay bounded.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,11 +24,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deswm._objectstore.counting import count_reads
 from deswm.archive import Archive
 
 __all__ = ["MetricsMiddleware", "ServeMetrics", "route_of"]
 
-_BACKEND_OPS: Final = frozenset({"get_range", "get_tail", "stat", "list"})
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+"""Methods counted by name; any other is ``other`` (a client can send any token)."""
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -86,33 +90,24 @@ class ServeMetrics:
             registry=self.registry,
         )
         self.registry.register(_CacheCollector(archive))
-        _count_backend(archive, lambda op: self.backend.labels(op).inc())
+        count_reads(archive.store, lambda op: self.backend.labels(op).inc())
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latencies: dict[str, Any] = {}
 
-
-class _CountingBackend:
-    """Forwards everything to the wrapped backend, counting the read-side calls."""
-
-    def __init__(self, backend: Any, count: Callable[[str], None]) -> None:
-        self._backend = backend
-        self._count = count
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._backend, name)
-        if name not in _BACKEND_OPS or not callable(attribute):
-            return attribute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self._count(name)
-            return attribute(*args, **kwargs)
-
-        return counted
-
-
-def _count_backend(archive: Archive, count: Callable[[str], None]) -> None:
-    """Count the archive's backend calls (the service only reads, so writes pass as they are)."""
-    store = archive.store
-    if not isinstance(store.backend, _CountingBackend):
-        store.backend = _CountingBackend(store.backend, count)
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        # The labelled children are looked up once per label set (labels() takes a lock
+        # and builds a key each call); the label sets are bounded (route_of).
+        method = method if method in _METHODS else "other"
+        key = (route, method, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(route, method, str(status))
+        counter.inc()
+        latency = self._latencies.get(route)
+        if latency is None:
+            latency = self._latencies[route] = self.latency.labels(route)
+        latency.observe(seconds)
 
 
 class MetricsMiddleware:
@@ -138,6 +133,6 @@ class MetricsMiddleware:
         try:
             await self._app(scope, receive, sending)
         finally:
-            route = route_of(scope["path"])
-            self._metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self._metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self._metrics.observe(
+                route_of(scope["path"]), scope["method"], status, time.perf_counter() - started
+            )
