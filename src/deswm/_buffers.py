@@ -162,8 +162,10 @@ class Encoder(Generic[T]):
 
     def _collect(self) -> list[tuple[T, Encoded]]:
         tags, digests, future = self._inflight.popleft()
+        # tuple.__new__ is what Encoded(...) runs, minus a Python-level call per payload.
+        make = tuple.__new__
         return [
-            (tag, Encoded(codec, stored, digest))
+            (tag, make(Encoded, (codec, stored, digest)))
             for tag, digest, (codec, stored) in zip(tags, digests, future.result(), strict=True)
         ]
 
