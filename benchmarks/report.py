@@ -75,6 +75,16 @@ def _seconds(run: dict[str, Any] | None) -> float | None:
     return None if run is None else float(run["seconds"])
 
 
+def _cpu_per_file_us(run: dict[str, Any] | None) -> tuple[float, dict[str, float]] | None:
+    """The least process CPU time (user + system, every thread) per file of a run's
+    repeats, in microseconds, with that repeat's CPU times: the figure is CPU, and the
+    fastest run by wall time need not be the one that used the least."""
+    if run is None or not run.get("files") or "cpu" not in run:
+        return None
+    cpu = min(run.get("all_cpu") or [run["cpu"]], key=lambda c: c["user"] + c["system"])
+    return (cpu["user"] + cpu["system"]) / run["files"] * 1e6, cpu
+
+
 def figures(runs: dict[str, Any]) -> list[Row]:
     """Rows for every figure the runs allow."""
     rows: list[Row] = []
@@ -116,6 +126,22 @@ def figures(runs: dict[str, Any]) -> list[Row]:
                 "s",
             )
         )
+    lane, loop_cpu = _cpu_per_file_us(runs.get("lane")), _cpu_per_file_us(loop)
+    rows.append(
+        _row(
+            "P1b",
+            "CPU per file: one packing lane / Python loop (us, user+sys)",
+            None if lane is None else lane[0],
+            None if loop_cpu is None else loop_cpu[0],
+            None if lane is None or loop_cpu is None else _ratio(lane[0], loop_cpu[0]),
+            "<= 1.3",
+            lambda r: r <= 1.3,
+            "us",
+            "not run"
+            if lane is None
+            else f"lane cpu {lane[1]}, loop cpu {loop_cpu and loop_cpu[1]}",
+        )
+    )
     variant = runs.get("deswm_sqlite_variant")
     if variant is not None:
         bits = variant.get("n_bits", "?")

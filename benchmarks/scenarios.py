@@ -3,6 +3,8 @@ and returns a JSON-able dict; setup (copying tables, creating the watermark) is 
 before the clock starts and is not timed.
 
 * :func:`deswm_cycle`: deswm's full cycle through the public config API;
+* :func:`lane`: one packing lane's work (read, add, publish) over the window's rows,
+  fetched before the clock starts;
 * :func:`native`: ``tar --sort=name -cf - -T list | zstd -3 -T0``;
 * :func:`per_record`: ``archived = false`` batches of 1,000, packed with deswm's
   container writer, then ``UPDATE ... SET archived = true WHERE uid IN (...)``;
@@ -39,6 +41,7 @@ from benchmarks.probes import (
 __all__ = [
     "SCENARIOS",
     "deswm_cycle",
+    "lane",
     "native",
     "pending_stats",
     "per_record",
@@ -244,6 +247,65 @@ def deswm_cycle(params: dict[str, Any]) -> dict[str, Any]:
     # files right before the next run makes its file creation slower (ext4 skips
     # recently freed inodes), which would tax whichever run comes next.
     return out
+
+
+def lane(params: dict[str, Any]) -> dict[str, Any]:
+    """One packing lane over the whole window: ``read_many``, ``DesBucketWriter.add`` and
+    ``publish`` per bucket, the work a lane process does for its batches of rows.
+
+    The rows are fetched and decoded before the clock starts (that is the coordinator's
+    work); what counts is the process CPU (user + system, every thread) of the lane's
+    part, to be compared per file with the Python loop's over the same files.
+    """
+    from deswm import load_config
+    from deswm.errors import FileReadError
+    from deswm.model import Window
+
+    run_dir = Path(params["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    archive_dir = _archive_dir(params)
+    shutil.rmtree(archive_dir, ignore_errors=True)
+    os.environ["TMPDIR"] = str(run_dir)
+    (run_dir / "watermark.sqlite3").unlink(missing_ok=True)
+    config = load_config(_deswm_config(params, run_dir))
+    start, end = _window(params)
+    orchestrator = config.build_orchestrator(clock=_clock(end))
+    router, reader, packer = orchestrator.router, orchestrator.reader, orchestrator.packer
+    batches: dict[datetime, list[Any]] = {}
+    for record in orchestrator.source.iter_records(Window(start, end)):
+        batches.setdefault(router.bucket_start(record.created_at), []).append(record)
+    load = load_average()
+    cpu = _times()
+    started = time.perf_counter()
+    files = bytes_in = bytes_out = shards = 0
+    for bucket, records in batches.items():
+        with packer.open_bucket(bucket) as writer:
+            for record, data in reader.read_many(records):
+                if isinstance(data, FileReadError):
+                    raise data
+                writer.add(record, data)
+            result = writer.publish()
+        files += result.files
+        bytes_in += result.bytes_in
+        bytes_out += result.bytes_out
+        shards += len(result.shards)
+    seconds = time.perf_counter() - started
+    cpu_used = _cpu_since(cpu)
+    expected = params.get("expect_files")
+    if expected is not None and files != expected:
+        raise RuntimeError(f"the lane packed {files} files, expected {expected}")
+    return {
+        "seconds": round(seconds, 3),
+        "cpu": cpu_used,
+        "load_before": load,
+        "load_after": load_average(),
+        "files": files,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "shards": shards,
+        "buckets": len(batches),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
 
 
 def _source_table(params: dict[str, Any]) -> str:
@@ -735,6 +797,7 @@ def pending_stats(params: dict[str, Any]) -> dict[str, Any]:
 
 SCENARIOS = {
     "deswm": deswm_cycle,
+    "lane": lane,
     "native": native,
     "per_record": per_record,
     "python_loop": python_loop,

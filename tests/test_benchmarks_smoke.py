@@ -50,7 +50,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert {"nproc", "memory_gib", "python", "load_average_start"} <= set(result["machine"])
     assert result["dataset"]["files"] == 300
     runs = result["runs"]
-    for key in ("python_loop", "deswm_sqlite", "per_record_sqlite", "partitions"):
+    for key in ("python_loop", "deswm_sqlite", "lane", "per_record_sqlite", "partitions"):
         assert runs[key]["files"] == 300, key
     assert runs["deswm_sqlite"]["verified"] > 0
     assert runs["deswm_sqlite"]["source_rows_updated"] == 0
@@ -60,11 +60,11 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert runs["pending_stats"]["statements"] == 1
 
     figures = {row["id"]: row for row in result["figures"] if row["id"]}
-    assert set(figures) == {f"P{n}" for n in range(1, 9)}
+    assert set(figures) == {f"P{n}" for n in range(1, 9)} | {"P1b"}
     for row in result["figures"]:
         assert set(row) == FIGURE_KEYS
         assert row["met"] in (True, False, None)
-    for ident in ("P2", "P5", "P6", "P8"):
+    for ident in ("P1b", "P2", "P5", "P6", "P8"):
         assert figures[ident]["met"] is not None, ident
     assert figures["P3"]["met"] is None  # PostgreSQL figures need --db postgresql
     table = done.stdout

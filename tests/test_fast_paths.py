@@ -218,6 +218,29 @@ def test_fast_reads_move_to_the_consumer_thread_in_order() -> None:
     assert sum(1 for name in names[:3000] if reader.threads[name] == here) > 2000
 
 
+def test_a_readers_next_batch_starts_where_the_last_one_ended() -> None:
+    files = {f"f{n}": str(n).encode() for n in range(3000)}
+    reader = _Counting(files, max_workers=4)
+    list(reader.read_many(_records(sorted(files)[:2000])))
+    rest = sorted(files)[2000:]
+    results = list(reader.read_many(_records(rest)))
+    assert [record.location for record, _ in results] == rest
+    here = threading.current_thread().name
+    assert all(reader.threads[name] == here for name in rest[:100])  # no pool warm-up
+
+
+def test_slow_reads_go_back_to_the_pool_in_the_next_batch() -> None:
+    files = {f"f{n}": b"x" for n in range(3000)}
+    reader = _Counting(files, max_workers=4)
+    list(reader.read_many(_records(sorted(files))))
+    reader.delay = 0.002
+    slow = sorted(files)[:100]
+    results = list(reader.read_many(_records(slow)))
+    assert [record.location for record, _ in results] == slow
+    here = threading.current_thread().name
+    assert sum(1 for name in slow if reader.threads[name] != here) > 50
+
+
 def test_slow_reads_stay_on_the_pool() -> None:
     files = {f"f{n}": b"x" for n in range(60)}
     reader = _Counting(files, delay=0.002, max_workers=4)
@@ -237,6 +260,26 @@ def test_fsspec_reader_resolves_like_before(tmp_path: Path) -> None:
         assert reader.read(f"file://{tmp_path}/a/b.bin") == b"bytes"
         with pytest.raises(FileMissingError):
             reader.read("a/missing.bin")
+
+
+def test_local_reads_of_files_without_a_size_read_to_the_end(tmp_path: Path) -> None:
+    # /proc files report size 0 and a FIFO has none: the read goes on to the end of file.
+    status = FsspecFileReader().read("/proc/self/status")
+    assert status.startswith(b"Name:") and b"VmHWM" in status
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    payload = b"through a pipe " * 10_000
+
+    def feed() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(payload)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert FsspecFileReader().read(str(fifo)) == payload  # no roots: read like open()
+    finally:
+        writer.join(timeout=10)
 
 
 # --- batched publishing ---------------------------------------------------------------------

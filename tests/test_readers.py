@@ -152,11 +152,11 @@ def test_local_permission_denied(tmp_path: Path) -> None:
 def test_local_permission_error_is_mapped_even_as_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # root reads mode-000 files, so also prove the mapping by making open() refuse.
-    def refuse(path: str, mode: str = "r") -> Any:
+    # root reads mode-000 files, so also prove the mapping by making the open refuse.
+    def refuse(path: str, roots: Any = None) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
-    monkeypatch.setattr("deswm.readers.open", refuse, raising=False)
+    monkeypatch.setattr("deswm.readers._read_local", refuse)
     reader = FsspecFileReader(retries=3)
     with pytest.raises(FileReadError, match="permission denied") as caught:
         reader.read(str(tmp_path / "x.bin"))

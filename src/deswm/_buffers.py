@@ -58,6 +58,8 @@ if CODEC_MASK & (SPILLED | BIG):  # pragma: no cover - a registry change would n
 RECORD: Final = struct.Struct("<qQQQB32sH")
 """created_at (µs since the epoch), raw size, stored length, location of the stored bytes,
 flags (codec id | ``SPILLED`` | ``BIG``), sha256 digest, uid length; the uid follows."""
+_pack_record: Final = RECORD.pack
+_RECORD_SIZE: Final = RECORD.size
 _LOC: Final = struct.Struct("<Q")
 _LENGTH_AT: Final = 16
 _LOC_AT: Final = 24
@@ -69,6 +71,9 @@ _CHUNK: Final = struct.Struct("<QQ")
 """Header of a spilled record chunk: the group's previous chunk link, length."""
 
 T = TypeVar("T")
+
+
+_sha256: Final = hashlib.sha256
 
 
 class Encoded(NamedTuple):
@@ -117,18 +122,21 @@ class Encoder(Generic[T]):
             compressor = self._local.compressor = Compressor(self._codec, self._level)
         return compressor.compress_many(payloads)
 
-    def submit(self, tag: T, data: bytes) -> list[tuple[T, Encoded]]:
-        """Queue one payload; return the results that are due, oldest first."""
-        digest = hashlib.sha256(data).digest()
+    def submit(self, tag: T, data: bytes) -> Sequence[tuple[T, Encoded]]:
+        """Queue one payload; return the results that are due, oldest first (most calls:
+        none, an empty tuple)."""
+        digest = _sha256(data).digest()
         if self._inline is not None:
             codec, stored = self._inline.compress(data)
-            return [(tag, Encoded(codec, stored, digest))]
-        self._tags.append(tag)
+            return ((tag, Encoded(codec, stored, digest)),)
+        tags = self._tags
+        tags.append(tag)
         self._payloads.append(data)
         self._digests.append(digest)
         self._batch_bytes += len(data)
-        if len(self._tags) >= self._BATCH_ITEMS or self._batch_bytes >= self._BATCH_BYTES:
-            self._send()
+        if len(tags) < self._BATCH_ITEMS and self._batch_bytes < self._BATCH_BYTES:
+            return ()
+        self._send()
         ready: list[tuple[T, Encoded]] = []
         while len(self._inflight) > self._limit:
             ready.extend(self._collect())
@@ -154,8 +162,10 @@ class Encoder(Generic[T]):
 
     def _collect(self) -> list[tuple[T, Encoded]]:
         tags, digests, future = self._inflight.popleft()
+        # tuple.__new__ is what Encoded(...) runs, minus a Python-level call per payload.
+        make = tuple.__new__
         return [
-            (tag, Encoded(codec, stored, digest))
+            (tag, make(Encoded, (codec, stored, digest)))
             for tag, digest, (codec, stored) in zip(tags, digests, future.result(), strict=True)
         ]
 
@@ -258,8 +268,18 @@ class Spill:
     def spilled_bytes(self) -> int:
         return self._size
 
-    def add(self, group: Group, record: bytes, stored: bytes) -> None:
-        """Append one entry: its packed record (``loc`` still 0) and its stored bytes."""
+    def add(
+        self,
+        group: Group,
+        micros: int,
+        size: int,
+        flags: int,
+        digest: bytes,
+        encoded_uid: bytes,
+        stored: bytes,
+    ) -> None:
+        """Append one entry: its stored bytes (``b""`` for a big file) and its record,
+        packed once, straight into the group's record buffer."""
         length = len(stored)
         pages = self._pages
         used = self._used
@@ -268,10 +288,11 @@ class Spill:
             used = 0
         pages[-1][used : used + length] = stored
         self._used = used + length
-        start = len(group.records)
-        group.records += record
-        _LOC.pack_into(group.records, start + _LOC_AT, (len(pages) - 1) << _PAGE_SHIFT | used)
-        self._buffered += length + len(record)
+        loc = (len(pages) - 1) << _PAGE_SHIFT | used
+        records = group.records
+        records += _pack_record(micros, size, length, loc, flags, digest, len(encoded_uid))
+        records += encoded_uid
+        self._buffered += length + _RECORD_SIZE + len(encoded_uid)
         self._dirty[id(group)] = group
         if self._buffered > self._threshold:
             self._flush()
@@ -423,6 +444,9 @@ def _discard(fd: int, folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+_MASK64: Final = 2**64 - 1
+
+
 class Fingerprints:
     """A set of 64-bit uid fingerprints in one flat array (open addressing).
 
@@ -437,8 +461,10 @@ class Fingerprints:
 
     @staticmethod
     def of(encoded_uid: bytes) -> int:
-        digest = hashlib.blake2b(encoded_uid, digest_size=8).digest()
-        return int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
+        """The uid's 64-bit fingerprint: Python's own hash of the bytes (SipHash, keyed
+        per process unless ``PYTHONHASHSEED`` fixes the key), enough for a set that
+        lives in one writer; a collision only costs a confirming look at the records."""
+        return (hash(encoded_uid) & _MASK64) or 1  # 0 marks an empty slot
 
     def add(self, fingerprint: int) -> bool:
         """Insert; ``False`` when the fingerprint was already there."""

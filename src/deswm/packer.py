@@ -294,6 +294,8 @@ class DesBucketWriter:
         composed = getattr(router, "route_is_composed", False) is True
         self._shard_index = router.shard_index if composed else None
         self._bucket_end = bucket + timedelta(days=1)
+        self._bucket_micros = _micros(bucket)
+        self._big_file_threshold = settings.big_file_threshold
         self._encoder: Encoder[_Tag] = Encoder(
             settings.compression, settings.compression_level, _compress_threads(settings.workers)
         )
@@ -329,9 +331,17 @@ class DesBucketWriter:
         already published in its group with another ``created_at`` (G14). The writer
         stays usable after either.
         """
-        self._require("open")
-        uid = uid_text(record.uid)
-        encoded_uid = _encode_uid(uid)
+        if self._state != "open":
+            self._require("open")
+        uid = record.uid
+        if type(uid) is not str:
+            uid = uid_text(uid)
+        try:
+            encoded_uid = uid.encode("utf-8")
+        except UnicodeEncodeError:
+            encoded_uid = _encode_uid(uid)  # raises the PackError naming the uid
+        if len(encoded_uid) > MAX_UID_BYTES:
+            _encode_uid(uid)  # raises the PackError naming the uid
         created_at = record.created_at
         if (
             self._shard_index is not None
@@ -340,12 +350,16 @@ class DesBucketWriter:
         ):
             # A composed route (ShardRouter.route_is_composed), an aware UTC instant
             # inside the bucket: route by the shard index alone (what route() computes,
-            # without a new ShardKey per file).
+            # without a new ShardKey per file), and the instant from its clock fields
+            # (the bucket is a UTC day: what _micros computes, without a timedelta).
             index = self._shard_index(uid)
             group = self._groups.get(index)
             if group is None:
                 group = self._groups[index] = Group(self._router.group(self._bucket, index))
-            micros = (created_at - _EPOCH) // _MICROSECOND
+            micros = self._bucket_micros + (
+                ((created_at.hour * 60 + created_at.minute) * 60 + created_at.second) * 1_000_000
+                + created_at.microsecond
+            )
         else:
             uid, key = self._route(record)
             group = self._groups.get(key.index)
@@ -363,16 +377,18 @@ class DesBucketWriter:
             published = self._load_published(group)
         if published:
             _check_identity(published, uid, created_at)
+        size = len(data)
         self._files += 1
-        self._bytes_in += len(data)
+        self._bytes_in += size
         try:
-            if len(data) > self._settings.big_file_threshold:
+            if size > self._big_file_threshold:
                 digest = hashlib.sha256(data).digest()
                 self._write_big(digest.hex(), data)
-                self._record(group, micros, len(data), BIG, b"", digest, encoded_uid)
+                self._record(group, micros, size, BIG, b"", digest, encoded_uid)
             else:
-                tag = (group, micros, len(data), encoded_uid)
-                self._apply(self._encoder.submit(tag, data))
+                done = self._encoder.submit((group, micros, size, encoded_uid), data)
+                if done:
+                    self._apply(done)
             reach("packer.after_add")
         except BaseException:
             self._state = "failed"
@@ -389,11 +405,10 @@ class DesBucketWriter:
             )
         return uid, key
 
-    def _apply(self, results: list[tuple[_Tag, Encoded]]) -> None:
-        for tag, encoded in results:
-            group, micros, size, encoded_uid = tag
-            flags = CODEC_IDS[encoded.codec]
-            self._record(group, micros, size, flags, encoded.stored, encoded.digest, encoded_uid)
+    def _apply(self, results: Sequence[tuple[_Tag, Encoded]]) -> None:
+        add = self._spill.add
+        for (group, micros, size, encoded_uid), (codec, stored, digest) in results:
+            add(group, micros, size, CODEC_IDS[codec], digest, encoded_uid, stored)
 
     def _record(
         self,
@@ -405,8 +420,7 @@ class DesBucketWriter:
         digest: bytes,
         encoded_uid: bytes,
     ) -> None:
-        record = RECORD.pack(micros, size, len(stored), 0, flags, digest, len(encoded_uid))
-        self._spill.add(group, record + encoded_uid, stored)
+        self._spill.add(group, micros, size, flags, digest, encoded_uid, stored)
 
     def _first_created_at(self, group: Group, uid: str) -> datetime | None:
         """``created_at`` of the uid's earlier row, or ``None`` (a fingerprint collision)."""

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import re
+import stat
 import threading
 import time
 from collections import deque
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_READ_FLAGS: Final = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_CHUNK: Final = 2**20
+"""Read size after a short first read (a file that grew, a FIFO)."""
 
 
 class FileReaderBase(abc.ABC):
@@ -57,6 +61,9 @@ class FileReaderBase(abc.ABC):
     files, about a millisecond of reading each. Reads that take only microseconds (a
     local file in the page cache) are done in the consuming thread itself, in order,
     until they slow down again: a hand-off to a thread would cost more than the read.
+    The next ``read_many`` of the same reader starts where the last one ended, so a
+    process reading batch after batch (a packing lane, bucket after bucket) does not
+    learn again each time that its reads are fast.
 
     Args:
         max_workers: reader threads (I/O bound: more than the CPU count is fine).
@@ -76,6 +83,9 @@ class FileReaderBase(abc.ABC):
             )
         self.max_workers = max_workers
         self.read_ahead = read_ahead
+
+    _reads_inline = False
+    """Whether the last ``read_many`` ended reading in the consumer's thread."""
 
     @abc.abstractmethod
     def read(self, location: str) -> bytes:
@@ -102,7 +112,7 @@ class FileReaderBase(abc.ABC):
         )
         pending: deque[tuple[list[SourceRecord], Future[list[bytes | BaseException]]]] = deque()
         held = 0  # files submitted and not yet yielded (the batch being yielded included)
-        pace = _Pace(max(1, self.read_ahead // 2))
+        pace = _Pace(max(1, self.read_ahead // 2), inline=self._reads_inline)
         batch: list[SourceRecord] = []
         finished = False
         read = self.read
@@ -146,6 +156,7 @@ class FileReaderBase(abc.ABC):
             # Abandoned (closed early, or an error): cancel what has not started and do
             # not wait for reads in progress; their results are discarded.
             pool.shutdown(wait=finished, cancel_futures=True)
+            self._reads_inline = pace.inline
 
     def _read_inline(self, record: SourceRecord, pace: _Pace) -> ReadResult:
         started = time.perf_counter()
@@ -177,8 +188,9 @@ class FileReaderBase(abc.ABC):
 class _Pace:
     """How files are read: in the consumer's thread, or in batches on the pool.
 
-    Reads start on the pool, in batches of about ``_BATCH_SECONDS`` of reading (at most
-    ``limit`` files; one file per task while reads are slow). Once the median time per
+    Reads start on the pool (or inline, where the reader's last ``read_many`` ended), in
+    batches of about ``_BATCH_SECONDS`` of reading (at most ``limit`` files; one file per
+    task while reads are slow). Once the median time per
     read of a window of ``_WINDOW`` reads is under ``_INLINE_SECONDS`` (a local file in
     the page cache takes a few microseconds), reads move to the consumer's thread, where
     a hand-off cannot cost more than the read; a window whose median is over twice that
@@ -191,11 +203,11 @@ class _Pace:
     _INLINE_SECONDS: Final = 0.00005
     _WINDOW: Final = 32
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, inline: bool = False) -> None:
         self._limit = limit
         self._size = 1
         self._samples: list[float] = []
-        self.inline = False
+        self.inline = inline
 
     def batch_size(self) -> int:
         return self._size
@@ -360,13 +372,10 @@ class FsspecFileReader(FileReaderBase):
         """All bytes at ``location``, retrying transient failures."""
         protocol, path = self._resolve(location)
         if protocol is None:
-            if self._roots:
-                roots = self._roots
-                return self._with_retries("read", location, lambda: _read_local(path, roots))
-            return self._with_retries("read", location, lambda: _read_local(path))
+            return self._with_retries("read", location, _read_local, path, self._roots or None)
         fs = self._filesystem(protocol, location)
         options = self._cat_options[protocol]
-        return self._with_retries("read", location, lambda: _read_remote(fs, path, options))
+        return self._with_retries("read", location, _read_remote, fs, path, options)
 
     def delete(self, location: str) -> None:
         """Delete the file at ``location``; a missing file is not an error.
@@ -379,14 +388,10 @@ class FsspecFileReader(FileReaderBase):
         """
         protocol, path = self._resolve(location)
         if protocol is None:
-            if self._roots:
-                roots = self._roots
-                self._with_retries("delete", location, lambda: _delete_local(path, roots))
-            else:
-                self._with_retries("delete", location, lambda: _delete_local(path))
+            self._with_retries("delete", location, _delete_local, path, self._roots or None)
         else:
             fs = self._filesystem(protocol, location)
-            self._with_retries("delete", location, lambda: remove(fs, path))
+            self._with_retries("delete", location, remove, fs, path)
 
     def check_location(self, location: str) -> None:
         """Raise :class:`~deswm.errors.LocationOutsideRootError` if ``location`` is outside.
@@ -475,10 +480,16 @@ class FsspecFileReader(FileReaderBase):
                 self._filesystems[protocol] = fs
             return fs
 
-    def _with_retries(self, action: str, location: str, attempt: Callable[[], _T]) -> _T:
+    def _with_retries(
+        self, action: str, location: str, attempt: Callable[..., _T], *args: Any
+    ) -> _T:
+        """``attempt(*args)``, retried on transient failures, its errors typed.
+
+        The arguments are passed rather than bound in a closure: this runs once per file.
+        """
         for tries in range(self.retries + 1):
             try:
-                return attempt()
+                return attempt(*args)
             except Outside as exc:
                 raise self._outside(location, exc) from None
             except NotRegular:
@@ -538,15 +549,39 @@ class _Directory(Exception):
 
 
 def _read_local(path: str, roots: Roots | None = None) -> bytes:
-    """The bytes at ``path``; with ``roots``, only of a regular file verified inside them."""
+    """The bytes at ``path``; with ``roots``, only of a regular file verified inside them.
+
+    One ``open``, one ``fstat`` and, for a file that does not change while it is read,
+    one ``read`` of its size plus one byte (a short read is the end of a regular file),
+    then ``close``: no file object, and none of the ``lseek``, ``ioctl`` and second
+    ``fstat`` that ``open(...).read()`` adds per file.
+    """
     try:
-        with open(path if roots is None else open_local(path, roots), "rb") as handle:
-            data: bytes = handle.read()
-            return data
+        fd = os.open(path, _READ_FLAGS) if roots is None else open_local(path, roots)
     except IsADirectoryError as exc:
         raise _Directory from exc
     except NotADirectoryError as exc:  # a parent is a file: nothing exists there
         raise FileNotFoundError(errno.ENOENT, "no such file", path) from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise _Directory from IsADirectoryError(errno.EISDIR, "is a directory", path)
+        size = info.st_size
+        data = os.read(fd, size + 1)
+        if len(data) == size:
+            return data
+        # It changed size meanwhile, or is not a plain file (a FIFO, /proc): read on to
+        # the end, as a file object's read() would.
+        parts = [data]
+        while True:
+            chunk = os.read(fd, max(size, _CHUNK))
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+    except IsADirectoryError as exc:
+        raise _Directory from exc
+    finally:
+        os.close(fd)
 
 
 def _cat_options(fs: Any, storage_options: Mapping[str, Any]) -> dict[str, Any]:
