@@ -26,6 +26,7 @@ from typing import Literal
 
 import attrs
 
+from deswm._lookups import batch_lookup
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
@@ -164,6 +165,8 @@ class PurgeJob:
         self.verify = verify
         self.error_store = error_store
         self.max_buckets = max_buckets
+        self.lookup = batch_lookup(archive)
+        """Answers the lookups of one run (a new one per run: its day listings age)."""
 
     def __repr__(self) -> str:
         return f"PurgeJob({self.key}, verify={self.verify!r})"
@@ -182,6 +185,7 @@ class PurgeJob:
         window = self.window()
         counts = {"deleted": 0, "gone": 0, "listed": 0, "buckets": 0, "shared": 0}
         if not window.empty:
+            self.lookup = batch_lookup(self.archive)
             self._purge(window, counts, dry_run=dry_run)
         return PurgeResult(
             key=self.key,
@@ -245,7 +249,7 @@ class PurgeJob:
         mine = {(record.uid, record.created_at) for record in batch}
         # First look: a file another row still needs is kept without reading it.
         shared = self._shared(batch, mine, archived, listed)
-        verified: list[SourceRecord] = []
+        candidates: list[SourceRecord] = []
         for record in batch:
             try:
                 self._check_contained(record.location)
@@ -255,7 +259,9 @@ class PurgeJob:
             if record.location in shared:
                 self._keep_shared(record, shared[record.location], counts)
                 continue
-            reason = self._unsafe(record)
+            candidates.append(record)
+        verified: list[SourceRecord] = []
+        for record, reason in zip(candidates, self._unsafe_many(candidates), strict=True):
             if reason == "gone":
                 counts["gone"] += 1
             elif reason is not None:
@@ -355,20 +361,39 @@ class PurgeJob:
         if isinstance(self.reader, FsspecFileReader):
             self.reader.check_location(location)
 
-    def _unsafe(self, record: SourceRecord) -> str | None:
-        """Why ``record``'s file must not be deleted, ``"gone"``, or ``None`` (delete it)."""
-        try:
-            entry = self.archive.stat(record.uid, record.created_at)
-        except NotArchivedError:
-            return "not in the archive"
-        if entry.sha256 is None:
-            return f"its entry in {entry.shard} has no checksum to verify"
+    def _unsafe_many(self, records: Sequence[SourceRecord]) -> list[str | None]:
+        """Why each file must not be deleted, ``"gone"``, or ``None`` (delete it).
+
+        The entries are looked up together (one listing per day, one index read per
+        part) and, for ``verify="content"``, the archived copies read together.
+        """
+        keys = [(record.uid, record.created_at) for record in records]
+        reasons: list[str | None] = []
+        for found in self.lookup.stat_many(keys):
+            if isinstance(found, NotArchivedError):
+                reasons.append("not in the archive")
+            elif isinstance(found, ShardError):
+                raise found
+            elif found.sha256 is None:
+                reasons.append(f"its entry in {found.shard} has no checksum to verify")
+            else:
+                reasons.append(None)
         if self.verify == "index":
-            return None
-        try:
-            archived = self.archive.get(record.uid, record.created_at)
-        except (NotArchivedError, CorruptShardError) as exc:
-            return f"the archived copy does not verify: {exc.message}"
+            return reasons
+        wanted = [position for position, reason in enumerate(reasons) if reason is None]
+
+        def compare(index: int, archived: bytes | ShardError) -> None:
+            reasons[wanted[index]] = self._differs(records[wanted[index]], archived)
+
+        self.lookup.read_each([keys[position] for position in wanted], compare)
+        return reasons
+
+    def _differs(self, record: SourceRecord, archived: bytes | ShardError) -> str | None:
+        """Why the source file may not go given its archived copy, ``"gone"`` or ``None``."""
+        if isinstance(archived, (NotArchivedError, CorruptShardError)):
+            return f"the archived copy does not verify: {archived.message}"
+        if isinstance(archived, ShardError):
+            raise archived
         try:
             current = self.reader.read(record.location)
         except FileMissingError:
