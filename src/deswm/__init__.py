@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     )
     from deswm.archive import (
         Archive,
+        ArchiveBatch,
         IndexCacheStats,
     )
     from deswm.config import (
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
         SourceError,
         UnplaceableRowError,
         UnverifiedEntryError,
+        WaitInterrupted,
         WatermarkConflict,
         WatermarkError,
         WatermarkMoveRefused,
@@ -166,6 +168,7 @@ __all__ = [
     "FLAGGED_STAGE",
     "PURGED_STAGE",
     "Archive",
+    "ArchiveBatch",
     "ArchiveSettings",
     "ArchivedDuplicateError",
     "ArchivedEntry",
@@ -244,6 +247,7 @@ __all__ = [
     "UnverifiedEntryError",
     "UtcDateTime",
     "VerifyReport",
+    "WaitInterrupted",
     "Watermark",
     "WatermarkChange",
     "WatermarkConflict",
@@ -264,6 +268,7 @@ __all__ = [
 _EXPORTS: dict[str, str] = {
     "ArchivedFile": "deswm._archived_file",
     "Archive": "deswm.archive",
+    "ArchiveBatch": "deswm.archive",
     "IndexCacheStats": "deswm.archive",
     "ArchiveSettings": "deswm.config",
     "Config": "deswm.config",
@@ -300,6 +305,7 @@ _EXPORTS: dict[str, str] = {
     "SourceError": "deswm.errors",
     "UnplaceableRowError": "deswm.errors",
     "UnverifiedEntryError": "deswm.errors",
+    "WaitInterrupted": "deswm.errors",
     "WatermarkConflict": "deswm.errors",
     "WatermarkError": "deswm.errors",
     "WatermarkMoveRefused": "deswm.errors",

@@ -38,6 +38,7 @@ from deswm.errors import (
     FileReadError,
     RowCountError,
     SourceError,
+    WaitInterrupted,
     WatermarkError,
     WatermarkMoveRefused,
 )
@@ -645,14 +646,20 @@ class WatermarkOrchestrator:
         if not window.empty:
             for observer in self.observers:
                 observer.cycle_started(self.key, window)
-            watermark, stopped = self._archive(
-                window, before, watermark, totals, (stop, deadline), started
-            )
+            with self._source_waits_stop(stop):
+                watermark, stopped = self._archive(
+                    window, before, watermark, totals, (stop, deadline), started
+                )
         result = self._result(window, before, watermark, totals, started, stopped=stopped)
         log.info("cycle done: %s", result.summary(), extra=result.log_fields())
         for observer in self.observers:
             observer.cycle_finished(result)
         return result
+
+    def _source_waits_stop(self, stop: _Stop) -> contextlib.AbstractContextManager[object]:
+        """Bind ``stop`` to the source's waits between pages (its throttle), if it has any."""
+        bind = getattr(self.source, "stop_waits_on", None)
+        return bind(stop.event) if callable(bind) else contextlib.nullcontext()
 
     def _result(
         self,
@@ -721,45 +728,50 @@ class WatermarkOrchestrator:
         rows = _RowCounter(self._owned(window), self.router)
         results = self.reader.read_many(rows)
         accounted = 0  # rows of committed buckets: archived, kept or listed
-        with contextlib.closing(_ClosingIterator(results)) as items:
-            pending = next(items, None)
-            if pending is None:
-                self._check_count(rows, window.end, accounted, None, None)
-            while pending is not None:
-                stopped = self._stop_reason(until, totals)
-                if stopped is not None:
-                    return watermark, stopped
-                bucket = self.router.bucket_start(pending[0].created_at)
-                outcome = self._pack_bucket(bucket, pending, items, totals)
-                pending = outcome.next_item
-                if outcome.result is None:
-                    partial = self._result(
-                        window, before, watermark, totals, started, failures=outcome.failures
+        try:
+            with contextlib.closing(_ClosingIterator(results)) as items:
+                pending = next(items, None)
+                if pending is None:
+                    self._check_count(rows, window.end, accounted, None, None)
+                while pending is not None:
+                    stopped = self._stop_reason(until, totals)
+                    if stopped is not None:
+                        return watermark, stopped
+                    bucket = self.router.bucket_start(pending[0].created_at)
+                    outcome = self._pack_bucket(bucket, pending, items, totals)
+                    pending = outcome.next_item
+                    if outcome.result is None:
+                        partial = self._result(
+                            window, before, watermark, totals, started, failures=outcome.failures
+                        )
+                        raise CycleError(
+                            outcome.failures,
+                            bucket=format_utc(bucket),
+                            result=partial,
+                            reason=outcome.reason,
+                        )
+                    end = (
+                        window.end
+                        if pending is None
+                        else self.router.bucket_start(pending[0].created_at)
                     )
-                    raise CycleError(
-                        outcome.failures,
-                        bucket=format_utc(bucket),
-                        result=partial,
-                        reason=outcome.reason,
-                    )
-                end = (
-                    window.end
-                    if pending is None
-                    else self.router.bucket_start(pending[0].created_at)
-                )
-                accounted += outcome.accounted
-                self._check_count(rows, end, accounted, bucket, outcome)
-                if outcome.failures:
-                    # Listed before the watermark passes them: archived or listed (G1).
-                    self._error_store().record(self.key, outcome.failures)
-                    totals.failures.extend(outcome.failures)
-                reach("bucket.after_publish")
-                watermark = self.store.advance(watermark, end)
-                reach("bucket.after_commit")
-                self._committed(bucket, outcome.result, watermark, totals)
-            if watermark.position < window.end:
-                # The rest of the window holds no rows for this partition.
-                watermark = self.store.advance(watermark, window.end)
+                    accounted += outcome.accounted
+                    self._check_count(rows, end, accounted, bucket, outcome)
+                    if outcome.failures:
+                        # Listed before the watermark passes them: archived or listed (G1).
+                        self._error_store().record(self.key, outcome.failures)
+                        totals.failures.extend(outcome.failures)
+                    reach("bucket.after_publish")
+                    watermark = self.store.advance(watermark, end)
+                    reach("bucket.after_commit")
+                    self._committed(bucket, outcome.result, watermark, totals)
+                if watermark.position < window.end:
+                    # The rest of the window holds no rows for this partition.
+                    watermark = self.store.advance(watermark, window.end)
+        except WaitInterrupted:
+            # A stop while the source waited between pages (a replica pause): the
+            # bucket being read was not published; the last commit stands.
+            return watermark, until[0].reason
         return watermark, "finished"
 
     def _stop_reason(self, until: tuple[_Stop, float | None], totals: _Totals) -> StopReason | None:
