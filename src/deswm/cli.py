@@ -265,19 +265,21 @@ def _observers(
     return observers
 
 
-_SOURCE_LIMIT_FLAGS = (
-    "max_rows_per_second",
-    "max_pages_per_second",
-    "sleep_coef",
-    "max_replica_lag",
+_SOURCE_LIMIT_FLAGS: tuple[tuple[str, bool, str, str], ...] = (
+    ("max_rows_per_second", True, "N", "read at most N source rows a second"),
+    ("max_pages_per_second", True, "N", "send at most N page queries a second"),
+    ("sleep_coef", False, "F", "after each page wait F times its query time"),
+    ("max_replica_lag", False, "SECONDS", "pause while source.replica_url lags more than this"),
 )
+"""``deswm run``'s overrides of ``[source]`` limits: (setting, must be > 0, metavar, help);
+the flag is the setting with dashes."""
 
 
 def _with_source_limits(config: Config, args: argparse.Namespace) -> Config:
     """``config`` with the ``[source]`` rate limits given on the command line."""
     given = {
         name: getattr(args, name)
-        for name in _SOURCE_LIMIT_FLAGS
+        for name, *_ in _SOURCE_LIMIT_FLAGS
         if getattr(args, name, None) is not None
     }
     if not given:
@@ -820,30 +822,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="touch PATH after every committed bucket and successful cycle (liveness)",
     )
     limits = run.add_argument_group("source limits (override [source])")
-    limits.add_argument(
-        "--max-rows-per-second",
-        type=_number(positive=True),
-        metavar="N",
-        help="read at most N source rows a second",
-    )
-    limits.add_argument(
-        "--max-pages-per-second",
-        type=_number(positive=True),
-        metavar="N",
-        help="send at most N page queries a second",
-    )
-    limits.add_argument(
-        "--sleep-coef",
-        type=_number(positive=False),
-        metavar="F",
-        help="after each page wait F times its query time",
-    )
-    limits.add_argument(
-        "--max-replica-lag",
-        type=_number(positive=False),
-        metavar="SECONDS",
-        help="pause while source.replica_url lags more than this",
-    )
+    for name, positive, metavar, text in _SOURCE_LIMIT_FLAGS:
+        limits.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_number(positive=positive),
+            metavar=metavar,
+            help=text,
+        )
     with_output(run)
 
     stats = command(
