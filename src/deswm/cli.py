@@ -265,6 +265,18 @@ def _observers(
     return observers
 
 
+def _row_progress(
+    args: argparse.Namespace, config: Config, label: str, *, unit: str = "row"
+) -> contextlib.AbstractContextManager[Callable[[int], None] | None]:
+    """A :class:`~deswm.rowprogress.RowProgress` when ``--progress`` was given, else None."""
+    if not getattr(args, "progress", False):
+        return contextlib.nullcontext(None)
+    from deswm.rowprogress import RowProgress
+
+    interval = args.progress_interval or config.monitoring.progress_interval
+    return RowProgress(label, unit=unit, interval=interval)
+
+
 _SOURCE_LIMIT_FLAGS: tuple[tuple[str, bool, str, str], ...] = (
     ("max_rows_per_second", True, "N", "read at most N source rows a second"),
     ("max_pages_per_second", True, "N", "send at most N page queries a second"),
@@ -476,7 +488,8 @@ def cmd_errors(args: argparse.Namespace) -> int:
                 table = f" (the error table is {_NOT_CREATED})" if missing else ""
                 print(f"no recorded failures for {orchestrator.key}{table}")
         return EXIT_OK
-    result = orchestrator.retry_errors(limit=args.limit)
+    with _row_progress(args, config, "errors retry", unit="file") as progress:
+        result = orchestrator.retry_errors(limit=args.limit, progress=progress)
     if args.json:
         _print_json(result)
     else:
@@ -491,8 +504,10 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def cmd_flag(args: argparse.Namespace) -> int:
-    job = _config(args).build_flag_job()
-    result = job.run(dry_run=args.dry_run)
+    config = _config(args)
+    job = config.build_flag_job()
+    with _row_progress(args, config, "flag") as progress:
+        result = job.run(dry_run=args.dry_run, progress=progress)
     if args.json:
         _print_json(result)
     else:
@@ -507,7 +522,8 @@ def cmd_flag(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     config = _config(args)
     job = config.build_purge_job(partition=args.partition, verify=args.verify)
-    result = job.run(dry_run=args.dry_run)
+    with _row_progress(args, config, "purge") as progress:
+        result = job.run(dry_run=args.dry_run, progress=progress)
     if args.json:
         _print_json(result)
     else:
@@ -600,13 +616,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         check: Callable[[], None] | None = getattr(orchestrator.source, "check_placeable", None)
         if check is not None:  # also when the window is empty
             check()
-        report = verify_window(
-            orchestrator.source,
-            config.build_archive(),
-            window,
-            deep=args.deep,
-            owns=None if part.count == 1 else lambda r: part.owns(router.shard_index(r.uid)),
-        )
+        with _row_progress(args, config, "verify") as progress:
+            report = verify_window(
+                orchestrator.source,
+                config.build_archive(),
+                window,
+                deep=args.deep,
+                owns=None if part.count == 1 else lambda r: part.owns(router.shard_index(r.uid)),
+                progress=progress,
+            )
     except UnplaceableRowError as exc:
         # No window holds these rows, so nothing below the watermark vouches for them.
         if args.json:
@@ -761,6 +779,19 @@ def build_parser() -> argparse.ArgumentParser:
             "--partition", type=int, default=None, help="partition index (default: run.partition)"
         )
 
+    def with_progress(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--progress",
+            action="store_true",
+            help="show progress: a bar on a terminal (deswm[progress]), else log lines",
+        )
+        p.add_argument(
+            "--progress-interval",
+            type=float,
+            metavar="SECONDS",
+            help="without a terminal, one progress line every SECONDS (default 30)",
+        )
+
     run = command("run", "run one cycle (default) or keep running on an interval", cmd_run)
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one cycle and exit (default)")
@@ -852,12 +883,14 @@ def build_parser() -> argparse.ArgumentParser:
     errors.add_argument("action", choices=["list", "retry"])
     errors.add_argument("--limit", type=int, default=None, help="at most this many")
     with_output(errors)
+    with_progress(errors)
 
     flag = command(
         "flag", "back-fill a legacy archived column behind the watermark ([flag])", cmd_flag
     )
     flag.add_argument("--dry-run", action="store_true", help="count rows, update nothing")
     flag.add_argument("--json", action="store_true", help="print JSON")
+    with_progress(flag)
 
     purge = command("purge", "delete source files of archived days, verified first", cmd_purge)
     purge.add_argument("--dry-run", action="store_true", help="verify and count, delete nothing")
@@ -868,6 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="content: compare with the verified archived copy (default); index: entry exists",
     )
     with_output(purge)
+    with_progress(purge)
 
     get = command("get", "write one archived file's bytes", cmd_get)
     get.add_argument("uid")
@@ -885,6 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deep", action="store_true", help="read every file back and verify checksums"
     )
     with_output(verify)
+    with_progress(verify)
 
     serve = command("serve", "serve archived files over HTTP (deswm[serve])", cmd_serve)
     serve.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")

@@ -926,13 +926,16 @@ class WatermarkOrchestrator:
 
     # --- retrying recorded failures ------------------------------------------------------
 
-    def retry_errors(self, *, limit: int | None = None) -> RetryResult:
+    def retry_errors(
+        self, *, limit: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> RetryResult:
         """Read recorded failures again and merge the files that now work into their shards.
 
         Each day is merged into what is already published (G3: nothing is dropped); a
         retried file that succeeds leaves the error table, one that fails again counts
         another attempt. Run it where the cycles of this partition run (one writer per
-        shard group), e.g. between cycles.
+        shard group), e.g. between cycles. ``progress`` is called with each day's number
+        of files once the day is merged.
         """
         store = self._error_store()
         started = time.monotonic()
@@ -950,6 +953,8 @@ class WatermarkOrchestrator:
             archived += len(done)
             shards += written
             still.extend(failed)
+            if progress is not None:
+                progress(len(by_bucket[bucket]))
         result = RetryResult(
             key=self.key,
             attempted=len(recorded),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -165,6 +165,8 @@ class PurgeJob:
         self.verify = verify
         self.error_store = error_store
         self.max_buckets = max_buckets
+        self._progress: Callable[[int], None] | None = None
+        self._reported = 0
         self.lookup = batch_lookup(archive)
         """Answers the lookups of one run (a new one per run: its day listings age)."""
 
@@ -179,14 +181,24 @@ class PurgeJob:
         end = archived.position if archived is not None else start
         return Window(min(start, end), end)
 
-    def run(self, *, dry_run: bool = False) -> PurgeResult:
-        """Delete what may be deleted; ``dry_run`` verifies and counts but deletes nothing."""
+    def run(
+        self, *, dry_run: bool = False, progress: Callable[[int], None] | None = None
+    ) -> PurgeResult:
+        """Delete what may be deleted; ``dry_run`` verifies and counts but deletes nothing.
+
+        ``progress`` is called with the number of rows handled, batch by batch (e.g. a
+        :class:`~deswm.rowprogress.RowProgress`).
+        """
         started = time.monotonic()
         window = self.window()
         counts = {"deleted": 0, "gone": 0, "listed": 0, "buckets": 0, "shared": 0}
         if not window.empty:
             self.lookup = batch_lookup(self.archive)
-            self._purge(window, counts, dry_run=dry_run)
+            self._progress, self._reported = progress, 0
+            try:
+                self._purge(window, counts, dry_run=dry_run)
+            finally:
+                self._progress = None
         return PurgeResult(
             key=self.key,
             window=window,
@@ -223,9 +235,11 @@ class PurgeJob:
                     if len(batch) >= _BATCH:
                         self._purge_batch(batch, window.end, listed, failures, counts, dry_run)
                         batch = []
+                        self._report(counts)
                 record = next(rows, None)
             if batch:
                 self._purge_batch(batch, window.end, listed, failures, counts, dry_run)
+            self._report(counts)
             if failures:
                 raise PurgeError(tuple(failures), bucket=bucket)
             counts["buckets"] += 1
@@ -297,6 +311,13 @@ class PurgeJob:
                         continue
                 deleted.add(record.location)
                 counts["deleted"] += 1
+
+    def _report(self, counts: dict[str, int]) -> None:
+        """Tell ``progress`` how many rows were handled since the last report."""
+        handled = counts["deleted"] + counts["gone"] + counts["listed"] + counts["shared"]
+        if self._progress is not None and handled > self._reported:
+            self._progress(handled - self._reported)
+        self._reported = handled
 
     def _keep_shared(self, record: SourceRecord, why: str, counts: dict[str, int]) -> None:
         counts["shared"] += 1
