@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrches
     if args.interval is not None:
         failed = args.max_failed_cycles
         reason = orchestrator.run_forever(
-            args.interval,
+            config.run.interval if args.interval is _CONFIGURED else args.interval,
             handle_signals=False,  # installed above
             max_failed_cycles=config.run.max_failed_cycles if failed is None else failed,
         )
@@ -263,6 +263,10 @@ def _observers(
 
         observers.append(ProgressObserver(total=total, interval=interval))
     return observers
+
+
+_CONFIGURED = object()
+"""``--interval`` given without a value: ``run.interval`` from the config."""
 
 
 def _row_progress(
@@ -796,7 +800,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one cycle and exit (default)")
     mode.add_argument(
-        "--interval", type=float, metavar="SECONDS", help="run a cycle every SECONDS until SIGTERM"
+        "--interval",
+        type=float,
+        nargs="?",
+        const=_CONFIGURED,
+        metavar="SECONDS",
+        help="run a cycle every SECONDS (default: run.interval) until SIGTERM",
     )
     mode.add_argument(
         "--dry-run", action="store_true", help="show the window and pending files; write nothing"

@@ -936,8 +936,20 @@ class WatermarkOrchestrator:
         another attempt. Run it where the cycles of this partition run (one writer per
         shard group), e.g. between cycles. ``progress`` is called with each day's number
         of files once the day is merged.
+
+        Raises :class:`~deswm.errors.ConfigError` when the orchestrator has no error
+        store (with ``on_error="stop"`` nothing is recorded, so pass the store the
+        recording runs used).
         """
-        store = self._error_store()
+        if self.error_store is None:
+            raise ConfigError(
+                "retry_errors() reads the failures recorded in an error store, and this "
+                'orchestrator has none (on_error="stop" records nothing)',
+                key="error_store",
+                hint='Pass error_store= the store the runs with on_error="record" wrote to '
+                "(SqlErrorStore(engine) for [run] error_table)",
+            )
+        store = self.error_store
         started = time.monotonic()
         recorded = store.list(self.key, limit=limit)
         by_bucket: dict[datetime, list[SourceRecord]] = {}
