@@ -184,3 +184,38 @@ def test_shell_command_parses(where: str, command: str) -> None:
 @pytest.mark.parametrize(("where", "command"), INLINE, ids=[w for w, _ in INLINE])
 def test_quoted_command_names_real_options(where: str, command: str) -> None:
     _check_names(command)
+
+
+COMMON = {
+    "-h",
+    "--help",
+    "-v",
+    "--verbose",
+    "-q",
+    "--quiet",
+    "-c",
+    "--config",
+    "--debug",
+    "--log-format",
+}
+"""Options every command takes, described once at the top of cli.md."""
+
+
+def _sections() -> dict[str, str]:
+    """cli.md's text under each ``## `deswm NAME ...``` heading, by NAME, after the
+    introduction (which describes the options several commands share)."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    parts = re.split(r"^## `deswm (\w+)", text, flags=re.M)
+    return {parts[i]: parts[0] + parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_cli_md_describes_every_option(name: str) -> None:
+    section = _sections().get(name)
+    assert section is not None, f"docs/cli.md has no section for `deswm {name}`"
+    for action in COMMANDS[name]._actions:
+        names = set(action.option_strings) - COMMON
+        if names and not any(
+            re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", section) for n in names
+        ):
+            pytest.fail(f"docs/cli.md does not describe `deswm {name} {'/'.join(sorted(names))}`")
