@@ -149,3 +149,25 @@ def test_a_miss_is_confirmed_by_a_fresh_listing(archived: Archived) -> None:
     missing = lookup.stat_many([("nope", first.created_at)])[0]
     assert type(missing).__name__ == "NotArchivedError"
     assert counting.calls["list"] == 2
+
+
+def test_a_shard_rewritten_after_the_listing_is_read_again(tmp_path: Path) -> None:
+    archived = Archived(str(tmp_path / "archive"), {})
+    archive, counting = archived.archive()
+    lookup = archive.batch()
+    keys = [(r.uid, r.created_at) for r in archived.records[:50]]
+    assert all(not isinstance(found, Exception) for found in lookup.stat_many(keys))
+    # Every shard is replaced by an identical copy: a new version the listing does not know.
+    for shard in (tmp_path / "archive").glob("*.des"):
+        data = shard.read_bytes()
+        shard.unlink()
+        shard.write_bytes(data)
+    counting.calls.clear()
+
+    got = lookup.get_many(keys)
+
+    assert got == [archived.files[r.location] for r in archived.records[:50]]
+    # The pinned batch read failed, and those entries were located and read afresh.
+    assert counting.calls["get_range"] + counting.calls["get_tail"] > len(
+        {archive.router.route(uid, at).prefix for uid, at in keys}
+    )
