@@ -114,6 +114,9 @@ _OPEN_WHOLE: Final = 1024 * 1024
 _BATCH_GAP: Final = 256 * 1024
 """Bytes between two wanted entries that a batch read fetches and skips (one request)."""
 
+_BATCH_DAYS: Final = 8
+"""Day listings a batch lookup keeps (verify and purge walk the days in order)."""
+
 _ENTRY_WEIGHT: Final = 256
 """Estimated bytes a parsed index entry takes beyond its uid and meta (``cache_bytes``)."""
 
@@ -787,6 +790,8 @@ class ArchiveBatch:
                 parts.sort(key=lambda p: p.part)
             self._days[key.day] = groups
             relisted.add(key.day)
+            if len(self._days) > _BATCH_DAYS:  # rows come day by day: keep the recent ones
+                del self._days[next(iter(self._days))]
         return groups.get(key.hex, [])
 
 
