@@ -171,3 +171,44 @@ def test_a_shard_rewritten_after_the_listing_is_read_again(tmp_path: Path) -> No
     assert counting.calls["get_range"] + counting.calls["get_tail"] > len(
         {archive.router.route(uid, at).prefix for uid, at in keys}
     )
+
+
+@pytest.mark.parametrize("order", [("16", "32"), ("32", "16")])
+def test_entries_sharing_an_offset_are_each_verified_against_their_own_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: tuple[str, str]
+) -> None:
+    """A hostile index pointing two uids at one payload: each uid's bytes are checked
+    against its own checksum, never handed over under the other's."""
+    import hashlib
+    import io
+
+    import attrs
+
+    from deswm.container import ShardIndex, ShardWriter, make_meta
+    from deswm.errors import CorruptShardError
+
+    day = datetime(2024, 5, 17, tzinfo=UTC)
+    buffer = io.BytesIO()
+    writer = ShardWriter(buffer)
+    for uid, data in (("16", b"bytes of sixteen"), ("32", b"bytes of thirty-two")):
+        meta = make_meta(hashlib.sha256(data).hexdigest(), day)
+        writer.add(uid, data, codec="none", size=len(data), meta=meta)
+    writer.finish()
+    (tmp_path / "20240517_0_0000.des").write_bytes(buffer.getvalue())
+    archive = Archive(str(tmp_path), ROUTER)
+    read_index = archive.store.read_index
+
+    def aliased(part: Any) -> ShardIndex:
+        index = read_index(part)
+        first = index.get("16")
+        assert first is not None
+        entries = tuple(
+            attrs.evolve(e, offset=first.offset, length=first.length) if e.uid == "32" else e
+            for e in index.entries
+        )
+        return attrs.evolve(index, entries=entries)
+
+    monkeypatch.setattr(archive.store, "read_index", aliased)
+    got = dict(zip(order, archive.batch().get_many([(uid, day) for uid in order]), strict=True))
+    assert got["16"] == b"bytes of sixteen"
+    assert isinstance(got["32"], CorruptShardError)

@@ -644,11 +644,13 @@ class ArchiveBatch:
     :meth:`Archive.stat` proves a cached index current with one HEAD per call, so checking
     every row of a day costs a request per row. A batch lists each day it meets once (the
     listing is the proof of currency), reads each listed part's index once (cached by
-    version, as the archive does) and answers every row from them; :meth:`get_many` then
-    reads the payloads of adjacent entries together (up to 8 MiB a request). A part that
-    changed since its listing (a pinned read fails) makes its day listed again, and a
-    miss is confirmed by a fresh listing of its day, once per call, before it is reported
-    (misses are never answered from an old listing). Results come back in input order,
+    version, as the archive does) and answers every row from them; :meth:`get_many` and
+    :meth:`read_each` then read the payloads of adjacent entries together (up to 8 MiB a
+    request), each verified against its own entry. An index read that finds its part
+    changed since the listing makes the day listed again; a payload read that does reads
+    those entries one by one through :meth:`Archive.get`. A miss is confirmed by a fresh
+    listing of its day, once per call, before it is reported (misses are never answered
+    from an old listing). Results come back in input order,
     each an entry (or bytes) or the :class:`~deswm.errors.ShardError` :meth:`Archive.stat`
     (or :meth:`Archive.get`) would raise for it.
     """
@@ -692,23 +694,26 @@ class ArchiveBatch:
         """
         archive = self._archive
         allow = archive._allow_unverified if allow_unverified is None else allow_unverified
-        by_part: dict[PartInfo, dict[int, list[int]]] = {}
-        entries: dict[tuple[PartInfo, int], IndexEntry] = {}
+        # Positions by part and entry (offset and uid: a hostile index may point two
+        # uids at one payload, and each must be checked against its own checksum).
+        by_part: dict[PartInfo, dict[tuple[int, str], list[int]]] = {}
+        entries: dict[tuple[PartInfo, int, str], IndexEntry] = {}
         for position, hit in enumerate(self._locate_many(keys)):
             if isinstance(hit, ShardError):
                 use(position, hit)
             elif hit.entry.big:  # its own object, named by its hash: one read each
                 use(position, _caught(partial(archive._read_big, hit.part, hit.entry)))
             else:
-                by_part.setdefault(hit.part, {}).setdefault(hit.entry.offset, []).append(position)
-                entries[hit.part, hit.entry.offset] = hit.entry
+                ident = (hit.entry.offset, hit.entry.uid)
+                by_part.setdefault(hit.part, {}).setdefault(ident, []).append(position)
+                entries[hit.part, *ident] = hit.entry
         for part, positions in by_part.items():
-            wanted = sorted((entries[part, offset] for offset in positions), key=lambda e: e.offset)
+            wanted = sorted((entries[part, *ident] for ident in positions), key=lambda e: e.offset)
             try:
                 self._read_part(part, wanted, positions, use, allow)
             except ObjectChangedError:  # rewritten since listed: read these one by one
-                for offset in positions:
-                    for position in positions[offset]:
+                for ident in positions:
+                    for position in positions[ident]:
                         uid, created_at = keys[position]
                         use(
                             position,
@@ -719,7 +724,7 @@ class ArchiveBatch:
         self,
         part: PartInfo,
         wanted: list[IndexEntry],
-        positions: dict[int, list[int]],
+        positions: dict[tuple[int, str], list[int]],
         use: Callable[[int, bytes | ShardError], None],
         allow: bool,
     ) -> None:
@@ -739,7 +744,7 @@ class ArchiveBatch:
                     archive._require_checksum(part, entry, allow)
                 except CorruptShardError as exc:
                     result = exc
-                for position in positions.pop(entry.offset):
+                for position in positions.pop((entry.offset, entry.uid)):
                     use(position, result)
 
     def _locate_many(self, keys: Sequence[tuple[str | int, datetime]]) -> list[_Hit | ShardError]:
