@@ -5,11 +5,14 @@ load drawn rows into its table (with a ``tenant`` column deswm knows nothing abo
 then check that whatever goes wrong (lost commits, missing files, a stream cut short,
 a crash between publish and commit, operators rewinding the watermark) no file below
 the watermark is lost, a replay writes byte-identical shards, and no other tenant's
-file is archived. Run: ``python -m pytest examples/test_my_provider.py``.
+file is archived. ``TestTenantSourceContract`` runs deswm's own contract suite for
+source providers on it, with another tenant's rows interleaved in the table. Run:
+``python -m pytest examples/test_my_provider.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,13 +20,14 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 
-from deswm import CycleError, DesRouter, SqlSourceProvider, WatermarkOrchestrator
+from deswm import CycleError, DesRouter, SourceRecord, SqlSourceProvider, WatermarkOrchestrator
 from deswm.testing import (
     Dataset,
     InjectedFault,
     MemoryFileReader,
     MemoryWatermarkStore,
     ReplayWorld,
+    SourceProviderContract,
     Step,
     archive_for,
     assert_idempotent_replay,
@@ -52,7 +56,7 @@ class TenantSource(SqlSourceProvider):
         return query.where(self.table.c["tenant"] == self.tenant)
 
 
-def files_table(**tenants: Dataset) -> sa.Engine:
+def files_table(**tenants: Sequence[SourceRecord]) -> sa.Engine:
     """Our table, in an in-memory SQLite database, holding each tenant's rows."""
     engine = sa.create_engine(
         "sqlite://", poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
@@ -77,8 +81,8 @@ def files_table(**tenants: Dataset) -> sa.Engine:
             "size_bytes": r.size,
             "tenant": tenant,
         }
-        for tenant, data in tenants.items()
-        for r in data.records
+        for tenant, records in tenants.items()
+        for r in records
     ]
     if rows:
         with engine.begin() as conn:
@@ -105,6 +109,27 @@ def orchestrator_on(source: TenantSource, reader: MemoryFileReader) -> Any:
     return build
 
 
+class TestTenantSourceContract(SourceProviderContract):
+    """Every clause of the SourceProvider protocol (half-open windows, order, paging
+    with ties, pending stats) holds for our rows, with globex's rows interleaved."""
+
+    @pytest.fixture
+    def make_source(self) -> Iterator[Any]:
+        engines: list[sa.Engine] = []
+
+        def make(records: Sequence[SourceRecord], *, page_size: int | None = None) -> Any:
+            globex = [
+                SourceRecord(f"{r.uid}-g", r.created_at, f"globex/{n}", r.size)
+                for n, r in enumerate(records)
+            ]
+            engines.append(files_table(acme=records, globex=globex))
+            return TenantSource(engines[-1], "files", tenant="acme", page_size=page_size or 50)
+
+        yield make
+        for engine in engines:
+            engine.dispose()
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -118,7 +143,7 @@ def orchestrator_on(source: TenantSource, reader: MemoryFileReader) -> Any:
 def test_tenant_source_replays_identically(
     acme: Dataset, globex: Dataset, steps: list[Step]
 ) -> None:
-    engine = files_table(acme=acme, globex=globex)
+    engine = files_table(acme=acme.records, globex=globex.records)
     source = TenantSource(engine, "files", tenant="acme", page_size=7)
     reader = MemoryFileReader({**acme.contents, **globex.contents})
     report = assert_idempotent_replay(
@@ -146,7 +171,7 @@ def test_a_missing_file_and_a_crash_lose_nothing() -> None:
         start=START,
         every=timedelta(hours=9),
     )
-    engine = files_table(acme=acme)
+    engine = files_table(acme=acme.records)
     source = TenantSource(engine, "files", tenant="acme")
     store, packer = MemoryWatermarkStore(), memory_packer(DesRouter(4))
 

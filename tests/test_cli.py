@@ -648,3 +648,28 @@ def test_an_unexpected_error_is_one_line_with_a_hint(demo_dir: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "unexpected OSError" in done.stderr and "--debug" in done.stderr
+
+
+@pytest.mark.parametrize(("given", "expected"), [([], 7.0), (["45"], 45.0)])
+def test_interval_without_a_value_reads_run_interval(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    given: list[str],
+    expected: float,
+) -> None:
+    from deswm.orchestrator import WatermarkOrchestrator
+
+    run_demo(tmp_path, files=10, echo=lambda _: None)
+    config = tmp_path / "deswm.toml"
+    config.write_text(config.read_text() + "\n[run]\ninterval = 7\n")
+    asked: list[float] = []
+
+    def run_forever(self: WatermarkOrchestrator, interval: float, **_: object) -> str:
+        asked.append(interval)
+        return "signal"
+
+    monkeypatch.setattr(WatermarkOrchestrator, "run_forever", run_forever)
+    code, out, _ = run(["run", "-c", str(config), "--interval", *given], capsys)
+    assert (code, asked) == (0, [expected])
+    assert "stopped:" in out

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from deswm.archive import Archive
-from deswm.errors import CycleError, DuplicateUidError, FileReadError
+from deswm.errors import ConfigError, CycleError, DuplicateUidError, FileReadError
 from deswm.model import SourceRecord, WatermarkKey
 from deswm.orchestrator import WatermarkOrchestrator
 from deswm.packer import DesPacker
@@ -182,3 +182,12 @@ def test_record_mode_needs_an_error_store(world: World) -> None:
 
     with pytest.raises(ConfigError, match="error store"):
         world.orchestrator(error_store=None)
+
+
+def test_retry_without_an_error_store_says_what_to_pass(world: World) -> None:
+    orchestrator = world.orchestrator(on_error="stop", error_store=None)
+    with pytest.raises(ConfigError, match=r"retry_errors\(\) reads the failures") as caught:
+        orchestrator.retry_errors()
+    assert caught.value.key == "error_store"
+    assert 'on_error="record"' not in caught.value.message
+    assert "error_store=" in (caught.value.hint or "")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     )
     from deswm.archive import (
         Archive,
+        ArchiveBatch,
         IndexCacheStats,
     )
     from deswm.config import (
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
         SourceError,
         UnplaceableRowError,
         UnverifiedEntryError,
+        WaitInterrupted,
         WatermarkConflict,
         WatermarkError,
         WatermarkMoveRefused,
@@ -170,6 +172,7 @@ __all__ = [
     "PURGED_STAGE",
     "Archive",
     "ArchiveConfig",
+    "ArchiveBatch",
     "ArchiveSettings",
     "ArchivedDuplicateError",
     "ArchivedEntry",
@@ -249,6 +252,7 @@ __all__ = [
     "UnverifiedEntryError",
     "UtcDateTime",
     "VerifyReport",
+    "WaitInterrupted",
     "Watermark",
     "WatermarkChange",
     "WatermarkConflict",
@@ -270,6 +274,7 @@ __all__ = [
 _EXPORTS: dict[str, str] = {
     "ArchivedFile": "deswm._archived_file",
     "Archive": "deswm.archive",
+    "ArchiveBatch": "deswm.archive",
     "IndexCacheStats": "deswm.archive",
     "ArchiveConfig": "deswm.config",
     "ArchiveSettings": "deswm.config",
@@ -309,6 +314,7 @@ _EXPORTS: dict[str, str] = {
     "SourceError": "deswm.errors",
     "UnplaceableRowError": "deswm.errors",
     "UnverifiedEntryError": "deswm.errors",
+    "WaitInterrupted": "deswm.errors",
     "WatermarkConflict": "deswm.errors",
     "WatermarkError": "deswm.errors",
     "WatermarkMoveRefused": "deswm.errors",

@@ -26,6 +26,8 @@ Request budget on S3 (P7), for a file in part 0 of its group:
 * big-file entries read ``_bigFiles/<sha256>`` instead of a payload range; a warm big get
   also checks the shard's version (one HEAD), so it costs 2 requests;
 * ``exists``/``stat`` answer from a cached index after one HEAD proving it current.
+* :meth:`Archive.batch` (``verify``, ``purge``) answers many rows with one listing per day
+  and one index read per part, and reads adjacent payloads together.
 * :meth:`Archive.open` locates an entry the same way; an uncompressed entry larger than
   1 MiB and a big file are then read range by range as the caller reads (one request
   per read), smaller or compressed entries are read and decoded whole.
@@ -60,8 +62,9 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
@@ -95,7 +98,7 @@ from deswm.routing import DesRouter, uid_text
 from deswm.shardio import ShardStore, describe, shard_store
 from deswm.timeutil import format_day, parse_day, require_utc
 
-__all__ = ["Archive", "ArchivedFile", "IndexCacheStats"]
+__all__ = ["Archive", "ArchiveBatch", "ArchivedFile", "IndexCacheStats"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,12 @@ _VERIFY_CHUNK: Final = 8 * 2**20
 
 _OPEN_WHOLE: Final = 1024 * 1024
 """``open`` reads an uncompressed inline entry up to this size whole (one verified read)."""
+
+_BATCH_GAP: Final = 256 * 1024
+"""Bytes between two wanted entries that a batch read fetches and skips (one request)."""
+
+_BATCH_DAYS: Final = 8
+"""Day listings a batch lookup keeps (verify and purge walk the days in order)."""
 
 _ENTRY_WEIGHT: Final = 256
 """Estimated bytes a parsed index entry takes beyond its uid and meta (``cache_bytes``)."""
@@ -411,6 +420,13 @@ class Archive:
             self._forget(key)
         raise ShardError(f"group {key.prefix}* changed {_ATTEMPTS} times while looking up {name!r}")
 
+    def batch(self) -> ArchiveBatch:
+        """A lookup of many files whose requests grow with the shards touched, not the files.
+
+        For ``verify`` and ``purge``: see :class:`ArchiveBatch`.
+        """
+        return ArchiveBatch(self)
+
     # --- objects -------------------------------------------------------------------------
 
     def shards(self, day: date | datetime | str) -> list[PartInfo]:
@@ -622,6 +638,168 @@ class Archive:
         return data
 
 
+class ArchiveBatch:
+    """Looks many files up with one listing per day and one index read per part.
+
+    :meth:`Archive.stat` proves a cached index current with one HEAD per call, so checking
+    every row of a day costs a request per row. A batch lists each day it meets once (the
+    listing is the proof of currency), reads each listed part's index once (cached by
+    version, as the archive does) and answers every row from them; :meth:`get_many` and
+    :meth:`read_each` then read the payloads of adjacent entries together (up to 8 MiB a
+    request), each verified against its own entry. An index read that finds its part
+    changed since the listing makes the day listed again; a payload read that does reads
+    those entries one by one through :meth:`Archive.get`. A miss is confirmed by a fresh
+    listing of its day, once per call, before it is reported (misses are never answered
+    from an old listing). Results come back in input order,
+    each an entry (or bytes) or the :class:`~deswm.errors.ShardError` :meth:`Archive.stat`
+    (or :meth:`Archive.get`) would raise for it.
+    """
+
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+        self._days: dict[str, dict[str, list[PartInfo]]] = {}
+
+    def stat_many(
+        self, keys: Sequence[tuple[str | int, datetime]]
+    ) -> list[ArchivedEntry | ShardError]:
+        """What the archive holds for each ``(uid, created_at)``, or why it holds nothing."""
+        return [
+            hit if isinstance(hit, ShardError) else _archived_entry(hit.part, hit.entry)
+            for hit in self._locate_many(keys)
+        ]
+
+    def get_many(
+        self, keys: Sequence[tuple[str | int, datetime]], *, allow_unverified: bool | None = None
+    ) -> list[bytes | ShardError]:
+        """The verified bytes of each ``(uid, created_at)``, or why they cannot be returned."""
+        results: list[bytes | ShardError] = [b""] * len(keys)
+
+        def keep(position: int, result: bytes | ShardError) -> None:
+            results[position] = result
+
+        self.read_each(keys, keep, allow_unverified=allow_unverified)
+        return results
+
+    def read_each(
+        self,
+        keys: Sequence[tuple[str | int, datetime]],
+        use: Callable[[int, bytes | ShardError], None],
+        *,
+        allow_unverified: bool | None = None,
+    ) -> None:
+        """Call ``use(position in keys, verified bytes or the error)`` once per key.
+
+        The bytes are handed over as they are read (by part and offset, not in input
+        order), so a caller that only checks them holds at most one read (8 MiB) at once.
+        """
+        archive = self._archive
+        allow = archive._allow_unverified if allow_unverified is None else allow_unverified
+        # Positions by part and entry (offset and uid: a hostile index may point two
+        # uids at one payload, and each must be checked against its own checksum).
+        by_part: dict[PartInfo, dict[tuple[int, str], list[int]]] = {}
+        entries: dict[tuple[PartInfo, int, str], IndexEntry] = {}
+        for position, hit in enumerate(self._locate_many(keys)):
+            if isinstance(hit, ShardError):
+                use(position, hit)
+            elif hit.entry.big:  # its own object, named by its hash: one read each
+                use(position, _caught(partial(archive._read_big, hit.part, hit.entry)))
+            else:
+                ident = (hit.entry.offset, hit.entry.uid)
+                by_part.setdefault(hit.part, {}).setdefault(ident, []).append(position)
+                entries[hit.part, *ident] = hit.entry
+        for part, positions in by_part.items():
+            wanted = sorted((entries[part, *ident] for ident in positions), key=lambda e: e.offset)
+            try:
+                self._read_part(part, wanted, positions, use, allow)
+            except ObjectChangedError:  # rewritten since listed: read these one by one
+                for ident in positions:
+                    for position in positions[ident]:
+                        uid, created_at = keys[position]
+                        use(
+                            position,
+                            _caught(partial(archive.get, uid, created_at, allow_unverified=allow)),
+                        )
+
+    def _read_part(
+        self,
+        part: PartInfo,
+        wanted: list[IndexEntry],
+        positions: dict[tuple[int, str], list[int]],
+        use: Callable[[int, bytes | ShardError], None],
+        allow: bool,
+    ) -> None:
+        """Read ``wanted`` (sorted by offset) run by run; nothing is used before a run
+        is read whole, so a failing part can be read again entry by entry."""
+        archive = self._archive
+        for run in _runs(wanted, _VERIFY_CHUNK, gap=_BATCH_GAP):
+            start, end = run[0].offset, run[-1].offset + run[-1].length
+            chunk = memoryview(archive._store.read_range(part, start, end))
+            for entry in run:
+                stored = bytes(chunk[entry.offset - start : entry.offset - start + entry.length])
+                result: bytes | ShardError
+                try:
+                    result = decode_payload(
+                        entry, stored, name=part.name, max_size=archive._max_inline_size
+                    )
+                    archive._require_checksum(part, entry, allow)
+                except CorruptShardError as exc:
+                    result = exc
+                for position in positions.pop((entry.offset, entry.uid)):
+                    use(position, result)
+
+    def _locate_many(self, keys: Sequence[tuple[str | int, datetime]]) -> list[_Hit | ShardError]:
+        archive = self._archive
+        relisted: set[str] = set()
+        found: list[_Hit | ShardError] = []
+        for uid, created_at in keys:
+            key, name = archive._route(uid, created_at)
+            for _ in range(_ATTEMPTS):
+                try:
+                    hit = self._find(key, name, created_at, relisted)
+                    _require_instant(hit, name, created_at)
+                except ObjectChangedError:
+                    self._days.pop(key.day, None)
+                    continue
+                except ShardError as exc:
+                    found.append(exc)
+                else:
+                    found.append(hit)
+                break
+            else:
+                found.append(
+                    ShardError(
+                        f"group {key.prefix}* changed {_ATTEMPTS} times while looking up {name!r}",
+                        hint="A writer is rewriting this group right now; retry later",
+                    )
+                )
+        return found
+
+    def _find(self, key: ShardKey, uid: str, created_at: datetime, relisted: set[str]) -> _Hit:
+        parts = self._group(key, relisted)
+        for part in parts:
+            entry = self._archive._index(part).get(uid)
+            if entry is not None:
+                return _Hit(part, entry, fresh=key.day in relisted)
+        if key.day not in relisted:  # confirm a miss with a fresh listing of the day
+            self._days.pop(key.day, None)
+            return self._find(key, uid, created_at, relisted)
+        raise NotArchivedError(uid, created_at, [p.name for p in parts])
+
+    def _group(self, key: ShardKey, relisted: set[str]) -> list[PartInfo]:
+        groups = self._days.get(key.day)
+        if groups is None:
+            groups = {}
+            for part in self._archive._store.list_day(key.day):
+                groups.setdefault(part.hex, []).append(part)
+            for parts in groups.values():
+                parts.sort(key=lambda p: p.part)
+            self._days[key.day] = groups
+            relisted.add(key.day)
+            if len(self._days) > _BATCH_DAYS:  # rows come day by day: keep the recent ones
+                del self._days[next(iter(self._days))]
+        return groups.get(key.hex, [])
+
+
 class _ShardRange:
     """Ranges of an uncompressed inline entry, pinned to its shard's indexed version.
 
@@ -716,22 +894,31 @@ def _archived_entry(part: PartInfo, entry: IndexEntry) -> ArchivedEntry:
     )
 
 
-def _runs(entries: list[IndexEntry], limit: int) -> Iterator[list[IndexEntry]]:
-    """Group entries sorted by offset into adjacent runs of at most ``limit`` bytes.
+def _runs(entries: list[IndexEntry], limit: int, *, gap: int = 0) -> Iterator[list[IndexEntry]]:
+    """Group entries sorted by offset into runs of at most ``limit`` bytes.
 
+    Entries of a run are adjacent, or at most ``gap`` bytes apart (read and skipped).
     An entry larger than ``limit`` is a run of its own.
     """
     run: list[IndexEntry] = []
     for entry in entries:
         if run:
             start = run[0].offset
-            adjacent = entry.offset == run[-1].offset + run[-1].length
+            end = run[-1].offset + run[-1].length
+            adjacent = end <= entry.offset <= end + gap
             if not adjacent or entry.offset + entry.length - start > limit:
                 yield run
                 run = []
         run.append(entry)
     if run:
         yield run
+
+
+def _caught(read: Callable[[], bytes]) -> bytes | ShardError:
+    try:
+        return read()
+    except ShardError as exc:
+        return exc
 
 
 def _day_text(day: date | datetime | str) -> str:

@@ -205,7 +205,7 @@ def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrches
     if args.interval is not None:
         failed = args.max_failed_cycles
         reason = orchestrator.run_forever(
-            args.interval,
+            config.run.interval if args.interval is _CONFIGURED else args.interval,
             handle_signals=False,  # installed above
             max_failed_cycles=config.run.max_failed_cycles if failed is None else failed,
         )
@@ -275,19 +275,37 @@ def _observers(
     return observers
 
 
-_SOURCE_LIMIT_FLAGS = (
-    "max_rows_per_second",
-    "max_pages_per_second",
-    "sleep_coef",
-    "max_replica_lag",
+_CONFIGURED = object()
+"""``--interval`` given without a value: ``run.interval`` from the config."""
+
+
+def _row_progress(
+    args: argparse.Namespace, config: Config, label: str, *, unit: str = "row"
+) -> contextlib.AbstractContextManager[Callable[[int], None] | None]:
+    """A :class:`~deswm.rowprogress.RowProgress` when ``--progress`` was given, else None."""
+    if not getattr(args, "progress", False):
+        return contextlib.nullcontext(None)
+    from deswm.rowprogress import RowProgress
+
+    interval = args.progress_interval or config.monitoring.progress_interval
+    return RowProgress(label, unit=unit, interval=interval)
+
+
+_SOURCE_LIMIT_FLAGS: tuple[tuple[str, bool, str, str], ...] = (
+    ("max_rows_per_second", True, "N", "read at most N source rows a second"),
+    ("max_pages_per_second", True, "N", "send at most N page queries a second"),
+    ("sleep_coef", False, "F", "after each page wait F times its query time"),
+    ("max_replica_lag", False, "SECONDS", "pause while source.replica_url lags more than this"),
 )
+"""``deswm run``'s overrides of ``[source]`` limits: (setting, must be > 0, metavar, help);
+the flag is the setting with dashes."""
 
 
 def _with_source_limits(config: Config, args: argparse.Namespace) -> Config:
     """``config`` with the ``[source]`` rate limits given on the command line."""
     given = {
         name: getattr(args, name)
-        for name in _SOURCE_LIMIT_FLAGS
+        for name, *_ in _SOURCE_LIMIT_FLAGS
         if getattr(args, name, None) is not None
     }
     if not given:
@@ -484,7 +502,8 @@ def cmd_errors(args: argparse.Namespace) -> int:
                 table = f" (the error table is {_NOT_CREATED})" if missing else ""
                 print(f"no recorded failures for {orchestrator.key}{table}")
         return EXIT_OK
-    result = orchestrator.retry_errors(limit=args.limit)
+    with _row_progress(args, config, "errors retry", unit="file") as progress:
+        result = orchestrator.retry_errors(limit=args.limit, progress=progress)
     if args.json:
         _print_json(result)
     else:
@@ -499,8 +518,10 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def cmd_flag(args: argparse.Namespace) -> int:
-    job = _config(args).build_flag_job()
-    result = job.run(dry_run=args.dry_run)
+    config = _config(args)
+    job = config.build_flag_job()
+    with _row_progress(args, config, "flag") as progress:
+        result = job.run(dry_run=args.dry_run, progress=progress)
     if args.json:
         _print_json(result)
     else:
@@ -515,7 +536,8 @@ def cmd_flag(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     config = _config(args)
     job = config.build_purge_job(partition=args.partition, verify=args.verify)
-    result = job.run(dry_run=args.dry_run)
+    with _row_progress(args, config, "purge") as progress:
+        result = job.run(dry_run=args.dry_run, progress=progress)
     if args.json:
         _print_json(result)
     else:
@@ -608,13 +630,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         check: Callable[[], None] | None = getattr(orchestrator.source, "check_placeable", None)
         if check is not None:  # also when the window is empty
             check()
-        report = verify_window(
-            orchestrator.source,
-            config.build_archive(),
-            window,
-            deep=args.deep,
-            owns=None if part.count == 1 else lambda r: part.owns(router.shard_index(r.uid)),
-        )
+        with _row_progress(args, config, "verify") as progress:
+            report = verify_window(
+                orchestrator.source,
+                config.build_archive(),
+                window,
+                deep=args.deep,
+                owns=None if part.count == 1 else lambda r: part.owns(router.shard_index(r.uid)),
+                progress=progress,
+            )
     except UnplaceableRowError as exc:
         # No window holds these rows, so nothing below the watermark vouches for them.
         if args.json:
@@ -783,11 +807,29 @@ def build_parser() -> argparse.ArgumentParser:
             "--partition", type=int, default=None, help="partition index (default: run.partition)"
         )
 
+    def with_progress(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--progress",
+            action="store_true",
+            help="show progress: a bar on a terminal (deswm[progress]), else log lines",
+        )
+        p.add_argument(
+            "--progress-interval",
+            type=float,
+            metavar="SECONDS",
+            help="without a terminal, one progress line every SECONDS (default 30)",
+        )
+
     run = command("run", "run one cycle (default) or keep running on an interval", cmd_run)
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one cycle and exit (default)")
     mode.add_argument(
-        "--interval", type=float, metavar="SECONDS", help="run a cycle every SECONDS until SIGTERM"
+        "--interval",
+        type=float,
+        nargs="?",
+        const=_CONFIGURED,
+        metavar="SECONDS",
+        help="run a cycle every SECONDS (default: run.interval) until SIGTERM",
     )
     mode.add_argument(
         "--dry-run", action="store_true", help="show the window and pending files; write nothing"
@@ -855,30 +897,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="touch PATH after every committed bucket and successful cycle (liveness)",
     )
     limits = run.add_argument_group("source limits (override [source])")
-    limits.add_argument(
-        "--max-rows-per-second",
-        type=_number(positive=True),
-        metavar="N",
-        help="read at most N source rows a second",
-    )
-    limits.add_argument(
-        "--max-pages-per-second",
-        type=_number(positive=True),
-        metavar="N",
-        help="send at most N page queries a second",
-    )
-    limits.add_argument(
-        "--sleep-coef",
-        type=_number(positive=False),
-        metavar="F",
-        help="after each page wait F times its query time",
-    )
-    limits.add_argument(
-        "--max-replica-lag",
-        type=_number(positive=False),
-        metavar="SECONDS",
-        help="pause while source.replica_url lags more than this",
-    )
+    for name, positive, metavar, text in _SOURCE_LIMIT_FLAGS:
+        limits.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_number(positive=positive),
+            metavar=metavar,
+            help=text,
+        )
     with_output(run)
 
     stats = command(
@@ -902,12 +927,14 @@ def build_parser() -> argparse.ArgumentParser:
     errors.add_argument("action", choices=["list", "retry"])
     errors.add_argument("--limit", type=int, default=None, help="at most this many")
     with_output(errors)
+    with_progress(errors)
 
     flag = command(
         "flag", "back-fill a legacy archived column behind the watermark ([flag])", cmd_flag
     )
     flag.add_argument("--dry-run", action="store_true", help="count rows, update nothing")
     flag.add_argument("--json", action="store_true", help="print JSON")
+    with_progress(flag)
 
     purge = command("purge", "delete source files of archived days, verified first", cmd_purge)
     purge.add_argument("--dry-run", action="store_true", help="verify and count, delete nothing")
@@ -918,6 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="content: compare with the verified archived copy (default); index: entry exists",
     )
     with_output(purge)
+    with_progress(purge)
 
     get = command("get", "write one archived file's bytes", cmd_get)
     get.add_argument("uid")
@@ -935,6 +963,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deep", action="store_true", help="read every file back and verify checksums"
     )
     with_output(verify)
+    with_progress(verify)
 
     serve = command("serve", "serve archived files over HTTP (deswm[serve])", cmd_serve)
     serve.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")

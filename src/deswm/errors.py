@@ -72,6 +72,7 @@ __all__ = [
     "SourceError",
     "UnplaceableRowError",
     "UnverifiedEntryError",
+    "WaitInterrupted",
     "WatermarkConflict",
     "WatermarkError",
     "WatermarkMoveRefused",
@@ -210,6 +211,19 @@ class ReplicaLagError(SourceError):
             "PostgreSQL primary it streams from), or remove it to stop waiting on "
             "replica lag",
         )
+
+
+class WaitInterrupted(SourceError):
+    """A stop was requested while the source waited between pages (a replica pause or a
+    rate limit), so the stream ends there.
+
+    Raised only when the waits are bound to a stop (the orchestrator binds its own:
+    the cycle then ends at once with ``stopped`` set to the stop's reason, committing
+    nothing more).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("a stop was requested while the source waited between pages")
 
 
 def _printable(text: str) -> str:

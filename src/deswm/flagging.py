@@ -138,13 +138,19 @@ class FlagJob:
         end = min(m.position for m in marks) if complete else start
         return Window(min(start, end), end)
 
-    def run(self, *, dry_run: bool = False) -> FlagResult:
-        """Flag what may be flagged; ``dry_run`` counts the rows without writing."""
+    def run(
+        self, *, dry_run: bool = False, progress: Callable[[int], None] | None = None
+    ) -> FlagResult:
+        """Flag what may be flagged; ``dry_run`` counts the rows without writing.
+
+        ``progress`` is called with each batch's number of rows (e.g. a
+        :class:`~deswm.rowprogress.RowProgress`).
+        """
         started = time.monotonic()
         window = self.window()
         counts = {"rows": 0, "batches": 0, "buckets": 0}
         if not window.empty:
-            self._flag(window, counts, dry_run=dry_run)
+            self._flag(window, counts, dry_run=dry_run, progress=progress)
         return FlagResult(
             key=self.key,
             window=window,
@@ -167,7 +173,14 @@ class FlagJob:
             )
         return table.c[self.column_name]
 
-    def _flag(self, window: Window, counts: dict[str, int], *, dry_run: bool) -> None:
+    def _flag(
+        self,
+        window: Window,
+        counts: dict[str, int],
+        *,
+        dry_run: bool,
+        progress: Callable[[int], None] | None,
+    ) -> None:
         column = self._column()
         watermark: Watermark | None = None
         if not dry_run:
@@ -183,10 +196,14 @@ class FlagJob:
                 batch.append(record)
                 if len(batch) == self.batch_size:
                     self._update(column, day, batch, counts, dry_run=dry_run)
+                    if progress is not None:
+                        progress(len(batch))
                     batch = []
                 record = next(rows, None)
             if batch:
                 self._update(column, day, batch, counts, dry_run=dry_run)
+                if progress is not None:
+                    progress(len(batch))
             counts["buckets"] += 1
             if watermark is not None:
                 end = window.end if record is None else self.router.bucket_start(record.created_at)

@@ -54,55 +54,59 @@ def _client() -> Any:
     return require("prometheus_client", extra="prometheus", feature="Prometheus metrics")
 
 
+_GAUGES: tuple[tuple[str, str, str], ...] = (
+    (
+        "lag",
+        "des_watermark_lag_seconds",
+        "Seconds the watermark is behind its target (target - watermark; the configured "
+        "delay not included), after the last bucket or cycle",
+    ),
+    (
+        "position",
+        "des_watermark_position_timestamp_seconds",
+        "The watermark position as a Unix time: every row created before it is archived",
+    ),
+    (
+        "behind_rows",
+        "des_watermark_behind_rows",
+        "Rows between the watermark and the target, still to archive",
+    ),
+    (
+        "behind_bytes",
+        "des_watermark_behind_bytes",
+        "Bytes of the rows between the watermark and the target (the size column's claim)",
+    ),
+    (
+        "last_success",
+        "des_last_success_timestamp_seconds",
+        "Unix time the last cycle that did not fail ended",
+    ),
+    ("last_failure", "des_last_failure_timestamp_seconds", "Unix time the last failed cycle ended"),
+    (
+        "window",
+        "des_watermark_window_size_seconds",
+        "Length of the last cycle's window in seconds",
+    ),
+)
+"""The ``{pipeline,partition}`` gauges: (attribute of ``_Metrics``, name, help)."""
+
+
 class _Metrics:
+    lag: Any
+    position: Any
+    behind_rows: Any
+    behind_bytes: Any
+    last_success: Any
+    last_failure: Any
+    window: Any
+
     def __init__(self, registry: Any) -> None:
         prom = _client()
         labels = ("pipeline", "partition")
-        self.lag = prom.Gauge(
-            "des_watermark_lag_seconds",
-            "Seconds the watermark is behind its target (target - watermark; the configured "
-            "delay not included), after the last bucket or cycle",
-            labels,
-            registry=registry,
-        )
-        self.position = prom.Gauge(
-            "des_watermark_position_timestamp_seconds",
-            "The watermark position as a Unix time: every row created before it is archived",
-            labels,
-            registry=registry,
-        )
-        self.behind_rows = prom.Gauge(
-            "des_watermark_behind_rows",
-            "Rows between the watermark and the target, still to archive",
-            labels,
-            registry=registry,
-        )
-        self.behind_bytes = prom.Gauge(
-            "des_watermark_behind_bytes",
-            "Bytes of the rows between the watermark and the target (the size column's claim)",
-            labels,
-            registry=registry,
-        )
-        self.last_success = prom.Gauge(
-            "des_last_success_timestamp_seconds",
-            "Unix time the last cycle that did not fail ended",
-            labels,
-            registry=registry,
-        )
-        self.last_failure = prom.Gauge(
-            "des_last_failure_timestamp_seconds",
-            "Unix time the last failed cycle ended",
-            labels,
-            registry=registry,
-        )
+        for attribute, name, documentation in _GAUGES:
+            setattr(self, attribute, prom.Gauge(name, documentation, labels, registry=registry))
         self.cycle_failures = prom.Counter(
             "des_cycle_failures_total", "Cycles that failed", labels, registry=registry
-        )
-        self.window = prom.Gauge(
-            "des_watermark_window_size_seconds",
-            "Length of the last cycle's window in seconds",
-            labels,
-            registry=registry,
         )
         self.files = prom.Counter(
             "des_migration_files_total", "Files archived", labels, registry=registry

@@ -43,6 +43,7 @@ from deswm.errors import (
     LaneError,
     RowCountError,
     SourceError,
+    WaitInterrupted,
     WatermarkError,
     WatermarkMoveRefused,
 )
@@ -704,14 +705,20 @@ class WatermarkOrchestrator:
         if not window.empty:
             for observer in self.observers:
                 observer.cycle_started(self.key, window)
-            watermark, stopped = self._archive(
-                window, before, watermark, totals, (stop, deadline), started
-            )
+            with self._source_waits_stop(stop):
+                watermark, stopped = self._archive(
+                    window, before, watermark, totals, (stop, deadline), started
+                )
         result = self._result(window, before, watermark, totals, started, stopped=stopped)
         log.info("cycle done: %s", result.summary(), extra=result.log_fields())
         for observer in self.observers:
             observer.cycle_finished(result)
         return result
+
+    def _source_waits_stop(self, stop: _Stop) -> contextlib.AbstractContextManager[object]:
+        """Bind ``stop`` to the source's waits between pages (its throttle), if it has any."""
+        bind = getattr(self.source, "stop_waits_on", None)
+        return bind(stop.event) if callable(bind) else contextlib.nullcontext()
 
     def _result(
         self,
@@ -784,37 +791,44 @@ class WatermarkOrchestrator:
         rows = _RowCounter(self._owned(window), self.router)
         results = self.reader.read_many(rows)
         accounted = 0  # rows of committed buckets: archived, kept or listed
-        with contextlib.closing(_ClosingIterator(results)) as items:
-            pending = next(items, None)
-            if pending is None:
-                self._check_count(rows, window.end, accounted, None, None)
-            while pending is not None:
-                stopped = self._stop_reason(until, totals.buckets)
-                if stopped is not None:
-                    return watermark, stopped
-                bucket = self.router.bucket_start(pending[0].created_at)
-                outcome = self._pack_bucket(bucket, pending, items, totals)
-                pending = outcome.next_item
-                if outcome.result is None:
-                    partial = self._result(
-                        window, before, watermark, totals, started, failures=outcome.failures
+        try:
+            with contextlib.closing(_ClosingIterator(results)) as items:
+                pending = next(items, None)
+                if pending is None:
+                    self._check_count(rows, window.end, accounted, None, None)
+                while pending is not None:
+                    stopped = self._stop_reason(until, totals.buckets)
+                    if stopped is not None:
+                        return watermark, stopped
+                    bucket = self.router.bucket_start(pending[0].created_at)
+                    outcome = self._pack_bucket(bucket, pending, items, totals)
+                    pending = outcome.next_item
+                    if outcome.result is None:
+                        partial = self._result(
+                            window, before, watermark, totals, started, failures=outcome.failures
+                        )
+                        raise CycleError(
+                            outcome.failures,
+                            bucket=format_utc(bucket),
+                            result=partial,
+                            reason=outcome.reason,
+                        )
+                    end = (
+                        window.end
+                        if pending is None
+                        else self.router.bucket_start(pending[0].created_at)
                     )
-                    raise CycleError(
-                        outcome.failures,
-                        bucket=format_utc(bucket),
-                        result=partial,
-                        reason=outcome.reason,
+                    accounted += outcome.accounted
+                    watermark = self._commit(
+                        rows, bucket, end, accounted, outcome, watermark, totals
                     )
-                end = (
-                    window.end
-                    if pending is None
-                    else self.router.bucket_start(pending[0].created_at)
-                )
-                accounted += outcome.accounted
-                watermark = self._commit(rows, bucket, end, accounted, outcome, watermark, totals)
-            if watermark.position < window.end:
-                # The rest of the window holds no rows for this partition.
-                watermark = self.store.advance(watermark, window.end)
+                if watermark.position < window.end:
+                    # The rest of the window holds no rows for this partition.
+                    watermark = self.store.advance(watermark, window.end)
+        except WaitInterrupted:
+            # A stop while the source waited between pages (a replica pause): the
+            # bucket being read was not published; the last commit stands.
+            return watermark, until[0].reason
         return watermark, "finished"
 
     def _commit(
@@ -868,29 +882,34 @@ class WatermarkOrchestrator:
         bucket = bucket_end = window.start
         dispatched = 0
         try:
-            for record in rows:
-                if batches is None or record.created_at >= bucket_end:
+            try:
+                for record in rows:
+                    if batches is None or record.created_at >= bucket_end:
+                        if batches is not None:
+                            flight.append(self._dispatch(pool, bucket, batches, end=None))
+                            dispatched += 1
+                            batches = None
+                        bucket = self.router.bucket_start(record.created_at)
+                        if flight:
+                            flight[-1].end = bucket
+                        while len(flight) >= self.buckets_in_flight:
+                            self._settle(pool, flight, rows, state, totals, window, before, started)
+                        reason = self._stop_reason(until, dispatched)
+                        if reason is not None:
+                            stopped = reason
+                            break
+                        bucket_end = self.router.next_bucket(bucket)
+                        batches = [LaneBatch() for _ in range(lanes)]
+                    batches[shard_index(record.uid) % lanes].add(record)
+                else:
                     if batches is not None:
-                        flight.append(self._dispatch(pool, bucket, batches, end=None))
-                        dispatched += 1
-                        batches = None
-                    bucket = self.router.bucket_start(record.created_at)
-                    if flight:
-                        flight[-1].end = bucket
-                    while len(flight) >= self.buckets_in_flight:
-                        self._settle(pool, flight, rows, state, totals, window, before, started)
-                    reason = self._stop_reason(until, dispatched)
-                    if reason is not None:
-                        stopped = reason
-                        break
-                    bucket_end = self.router.next_bucket(bucket)
-                    batches = [LaneBatch() for _ in range(lanes)]
-                batches[shard_index(record.uid) % lanes].add(record)
-            else:
-                if batches is not None:
-                    flight.append(self._dispatch(pool, bucket, batches, end=window.end))
-                elif not flight:
-                    self._check_count(rows, window.end, 0, None, None)
+                        flight.append(self._dispatch(pool, bucket, batches, end=window.end))
+                    elif not flight:
+                        self._check_count(rows, window.end, 0, None, None)
+            except WaitInterrupted:
+                # A stop while the source waited between pages (a replica pause): the
+                # bucket being streamed is not dispatched; those in flight still commit.
+                stopped = until[0].reason
             while flight:
                 self._settle(pool, flight, rows, state, totals, window, before, started)
         except BaseException as exc:
@@ -1150,15 +1169,30 @@ class WatermarkOrchestrator:
 
     # --- retrying recorded failures ------------------------------------------------------
 
-    def retry_errors(self, *, limit: int | None = None) -> RetryResult:
+    def retry_errors(
+        self, *, limit: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> RetryResult:
         """Read recorded failures again and merge the files that now work into their shards.
 
         Each day is merged into what is already published (G3: nothing is dropped); a
         retried file that succeeds leaves the error table, one that fails again counts
         another attempt. Run it where the cycles of this partition run (one writer per
-        shard group), e.g. between cycles.
+        shard group), e.g. between cycles. ``progress`` is called with each day's number
+        of files once the day is merged.
+
+        Raises :class:`~deswm.errors.ConfigError` when the orchestrator has no error
+        store (with ``on_error="stop"`` nothing is recorded, so pass the store the
+        recording runs used).
         """
-        store = self._error_store()
+        if self.error_store is None:
+            raise ConfigError(
+                "retry_errors() reads the failures recorded in an error store, and this "
+                'orchestrator has none (on_error="stop" records nothing)',
+                key="error_store",
+                hint='Pass error_store= the store the runs with on_error="record" wrote to '
+                "(SqlErrorStore(engine) for [run] error_table)",
+            )
+        store = self.error_store
         started = time.monotonic()
         recorded = store.list(self.key, limit=limit)
         by_bucket: dict[datetime, list[SourceRecord]] = {}
@@ -1174,6 +1208,8 @@ class WatermarkOrchestrator:
             archived += len(done)
             shards += written
             still.extend(failed)
+            if progress is not None:
+                progress(len(by_bucket[bucket]))
         result = RetryResult(
             key=self.key,
             attempted=len(recorded),

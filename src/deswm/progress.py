@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 
 def _tqdm_classes() -> tuple[Any, bool]:
     """``tqdm.auto``'s class, and whether it is the notebook widget."""
-    auto = require("tqdm.auto", extra="progress", feature="A progress bar").tqdm
-    chosen = require("tqdm.autonotebook", extra="progress", feature="A progress bar").tqdm
-    std = require("tqdm.std", extra="progress", feature="A progress bar").tqdm
+    require("tqdm", extra="progress", feature="A progress bar")
+    from tqdm.auto import tqdm as auto
+    from tqdm.autonotebook import tqdm as chosen
+    from tqdm.std import tqdm as std
+
     return auto, chosen is not std
 
 

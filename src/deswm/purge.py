@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
 import attrs
 
+from deswm._lookups import batch_lookup
 from deswm.errors import (
     ConfigError,
     CorruptShardError,
@@ -164,6 +165,10 @@ class PurgeJob:
         self.verify = verify
         self.error_store = error_store
         self.max_buckets = max_buckets
+        self._progress: Callable[[int], None] | None = None
+        self._reported = 0
+        self.lookup = batch_lookup(archive)
+        """Answers the lookups of one run (a new one per run: its day listings age)."""
 
     def __repr__(self) -> str:
         return f"PurgeJob({self.key}, verify={self.verify!r})"
@@ -176,13 +181,24 @@ class PurgeJob:
         end = archived.position if archived is not None else start
         return Window(min(start, end), end)
 
-    def run(self, *, dry_run: bool = False) -> PurgeResult:
-        """Delete what may be deleted; ``dry_run`` verifies and counts but deletes nothing."""
+    def run(
+        self, *, dry_run: bool = False, progress: Callable[[int], None] | None = None
+    ) -> PurgeResult:
+        """Delete what may be deleted; ``dry_run`` verifies and counts but deletes nothing.
+
+        ``progress`` is called with the number of rows handled, batch by batch (e.g. a
+        :class:`~deswm.rowprogress.RowProgress`).
+        """
         started = time.monotonic()
         window = self.window()
         counts = {"deleted": 0, "gone": 0, "listed": 0, "buckets": 0, "shared": 0}
         if not window.empty:
-            self._purge(window, counts, dry_run=dry_run)
+            self.lookup = batch_lookup(self.archive)
+            self._progress, self._reported = progress, 0
+            try:
+                self._purge(window, counts, dry_run=dry_run)
+            finally:
+                self._progress = None
         return PurgeResult(
             key=self.key,
             window=window,
@@ -219,9 +235,11 @@ class PurgeJob:
                     if len(batch) >= _BATCH:
                         self._purge_batch(batch, window.end, listed, failures, counts, dry_run)
                         batch = []
+                        self._report(counts)
                 record = next(rows, None)
             if batch:
                 self._purge_batch(batch, window.end, listed, failures, counts, dry_run)
+            self._report(counts)
             if failures:
                 raise PurgeError(tuple(failures), bucket=bucket)
             counts["buckets"] += 1
@@ -245,7 +263,7 @@ class PurgeJob:
         mine = {(record.uid, record.created_at) for record in batch}
         # First look: a file another row still needs is kept without reading it.
         shared = self._shared(batch, mine, archived, listed)
-        verified: list[SourceRecord] = []
+        candidates: list[SourceRecord] = []
         for record in batch:
             try:
                 self._check_contained(record.location)
@@ -255,7 +273,9 @@ class PurgeJob:
             if record.location in shared:
                 self._keep_shared(record, shared[record.location], counts)
                 continue
-            reason = self._unsafe(record)
+            candidates.append(record)
+        verified: list[SourceRecord] = []
+        for record, reason in zip(candidates, self._unsafe_many(candidates), strict=True):
             if reason == "gone":
                 counts["gone"] += 1
             elif reason is not None:
@@ -291,6 +311,13 @@ class PurgeJob:
                         continue
                 deleted.add(record.location)
                 counts["deleted"] += 1
+
+    def _report(self, counts: dict[str, int]) -> None:
+        """Tell ``progress`` how many rows were handled since the last report."""
+        handled = counts["deleted"] + counts["gone"] + counts["listed"] + counts["shared"]
+        if self._progress is not None and handled > self._reported:
+            self._progress(handled - self._reported)
+        self._reported = handled
 
     def _keep_shared(self, record: SourceRecord, why: str, counts: dict[str, int]) -> None:
         counts["shared"] += 1
@@ -355,20 +382,39 @@ class PurgeJob:
         if isinstance(self.reader, FsspecFileReader):
             self.reader.check_location(location)
 
-    def _unsafe(self, record: SourceRecord) -> str | None:
-        """Why ``record``'s file must not be deleted, ``"gone"``, or ``None`` (delete it)."""
-        try:
-            entry = self.archive.stat(record.uid, record.created_at)
-        except NotArchivedError:
-            return "not in the archive"
-        if entry.sha256 is None:
-            return f"its entry in {entry.shard} has no checksum to verify"
+    def _unsafe_many(self, records: Sequence[SourceRecord]) -> list[str | None]:
+        """Why each file must not be deleted, ``"gone"``, or ``None`` (delete it).
+
+        The entries are looked up together (one listing per day, one index read per
+        part) and, for ``verify="content"``, the archived copies read together.
+        """
+        keys = [(record.uid, record.created_at) for record in records]
+        reasons: list[str | None] = []
+        for found in self.lookup.stat_many(keys):
+            if isinstance(found, NotArchivedError):
+                reasons.append("not in the archive")
+            elif isinstance(found, ShardError):
+                raise found
+            elif found.sha256 is None:
+                reasons.append(f"its entry in {found.shard} has no checksum to verify")
+            else:
+                reasons.append(None)
         if self.verify == "index":
-            return None
-        try:
-            archived = self.archive.get(record.uid, record.created_at)
-        except (NotArchivedError, CorruptShardError) as exc:
-            return f"the archived copy does not verify: {exc.message}"
+            return reasons
+        wanted = [position for position, reason in enumerate(reasons) if reason is None]
+
+        def compare(index: int, archived: bytes | ShardError) -> None:
+            reasons[wanted[index]] = self._differs(records[wanted[index]], archived)
+
+        self.lookup.read_each([keys[position] for position in wanted], compare)
+        return reasons
+
+    def _differs(self, record: SourceRecord, archived: bytes | ShardError) -> str | None:
+        """Why the source file may not go given its archived copy, ``"gone"`` or ``None``."""
+        if isinstance(archived, (NotArchivedError, CorruptShardError)):
+            return f"the archived copy does not verify: {archived.message}"
+        if isinstance(archived, ShardError):
+            raise archived
         try:
             current = self.reader.read(record.location)
         except FileMissingError:

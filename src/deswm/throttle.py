@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar, runtime_checkable
@@ -33,7 +34,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import attrs
 
 from deswm._sql.replica import SqlReplicaLagProbe
-from deswm.errors import ConfigError
+from deswm.errors import ConfigError, WaitInterrupted
 
 __all__ = ["LagProbe", "SourceThrottle", "SqlReplicaLagProbe"]
 
@@ -127,9 +128,14 @@ class SourceThrottle:
             or self.lag_probe is not None
         )
 
-    def pacer(self) -> Pacer:
-        """The pacing state of one stream of pages (one window)."""
-        return Pacer(self)
+    def pacer(self, stop: threading.Event | None = None) -> Pacer:
+        """The pacing state of one stream of pages (one window).
+
+        With ``stop``, every wait ends as soon as it is set and raises
+        :class:`~deswm.errors.WaitInterrupted` (a SIGTERM during a long replica pause
+        must not wait for the replica).
+        """
+        return Pacer(self, stop)
 
 
 class Pacer:
@@ -139,8 +145,9 @@ class Pacer:
     ``sleep_coef``, and for the replica; ``query_seconds`` the pages' query times.
     """
 
-    def __init__(self, throttle: SourceThrottle) -> None:
+    def __init__(self, throttle: SourceThrottle, stop: threading.Event | None = None) -> None:
         self._throttle = throttle
+        self._stop = stop
         self._ready_at: float | None = None
         self._page_started = 0.0
         self._query_seconds = 0.0
@@ -157,7 +164,7 @@ class Pacer:
         if self._ready_at is not None:
             wait = self._ready_at - throttle.clock()
             if wait > 0:
-                throttle.sleep(wait)
+                self._wait(wait)
                 self.slept += wait
         if throttle.lag_probe is not None:
             now = throttle.clock()
@@ -196,6 +203,23 @@ class Pacer:
             ready = max(ready, self._page_started + 1 / throttle.max_pages_per_second)
         self._ready_at = ready
 
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``; with a stop, wake when it is set and raise ``WaitInterrupted``.
+
+        An injected ``sleep`` (tests) is used as it is, the stop checked after it.
+        """
+        stop = self._stop
+        if stop is None:
+            self._throttle.sleep(seconds)
+            return
+        if self._throttle.sleep is time.sleep:
+            stop.wait(seconds)
+        else:
+            self._throttle.sleep(seconds)
+        if stop.is_set():
+            log.info("stopped while waiting to read the source")
+            raise WaitInterrupted()
+
     def _await_replica(self, probe: LagProbe) -> None:
         throttle = self._throttle
         lag = probe.replica_lag()
@@ -212,7 +236,7 @@ class Pacer:
         )
         started = self._lag_checked
         while lag > throttle.max_replica_lag:
-            throttle.sleep(throttle.replica_check_interval)
+            self._wait(throttle.replica_check_interval)
             lag = probe.replica_lag()
             self._lag_checked = throttle.clock()
         paused = self._lag_checked - started

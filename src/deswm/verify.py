@@ -7,7 +7,8 @@ from collections.abc import Callable
 import attrs
 
 from deswm._humanize import Displayed, human_count, human_time
-from deswm.errors import CorruptShardError, NotArchivedError, UnverifiedEntryError
+from deswm._lookups import BatchLookup, batch_lookup
+from deswm.errors import CorruptShardError, NotArchivedError, ShardError, UnverifiedEntryError
 from deswm.model import SourceRecord, Window
 from deswm.protocols import ArchiveLookup, SourceProvider
 
@@ -53,6 +54,10 @@ class VerifyReport(Displayed):
         return "verify report", rows
 
 
+_CHUNK = 5000
+"""Rows looked up together: the day listings and indexes are reused across chunks."""
+
+
 def verify_window(
     source: SourceProvider,
     archive: ArchiveLookup,
@@ -61,46 +66,87 @@ def verify_window(
     deep: bool = False,
     owns: Callable[[SourceRecord], bool] | None = None,
     keep: int = 100,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Look every row of ``window`` up in the archive.
 
-    The default checks the shard indexes (cheap: one index read per shard); ``deep``
-    reads every file back and verifies its checksum (entries without one are decoded,
-    size-checked and counted as ``unverified``). A uid archived with another
-    ``created_at`` is another file: the row counts as missing (G14).
+    The default checks the shard indexes; ``deep`` reads every file back and verifies
+    its checksum (entries without one are decoded, size-checked and counted as
+    ``unverified``). A uid archived with another ``created_at`` is another file: the
+    row counts as missing (G14). On an :class:`~deswm.archive.Archive` the requests grow
+    with the shards, not the rows: each day is listed once and each part's index read
+    once (deep: adjacent payloads read together); see :class:`~deswm.archive.ArchiveBatch`.
+    ``progress`` is called with the number of rows each time a chunk is checked.
     """
-    checked = missing_count = corrupt_count = unverified_count = 0
-    unverified: list[SourceRecord] = []
-    missing: list[SourceRecord] = []
-    corrupt: list[tuple[SourceRecord, str]] = []
+    tally = _Tally(keep)
+    lookup = batch_lookup(archive)
+    chunk: list[SourceRecord] = []
     for record in source.iter_records(window):
         if owns is not None and not owns(record):
             continue
-        checked += 1
-        try:
-            if deep:
-                archive.get(record.uid, record.created_at)
-            else:
-                archive.stat(record.uid, record.created_at)
-        except NotArchivedError:
-            missing_count += 1
-            if len(missing) < keep:
-                missing.append(record)
-        except UnverifiedEntryError:
-            unverified_count += 1
-            if len(unverified) < keep:
-                unverified.append(record)
-        except CorruptShardError as exc:
-            corrupt_count += 1
-            if len(corrupt) < keep:
-                corrupt.append((record, str(exc)))
+        chunk.append(record)
+        if len(chunk) >= _CHUNK:
+            _check(lookup, chunk, deep, tally, progress)
+            chunk = []
+    if chunk:
+        _check(lookup, chunk, deep, tally, progress)
     return VerifyReport(
         window=window,
-        checked=checked,
-        missing=tuple(missing),
-        corrupt=tuple(corrupt),
-        missing_count=missing_count,
-        corrupt_count=corrupt_count,
-        unverified=tuple(unverified),
-        unverified_count=unverified_count,
+        checked=tally.checked,
+        missing=tuple(tally.missing),
+        corrupt=tuple(tally.corrupt),
+        missing_count=tally.missing_count,
+        corrupt_count=tally.corrupt_count,
+        unverified=tuple(tally.unverified),
+        unverified_count=tally.unverified_count,
     )
+
+
+class _Tally:
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.checked = self.missing_count = self.corrupt_count = self.unverified_count = 0
+        self.missing: list[SourceRecord] = []
+        self.corrupt: list[tuple[SourceRecord, str]] = []
+        self.unverified: list[SourceRecord] = []
+
+    def add(self, record: SourceRecord, outcome: object) -> None:
+        """Count one row; ``outcome`` is its entry or bytes, or the lookup's error."""
+        self.checked += 1
+        if isinstance(outcome, NotArchivedError):
+            self.missing_count += 1
+            if len(self.missing) < self.keep:
+                self.missing.append(record)
+        elif isinstance(outcome, UnverifiedEntryError):
+            self.unverified_count += 1
+            if len(self.unverified) < self.keep:
+                self.unverified.append(record)
+        elif isinstance(outcome, CorruptShardError):
+            self.corrupt_count += 1
+            if len(self.corrupt) < self.keep:
+                self.corrupt.append((record, str(outcome)))
+        elif isinstance(outcome, Exception):
+            raise outcome  # a group rewritten again and again: not an answer about the row
+
+
+def _check(
+    lookup: BatchLookup,
+    chunk: list[SourceRecord],
+    deep: bool,
+    tally: _Tally,
+    progress: Callable[[int], None] | None,
+) -> None:
+    keys = [(record.uid, record.created_at) for record in chunk]
+    if deep:
+        outcomes: list[object] = [None] * len(chunk)
+
+        def seen(position: int, result: bytes | ShardError) -> None:
+            outcomes[position] = result if isinstance(result, ShardError) else None
+
+        lookup.read_each(keys, seen)
+    else:
+        outcomes = list(lookup.stat_many(keys))
+    for record, outcome in zip(chunk, outcomes, strict=True):
+        tally.add(record, outcome)
+    if progress is not None:
+        progress(len(chunk))

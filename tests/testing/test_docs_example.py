@@ -43,3 +43,44 @@ def test_the_example_passes() -> None:
     assert len(tests) == 2
     for test in tests:
         test()
+
+
+def test_the_examples_contract_suite_passes() -> None:
+    """The example's ``TestTenantSourceContract`` runs under pytest, as a user runs it."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(EXAMPLE),
+            "-k",
+            "Contract",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
+    assert (
+        "TestTenantSourceContract"
+        in subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", str(EXAMPLE)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            cwd=ROOT,
+            check=False,
+        ).stdout
+    )

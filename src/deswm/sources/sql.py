@@ -178,6 +178,7 @@ class SqlSourceProvider:
         if throttle is not None and not isinstance(throttle, SourceThrottle):
             raise ConfigError(f"must be a SourceThrottle, got {throttle!r}", key="throttle")
         self.throttle = throttle
+        self._stop_waits: threading.Event | None = None
         self._columns: _Columns | None = None
         self._lock = threading.Lock()
 
@@ -226,6 +227,22 @@ class SqlSourceProvider:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def stop_waits_on(self, stop: threading.Event) -> Iterator[None]:
+        """While inside, the throttle's waits end when ``stop`` is set, raising
+        :class:`~deswm.errors.WaitInterrupted` (the orchestrator binds its stop here).
+
+        One binding at a time: a provider shared by concurrent cycles keeps the first.
+        """
+        if self._stop_waits is not None:
+            yield
+            return
+        self._stop_waits = stop
+        try:
+            yield
+        finally:
+            self._stop_waits = None
 
     # --- the subclassing hook -----------------------------------------------------------
 
@@ -568,7 +585,11 @@ class SqlSourceProvider:
         last: tuple[object, object] | None = None
         total = pages = 0
         throttle = self.throttle
-        pacer = throttle.pacer() if throttle is not None and throttle.limits_anything else None
+        pacer = (
+            throttle.pacer(self._stop_waits)
+            if throttle is not None and throttle.limits_anything
+            else None
+        )
         while True:
             if last is None:
                 query = base.where(start)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 
 import sqlalchemy as sa
 
 from deswm._defaults import ERROR_TABLE
 from deswm._redact import redact
 from deswm._sql.engines import EngineOwner
-from deswm._sql.errors import db_errors
+from deswm._sql.errors import db_errors, transient_retries
 from deswm._sql.schema import LazyTables, key_string
 from deswm.errors import ConfigError, DeswmError
 from deswm.model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
@@ -31,6 +31,7 @@ __all__ = ["DEFAULT_ERROR_TABLE", "SqlErrorStore"]
 
 DEFAULT_ERROR_TABLE: Final = ERROR_TABLE
 _MESSAGE_MAX: Final = 4000
+T = TypeVar("T")
 
 
 def _error_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
@@ -105,10 +106,8 @@ class SqlErrorStore(EngineOwner):
         self._ensure_table()
         now = datetime.now(UTC)
         table = self._table
-        with (
-            self._db_errors(f"record {len(failures)} failure(s) of {key}"),
-            self._engine.begin() as conn,
-        ):
+
+        def write(conn: sa.Connection) -> None:
             for failure in failures:
                 created_at = require_utc(failure.created_at, "failure.created_at")
                 where = self._row_clause(key, failure.uid, created_at)
@@ -137,6 +136,8 @@ class SqlErrorStore(EngineOwner):
                         )
                     )
 
+        self._retried(f"record {len(failures)} failure(s) of {key}", write, transaction=True)
+
     def list(
         self, key: WatermarkKey | None = None, *, limit: int | None = None
     ) -> list[RecordedFailure]:
@@ -156,22 +157,26 @@ class SqlErrorStore(EngineOwner):
             query = query.where(self._key_clause(key))
         if limit is not None:
             query = query.limit(limit)
-        with self._db_errors("list recorded failures"), self._engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+        rows = self._retried(
+            "list recorded failures", lambda conn: conn.execute(query).mappings().all()
+        )
         return [_to_recorded(row) for row in rows]
 
     def resolve(self, key: WatermarkKey, records: Sequence[SourceRecord]) -> int:
         if not records or not self.exists():
             return 0
-        removed = 0
-        with self._db_errors(f"resolve failures of {key}"), self._engine.begin() as conn:
+
+        def delete(conn: sa.Connection) -> int:
+            removed = 0
             for record in records:
                 created_at = require_utc(record.created_at, "record.created_at")
                 result = conn.execute(
                     sa.delete(self._table).where(self._row_clause(key, record.uid, created_at))
                 )
                 removed += result.rowcount
-        return removed
+            return removed
+
+        return self._retried(f"resolve failures of {key}", delete, transaction=True)
 
     def count(self, key: WatermarkKey | None = None) -> int:
         """How many failures are recorded (for one key, or in all)."""
@@ -180,8 +185,9 @@ class SqlErrorStore(EngineOwner):
         query = sa.select(sa.func.count()).select_from(self._table)
         if key is not None:
             query = query.where(self._key_clause(key))
-        with self._db_errors("count recorded failures"), self._engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        return int(
+            self._retried("count recorded failures", lambda conn: conn.execute(query).scalar_one())
+        )
 
     def create_table(self) -> None:
         """Create the error table now if absent (the first record does it anyway)."""
@@ -191,8 +197,11 @@ class SqlErrorStore(EngineOwner):
         """Whether the error table exists: reads never create it, the first record does."""
         if self._created.ready:
             return True
-        with self._db_errors("look for the error table"), self._engine.connect() as conn:
-            found = sa.inspect(conn).has_table(self._table.name, schema=self._table.schema)
+        table = self._table
+        found = self._retried(
+            "look for the error table",
+            lambda conn: sa.inspect(conn).has_table(table.name, schema=table.schema),
+        )
         self._created.ready = bool(found)
         return self._created.ready
 
@@ -218,6 +227,25 @@ class SqlErrorStore(EngineOwner):
 
     def _ensure_table(self) -> None:
         self._created.ensure(self._db_errors, "create the error table")
+
+    def _retried(
+        self, action: str, work: Callable[[sa.Connection], T], *, transaction: bool = False
+    ) -> T:
+        """``work`` on a connection (in a transaction when asked), tried again while it
+        fails transiently (a killed session, a deadlock), then raised typed.
+
+        A write whose commit went through but whose answer was lost is applied again:
+        ``record`` then counts that failure's ``attempts`` once more, and ``resolve``
+        reports fewer rows removed; both leave the table right otherwise.
+        """
+        with self._db_errors(action):
+            for attempt in transient_retries(action):
+                with (
+                    attempt,
+                    self._engine.begin() if transaction else self._engine.connect() as conn,
+                ):
+                    result = work(conn)
+        return result
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         return db_errors(action, self._table.fullname, self._engine, DeswmError, _DB_HINT)

@@ -74,7 +74,7 @@ import sqlalchemy as sa
 from deswm._checkpoints import reach
 from deswm._defaults import LEGACY_ROW_ID, default_actor
 from deswm._sql.engines import EngineOwner
-from deswm._sql.errors import db_errors
+from deswm._sql.errors import db_errors, transient_retries
 from deswm._sql.names import check_name
 from deswm._sql.schema import (
     LazyTables,
@@ -369,8 +369,10 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
         layout = self._existing_layout()
         if layout is None:
             return None
-        with self._db_errors(f"read watermark {key}"), self._connect(layout) as conn:
-            row = self._fetch(conn, layout, key)
+        with self._db_errors(f"read watermark {key}"):
+            for attempt in transient_retries(f"read watermark {key}"):
+                with attempt, self._connect(layout) as conn:
+                    row = self._fetch(conn, layout, key)
         return None if row is None else row.watermark
 
     def _initialize_watermark(
@@ -430,48 +432,80 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
         key = current.key
         layout = self._layout()
         self._check_fits(layout, position)
+        now = self._now(layout)
         with self._db_errors(f"advance watermark {key}"):
-            with self._connect(layout) as conn:
-                stored = self._fetch(conn, layout, key)
-            if stored is None:
-                raise self._conflict(current, "missing")
-            held = stored.watermark
-            if (
-                held.version != current.version
-                or held.position != current.position
-                or (layout.last_updated is not None and held.updated_at != current.updated_at)
-            ):
-                raise self._conflict(current, held.version, held)
-            now = self._now(layout)
-            values = self._audit_values(layout, now)
-            values[layout.position.column.name] = layout.position.bind(position)
-            # The read above and this compare-and-set are separate transactions on purpose:
-            # the WHERE clause, not a lock, decides, so nothing is held between them.
-            with self._connect(layout) as conn, conn.begin():
-                result = conn.execute(
-                    sa.update(layout.table)
-                    .where(
-                        layout.id == self._row_id,
-                        layout.unchanged(stored.raw_position, stored.raw_updated),
-                    )
-                    .values(values)
-                )
-                committed = result.rowcount == 1
-                if committed:
-                    reach("store.advance.in_transaction")
-            if not committed:
-                with self._connect(layout) as conn:
-                    actual = self._fetch(conn, layout, key)
-                if actual is None:
-                    raise self._conflict(current, "missing")
-                raise self._conflict(current, actual.watermark.version, actual.watermark)
-        reach("store.advance.after_commit")
-        return attrs.evolve(
+            for attempt in transient_retries(f"advance watermark {key}"):
+                with attempt:
+                    retried = attempt.retry_state.attempt_number > 1
+                    return self._advance_once(current, position, layout, now, retried=retried)
+        raise AssertionError("unreachable: the retries return or raise")  # pragma: no cover
+
+    def _advance_once(
+        self,
+        current: Watermark,
+        position: datetime,
+        layout: _Layout,
+        now: datetime,
+        *,
+        retried: bool,
+    ) -> Watermark:
+        """One try of :meth:`advance`; a ``retried`` one first looks for its own write
+        (committed before the connection broke), which is not a conflict."""
+        key = current.key
+        with self._connect(layout) as conn:
+            stored = self._fetch(conn, layout, key)
+        if stored is None:
+            raise self._conflict(current, "missing")
+        held = stored.watermark
+        moved = attrs.evolve(
             held,
             position=position,
             version=legacy_version(position),
             **self._audit_fields(layout, now),
         )
+        if retried and self._holds_own_write(held, moved, current, layout):
+            return moved
+        if (
+            held.version != current.version
+            or held.position != current.position
+            or (layout.last_updated is not None and held.updated_at != current.updated_at)
+        ):
+            raise self._conflict(current, held.version, held)
+        values = self._audit_values(layout, now)
+        values[layout.position.column.name] = layout.position.bind(position)
+        # The read above and this compare-and-set are separate transactions on purpose:
+        # the WHERE clause, not a lock, decides, so nothing is held between them.
+        with self._connect(layout) as conn, conn.begin():
+            result = conn.execute(
+                sa.update(layout.table)
+                .where(
+                    layout.id == self._row_id,
+                    layout.unchanged(stored.raw_position, stored.raw_updated),
+                )
+                .values(values)
+            )
+            committed = result.rowcount == 1
+            if committed:
+                reach("store.advance.in_transaction")
+        if not committed:
+            with self._connect(layout) as conn:
+                actual = self._fetch(conn, layout, key)
+            if actual is None:
+                raise self._conflict(current, "missing")
+            raise self._conflict(current, actual.watermark.version, actual.watermark)
+        reach("store.advance.after_commit")
+        return moved
+
+    def _holds_own_write(
+        self, held: Watermark, moved: Watermark, current: Watermark, layout: _Layout
+    ) -> bool:
+        """Whether the row is what this store's advance wrote (its position, and its
+        audit columns where the table has them), not ``current`` any more."""
+        if held.position == current.position or held.position != moved.position:
+            return False
+        if layout.last_updated is not None and held.updated_at != moved.updated_at:
+            return False
+        return layout.updated_by is None or held.updated_by == moved.updated_by
 
     def _set_watermark(self, key: WatermarkKey, position: datetime, reason: str) -> Watermark:
         """Set the position in any direction (creating the row), recorded in the history.
