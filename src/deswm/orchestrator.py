@@ -61,6 +61,7 @@ from deswm.protocols import (
     ErrorStore,
     FileReader,
     Packer,
+    PartitionedSource,
     ReadResult,
     ShardRouter,
     SourceProvider,
@@ -689,7 +690,12 @@ class WatermarkOrchestrator:
         """The window's rows this partition owns, checked for order and bounds."""
         router, partition = self.router, self.partition
         last: SourceRecord | None = None
-        for record in self.source.iter_records(window):
+        if partition.count > 1 and isinstance(self.source, PartitionedSource):
+            # The source narrows the read; the owns() check below stays the guarantee.
+            rows = self.source.iter_partition_records(window, router, partition)
+        else:
+            rows = self.source.iter_records(window)
+        for record in rows:
             created_at = record.created_at
             if created_at.tzinfo is None or created_at.utcoffset() != timedelta(0):
                 raise SourceError(
