@@ -112,6 +112,7 @@ if TYPE_CHECKING:
         ReadResult,
         ShardRouter,
         SourceProvider,
+        TransactionGuard,
         WatermarkStore,
     )
     from deswm.purge import (
@@ -133,6 +134,7 @@ if TYPE_CHECKING:
     )
     from deswm.sources.sql import (
         SqlSourceProvider,
+        SqlTransactionProbe,
     )
     from deswm.sqltypes import (
         UtcDateTime,
@@ -240,8 +242,10 @@ __all__ = [
     "SqlErrorStore",
     "SqlReplicaLagProbe",
     "SqlSourceProvider",
+    "SqlTransactionProbe",
     "SqlWatermarkStore",
     "StopReason",
+    "TransactionGuard",
     "UnplaceableRowError",
     "UnverifiedEntryError",
     "UtcDateTime",
@@ -344,6 +348,7 @@ _EXPORTS: dict[str, str] = {
     "ReadResult": "deswm.protocols",
     "ShardRouter": "deswm.protocols",
     "SourceProvider": "deswm.protocols",
+    "TransactionGuard": "deswm.protocols",
     "WatermarkStore": "deswm.protocols",
     "PURGED_STAGE": "deswm.purge",
     "PurgeError": "deswm.purge",
@@ -355,6 +360,7 @@ _EXPORTS: dict[str, str] = {
     "to_records": "deswm.records",
     "DesRouter": "deswm.routing",
     "SqlSourceProvider": "deswm.sources.sql",
+    "SqlTransactionProbe": "deswm.sources.sql",
     "UtcDateTime": "deswm.sqltypes",
     "DEFAULT_ERROR_TABLE": "deswm.stores.errors",
     "SqlErrorStore": "deswm.stores.errors",

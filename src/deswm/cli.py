@@ -113,6 +113,7 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
         "target": format_utc(plan.target),
         "delay_seconds": plan.delay.total_seconds() if plan.delay is not None else None,
         "behind_seconds": plan.behind.total_seconds(),
+        "held_by_transaction": format_utc(plan.held_by) if plan.held_by else None,
         "window": {"start": format_utc(plan.window.start), "end": format_utc(plan.window.end)},
         "pending_files": plan.pending.files,
         "pending_bytes": plan.pending.bytes,

@@ -65,6 +65,7 @@ from deswm.protocols import (
     ReadResult,
     ShardRouter,
     SourceProvider,
+    TransactionGuard,
     WatermarkStore,
 )
 from deswm.routing import require_day_buckets
@@ -210,6 +211,8 @@ class WatermarkOrchestrator:
         run_time: stop at the first bucket boundary after a cycle (or
             :meth:`run_forever`) has run this long (``None``: no limit).
         observers: hooks for metrics and progress.
+        lag_guard: also keeps the target at or before the bucket in which the source's
+            oldest open transaction began (``[watermark] lag_guard = "transactions"``).
     """
 
     def __init__(
@@ -232,6 +235,7 @@ class WatermarkOrchestrator:
         observers: tuple[CycleObserver, ...] | list[CycleObserver] = (),
         stage: str = DEFAULT_STAGE,
         run_time: timedelta | None = None,
+        lag_guard: TransactionGuard | None = None,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
             raise ConfigError("must be a non-empty string", key="watermark.pipeline")
@@ -282,6 +286,7 @@ class WatermarkOrchestrator:
         self.max_buckets = max_buckets
         self.run_time = run_time
         self.observers = tuple(observers)
+        self.lag_guard = lag_guard
         self._stop = _Stop()
 
     def __repr__(self) -> str:
@@ -296,8 +301,30 @@ class WatermarkOrchestrator:
         return require_utc(self.clock(), "clock()")
 
     def target(self, now: datetime | None = None) -> datetime:
-        """The exclusive end of what may be archived at ``now``: ``bucket_start(now - lag)``."""
-        return self.router.bucket_start((now or self._now()) - self.lag)
+        """The exclusive end of what may be archived at ``now``: ``bucket_start(now - lag)``,
+        or earlier while :attr:`lag_guard` sees an older open transaction."""
+        return self._target(now or self._now())[0]
+
+    def _target(self, now: datetime) -> tuple[datetime, datetime | None]:
+        """The target, and the start of the open transaction that held it back (or None)."""
+        target = self.router.bucket_start(now - self.lag)
+        if self.lag_guard is None:
+            return target, None
+        oldest = self.lag_guard.oldest_open_transaction()
+        if oldest is None:
+            return target, None
+        guarded = self.router.bucket_start(require_utc(oldest, "oldest_open_transaction()"))
+        if guarded >= target:
+            return target, None
+        log.info(
+            "%s: target held at %s instead of %s: a transaction open on the source since %s "
+            "may still commit rows from then on (watermark.lag_guard)",
+            self.key,
+            format_utc(guarded),
+            format_utc(target),
+            format_utc(oldest),
+        )
+        return guarded, oldest
 
     def initial_position(self, now: datetime | None = None) -> datetime:
         """Where a new watermark starts: ``initial`` or 30 days back, aligned down (G5)."""
@@ -423,7 +450,7 @@ class WatermarkOrchestrator:
         now = self._now()
         stored = self.store.get(self.key)
         position = stored.position if stored is not None else self.initial_position(now)
-        target = self.target(now)
+        target, held_by = self._target(now)
         start = min(self.router.bucket_start(position), target)
         window = Window(start, target)
         if window.empty:
@@ -439,6 +466,7 @@ class WatermarkOrchestrator:
             initialised=stored is not None,
             delay=self.lag,
             before_start=None if stored is not None else self._before_start(position),
+            held_by=held_by,
         )
 
     # --- running ------------------------------------------------------------------------

@@ -40,6 +40,7 @@ __all__ = [
     "ReadResult",
     "ShardRouter",
     "SourceProvider",
+    "TransactionGuard",
     "WatermarkStore",
 ]
 
@@ -164,6 +165,22 @@ class PartitionedSource(Protocol):
         rows of other partitions too is allowed (the orchestrator filters every row
         again): a source may skip only what it can place with certainty.
         """
+        ...
+
+
+@runtime_checkable
+class TransactionGuard(Protocol):
+    """Where the source's oldest open transaction began (``[watermark] lag_guard``).
+
+    Not one of the five core seams: the orchestrator keeps its target at or before the
+    bucket of that instant, so rows an open transaction commits later (with a
+    ``created_at`` at or after its start) are never below a committed watermark.
+    :class:`~deswm.sources.sql.SqlTransactionProbe` reads it from PostgreSQL and
+    MariaDB/MySQL.
+    """
+
+    def oldest_open_transaction(self) -> datetime | None:
+        """The aware UTC start of the oldest open transaction, or ``None`` if none is open."""
         ...
 
 

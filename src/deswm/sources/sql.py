@@ -48,6 +48,7 @@ from deswm._sql.shardsql import (
     sqlite_shard,
 )
 from deswm._sql.timecols import MYSQL_FAMILY, TimeKind, time_kind, utc_session
+from deswm._sql.transactions import SqlTransactionProbe
 from deswm.container import MAX_UID_BYTES
 from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
 from deswm.model import LocationReference, Partition, PendingStats, SourceRecord, Window
@@ -59,7 +60,7 @@ from deswm.timeutil import format_wall, parse_timezone
 if TYPE_CHECKING:
     AnySelect = sa.Select[*tuple[Any, ...]]
 
-__all__ = ["SqlSourceProvider"]
+__all__ = ["SqlSourceProvider", "SqlTransactionProbe"]
 
 log = logging.getLogger(__name__)
 
