@@ -44,6 +44,7 @@ UIDS = st.one_of(
     st.integers(min_value=0, max_value=10**60).map(str),
     st.sampled_from(["007", "0", "²", "12 ", " 12", "1\n", "é", "日本語", "-5", "1.5"]),
 )
+CREATED = ["deswm_crc32_table()", "deswm_crc32(bytea)"]
 INTS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 
@@ -185,7 +186,7 @@ def test_each_partition_fetches_only_its_rows(
 
 
 @pytest.mark.parametrize("sql_backend", ["postgresql"])
-def test_postgresql_without_the_function_filters_digit_uids_only(
+def test_postgresql_without_the_function_reads_text_uids_whole(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = sa.create_engine(db_url)
@@ -198,26 +199,52 @@ def test_postgresql_without_the_function_filters_digit_uids_only(
         source = SqlSourceProvider(engine, "files")
         everything = [r.uid for r in source.iter_records(WINDOW)]
         with caplog.at_level(logging.INFO, logger="deswm"):
-            fetched = _fetched(source, router, partition)
+            assert _fetched(source, router, partition) == everything
             _fetched(source, router, partition)
-        expected = [
-            uid
-            for uid in everything
-            if not uid.isdigit() or partition.owns(router.shard_index(uid))
-        ]
-        assert fetched == expected
-        assert len(fetched) < len(everything)
         told = [r for r in caplog.records if "deswm_crc32" in r.getMessage()]
-        assert len(told) == 1 and told[0].levelno == logging.INFO
-        assert source.install_functions() == ["deswm_crc32(bytea)"]
+        assert len(told) == 1
+        assert told[0].levelno == logging.INFO
+        assert source.install_functions() == CREATED
         owned = [uid for uid in everything if partition.owns(router.shard_index(uid))]
         assert _fetched(source, router, partition) == owned
     finally:
         engine.dispose()
 
 
+@pytest.mark.parametrize("sql_backend", ["postgresql"])
+def test_postgresql_filters_integer_uids_without_the_function(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    try:
+        table = _table(sa.MetaData(), sa.BigInteger)
+        table.create(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                table.insert(),
+                [
+                    {
+                        "uid": n,
+                        "created_at": (T0 + timedelta(minutes=n + 10)).replace(tzinfo=None),
+                        "file_location": f"loc/{n}",
+                    }
+                    for n in range(-10, 90)
+                ],
+            )
+        router, partition = DesRouter(8), Partition(0, 3)
+        source = SqlSourceProvider(engine, "files")
+        everything = [r.uid for r in source.iter_records(WINDOW)]
+        negatives = [uid for uid in everything if uid.startswith("-")]
+        owned = [uid for uid in everything if partition.owns(router.shard_index(uid))]
+        fetched = _fetched(source, router, partition)
+        # Negative uids route by CRC32: without the function they are read to be filtered.
+        assert fetched == [uid for uid in everything if uid in owned or uid in negatives]
+        source.install_functions()
+        assert _fetched(SqlSourceProvider(engine, "files"), router, partition) == owned
+    finally:
+        engine.dispose()
+
+
 def test_install_functions_is_a_no_op_elsewhere(engine: sa.Engine, loaded: sa.Table) -> None:
-    expected = ["deswm_crc32(bytea)"] if engine.dialect.name == "postgresql" else []
+    expected = CREATED if engine.dialect.name == "postgresql" else []
     assert SqlSourceProvider(engine, "files").install_functions() == expected
 
 
@@ -372,7 +399,7 @@ def test_cli_installs_the_postgresql_function(
         with engine.connect() as conn:
             assert conn.execute(lookup).scalar() is False
         assert main(["source", "install-functions", "-c", str(config), "--json"]) == 0
-        assert json.loads(capsys.readouterr().out) == {"created": ["deswm_crc32(bytea)"]}
+        assert json.loads(capsys.readouterr().out) == {"created": CREATED}
         with engine.connect() as conn:
             assert conn.execute(lookup).scalar() is True
             assert conn.execute(sa.text("SELECT deswm_crc32('\\x616263'::bytea)")).scalar() == (

@@ -42,6 +42,7 @@ from deswm._redact import redact_url
 from deswm._sql.errors import db_errors, transient_retries
 from deswm._sql.shardsql import (
     POSTGRES_CRC32_NAME,
+    POSTGRES_CRC32_TABLE,
     SQLITE_FUNCTION,
     partition_clause,
     shard_expression,
@@ -657,8 +658,8 @@ class SqlSourceProvider:
         if partition.count == 1:
             return None
         dialect = self.engine.dialect.name
-        if type(router).shard_index is not DesRouter.shard_index or not isinstance(
-            router, DesRouter
+        if not isinstance(router, DesRouter) or type(router).shard_index is not (
+            DesRouter.shard_index
         ):
             self._no_pushdown(f"the router {router!r} is not a DesRouter")
             return None
@@ -667,9 +668,10 @@ class SqlSourceProvider:
             dialect, cols.uid, cols.uid.type, router.n_bits, postgres_crc32=crc32
         )
         if shard is None:
-            self._no_pushdown(
-                f"{dialect} cannot compute the shard index of a {cols.uid.type} uid column"
-            )
+            if dialect != "postgresql" or crc32:  # a missing function was reported already
+                self._no_pushdown(
+                    f"{dialect} cannot compute the shard index of a {cols.uid.type} uid column"
+                )
             return None
         return partition_clause(shard, partition)
 
@@ -686,10 +688,10 @@ class SqlSourceProvider:
                 self._postgres_crc32 = bool(conn.execute(lookup).scalar())
             if not self._postgres_crc32:
                 log.info(
-                    "%s: PostgreSQL has no %s(bytea) function, so only uids of digits are "
-                    "filtered by partition in SQL; the other rows of each window are read by "
-                    "every partition and filtered in Python. Install it with `deswm source "
-                    "install-functions` (docs/backends.md)",
+                    "%s: PostgreSQL has no %s(bytea) function, so a text uid column is not "
+                    "filtered by partition in SQL: each partition reads the whole window and "
+                    "filters it in Python. Install it with `deswm source install-functions` "
+                    "(docs/backends.md)",
                     self._table_ref,
                     POSTGRES_CRC32_NAME,
                 )
@@ -703,8 +705,9 @@ class SqlSourceProvider:
     def install_functions(self) -> list[str]:
         """Create the SQL functions partition pushdown uses where the database lacks them.
 
-        PostgreSQL: ``deswm_crc32(bytea)`` (:data:`~deswm._sql.shardsql.POSTGRES_CRC32_DDL`,
-        ``CREATE OR REPLACE``) in the first schema of the search path. Other databases need
+        PostgreSQL: ``deswm_crc32(bytea)`` and its lookup table ``deswm_crc32_table()``
+        (:data:`~deswm._sql.shardsql.POSTGRES_CRC32_DDL`, ``CREATE OR REPLACE``) in the
+        first schema of the search path. Other databases need
         nothing. Returns the names of the functions created.
         """
         if self.engine.dialect.name != "postgresql":
@@ -714,7 +717,7 @@ class SqlSourceProvider:
         with self._db_errors(f"creating {POSTGRES_CRC32_NAME}()"), self.engine.begin() as conn:
             conn.exec_driver_sql(POSTGRES_CRC32_DDL)
         self._postgres_crc32 = None
-        return [f"{POSTGRES_CRC32_NAME}(bytea)"]
+        return [f"{POSTGRES_CRC32_TABLE}()", f"{POSTGRES_CRC32_NAME}(bytea)"]
 
     def _collation_may_tie(self, cols: _Columns) -> bool:
         """Whether distinct uids may compare equal in the database (MySQL/MariaDB text).
