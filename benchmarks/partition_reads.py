@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             window = _load(engine, str(dataset.sqlite_path))
             # On PostgreSQL the function is installed after the digit-only run.
             modes = (
-                ["python", "sql-digits-only", "sql"] if name == "postgresql" else ["python", "sql"]
+                ["python", "sql-no-function", "sql"] if name == "postgresql" else ["python", "sql"]
             )
             for mode in modes:
                 if mode == "sql" and name == "postgresql":
