@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         with database as url:
             engine = sa.create_engine(url)
             window = _load(engine, str(dataset.sqlite_path))
-            # On PostgreSQL the function is installed after the digit-only run.
+            # On PostgreSQL the function is installed after the run without it.
             modes = (
                 ["python", "sql-no-function", "sql"] if name == "postgresql" else ["python", "sql"]
             )
