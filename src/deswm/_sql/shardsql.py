@@ -5,7 +5,7 @@ compute :meth:`deswm.routing.DesRouter.shard_index` itself, the window query kee
 the partition's rows (``MOD(shard, K) = k``). Per dialect:
 
 * **MySQL/MariaDB**: built in. A text uid of ASCII digits (``NOT REGEXP '[^0-9]'``)
-  routes by ``CAST(RIGHT(uid, n_bits) AS UNSIGNED) & mask``, any other by
+  routes by ``CAST(RIGHT(uid, n_bits) AS SIGNED) & mask``, any other by
   ``CRC32(CONVERT(uid USING utf8mb4)) & mask`` (the UTF-8 bytes whatever the column's
   character set). An integer column: ``uid & mask`` when ``uid >= 0``, the CRC32 of its
   decimal text otherwise.
