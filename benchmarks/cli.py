@@ -8,7 +8,8 @@ process after the page cache was warmed the same way (every file read once):
    process), ``lane`` (one packing lane's read, add and publish over the same files, for
    its CPU per file against the Python loop's) and ``per_record`` on SQLite, ``--repeat``
    times interleaved (the best run of each counts);
-3. P2: two partitions in two processes started together;
+3. P2: two partitions in two processes started together, with the partition filter in
+   SQL and (for comparison) in Python, counting the rows each partition fetched;
 4. with ``--db postgresql``: deswm and per-record on PostgreSQL (database time, WAL);
 5. P7: cold and warm ``Archive.get``, local and on a moto S3 server;
 6. the scaling series on ``small`` files (P5, P6) and pending stats on its largest
@@ -222,19 +223,23 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def _partitions(dataset: Dataset, run_root: Path) -> dict[str, Any]:
-    """Partitions 0 and 1 of 2 in two processes over the same data, started together."""
-    archive = run_root / "partitions-archive"
+def _partitions(dataset: Dataset, run_root: Path, *, pushdown: bool = True) -> dict[str, Any]:
+    """Partitions 0 and 1 of 2 in two processes over the same data, started together.
+
+    ``pushdown=False``: the source's partition filter is hidden, so each partition reads
+    the whole window and filters in Python (the comparison for the rows fetched)."""
+    tag = "partitions" if pushdown else "partitions-python"
+    archive = run_root / f"{tag}-archive"
     shutil.rmtree(archive, ignore_errors=True)
-    go = run_root / "partitions.go"
+    go = run_root / f"{tag}.go"
     go.unlink(missing_ok=True)
     children = []
     _warm(dataset)
-    _log("  partitions (2 processes) ...")
+    _log(f"  {tag} (2 processes) ...")
     for index in (0, 1):
-        params = _base_params(dataset, run_root / f"partition-{index}")
+        params = _base_params(dataset, run_root / f"{tag}-{index}")
         shutil.rmtree(params["run_dir"], ignore_errors=True)
-        ready = run_root / f"partition-{index}.ready"
+        ready = run_root / f"{tag}-{index}.ready"
         ready.unlink(missing_ok=True)
         params.pop("expect_files")  # each packs its own share; the sum is checked below
         params.update(
@@ -245,6 +250,7 @@ def _partitions(dataset: Dataset, run_root: Path) -> dict[str, Any]:
             ready_file=str(ready),
             go_file=str(go),
             verify_sample=0,
+            pushdown=pushdown,
         )
         children.append((ready, Child("deswm", params)))
     deadline = time.monotonic() + 300
@@ -260,10 +266,12 @@ def _partitions(dataset: Dataset, run_root: Path) -> dict[str, Any]:
     files = sum(r["files"] for r in results)
     if files != dataset.count:
         raise RuntimeError(f"the two partitions packed {files} files, expected {dataset.count}")
-    _log(f"  partitions: {end - start:.3f} s")
+    _log(f"  {tag}: {end - start:.3f} s, rows fetched {[r['source_rows'] for r in results]}")
     return {
         "seconds": round(end - start, 3),
         "files": files,
+        "window_rows": dataset.count,
+        "source_rows": [r["source_rows"] for r in results],
         "partitions": results,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
@@ -367,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "partitions" in steps:
         runs["partitions"] = _partitions(dataset, run_root)
+        runs["partitions_python_filter"] = _partitions(dataset, run_root, pushdown=False)
     if "postgresql" in steps:
         runs.update(_postgres(dataset, args, run_root))
     if "retrieval" in steps:

@@ -167,6 +167,31 @@ def figures(runs: dict[str, Any]) -> list[Row]:
             "s",
         )
     )
+    if partitions is not None and partitions.get("source_rows"):
+        fetched = max(partitions["source_rows"])
+        rows.append(
+            _row(
+                "",
+                "P2 rows fetched by the busiest partition / window rows (filter in SQL)",
+                fetched,
+                partitions["window_rows"],
+                _ratio(fetched, partitions["window_rows"]),
+                "~ 1/K = 0.5",
+                lambda r: r <= 0.6,
+                "rows",
+            )
+        )
+    python = runs.get("partitions_python_filter")
+    if python is not None and wall is not None:
+        rows.append(
+            _reported(
+                "2 partitions, filter in SQL / filter in Python (s)",
+                wall,
+                float(python["seconds"]),
+                "s",
+                note=f"rows fetched in Python mode: {python.get('source_rows')}",
+            )
+        )
 
     deswm_pg, per_record_pg = runs.get("deswm_postgresql"), runs.get("per_record_postgresql")
     if deswm_pg and per_record_pg:

@@ -190,6 +190,7 @@ def deswm_cycle(params: dict[str, Any]) -> dict[str, Any]:
             lag=orchestrator.lag,
             partitions=orchestrator.partition.count,
         )
+    fetched = _count_source_rows(orchestrator, pushdown=bool(params.get("pushdown", True)))
     before_lsn = wal_lsn(engine) if pg else None
     busy = other_pg_activity(engine) if pg else None
     timer.reset()
@@ -236,6 +237,7 @@ def deswm_cycle(params: dict[str, Any]) -> dict[str, Any]:
         "other_pg_backends_busy": busy,
         "peak_rss_mib": round(peak, 1),
         "rss_before_cycle_mib": round(rss_before, 1),
+        "source_rows": None if fetched is None else fetched[0],
     }
     shared = int(params.get("partitions", 1)) > 1
     expected = params.get("expect_files")
@@ -306,6 +308,43 @@ def lane(params: dict[str, Any]) -> dict[str, Any]:
         "buckets": len(batches),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
+class _WholeWindow:
+    """A source without partition pushdown: the orchestrator filters in Python."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def iter_records(self, window: Any) -> Any:
+        return self.inner.iter_records(window)
+
+    def pending_stats(self, window: Any) -> Any:
+        return self.inner.pending_stats(window)
+
+    def location_references(self, locations: Any) -> Any:
+        return self.inner.location_references(locations)
+
+
+def _count_source_rows(orchestrator: Any, *, pushdown: bool) -> list[int] | None:
+    """For partitions: count the rows the source hands over (a one-item list, filled
+    while the cycle runs). ``pushdown=False`` hides the source's partition filter."""
+    if orchestrator.partition.count == 1:
+        return None
+    if not pushdown:
+        orchestrator.source = _WholeWindow(orchestrator.source)
+    counter = [0]
+    source = orchestrator.source
+    for name in ("iter_records", "iter_partition_records"):
+        inner = getattr(source, name, None)
+        if inner is None:
+            continue
+
+        def counted(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+            for record in _inner(*args, **kwargs):
+                counter[0] += 1
+                yield record
+
+        setattr(source, name, counted)
+    return counter
 
 
 def _source_table(params: dict[str, Any]) -> str:

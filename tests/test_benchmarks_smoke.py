@@ -52,6 +52,10 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     runs = result["runs"]
     for key in ("python_loop", "deswm_sqlite", "lane", "per_record_sqlite", "partitions"):
         assert runs[key]["files"] == 300, key
+    # The partition filter runs in SQL: the two partitions fetch the window once between
+    # them; with the filter in Python each fetches all of it.
+    assert sum(runs["partitions"]["source_rows"]) == 300
+    assert runs["partitions_python_filter"]["source_rows"] == [300, 300]
     assert runs["deswm_sqlite"]["verified"] > 0
     assert runs["deswm_sqlite"]["source_rows_updated"] == 0
     assert runs["per_record_sqlite"]["source_rows_updated"] == 300

@@ -113,9 +113,11 @@ if TYPE_CHECKING:
         ErrorStore,
         FileReader,
         Packer,
+        PartitionedSource,
         ReadResult,
         ShardRouter,
         SourceProvider,
+        TransactionGuard,
         WatermarkStore,
     )
     from deswm.purge import (
@@ -137,6 +139,7 @@ if TYPE_CHECKING:
     )
     from deswm.sources.sql import (
         SqlSourceProvider,
+        SqlTransactionProbe,
     )
     from deswm.sqltypes import (
         UtcDateTime,
@@ -223,6 +226,7 @@ __all__ = [
     "Packer",
     "PartInfo",
     "Partition",
+    "PartitionedSource",
     "PendingStats",
     "PublishedShard",
     "PurgeError",
@@ -246,8 +250,10 @@ __all__ = [
     "SqlErrorStore",
     "SqlReplicaLagProbe",
     "SqlSourceProvider",
+    "SqlTransactionProbe",
     "SqlWatermarkStore",
     "StopReason",
+    "TransactionGuard",
     "UnplaceableRowError",
     "UnverifiedEntryError",
     "UtcDateTime",
@@ -353,9 +359,11 @@ _EXPORTS: dict[str, str] = {
     "ErrorStore": "deswm.protocols",
     "FileReader": "deswm.protocols",
     "Packer": "deswm.protocols",
+    "PartitionedSource": "deswm.protocols",
     "ReadResult": "deswm.protocols",
     "ShardRouter": "deswm.protocols",
     "SourceProvider": "deswm.protocols",
+    "TransactionGuard": "deswm.protocols",
     "WatermarkStore": "deswm.protocols",
     "PURGED_STAGE": "deswm.purge",
     "PurgeError": "deswm.purge",
@@ -367,6 +375,7 @@ _EXPORTS: dict[str, str] = {
     "to_records": "deswm.records",
     "DesRouter": "deswm.routing",
     "SqlSourceProvider": "deswm.sources.sql",
+    "SqlTransactionProbe": "deswm.sources.sql",
     "UtcDateTime": "deswm.sqltypes",
     "DEFAULT_ERROR_TABLE": "deswm.stores.errors",
     "SqlErrorStore": "deswm.stores.errors",

@@ -114,6 +114,7 @@ def _plan_dict(plan: CyclePlan) -> dict[str, Any]:
         "target": format_utc(plan.target),
         "delay_seconds": plan.delay.total_seconds() if plan.delay is not None else None,
         "behind_seconds": plan.behind.total_seconds(),
+        "held_by_transaction": format_utc(plan.held_by) if plan.held_by else None,
         "window": {"start": format_utc(plan.window.start), "end": format_utc(plan.window.end)},
         "pending_files": plan.pending.files,
         "pending_bytes": plan.pending.bytes,
@@ -533,6 +534,26 @@ def cmd_flag(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_source(args: argparse.Namespace) -> int:
+    """``install-functions``: the SQL functions partition pushdown needs (PostgreSQL)."""
+    if args.print_sql:
+        from deswm._sql.shardsql import POSTGRES_CRC32_DDL
+
+        print(POSTGRES_CRC32_DDL, end="")
+        return EXIT_OK
+    config = _config(args)
+    source_engine, _store_engine = config.build_engines()
+    source = config.build_source(source_engine)
+    created = source.install_functions()
+    if args.json:
+        _print_json({"created": created})
+    elif created:
+        print(f"created {', '.join(created)} on {source.redacted_url}")
+    else:
+        print(f"{source.engine.dialect.name} needs no function: partitions are filtered in SQL")
+    return EXIT_OK
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     config = _config(args)
     job = config.build_purge_job(partition=args.partition, verify=args.verify)
@@ -935,6 +956,15 @@ def build_parser() -> argparse.ArgumentParser:
     flag.add_argument("--dry-run", action="store_true", help="count rows, update nothing")
     flag.add_argument("--json", action="store_true", help="print JSON")
     with_progress(flag)
+
+    source = command(
+        "source", "install the SQL functions partition pushdown uses (PostgreSQL)", cmd_source
+    )
+    source.add_argument("action", choices=["install-functions"])
+    source.add_argument(
+        "--print-sql", action="store_true", help="print the DDL instead of running it"
+    )
+    source.add_argument("--json", action="store_true", help="print JSON")
 
     purge = command("purge", "delete source files of archived days, verified first", cmd_purge)
     purge.add_argument("--dry-run", action="store_true", help="verify and count, delete nothing")

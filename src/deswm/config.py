@@ -213,6 +213,10 @@ class WatermarkSettings:
     pipeline: str | None = None
     lag_days: float = _bounded(defaults.LAG_DAYS, 0, 36_500)
     initial: str | None = attrs.field(default=None, metadata={"timestamp": True})
+    lag_guard: Literal["none", "transactions"] = "none"
+    """``transactions``: also keep the target before the start of the oldest transaction
+    open on the source (PostgreSQL, MariaDB/MySQL), so a long transaction cannot commit
+    rows below a committed watermark."""
     lock_timeout: float = _lock_timeout()
     """Seconds a statement on the watermark or error table waits for a lock (0: no limit)."""
     statement_timeout: float = _bounded(DEFAULT_WATERMARK_STATEMENT_TIMEOUT, 0, _YEAR)
@@ -416,6 +420,15 @@ class Config:
                     key="source.replica_url",
                 )
         parse_timezone(self.source.timezone, "source.timezone")
+        if self.watermark.lag_guard == "transactions":
+            backend = parse_url(self.source.url, "source.url").get_backend_name()
+            if backend not in ("postgresql", "mysql", "mariadb"):
+                raise ConfigError(
+                    f'"transactions" reads the open transactions of PostgreSQL or '
+                    f"MariaDB/MySQL; {backend} does not show them",
+                    key="watermark.lag_guard",
+                    hint='remove watermark.lag_guard (or set it to "none")',
+                )
         if self.watermark.lag_days < 0:
             raise ConfigError(
                 f"must be zero or positive, got {self.watermark.lag_days}", key="watermark.lag_days"
@@ -694,6 +707,11 @@ class Config:
             "buckets_in_flight": self.run.buckets_in_flight,
             "lane_timeout": self.run.lane_timeout,
         }
+        if self.watermark.lag_guard == "transactions":
+            from deswm._sql.transactions import SqlTransactionProbe
+
+            with _rekeyed("watermark"):
+                options["lag_guard"] = SqlTransactionProbe(source_engine)
         options.update(overrides)
         store = self.build_store(store_engine)
         source = self.build_source(source_engine)

@@ -362,6 +362,9 @@ class CyclePlan(Displayed):
     """Before the first run: the rows older than where the new watermark will start,
     which this pipeline never archives (one aggregate query); ``None`` once the
     watermark exists (where it started is not kept)."""
+    held_by: datetime | None = None
+    """With ``lag_guard``: the start of the open transaction that held the target before
+    ``bucket_start(now - delay)``; ``None`` when nothing held it back."""
 
     @property
     def behind(self) -> timedelta:
@@ -374,6 +377,11 @@ class CyclePlan(Displayed):
             ("watermark", human_time(self.watermark) + state),
             ("target", human_time(self.target)),
             ("delay", "-" if self.delay is None else human_duration(self.delay)),
+            *(
+                [("held back", f"by a transaction open since {human_time(self.held_by)}")]
+                if self.held_by is not None
+                else []
+            ),
             ("behind", human_duration(self.behind) if self.behind else "caught up"),
             ("window", self.window),
             (

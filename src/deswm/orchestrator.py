@@ -67,9 +67,11 @@ from deswm.protocols import (
     ErrorStore,
     FileReader,
     Packer,
+    PartitionedSource,
     ReadResult,
     ShardRouter,
     SourceProvider,
+    TransactionGuard,
     WatermarkStore,
 )
 from deswm.routing import require_day_buckets
@@ -232,6 +234,8 @@ class WatermarkOrchestrator:
             limit); past it the bucket fails with :class:`~deswm.errors.LaneError`.
 
     The engine's pool lives across cycles: call :meth:`close` (or use a ``with`` block).
+        lag_guard: also keeps the target at or before the bucket in which the source's
+            oldest open transaction began (``[watermark] lag_guard = "transactions"``).
     """
 
     def __init__(
@@ -259,6 +263,7 @@ class WatermarkOrchestrator:
         scheduler: str | None = None,
         buckets_in_flight: int = BUCKETS_IN_FLIGHT,
         lane_timeout: float | None = LANE_TIMEOUT,
+        lag_guard: TransactionGuard | None = None,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
             raise ConfigError("must be a non-empty string", key="watermark.pipeline")
@@ -324,6 +329,7 @@ class WatermarkOrchestrator:
         self._lanes: LanePool | None = resolve_pool(
             executor, workers, reader=reader, packer=packer, scheduler=scheduler
         )
+        self.lag_guard = lag_guard
         self._stop = _Stop()
 
     def __repr__(self) -> str:
@@ -355,8 +361,30 @@ class WatermarkOrchestrator:
         return require_utc(self.clock(), "clock()")
 
     def target(self, now: datetime | None = None) -> datetime:
-        """The exclusive end of what may be archived at ``now``: ``bucket_start(now - lag)``."""
-        return self.router.bucket_start((now or self._now()) - self.lag)
+        """The exclusive end of what may be archived at ``now``: ``bucket_start(now - lag)``,
+        or earlier while :attr:`lag_guard` sees an older open transaction."""
+        return self._target(now or self._now())[0]
+
+    def _target(self, now: datetime) -> tuple[datetime, datetime | None]:
+        """The target, and the start of the open transaction that held it back (or None)."""
+        target = self.router.bucket_start(now - self.lag)
+        if self.lag_guard is None:
+            return target, None
+        oldest = self.lag_guard.oldest_open_transaction()
+        if oldest is None:
+            return target, None
+        guarded = self.router.bucket_start(require_utc(oldest, "oldest_open_transaction()"))
+        if guarded >= target:
+            return target, None
+        log.info(
+            "%s: target held at %s instead of %s: a transaction open on the source since %s "
+            "may still commit rows from then on (watermark.lag_guard)",
+            self.key,
+            format_utc(guarded),
+            format_utc(target),
+            format_utc(oldest),
+        )
+        return guarded, oldest
 
     def initial_position(self, now: datetime | None = None) -> datetime:
         """Where a new watermark starts: ``initial`` or 30 days back, aligned down (G5)."""
@@ -482,7 +510,7 @@ class WatermarkOrchestrator:
         now = self._now()
         stored = self.store.get(self.key)
         position = stored.position if stored is not None else self.initial_position(now)
-        target = self.target(now)
+        target, held_by = self._target(now)
         start = min(self.router.bucket_start(position), target)
         window = Window(start, target)
         if window.empty:
@@ -498,6 +526,7 @@ class WatermarkOrchestrator:
             initialised=stored is not None,
             delay=self.lag,
             before_start=None if stored is not None else self._before_start(position),
+            held_by=held_by,
         )
 
     # --- running ------------------------------------------------------------------------
@@ -755,7 +784,12 @@ class WatermarkOrchestrator:
         """The window's rows this partition owns, checked for order and bounds."""
         router, partition = self.router, self.partition
         last: SourceRecord | None = None
-        for record in self.source.iter_records(window):
+        if partition.count > 1 and isinstance(self.source, PartitionedSource):
+            # The source narrows the read; the owns() check below stays the guarantee.
+            rows = self.source.iter_partition_records(window, router, partition)
+        else:
+            rows = self.source.iter_records(window)
+        for record in rows:
             created_at = record.created_at
             if created_at.tzinfo is None or created_at.utcoffset() != timedelta(0):
                 raise SourceError(

@@ -19,6 +19,7 @@ from deswm.model import (
     BucketResult,
     FileFailure,
     LocationReference,
+    Partition,
     PendingStats,
     RecordedFailure,
     ShardKey,
@@ -35,9 +36,11 @@ __all__ = [
     "ErrorStore",
     "FileReader",
     "Packer",
+    "PartitionedSource",
     "ReadResult",
     "ShardRouter",
     "SourceProvider",
+    "TransactionGuard",
     "WatermarkStore",
 ]
 
@@ -139,6 +142,45 @@ class SourceProvider(Protocol):
         read as an instant. Any order; answered in batches (a database implementation
         runs one ``IN (...)`` query per batch of locations, never one per location).
         """
+        ...
+
+
+@runtime_checkable
+class PartitionedSource(Protocol):
+    """An optional capability of a :class:`SourceProvider`: read one partition's rows.
+
+    A partition runner asks a source that has it for the rows of its partition instead
+    of the whole window (:class:`~deswm.sources.sql.SqlSourceProvider` filters in SQL),
+    so K partitions need not read the window K times. Checked with ``isinstance``; a
+    source without it is read with :meth:`SourceProvider.iter_records`.
+    """
+
+    def iter_partition_records(
+        self, window: Window, router: ShardRouter, partition: Partition
+    ) -> Iterator[SourceRecord]:
+        """:meth:`SourceProvider.iter_records` of ``window``, less rows ``partition`` does
+        not own (``partition.owns(router.shard_index(uid))`` is false).
+
+        At least every owned row, in the same order and with the same checks. Returning
+        rows of other partitions too is allowed (the orchestrator filters every row
+        again): a source may skip only what it can place with certainty.
+        """
+        ...
+
+
+@runtime_checkable
+class TransactionGuard(Protocol):
+    """Where the source's oldest open transaction began (``[watermark] lag_guard``).
+
+    Not one of the five core seams: the orchestrator keeps its target at or before the
+    bucket of that instant, so rows an open transaction commits later (with a
+    ``created_at`` at or after its start) are never below a committed watermark.
+    :class:`~deswm.sources.sql.SqlTransactionProbe` reads it from PostgreSQL and
+    MariaDB/MySQL.
+    """
+
+    def oldest_open_transaction(self) -> datetime | None:
+        """The aware UTC start of the oldest open transaction, or ``None`` if none is open."""
         ...
 
 

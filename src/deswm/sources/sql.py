@@ -40,17 +40,28 @@ from deswm._defaults import CREATED_AT_COLUMN, LOCATION_COLUMN, PAGE_SIZE, SIZE_
 from deswm._engines import engine_from
 from deswm._redact import redact_url
 from deswm._sql.errors import db_errors, transient_retries
+from deswm._sql.shardsql import (
+    POSTGRES_CRC32_NAME,
+    POSTGRES_CRC32_TABLE,
+    SQLITE_FUNCTION,
+    partition_clause,
+    shard_expression,
+    sqlite_shard,
+)
 from deswm._sql.timecols import MYSQL_FAMILY, TimeKind, time_kind, utc_session
+from deswm._sql.transactions import SqlTransactionProbe
 from deswm.container import MAX_UID_BYTES
 from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
-from deswm.model import LocationReference, PendingStats, SourceRecord, Window
+from deswm.model import LocationReference, Partition, PendingStats, SourceRecord, Window
+from deswm.protocols import ShardRouter
+from deswm.routing import DesRouter
 from deswm.throttle import SourceThrottle
 from deswm.timeutil import format_wall, parse_timezone
 
 if TYPE_CHECKING:
     AnySelect = sa.Select[*tuple[Any, ...]]
 
-__all__ = ["SqlSourceProvider"]
+__all__ = ["SqlSourceProvider", "SqlTransactionProbe"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +192,8 @@ class SqlSourceProvider:
         self._stop_waits: threading.Event | None = None
         self._columns: _Columns | None = None
         self._lock = threading.Lock()
+        self._postgres_crc32: bool | None = None  # whether deswm_crc32() exists (checked once)
+        self._told_no_pushdown = False
 
     # --- configuration ------------------------------------------------------------------
 
@@ -273,6 +286,24 @@ class SqlSourceProvider:
         if window.empty:
             return iter(())
         return self._iter_records(cols, window)
+
+    def iter_partition_records(
+        self, window: Window, router: ShardRouter, partition: Partition
+    ) -> Iterator[SourceRecord]:
+        """:meth:`iter_records` narrowed in SQL to the rows ``partition`` owns.
+
+        The window query also keeps ``MOD(shard index, K) = k`` where the database can
+        compute the :class:`~deswm.routing.DesRouter` shard index (see
+        :mod:`deswm._sql.shardsql` and docs/backends.md), so K partitions read the
+        window once between them instead of K times. Rows whose shard the database
+        cannot compute are returned too, and so is every row when the router is not a
+        plain ``DesRouter`` or the uid column's type is not text or integer: the caller
+        filters by :meth:`~deswm.model.Partition.owns` whatever it gets.
+        """
+        cols = self._resolve()
+        if window.empty:
+            return iter(())
+        return self._iter_records(cols, window, self._partition_clause(cols, router, partition))
 
     def pending_stats(self, window: Window) -> PendingStats:
         """Files, bytes, oldest and newest ``created_at`` in ``window``: one aggregate query."""
@@ -568,7 +599,9 @@ class SqlSourceProvider:
         query = sa.select(*selected).select_from(cols.table).where(condition)
         return self.filter_query(query)
 
-    def _iter_records(self, cols: _Columns, window: Window) -> Iterator[SourceRecord]:
+    def _iter_records(
+        self, cols: _Columns, window: Window, only: sa.ColumnElement[bool] | None = None
+    ) -> Iterator[SourceRecord]:
         # One lower bound per page: the window's start for the first, the keyset for the
         # next (it is inside the window, so it implies the start). With both, SQLite
         # ranges the index from the window's start on every page: each page then cost
@@ -577,6 +610,8 @@ class SqlSourceProvider:
         # them before the first row is yielded, so nothing is committed past them.
         self.check_placeable()
         base = self._base_query(cols, window, start=False)
+        if only is not None:
+            base = base.where(only)
         start = cols.created_at >= self._bind_instant(cols, window.start)
         reader = _RowReader(self, cols, window)
         buffered = self._buffered
@@ -636,6 +671,74 @@ class SqlSourceProvider:
             if pacer is not None:
                 pacer.page_done(rows)
             reach("source.between_pages")
+
+    def _partition_clause(
+        self, cols: _Columns, router: ShardRouter, partition: Partition
+    ) -> sa.ColumnElement[bool] | None:
+        """The SQL condition keeping ``partition``'s rows, or ``None`` (read them all)."""
+        if partition.count == 1:
+            return None
+        dialect = self.engine.dialect.name
+        if not isinstance(router, DesRouter) or type(router).shard_index is not (
+            DesRouter.shard_index
+        ):
+            self._no_pushdown(f"the router {router!r} is not a DesRouter")
+            return None
+        crc32 = dialect == "postgresql" and self._has_postgres_crc32(cols)
+        shard = shard_expression(
+            dialect, cols.uid, cols.uid.type, router.n_bits, postgres_crc32=crc32
+        )
+        if shard is None:
+            if dialect != "postgresql" or crc32:  # a missing function was reported already
+                self._no_pushdown(
+                    f"{dialect} cannot compute the shard index of a {cols.uid.type} uid column"
+                )
+            return None
+        return partition_clause(shard, partition)
+
+    def _has_postgres_crc32(self, cols: _Columns) -> bool:
+        """Whether ``deswm_crc32(bytea)`` is on the search path (looked up once)."""
+        if self._postgres_crc32 is None:
+            lookup = sa.select(
+                sa.func.to_regprocedure(f"{POSTGRES_CRC32_NAME}(bytea)").is_not(None)
+            )
+            with (
+                self._db_errors(f"looking up {POSTGRES_CRC32_NAME}()"),
+                self._connection(cols) as conn,
+            ):
+                self._postgres_crc32 = bool(conn.execute(lookup).scalar())
+            if not self._postgres_crc32:
+                log.info(
+                    "%s: PostgreSQL has no %s(bytea) function, so a text uid column is not "
+                    "filtered by partition in SQL: each partition reads the whole window and "
+                    "filters it in Python. Install it with `deswm source install-functions` "
+                    "(docs/backends.md)",
+                    self._table_ref,
+                    POSTGRES_CRC32_NAME,
+                )
+        return self._postgres_crc32
+
+    def _no_pushdown(self, why: str) -> None:
+        if not self._told_no_pushdown:
+            self._told_no_pushdown = True
+            log.info("%s: partitions are filtered in Python, not in SQL: %s", self._table_ref, why)
+
+    def install_functions(self) -> list[str]:
+        """Create the SQL functions partition pushdown uses where the database lacks them.
+
+        PostgreSQL: ``deswm_crc32(bytea)`` and its lookup table ``deswm_crc32_table()``
+        (:data:`~deswm._sql.shardsql.POSTGRES_CRC32_DDL`, ``CREATE OR REPLACE``) in the
+        first schema of the search path. Other databases need
+        nothing. Returns the names of the functions created.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return []
+        from deswm._sql.shardsql import POSTGRES_CRC32_DDL
+
+        with self._db_errors(f"creating {POSTGRES_CRC32_NAME}()"), self.engine.begin() as conn:
+            conn.exec_driver_sql(POSTGRES_CRC32_DDL)
+        self._postgres_crc32 = None
+        return [f"{POSTGRES_CRC32_TABLE}()", f"{POSTGRES_CRC32_NAME}(bytea)"]
 
     def _collation_may_tie(self, cols: _Columns) -> bool:
         """Whether distinct uids may compare equal in the database (MySQL/MariaDB text).
@@ -718,6 +821,11 @@ class SqlSourceProvider:
         invalidated instead of going back to the pool in UTC.
         """
         with self.engine.connect() as conn:
+            if self._buffered:  # SQLite: the shard function of partition pushdown
+                dbapi = conn.connection.dbapi_connection
+                dbapi.create_function(  # type: ignore[union-attr]
+                    SQLITE_FUNCTION, 2, sqlite_shard, deterministic=True
+                )
             if cols.mode != "mysql_utc":
                 yield conn
                 return
@@ -922,6 +1030,19 @@ def _column_name(value: object, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"must be a non-empty column name, got {value!r}", key=key)
     return value
+
+
+def uid_text_of(raw: object) -> str | None:
+    """The uid text the source makes of a raw column value, or ``None`` where it would
+    name the row as bad (NULL, bytes that are not UTF-8)."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return _uid_text(raw)
 
 
 def _uid_text(raw: object) -> str:

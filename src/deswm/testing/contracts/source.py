@@ -32,8 +32,9 @@ from typing import Protocol
 import attrs
 import pytest
 
-from deswm.model import SourceRecord, Window
-from deswm.protocols import SourceProvider
+from deswm.model import Partition, SourceRecord, Window
+from deswm.protocols import PartitionedSource, SourceProvider
+from deswm.routing import DesRouter
 
 __all__ = ["MakeSource", "SourceProviderContract"]
 
@@ -224,6 +225,27 @@ class SourceProviderContract:
         assert [a for a, _ in pairs] == [b for _, b in pairs] == rows
 
     # --- stats --------------------------------------------------------------------
+
+    def test_partition_reads_hold_every_owned_row_in_order(self, make_source: MakeSource) -> None:
+        """The optional :class:`~deswm.protocols.PartitionedSource` capability: at least
+        every owned row, in window order, and no row outside the window."""
+        rows = [_record(n, T0 + n * timedelta(minutes=7)) for n in range(60)]
+        rows += [
+            attrs.evolve(_record(n, T0 + n * timedelta(minutes=5, seconds=1)), uid=str(1000 + n))
+            for n in range(60, 120)
+        ]
+        source = make_source(_shuffled(rows), page_size=self.small_page_size)
+        if not isinstance(source, PartitionedSource):
+            pytest.skip("the source has no partition filter (optional)")
+        window = Window(T0, T0 + DAY)
+        everything = _read(source, window)
+        router = DesRouter(8)
+        for index in range(3):
+            partition = Partition(index, 3)
+            got = list(source.iter_partition_records(window, router, partition))
+            owned = [r for r in everything if partition.owns(router.shard_index(r.uid))]
+            assert [r for r in got if partition.owns(router.shard_index(r.uid))] == owned
+            assert got == [r for r in everything if r in got], "window order, no extra row"
 
     def test_pending_stats(self, make_source: MakeSource) -> None:
         inside = [
