@@ -308,6 +308,8 @@ def lane(params: dict[str, Any]) -> dict[str, Any]:
         "buckets": len(batches),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
+
+
 class _WholeWindow:
     """A source without partition pushdown: the orchestrator filters in Python."""
 
