@@ -23,6 +23,7 @@ POINTS: tuple[str, ...] = (
     "cycle.started",
     "bucket.before_publish",
     "bucket.after_publish",
+    "bucket.after_manifest",
     "bucket.after_commit",
     "packer.after_add",
     "packer.before_group",

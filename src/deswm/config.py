@@ -52,6 +52,7 @@ if typing.TYPE_CHECKING:
 
     from deswm.archive import Archive
     from deswm.flagging import FlagJob
+    from deswm.manifest import ManifestStore
     from deswm.orchestrator import WatermarkOrchestrator
     from deswm.packer import DesPacker
     from deswm.protocols import WatermarkStore
@@ -620,6 +621,12 @@ class Config:
                 storage_options=self.archive.storage_options or None,
             )
 
+    def build_manifests(self) -> ManifestStore:
+        """The bucket manifests beside the archive's shards (:mod:`deswm.manifest`)."""
+        from deswm.manifest import ManifestStore
+
+        return ManifestStore(self.build_archive().store, self.build_router())
+
     def build_flag_job(self) -> FlagJob:
         """The flag stage: back-fills ``flag.column`` behind the archived watermark."""
         from deswm.flagging import FlagJob
@@ -640,6 +647,7 @@ class Config:
                 value=self.flag.value,
                 batch_size=self.flag.batch_size,
                 max_rows_per_second=self.flag.max_rows_per_second,
+                manifests=self.build_manifests(),
             )
 
     def build_purge_job(self, *, partition: int | None = None, verify: str = "content") -> PurgeJob:

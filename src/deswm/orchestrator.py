@@ -41,6 +41,7 @@ from deswm.errors import (
     WatermarkError,
     WatermarkMoveRefused,
 )
+from deswm.manifest import ManifestStore, RowDigest, manifests_of
 from deswm.model import (
     DEFAULT_STAGE,
     BucketResult,
@@ -66,7 +67,7 @@ from deswm.protocols import (
     SourceProvider,
     WatermarkStore,
 )
-from deswm.routing import require_day_buckets
+from deswm.routing import require_day_buckets, uid_text
 from deswm.timeutil import format_utc, require_utc
 
 __all__ = ["CycleObserver", "WatermarkOrchestrator", "utc_now"]
@@ -209,6 +210,9 @@ class WatermarkOrchestrator:
         run_time: stop at the first bucket boundary after a cycle (or
             :meth:`run_forever`) has run this long (``None``: no limit).
         observers: hooks for metrics and progress.
+        manifests: where each committed bucket's manifest is written before the
+            watermark passes it (:mod:`deswm.manifest`); by default the packer's
+            destination when it has one (a :class:`~deswm.DesPacker`), else none.
     """
 
     def __init__(
@@ -231,6 +235,7 @@ class WatermarkOrchestrator:
         observers: tuple[CycleObserver, ...] | list[CycleObserver] = (),
         stage: str = DEFAULT_STAGE,
         run_time: timedelta | None = None,
+        manifests: ManifestStore | None = None,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
             raise ConfigError("must be a non-empty string", key="watermark.pipeline")
@@ -281,6 +286,7 @@ class WatermarkOrchestrator:
         self.max_buckets = max_buckets
         self.run_time = run_time
         self.observers = tuple(observers)
+        self.manifests = manifests if manifests is not None else manifests_of(packer, router)
         self._stop = _Stop()
 
     def __repr__(self) -> str:
@@ -718,7 +724,7 @@ class WatermarkOrchestrator:
         started: float,
     ) -> tuple[Watermark, StopReason]:
         """Stream the window bucket by bucket; return the last watermark and why it ended."""
-        rows = _RowCounter(self._owned(window), self.router)
+        rows = _RowCounter(self._owned(window), self.router, digest=self.manifests is not None)
         results = self.reader.read_many(rows)
         accounted = 0  # rows of committed buckets: archived, kept or listed
         with contextlib.closing(_ClosingIterator(results)) as items:
@@ -754,6 +760,8 @@ class WatermarkOrchestrator:
                     self._error_store().record(self.key, outcome.failures)
                     totals.failures.extend(outcome.failures)
                 reach("bucket.after_publish")
+                self._record_manifest(bucket, outcome.result, rows, len(outcome.failures))
+                reach("bucket.after_manifest")
                 watermark = self.store.advance(watermark, end)
                 reach("bucket.after_commit")
                 self._committed(bucket, outcome.result, watermark, totals)
@@ -761,6 +769,17 @@ class WatermarkOrchestrator:
                 # The rest of the window holds no rows for this partition.
                 watermark = self.store.advance(watermark, window.end)
         return watermark, "finished"
+
+    def _record_manifest(
+        self, bucket: datetime, result: BucketResult, rows: _RowCounter, listed: int
+    ) -> None:
+        """Write the bucket's manifest (published parts and the rows counted) before the
+        watermark passes it, so every committed bucket has one."""
+        if self.manifests is None:
+            return
+        self.manifests.record(
+            bucket, self.partition, self.key.pipeline, rows.digest(bucket), listed, result.shards
+        )
 
     def _stop_reason(self, until: tuple[_Stop, float | None], totals: _Totals) -> StopReason | None:
         """Why no further bucket may start now, or None (checked at each bucket boundary)."""
@@ -1016,10 +1035,13 @@ class _RowCounter(Iterator[SourceRecord]):
     are only read for buckets the reader has already passed.
     """
 
-    def __init__(self, rows: Iterator[SourceRecord], router: ShardRouter) -> None:
+    def __init__(
+        self, rows: Iterator[SourceRecord], router: ShardRouter, *, digest: bool = False
+    ) -> None:
         self._rows = rows
         self._router = router
         self._counts: dict[datetime, int] = {}
+        self._digests: dict[datetime, RowDigest] | None = {} if digest else None
         self._bucket: datetime | None = None
         self._end: datetime | None = None
         self._done = False
@@ -1037,6 +1059,11 @@ class _RowCounter(Iterator[SourceRecord]):
         bucket = self._bucket
         assert bucket is not None
         self._counts[bucket] = self._counts.get(bucket, 0) + 1
+        if self._digests is not None:
+            digest = self._digests.get(bucket)
+            if digest is None:
+                digest = self._digests[bucket] = RowDigest()
+            digest.add(uid_text(record.uid), created_at)
         return record
 
     def counted_below(self, end: datetime) -> bool:
@@ -1053,6 +1080,12 @@ class _RowCounter(Iterator[SourceRecord]):
 
     def of(self, bucket: datetime) -> int:
         return self._counts.get(bucket, 0)
+
+    def digest(self, bucket: datetime) -> RowDigest:
+        """The count and digest of the bucket's rows (kept only with ``digest=True``)."""
+        if self._digests is None:
+            raise ValueError("this counter keeps no digests")
+        return self._digests.get(bucket) or RowDigest()
 
     def first_bucket(self) -> datetime | None:
         return min(self._counts, default=None)

@@ -605,13 +605,19 @@ class DesBucketWriter:
                 hint="Another writer is publishing this group; run one runner per partition",
             )
 
+        digests: list[str] = []
+
         def write(fp: IO[bytes]) -> None:
-            size = self._write_part(fp, group, part)
+            hashing = _Hashing(fp)  # the manifest's sha256, without reading the object back
+            size = self._write_part(cast(IO[bytes], hashing), group, part)
             if size != part.size:  # the plan and the container disagree: never publish
                 raise PackError(f"{name}: wrote {size} bytes but planned {part.size}")
+            digests.append(hashing.hexdigest())
 
         self._store.publish(name, write, sync=False)
-        return PublishedShard(name, part.number, len(part.items), part.size, merged=merged)
+        return PublishedShard(
+            name, part.number, len(part.items), part.size, merged=merged, sha256=digests[-1]
+        )
 
     def _unchanged(self, group: Group, part: PartPlan) -> bool:
         """Whether a part judged identical by its index also holds identical bytes.
@@ -712,6 +718,21 @@ class DesBucketWriter:
     ) -> None:
         if self._state != "published":
             self.abort()
+
+
+class _Hashing:
+    """A write-only file passing every write on and hashing it (sha256) on the way."""
+
+    def __init__(self, fp: IO[bytes]) -> None:
+        self._fp = fp
+        self._sha256 = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sha256.update(data)
+        return self._fp.write(data)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
 
 
 class _Comparison:
