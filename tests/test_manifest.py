@@ -216,7 +216,7 @@ def test_rebuild_writes_the_committed_bytes_from_shards_and_source(tmp_path: Pat
     before = world.manifest_bytes()
     path = tmp_path / manifest_name("20240510", Partition())
     path.write_bytes(b'{"format": "something else"}\n')
-    with pytest.raises(CorruptManifestError, match="p0-of-1.json: bad manifest"):
+    with pytest.raises(CorruptManifestError, match=r"p0-of-1\.json: bad manifest"):
         world.manifests().read("20240510", Partition())
     world.manifests().rebuild(world.source, at(10, 0), Partition(), "files")
     assert world.manifest_bytes() == before
