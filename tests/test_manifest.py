@@ -23,6 +23,7 @@ from deswm.model import Partition, SourceRecord, WatermarkKey
 from deswm.orchestrator import WatermarkOrchestrator
 from deswm.packer import DesPacker
 from deswm.routing import DesRouter
+from deswm.shardio import ShardStore
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)
@@ -264,3 +265,34 @@ def test_the_manifest_is_written_before_the_watermark_moves(tmp_path: Path) -> N
     assert seen == [(True, at(10, 0)), (True, at(11, 0))]
     with pytest.raises(ManifestMissingError):
         world.manifests().require("20240512", Partition())
+
+
+def test_the_packer_reports_each_written_part_with_its_bytes_sha256(tmp_path: Path) -> None:
+    packer = DesPacker(str(tmp_path), ROUTER, max_shard_size=500)
+    with packer.open_bucket(at(10, 0)) as writer:
+        for record in records([10], 20):
+            writer.add(record, f"payload of {record.uid}".encode() * 9)
+        result = writer.publish()
+    assert len(result.shards) > ROUTER.shard_count // 2
+    for shard in result.shards:
+        data = (tmp_path / shard.name).read_bytes()
+        assert shard.sha256 == hashlib.sha256(data).hexdigest()
+        assert shard.size == len(data)
+
+
+def test_a_fresh_bucket_records_its_manifest_without_reading_a_part(tmp_path: Path) -> None:
+    world = World(tmp_path, records([10], 20))
+    reads: list[str] = []
+    original = ShardStore.read_range
+
+    def counting(self: ShardStore, part: Any, start: int, end: int) -> bytes:
+        reads.append(part.name)
+        return original(self, part, start, end)
+
+    ShardStore.read_range = counting  # type: ignore[method-assign]
+    try:
+        world.orchestrator().run_cycle()
+    finally:
+        ShardStore.read_range = original  # type: ignore[method-assign]
+    assert world.manifests().require("20240510", Partition()).entries == 20
+    assert reads == []

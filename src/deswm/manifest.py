@@ -86,6 +86,14 @@ class RowDigest:
         self._total += row_hash(uid, created_at)
 
     @classmethod
+    def known(cls, count: int, hexdigest: str) -> RowDigest:
+        """A digest recorded earlier (a manifest's rows), to carry it over unchanged."""
+        digest = cls()
+        digest.count = count
+        digest._total = int(hexdigest, 16)
+        return digest
+
+    @classmethod
     def of(cls, rows: Iterable[tuple[str, datetime]]) -> RowDigest:
         digest = cls()
         for uid, created_at in rows:
@@ -360,6 +368,28 @@ class ManifestStore:
             return ManifestPart(part.name, part.part, size, entries, sha256)
         entries = len(self._store.read_index(part).entries)
         return ManifestPart(part.name, part.part, part.size, entries, self._store.sha256(part))
+
+    def refresh(
+        self,
+        bucket: datetime,
+        partition: Partition,
+        written: Sequence[PublishedShard],
+        archived: int,
+    ) -> BucketManifest | None:
+        """After listed files of a committed bucket were archived (a retry): the parts as
+        they are now, the same rows, ``archived`` fewer listed. ``None`` without a manifest
+        (nothing to keep up to date; ``deswm manifest --rebuild`` writes one)."""
+        previous = self.read(format_day(bucket), partition)
+        if previous is None:
+            return None
+        return self.record(
+            bucket,
+            partition,
+            previous.pipeline,
+            RowDigest.known(previous.rows, previous.digest),
+            max(0, previous.listed - archived),
+            written,
+        )
 
     def rebuild(
         self,

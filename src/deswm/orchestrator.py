@@ -50,6 +50,7 @@ from deswm.model import (
     FileFailure,
     Partition,
     PendingStats,
+    PublishedShard,
     RetryResult,
     SourceRecord,
     StopReason,
@@ -995,11 +996,14 @@ class WatermarkOrchestrator:
                     continue
                 done.append(record)
                 added = True
-            if not added:
+            shards: tuple[PublishedShard, ...] = ()
+            if added:
+                shards = writer.publish().shards
+            else:
                 writer.abort()
-                return done, failed, 0
-            result = writer.publish()
-        return done, failed, len(result.shards)
+        if self.manifests is not None and done:  # fewer listed; maybe new parts
+            self.manifests.refresh(bucket, self.partition, shards, len(done))
+        return done, failed, len(shards)
 
 
 def _one_line(error: BaseException | None) -> str:
