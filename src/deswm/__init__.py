@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     )
     from deswm.config import (
         ArchiveSettings,
+        AuditSettings,
         Config,
         FilesSettings,
         FlagSettings,
@@ -172,6 +173,7 @@ __all__ = [
     "ArchivedDuplicateError",
     "ArchivedEntry",
     "ArchivedFile",
+    "AuditSettings",
     "BadRowError",
     "BucketResult",
     "BucketWriter",
@@ -272,6 +274,7 @@ _EXPORTS: dict[str, str] = {
     "ArchiveSettings": "deswm.config",
     "Config": "deswm.config",
     "FilesSettings": "deswm.config",
+    "AuditSettings": "deswm.config",
     "FlagSettings": "deswm.config",
     "MonitoringSettings": "deswm.config",
     "RunSettings": "deswm.config",

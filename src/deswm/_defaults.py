@@ -14,6 +14,7 @@ import socket
 from typing import Final
 
 __all__ = [
+    "AUDIT_TABLE",
     "CREATED_AT_COLUMN",
     "DEFAULT_LOCK_TIMEOUT",
     "ERROR_TABLE",
@@ -53,6 +54,7 @@ N_BITS: Final = 8
 ON_ERROR: Final = "stop"
 MAX_FAILURE_RATIO: Final = 0.1
 ERROR_TABLE: Final = "deswm_errors"
+AUDIT_TABLE: Final = "deswm_audit"
 
 # [flag] / FlagJob
 FLAG_COLUMN: Final = "archived"

@@ -60,11 +60,13 @@ if typing.TYPE_CHECKING:
     from deswm.readers import FsspecFileReader
     from deswm.routing import DesRouter
     from deswm.sources.sql import SqlSourceProvider
+    from deswm.stores.audit import SqlAuditLog
     from deswm.stores.errors import SqlErrorStore
     from deswm.throttle import SourceThrottle
 
 __all__ = [
     "ArchiveSettings",
+    "AuditSettings",
     "Config",
     "FilesSettings",
     "FlagSettings",
@@ -246,6 +248,16 @@ class FlagSettings:
 
 
 @attrs.frozen
+class AuditSettings:
+    """``[audit]``: the optional SQL audit table (a row per archived file and bucket)."""
+
+    url: str | None = attrs.field(default=None, repr=_redacted)
+    """The audit database; unset: no audit table (``deswm audit`` works without one)."""
+    table: str = defaults.AUDIT_TABLE
+    schema: str | None = None
+
+
+@attrs.frozen
 class RunSettings:
     """``[run]``: how cycles run."""
 
@@ -302,6 +314,7 @@ _SECTIONS: dict[str, type] = {
     "archive": ArchiveSettings,
     "run": RunSettings,
     "flag": FlagSettings,
+    "audit": AuditSettings,
     "monitoring": MonitoringSettings,
     "serve": ServeSettings,
 }
@@ -317,6 +330,7 @@ class Config:
     files: FilesSettings = FilesSettings()
     run: RunSettings = RunSettings()
     flag: FlagSettings = FlagSettings()
+    audit: AuditSettings = AuditSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     serve: ServeSettings = ServeSettings()
     path: Path | None = None
@@ -396,6 +410,8 @@ class Config:
             remember(config.source.replica_url)
         if config.watermark.url is not None:
             remember(config.watermark.url)
+        if config.audit.url is not None:
+            remember(config.audit.url)
         if config.monitoring.metrics_push is not None:
             remember(config.monitoring.metrics_push)
         config = _resolve_paths(config, base)
@@ -406,6 +422,14 @@ class Config:
         from deswm._engines import parse_url
 
         parse_url(self.source.url, "source.url")
+        if self.audit.url is not None:
+            parse_url(self.audit.url, "audit.url")
+            if self.audit.url == self.source.url and self.audit.table == self.source.table:
+                raise ConfigError(
+                    f"is the source table {self.source.table!r}: deswm never writes there",
+                    key="audit.table",
+                    hint=f"Use another table, e.g. {defaults.AUDIT_TABLE!r}",
+                )
         if self.watermark.url is not None and self.watermark.kind != "object":
             parse_url(self.watermark.url, "watermark.url")
         if self.source.replica_url is not None:
@@ -621,6 +645,20 @@ class Config:
                 storage_options=self.archive.storage_options or None,
             )
 
+    def build_audit_log(self, router: DesRouter | None = None) -> SqlAuditLog | None:
+        """The SQL audit table of ``[audit] url``, or ``None`` when it is not set."""
+        if self.audit.url is None:
+            return None
+        from deswm.stores.audit import SqlAuditLog
+
+        with _rekeyed("audit"):
+            return SqlAuditLog(
+                self.audit.url,
+                router or self.build_router(),
+                table=self.audit.table,
+                schema=self.audit.schema,
+            )
+
     def build_manifests(self) -> ManifestStore:
         """The bucket manifests beside the archive's shards (:mod:`deswm.manifest`)."""
         from deswm.manifest import ManifestStore
@@ -696,6 +734,8 @@ class Config:
             "max_buckets": self.run.max_buckets,
             "run_time": None if self.run.run_time is None else timedelta(seconds=self.run.run_time),
         }
+        if not read_only and self.audit.url is not None:
+            options["audit_log"] = self.build_audit_log(router)
         options.update(overrides)
         store = self.build_store(store_engine)
         source = self.build_source(source_engine)
@@ -942,6 +982,10 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
     return attrs.evolve(
         config,
         source=attrs.evolve(config.source, url=resolve_sqlite_url(config.source.url, base)),
+        audit=attrs.evolve(
+            config.audit,
+            url=None if config.audit.url is None else resolve_sqlite_url(config.audit.url, base),
+        ),
         watermark=attrs.evolve(
             config.watermark,
             url=_watermark_url(config.watermark, base, local),

@@ -127,8 +127,8 @@ class FlagJob:
                 "the flag stage needs the archive's manifests, to flag only rows of buckets "
                 "whose commit is recorded",
                 key="manifests",
-                hint="Pass manifests=ManifestStore(archive.store, router) (deswm.manifest); "
-                "the config file's build_flag_job() does this",
+                hint="Pass manifests=Archive(url).manifests (deswm.manifest); the config "
+                "file's build_flag_job() does this",
             )
         self.manifests = manifests
         self._partitions = 1

@@ -27,7 +27,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -41,6 +41,7 @@ from deswm.timeutil import format_day, format_utc, parse_day
 
 __all__ = [
     "MANIFESTS",
+    "AuditLog",
     "BucketManifest",
     "ManifestGroup",
     "ManifestPart",
@@ -240,6 +241,19 @@ def _parse(raw: Any) -> BucketManifest:
         listed=int(rows["listed"]),
         groups=tuple(groups),
     )
+
+
+class AuditLog(Protocol):
+    """Where each committed bucket's archived rows are also recorded (an audit table)."""
+
+    def record(
+        self,
+        manifest: BucketManifest,
+        rows: Sequence[tuple[str, datetime]],
+        archived_at: datetime,
+    ) -> None:
+        """Append the bucket's archived ``(uid, created_at)`` rows; durable on return."""
+        ...
 
 
 # --- the store ----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from deswm.errors import (
     WatermarkError,
     WatermarkMoveRefused,
 )
-from deswm.manifest import ManifestStore, RowDigest, manifests_of
+from deswm.manifest import AuditLog, ManifestStore, RowDigest, manifests_of
 from deswm.model import (
     DEFAULT_STAGE,
     BucketResult,
@@ -214,6 +214,8 @@ class WatermarkOrchestrator:
         manifests: where each committed bucket's manifest is written before the
             watermark passes it (:mod:`deswm.manifest`); by default the packer's
             destination when it has one (a :class:`~deswm.DesPacker`), else none.
+        audit_log: also append each committed bucket's archived rows there (one bulk
+            insert per bucket, after its manifest); needs ``manifests``.
     """
 
     def __init__(
@@ -237,6 +239,7 @@ class WatermarkOrchestrator:
         stage: str = DEFAULT_STAGE,
         run_time: timedelta | None = None,
         manifests: ManifestStore | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
             raise ConfigError("must be a non-empty string", key="watermark.pipeline")
@@ -288,6 +291,13 @@ class WatermarkOrchestrator:
         self.run_time = run_time
         self.observers = tuple(observers)
         self.manifests = manifests if manifests is not None else manifests_of(packer, router)
+        if audit_log is not None and self.manifests is None:
+            raise ConfigError(
+                "an audit log needs manifests: its rows name their bucket's manifest",
+                key="audit.url",
+                hint="Use a DesPacker, or pass manifests=ManifestStore(...)",
+            )
+        self.audit_log = audit_log
         self._stop = _Stop()
 
     def __repr__(self) -> str:
@@ -761,7 +771,7 @@ class WatermarkOrchestrator:
                     self._error_store().record(self.key, outcome.failures)
                     totals.failures.extend(outcome.failures)
                 reach("bucket.after_publish")
-                self._record_manifest(bucket, outcome.result, rows, len(outcome.failures))
+                self._record_manifest(bucket, outcome, rows)
                 reach("bucket.after_manifest")
                 watermark = self.store.advance(watermark, end)
                 reach("bucket.after_commit")
@@ -771,16 +781,21 @@ class WatermarkOrchestrator:
                 watermark = self.store.advance(watermark, window.end)
         return watermark, "finished"
 
-    def _record_manifest(
-        self, bucket: datetime, result: BucketResult, rows: _RowCounter, listed: int
-    ) -> None:
-        """Write the bucket's manifest (published parts and the rows counted) before the
-        watermark passes it, so every committed bucket has one."""
-        if self.manifests is None:
+    def _record_manifest(self, bucket: datetime, outcome: _Outcome, rows: _RowCounter) -> None:
+        """Write the bucket's manifest (published parts and the rows counted), and its
+        audit rows, before the watermark passes it, so every committed bucket has one."""
+        if self.manifests is None or outcome.result is None:
             return
-        self.manifests.record(
-            bucket, self.partition, self.key.pipeline, rows.digest(bucket), listed, result.shards
+        manifest = self.manifests.record(
+            bucket,
+            self.partition,
+            self.key.pipeline,
+            rows.digest(bucket),
+            len(outcome.failures),
+            outcome.result.shards,
         )
+        if self.audit_log is not None:
+            self.audit_log.record(manifest, outcome.archived, self._now())
 
     def _stop_reason(self, until: tuple[_Stop, float | None], totals: _Totals) -> StopReason | None:
         """Why no further bucket may start now, or None (checked at each bucket boundary)."""
@@ -881,6 +896,7 @@ class WatermarkOrchestrator:
         bucket_end = self.router.next_bucket(bucket)
         item: ReadResult | None = first
         seen = kept = 0
+        archived: list[tuple[str, datetime]] | None = [] if self.audit_log is not None else None
         with self.packer.open_bucket(bucket) as writer:
             while item is not None:
                 record, data = item
@@ -891,6 +907,8 @@ class WatermarkOrchestrator:
                     if isinstance(data, FileMissingError) and writer.archived(record) is not None:
                         kept += 1
                         totals.kept += 1
+                        if archived is not None:
+                            archived.append((uid_text(record.uid), record.created_at))
                     else:
                         failures.append(FileFailure.from_exception(record, "read", data))
                 else:
@@ -901,6 +919,8 @@ class WatermarkOrchestrator:
                             raise
                         failures.append(FileFailure.from_exception(record, "pack", exc))
                     else:
+                        if archived is not None:
+                            archived.append((uid_text(record.uid), record.created_at))
                         totals.files += 1
                         totals.bytes_in += len(data)
                         for observer in self.observers:
@@ -911,7 +931,9 @@ class WatermarkOrchestrator:
                 writer.abort()
                 return _Outcome(item, tuple(failures), None, reason, kept)
             reach("bucket.before_publish")
-            return _Outcome(item, tuple(failures), writer.publish(), None, kept)
+            return _Outcome(
+                item, tuple(failures), writer.publish(), None, kept, tuple(archived or ())
+            )
 
     def _refusal(self, failures: list[FileFailure], seen: int) -> str | None:
         """Why the bucket must not be committed with these failures, or ``None``."""
@@ -1023,6 +1045,8 @@ class _Outcome:
     reason: str | None
     kept: int = 0
     """Rows whose file is gone but whose entry is published (archived before)."""
+    archived: tuple[tuple[str, datetime], ...] = ()
+    """``(uid, created_at)`` of the rows archived or kept (only kept for an audit log)."""
 
     @property
     def accounted(self) -> int:
