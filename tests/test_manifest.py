@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,15 @@ from deswm._checkpoints import install, uninstall
 from deswm.archive import Archive
 from deswm.container import read_shard
 from deswm.errors import ConfigError, CorruptManifestError, ManifestMissingError
-from deswm.manifest import BucketManifest, ManifestStore, RowDigest, manifest_name, row_hash
+from deswm.manifest import BucketManifest, ManifestStore, RowDigest, manifest_name
 from deswm.model import Partition, SourceRecord, WatermarkKey
 from deswm.orchestrator import WatermarkOrchestrator
 from deswm.packer import DesPacker
 from deswm.routing import DesRouter
+from deswm.rowdigest import instant_text, row_hash
 from deswm.shardio import ShardStore
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
+from deswm.timeutil import format_utc
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)
 ROUTER = DesRouter(4)
@@ -296,3 +298,14 @@ def test_a_fresh_bucket_records_its_manifest_without_reading_a_part(tmp_path: Pa
         ShardStore.read_range = original  # type: ignore[method-assign]
     assert world.manifests().require("20240510", Partition()).entries == 20
     assert reads == []
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), UTC]),
+    )
+)
+def test_the_fast_instant_text_is_format_utc(value: datetime) -> None:
+    assert instant_text(value) == format_utc(value)

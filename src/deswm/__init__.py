@@ -107,9 +107,11 @@ if TYPE_CHECKING:
     )
     from deswm.protocols import ArchiveLookup as ArchiveLookup
     from deswm.protocols import (
+        AuditLog,
         BucketWriter,
         ErrorStore,
         FileReader,
+        ManifestRecorder,
         Packer,
         ReadResult,
         ShardRouter,
@@ -173,6 +175,7 @@ __all__ = [
     "ArchivedDuplicateError",
     "ArchivedEntry",
     "ArchivedFile",
+    "AuditLog",
     "AuditSettings",
     "BadRowError",
     "BucketResult",
@@ -211,6 +214,7 @@ __all__ = [
     "LocationOutsideRootError",
     "LocationReference",
     "ManifestMissingError",
+    "ManifestRecorder",
     "MissingExtraError",
     "MonitoringSettings",
     "NaiveDatetimeError",
@@ -343,6 +347,8 @@ _EXPORTS: dict[str, str] = {
     "DesBucketWriter": "deswm.packer",
     "DesPacker": "deswm.packer",
     "ArchiveLookup": "deswm.protocols",
+    "AuditLog": "deswm.protocols",
+    "ManifestRecorder": "deswm.protocols",
     "BucketWriter": "deswm.protocols",
     "ErrorStore": "deswm.protocols",
     "FileReader": "deswm.protocols",

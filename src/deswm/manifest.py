@@ -22,12 +22,11 @@ The layout is specified in ``docs/format.md`` ("Bucket manifests").
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import attrs
 
@@ -36,19 +35,18 @@ from deswm.errors import CorruptManifestError, ManifestMissingError
 from deswm.model import Partition, PublishedShard, Window
 from deswm.protocols import ShardRouter, SourceProvider
 from deswm.routing import uid_text
+from deswm.rowdigest import DIGEST_METHOD, RowDigest
 from deswm.shardio import ShardStore
 from deswm.timeutil import format_day, format_utc, parse_day
 
 __all__ = [
     "MANIFESTS",
-    "AuditLog",
     "BucketManifest",
     "ManifestGroup",
     "ManifestPart",
     "ManifestStore",
     "RowDigest",
     "manifest_name",
-    "row_hash",
 ]
 
 MANIFESTS: Final = "_manifests"
@@ -56,55 +54,8 @@ MANIFESTS: Final = "_manifests"
 
 FORMAT: Final = "deswm.bucket-manifest"
 VERSION: Final = 1
-DIGEST_METHOD: Final = "sum256-sha256-uid-nul-created_at"
-"""How ``rows.digest`` is computed (see the module docs); a change needs a new VERSION."""
-
-_MODULUS: Final = 2**256
 _NAME = re.compile(r"^p(\d+)-of-(\d+)\.json$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-# --- the row digest -----------------------------------------------------------------------
-
-
-def row_hash(uid: str, created_at: datetime) -> int:
-    """The digest term of one row: ``sha256(uid "\\0" format_utc(created_at))`` as an int."""
-    text = f"{uid}\0{format_utc(created_at)}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest(), "big")
-
-
-class RowDigest:
-    """Count and order-independent digest of a set of ``(uid, created_at)`` rows."""
-
-    __slots__ = ("_total", "count")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._total = 0
-
-    def add(self, uid: str, created_at: datetime) -> None:
-        self.count += 1
-        self._total += row_hash(uid, created_at)
-
-    @classmethod
-    def known(cls, count: int, hexdigest: str) -> RowDigest:
-        """A digest recorded earlier (a manifest's rows), to carry it over unchanged."""
-        digest = cls()
-        digest.count = count
-        digest._total = int(hexdigest, 16)
-        return digest
-
-    @classmethod
-    def of(cls, rows: Iterable[tuple[str, datetime]]) -> RowDigest:
-        digest = cls()
-        for uid, created_at in rows:
-            digest.add(uid, created_at)
-        return digest
-
-    @property
-    def hexdigest(self) -> str:
-        """The sum modulo ``2**256`` as 64 lowercase hex digits."""
-        return f"{self._total % _MODULUS:064x}"
 
 
 # --- the value types ----------------------------------------------------------------------
@@ -241,19 +192,6 @@ def _parse(raw: Any) -> BucketManifest:
         listed=int(rows["listed"]),
         groups=tuple(groups),
     )
-
-
-class AuditLog(Protocol):
-    """Where each committed bucket's archived rows are also recorded (an audit table)."""
-
-    def record(
-        self,
-        manifest: BucketManifest,
-        rows: Sequence[tuple[str, datetime]],
-        archived_at: datetime,
-    ) -> None:
-        """Append the bucket's archived ``(uid, created_at)`` rows; durable on return."""
-        ...
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -435,12 +373,6 @@ def _writer(data: bytes) -> Any:
         fp.write(data)
 
     return write
-
-
-def manifests_of(packer: object, router: ShardRouter) -> ManifestStore | None:
-    """The manifest store of a packer writing to a :class:`ShardStore` (``None`` else)."""
-    store = getattr(packer, "store", None)
-    return ManifestStore(store, router) if isinstance(store, ShardStore) else None
 
 
 def manifest_dict(

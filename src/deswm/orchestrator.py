@@ -41,7 +41,6 @@ from deswm.errors import (
     WatermarkError,
     WatermarkMoveRefused,
 )
-from deswm.manifest import AuditLog, ManifestStore, RowDigest, manifests_of
 from deswm.model import (
     DEFAULT_STAGE,
     BucketResult,
@@ -60,8 +59,10 @@ from deswm.model import (
     Window,
 )
 from deswm.protocols import (
+    AuditLog,
     ErrorStore,
     FileReader,
+    ManifestRecorder,
     Packer,
     ReadResult,
     ShardRouter,
@@ -69,6 +70,7 @@ from deswm.protocols import (
     WatermarkStore,
 )
 from deswm.routing import require_day_buckets, uid_text
+from deswm.rowdigest import RowDigest
 from deswm.timeutil import format_utc, require_utc
 
 __all__ = ["CycleObserver", "WatermarkOrchestrator", "utc_now"]
@@ -213,7 +215,8 @@ class WatermarkOrchestrator:
         observers: hooks for metrics and progress.
         manifests: where each committed bucket's manifest is written before the
             watermark passes it (:mod:`deswm.manifest`); by default the packer's
-            destination when it has one (a :class:`~deswm.DesPacker`), else none.
+            destination when it has one (a :class:`~deswm.DesPacker`'s
+            ``manifests``), else none.
         audit_log: also append each committed bucket's archived rows there (one bulk
             insert per bucket, after its manifest); needs ``manifests``.
     """
@@ -238,7 +241,7 @@ class WatermarkOrchestrator:
         observers: tuple[CycleObserver, ...] | list[CycleObserver] = (),
         stage: str = DEFAULT_STAGE,
         run_time: timedelta | None = None,
-        manifests: ManifestStore | None = None,
+        manifests: ManifestRecorder | None = None,
         audit_log: AuditLog | None = None,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
@@ -290,7 +293,7 @@ class WatermarkOrchestrator:
         self.max_buckets = max_buckets
         self.run_time = run_time
         self.observers = tuple(observers)
-        self.manifests = manifests if manifests is not None else manifests_of(packer, router)
+        self.manifests = manifests if manifests is not None else _manifests_of(packer)
         if audit_log is not None and self.manifests is None:
             raise ConfigError(
                 "an audit log needs manifests: its rows name their bucket's manifest",
@@ -1026,6 +1029,12 @@ class WatermarkOrchestrator:
         if self.manifests is not None and done:  # fewer listed; maybe new parts
             self.manifests.refresh(bucket, self.partition, shards, len(done))
         return done, failed, len(shards)
+
+
+def _manifests_of(packer: Packer) -> ManifestRecorder | None:
+    """The manifests a packer keeps beside its shards (``DesPacker.manifests``), if any."""
+    found = getattr(packer, "manifests", None)
+    return found if callable(getattr(found, "record", None)) else None
 
 
 def _one_line(error: BaseException | None) -> str:

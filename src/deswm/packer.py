@@ -80,6 +80,7 @@ from deswm.errors import (
     ObjectChangedError,
     PackError,
 )
+from deswm.manifest import ManifestStore
 from deswm.model import ArchivedEntry, BucketResult, Codec, PublishedShard, ShardKey, SourceRecord
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, require_day_buckets, uid_text
@@ -200,6 +201,11 @@ class DesPacker:
     def store(self) -> ShardStore:
         """The destination (for tools and tests)."""
         return self._store
+
+    @property
+    def manifests(self) -> ManifestStore:
+        """The bucket manifests beside the shards, which the orchestrator writes."""
+        return ManifestStore(self._store, self._router)
 
     def open_bucket(self, bucket: datetime) -> DesBucketWriter:
         """A writer for the bucket starting at ``bucket`` (aware, a bucket start)."""

@@ -28,7 +28,7 @@ from deswm.errors import ConfigError, DeswmError
 from deswm.manifest import BucketManifest
 from deswm.protocols import ShardRouter
 from deswm.sqltypes import UtcDateTime
-from deswm.timeutil import require_utc
+from deswm.timeutil import parse_day, require_utc
 
 __all__ = ["DEFAULT_AUDIT_TABLE", "SqlAuditLog"]
 
@@ -111,18 +111,18 @@ class SqlAuditLog(EngineOwner):
             "archived_at": at,
             "runner": self.runner,
         }
-        route = self._router.route
+        # Every row is in the manifest's day: its group is the day and its shard index.
+        bucket = parse_day(manifest.day, "manifest.day")
+        router = self._router
+        groups: dict[int, str] = {}
         values = []
         for uid, created_at in rows:
-            key = route(uid, created_at)
-            values.append(
-                {
-                    "uid": uid,
-                    "created_at": created_at,
-                    "shard_group": f"{key.day}_{key.hex}",
-                    **common,
-                }
-            )
+            index = router.shard_index(uid)
+            group = groups.get(index)
+            if group is None:
+                key = router.group(bucket, index)
+                group = groups[index] = f"{key.day}_{key.hex}"
+            values.append({"uid": uid, "created_at": created_at, "shard_group": group, **common})
         self._created.ensure(self._db_errors, "create the audit table")
         with (
             self._db_errors(f"insert {len(values)} audit row(s) of {manifest.name}"),
