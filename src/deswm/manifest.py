@@ -26,7 +26,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import attrs
 
@@ -36,7 +36,7 @@ from deswm.model import Partition, PublishedShard, Window
 from deswm.protocols import ShardRouter, SourceProvider
 from deswm.routing import uid_text
 from deswm.rowdigest import DIGEST_METHOD, RowDigest
-from deswm.shardio import ShardStore
+from deswm.shardio import ShardStore, WriteFn
 from deswm.timeutil import format_day, format_utc, parse_day
 
 __all__ = [
@@ -368,8 +368,8 @@ class ManifestStore:
         return self.record(bucket, partition, pipeline, rows, listed, rehash=True)
 
 
-def _writer(data: bytes) -> Any:
-    def write(fp: Any) -> None:
+def _writer(data: bytes) -> WriteFn:
+    def write(fp: IO[bytes]) -> None:
         fp.write(data)
 
     return write
