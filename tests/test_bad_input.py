@@ -640,7 +640,8 @@ MINIMAL = '[source]\nurl = "sqlite:///source.db"\n[archive]\nurl = "archive"\n'
         (
             "[wat]\nx = 1\n",
             "wat",
-            "known sections: archive, audit, files, flag, monitoring, run, serve, source, watermark",
+            "known sections: archive, audit, files, flag, monitoring, run, serve, source, "
+            "watermark",
         ),
         ("[run]\non_eror = 'stop'\n", "run.on_eror", "settings of [run]:"),
     ],
