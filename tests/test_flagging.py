@@ -4,15 +4,18 @@ batches, only for rows below the archived watermark (every partition's), never o
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from deswm.errors import ConfigError
+from deswm.errors import ConfigError, ManifestMissingError
 from deswm.flagging import FlagJob
-from deswm.model import WatermarkKey
+from deswm.manifest import ManifestStore, RowDigest
+from deswm.model import Partition, WatermarkKey
 from deswm.routing import DesRouter
+from deswm.shardio import ShardStore
 from deswm.sources.sql import SqlSourceProvider
 from deswm.testing import MemoryWatermarkStore
 
@@ -52,16 +55,38 @@ def flagged(engine: sa.Engine, table: sa.Table) -> set[int]:
         return {row.uid for row in conn.execute(sa.select(table.c.uid).where(table.c.archived))}
 
 
-def job(engine: sa.Engine, store: MemoryWatermarkStore, **options: Any) -> FlagJob:
+@pytest.fixture
+def manifests(tmp_path: Path) -> ManifestStore:
+    """Manifests of every day of the table, for one and for two partitions."""
+    found = ManifestStore(ShardStore(str(tmp_path / "archive")), DesRouter(8))
+    for day in range(14):
+        for partition in (Partition(0, 1), Partition(0, 2), Partition(1, 2)):
+            found.record(START + timedelta(days=day), partition, "files", RowDigest(), 0)
+    return found
+
+
+def job(
+    engine: sa.Engine, store: MemoryWatermarkStore, manifests: ManifestStore, **options: Any
+) -> FlagJob:
     source = options.pop("source", None) or SqlSourceProvider(engine, "files", size_column=None)
-    return FlagJob(store, source, DesRouter(8), pipeline="files", initial=START, **options)
+    return FlagJob(
+        store,
+        source,
+        DesRouter(8),
+        pipeline="files",
+        initial=START,
+        manifests=manifests,
+        **options,
+    )
 
 
-def test_flags_rows_below_the_archived_watermark(engine: sa.Engine, files: sa.Table) -> None:
+def test_flags_rows_below_the_archived_watermark(
+    engine: sa.Engine, files: sa.Table, manifests: ManifestStore
+) -> None:
     store = MemoryWatermarkStore()
     store.initialize(WatermarkKey("files"), datetime(2024, 5, 15, tzinfo=UTC))
 
-    result = job(engine, store, batch_size=7).run()
+    result = job(engine, store, manifests, batch_size=7).run()
 
     below = {
         n for n in range(60) if START + timedelta(hours=5 * n) < datetime(2024, 5, 15, tzinfo=UTC)
@@ -74,57 +99,63 @@ def test_flags_rows_below_the_archived_watermark(engine: sa.Engine, files: sa.Ta
     assert mark is not None
     assert mark.position == datetime(2024, 5, 15, tzinfo=UTC)
 
-    again = job(engine, store).run()  # nothing new: no window, no writes
+    again = job(engine, store, manifests).run()  # nothing new: no window, no writes
     assert again.window.empty
     assert again.rows_updated == 0
 
 
-def test_flagging_follows_filter_query(engine: sa.Engine, files: sa.Table) -> None:
+def test_flagging_follows_filter_query(
+    engine: sa.Engine, files: sa.Table, manifests: ManifestStore
+) -> None:
     class AcmeOnly(SqlSourceProvider):
         def filter_query(self, query: Any) -> Any:
             return query.where(self.table.c["tenant"] == "acme")
 
     store = MemoryWatermarkStore()
     store.initialize(WatermarkKey("files"), datetime(2024, 5, 13, tzinfo=UTC))
-    job(engine, store, source=AcmeOnly(engine, "files", size_column=None)).run()
+    job(engine, store, manifests, source=AcmeOnly(engine, "files", size_column=None)).run()
     assert flagged(engine, files) == {n for n in range(15) if n % 3}
 
 
-def test_waits_for_every_partition(engine: sa.Engine, files: sa.Table) -> None:
+def test_waits_for_every_partition(
+    engine: sa.Engine, files: sa.Table, manifests: ManifestStore
+) -> None:
     store = MemoryWatermarkStore()
     store.initialize(
         WatermarkKey("files", partition=0), datetime(2024, 5, 14, tzinfo=UTC), partitions=2
     )
-    assert job(engine, store).run().rows_updated == 0  # partition 1 has not started
+    assert job(engine, store, manifests).run().rows_updated == 0  # partition 1 has not started
     store.initialize(
         WatermarkKey("files", partition=1), datetime(2024, 5, 12, tzinfo=UTC), partitions=2
     )
-    job(engine, store).run()
+    job(engine, store, manifests).run()
     assert max(flagged(engine, files)) < 10  # bounded by the slower partition (May 12)
 
 
-def test_dry_run_and_rate_limit(engine: sa.Engine, files: sa.Table) -> None:
+def test_dry_run_and_rate_limit(
+    engine: sa.Engine, files: sa.Table, manifests: ManifestStore
+) -> None:
     store = MemoryWatermarkStore()
     store.initialize(WatermarkKey("files"), datetime(2024, 5, 12, tzinfo=UTC))
-    dry = job(engine, store).run(dry_run=True)
+    dry = job(engine, store, manifests).run(dry_run=True)
     assert dry.rows_updated == 10
     assert flagged(engine, files) == set()
     assert store.get(WatermarkKey("files", "flagged")) is None
 
     sleeps: list[float] = []
-    job(engine, store, batch_size=4, max_rows_per_second=2.0, sleep=sleeps.append).run()
+    job(engine, store, manifests, batch_size=4, max_rows_per_second=2.0, sleep=sleeps.append).run()
     assert flagged(engine, files) == set(range(10))
     assert sleeps
     assert sum(sleeps) > 3  # 10 rows at 2 rows/s: about 5 s of waiting, minus the work
 
 
-def test_bad_settings(engine: sa.Engine, files: sa.Table) -> None:
+def test_bad_settings(engine: sa.Engine, files: sa.Table, manifests: ManifestStore) -> None:
     store = MemoryWatermarkStore()
     with pytest.raises(ConfigError, match=r"flag\.batch_size"):
-        job(engine, store, batch_size=0)
+        job(engine, store, manifests, batch_size=0)
     store.initialize(WatermarkKey("files"), datetime(2024, 5, 12, tzinfo=UTC))
     with pytest.raises(ConfigError) as caught:
-        job(engine, store, column="is_archived").run()
+        job(engine, store, manifests, column="is_archived").run()
     assert caught.value.key == "flag.column"
 
 
@@ -138,3 +169,30 @@ def test_flagging_depends_on_a_protocol_not_on_the_sql_source() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert "deswm.sources.sql" not in json.loads(done.stdout)
+
+
+def test_a_day_without_its_manifest_is_refused(
+    engine: sa.Engine, files: sa.Table, tmp_path: Path
+) -> None:
+    """Days 10 and 11 have manifests, day 12 has none: the job flags 10 and 11 and stops
+    at 12 before flagging any of its rows (its watermark stays at May 12)."""
+    partial = ManifestStore(ShardStore(str(tmp_path / "partial")), DesRouter(8))
+    for day in (0, 1):
+        partial.record(START + timedelta(days=day), Partition(), "files", RowDigest(), 0)
+    store = MemoryWatermarkStore()
+    store.initialize(WatermarkKey("files"), datetime(2024, 5, 14, tzinfo=UTC))
+
+    with pytest.raises(ManifestMissingError, match="bucket 20240512 partition 0/1"):
+        job(engine, store, partial).run()
+
+    assert flagged(engine, files) == set(range(10))  # May 10 and 11: 5 hours apart
+    mark = store.get(WatermarkKey("files", "flagged"))
+    assert mark is not None and mark.position == datetime(2024, 5, 12, tzinfo=UTC)
+    with pytest.raises(ManifestMissingError):
+        job(engine, store, partial).run(dry_run=True)
+
+
+def test_the_job_needs_manifests(engine: sa.Engine, files: sa.Table) -> None:
+    source = SqlSourceProvider(engine, "files", size_column=None)
+    with pytest.raises(ConfigError, match="manifests"):
+        FlagJob(MemoryWatermarkStore(), source, DesRouter(8), pipeline="files", initial=START)

@@ -160,6 +160,10 @@ def test_retry_merges_fixed_files_into_published_shards(world: World, tmp_path: 
     clean.orchestrator().run_cycle()
     assert world.objects() == clean.objects()
     assert world.objects() != before
+    # The retry brought each touched day's manifest up to date: a clean run's bytes.
+    for day in ("20240510", "20240511"):
+        name = f"_manifests/{day}/p0-of-1.json"
+        assert (world.archive_dir / name).read_bytes() == (clean.archive_dir / name).read_bytes()
 
 
 def test_retry_of_a_file_archived_meanwhile_resolves_it(world: World) -> None:

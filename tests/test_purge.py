@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from deswm.archive import Archive
 from deswm.container import read_shard
-from deswm.errors import ConfigError, FileReadError
+from deswm.errors import ConfigError, FileReadError, ManifestMissingError
 from deswm.model import FileFailure, LocationReference, Partition, SourceRecord, WatermarkKey
 from deswm.orchestrator import WatermarkOrchestrator
 from deswm.packer import DesPacker
@@ -451,7 +451,9 @@ def test_a_location_whose_other_row_is_not_in_the_archive_is_kept(tmp_path: Path
     late = SourceRecord("late", at(11, 1), world.records[0].location)
     world.source.add(late)
 
-    with pytest.raises(PurgeError, match="'late': not in the archive"):
+    # Day 11 had no row when it was committed, so it has no manifest: the purge stops
+    # there, before looking at the late row.
+    with pytest.raises(ManifestMissingError, match="bucket 20240511 partition 0/1"):
         world.purge().run()
 
     assert world.records[0].location in world.present()
@@ -561,3 +563,19 @@ def test_purge_and_verify_share_one_archive_lookup_protocol() -> None:
 
     assert typing.get_type_hints(PurgeJob.__init__)["archive"] is ArchiveLookup
     assert typing.get_type_hints(verify_window)["archive"] is ArchiveLookup
+
+
+def test_a_day_without_its_manifest_is_never_purged(tmp_path: Path) -> None:
+    world = World(tmp_path, [10, 11, 12])
+    world.orchestrator().run_cycle()
+    (world.archive_dir / "_manifests" / "20240511" / "p0-of-1.json").unlink()
+
+    with pytest.raises(ManifestMissingError, match="bucket 20240511 partition 0/1") as caught:
+        world.purge().run()
+
+    assert "deswm manifest 20240511 --rebuild" in str(caught.value)
+    day_10 = {r.location for r in world.records if r.created_at < at(11, 0)}
+    assert not day_10 & world.present(), "the day before it was purged"
+    assert {r.location for r in world.records if r.created_at >= at(11, 0)} <= world.present()
+    purged = world.store.get(PURGED)
+    assert purged is not None and purged.position == at(11, 0)

@@ -27,6 +27,7 @@ POINTS: tuple[str, ...] = (
     "lane.before_publish",
     "lane.after_publish",
     "bucket.after_publish",
+    "bucket.after_manifest",
     "bucket.after_commit",
     "packer.after_add",
     "packer.before_group",

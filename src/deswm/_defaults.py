@@ -14,6 +14,7 @@ import socket
 from typing import Final
 
 __all__ = [
+    "AUDIT_TABLE",
     "BUCKETS_IN_FLIGHT",
     "CREATED_AT_COLUMN",
     "DEFAULT_LOCK_TIMEOUT",
@@ -65,6 +66,7 @@ EXECUTOR: Final = "auto"
 """Where lanes run: processes when they can (W > 1), else threads, else inline (W = 1)."""
 BUCKETS_IN_FLIGHT: Final = 2
 LANE_TIMEOUT: Final[float | None] = None
+AUDIT_TABLE: Final = "deswm_audit"
 
 # [flag] / FlagJob
 FLAG_COLUMN: Final = "archived"

@@ -30,6 +30,7 @@ from deswm.errors import (
 )
 from deswm.model import BucketResult, FileFailure, SourceRecord
 from deswm.protocols import FileReader, Packer
+from deswm.routing import uid_text
 
 __all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "merge_results", "pack_lane"]
 
@@ -75,6 +76,8 @@ class LaneJob:
     packer: Packer
     on_error: Literal["stop", "record"]
     rows: LaneBatch
+    audit: bool = False
+    """Also return the ``(uid, created_at)`` of the rows archived or kept (an audit log)."""
 
 
 @attrs.frozen
@@ -89,6 +92,8 @@ class LaneOutcome:
     seen: int
     files: int
     bytes_in: int
+    archived: tuple[tuple[str, datetime], ...] = ()
+    """``(uid, created_at)`` of the rows archived or kept, when the job asked (audit)."""
 
 
 def pack_lane(job: LaneJob) -> LaneOutcome:
@@ -112,6 +117,7 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
 def _pack(job: LaneJob) -> LaneOutcome:
     failures: list[FileFailure] = []
     seen = kept = files = size = 0
+    archived: list[tuple[str, datetime]] | None = [] if job.audit else None
     with job.packer.open_bucket(job.bucket) as writer:
         results = job.reader.read_many(job.rows.records())
         try:
@@ -120,6 +126,8 @@ def _pack(job: LaneJob) -> LaneOutcome:
                 if isinstance(data, FileReadError):
                     if isinstance(data, FileMissingError) and writer.archived(record) is not None:
                         kept += 1
+                        if archived is not None:
+                            archived.append((uid_text(record.uid), record.created_at))
                     else:
                         failures.append(FileFailure.from_exception(record, "read", data))
                     continue
@@ -132,6 +140,8 @@ def _pack(job: LaneJob) -> LaneOutcome:
                     continue
                 files += 1
                 size += len(data)
+                if archived is not None:
+                    archived.append((uid_text(record.uid), record.created_at))
         finally:
             close = getattr(results, "close", None)
             if close is not None:
@@ -142,7 +152,9 @@ def _pack(job: LaneJob) -> LaneOutcome:
         reach("lane.before_publish")
         result = writer.publish()
         reach("lane.after_publish")
-    return LaneOutcome(job.lane, result, tuple(failures), kept, seen, files, size)
+    return LaneOutcome(
+        job.lane, result, tuple(failures), kept, seen, files, size, tuple(archived or ())
+    )
 
 
 def merge_results(bucket: datetime, parts: list[BucketResult]) -> BucketResult:

@@ -92,7 +92,8 @@ from deswm.errors import (
     ShardError,
     UnverifiedEntryError,
 )
-from deswm.model import ArchivedEntry, ShardKey
+from deswm.manifest import BucketManifest, ManifestStore
+from deswm.model import ArchivedEntry, Partition, ShardKey
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, uid_text
 from deswm.shardio import ShardStore, describe, shard_store
@@ -305,6 +306,7 @@ class Archive:
         self._counts_lock = threading.Lock()
         self._hits = 0
         self._loads = 0
+        self._manifests = ManifestStore(self._store, self._router)
 
     def __repr__(self) -> str:
         return describe("Archive", self._store, self._router, cache_size=self._cache_size)
@@ -443,6 +445,34 @@ class Archive:
             for part in self._store.list_day(text)
             if len(part.hex) == len(sample.hex) and int(part.hex, 16) < count
         ]
+
+    @property
+    def manifests(self) -> ManifestStore:
+        """The bucket manifests beside the shards (:mod:`deswm.manifest`)."""
+        return self._manifests
+
+    def manifest(
+        self, day: date | datetime | str, *, partition: Partition | None = None
+    ) -> BucketManifest:
+        """The manifest of one committed day and partition.
+
+        Without ``partition``, the day's only manifest (one partition, or a day packed by
+        one runner). Raises :class:`~deswm.errors.ManifestMissingError` when there is none,
+        :class:`~deswm.errors.CorruptManifestError` when it does not parse, and
+        :class:`~deswm.errors.ConfigError` when several partitions wrote the day.
+        """
+        text = _day_text(day)
+        if partition is None:
+            found = self._manifests.partitions(text)
+            if len(found) > 1:
+                names = ", ".join(f"{p.index}/{p.count}" for p in found)
+                raise ConfigError(
+                    f"day {text} has manifests of partitions {names}",
+                    key="partition",
+                    hint="Pass partition=Partition(index, count) (deswm manifest --partition)",
+                )
+            partition = found[0] if found else Partition()
+        return self._manifests.require(text, partition)
 
     def entries(self, object_name: str) -> Iterator[IndexEntry]:
         """The index entries of one shard object, in index order."""

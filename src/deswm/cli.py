@@ -44,6 +44,8 @@ from deswm.model import STOP_REASON_TEXT, CyclePlan, Watermark, WatermarkMove, W
 from deswm.timeutil import format_utc, parse_timestamp
 
 if TYPE_CHECKING:
+    from deswm.manifest import BucketManifest
+    from deswm.model import Partition
     from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
 
 __all__ = ["main"]
@@ -572,6 +574,99 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from deswm.manifest import manifest_dict
+
+    config = _config(args)
+    archive = config.build_archive()
+    day = _day_arg(args.day)
+    partition = (
+        None if args.partition is None else _partition(args.partition, config.run.partitions)
+    )
+    if args.rebuild:
+        owner = partition or _partition(config.run.partition, config.run.partitions)
+        manifest = _rebuild_manifest(config, day, owner)
+    else:
+        manifest = archive.manifest(day, partition=partition)
+    written_at = archive.manifests.written_at(manifest.day, manifest.partition)
+    if args.json:
+        _print_json(manifest_dict(manifest, written_at))
+        return EXIT_OK
+    verb = "rebuilt" if args.rebuild else "committed"
+    print(
+        f"{manifest.name}: day {manifest.day}, pipeline {manifest.pipeline!r}, partition "
+        f"{manifest.partition.index}/{manifest.partition.count}, {verb} "
+        f"{human_time(written_at) if written_at else 'at an unknown time'}"
+    )
+    print(
+        f"rows: {human_count(manifest.rows)} ({manifest.listed} listed in the error table), "
+        f"digest {manifest.digest}"
+    )
+    print(
+        f"entries: {human_count(manifest.entries)} in {len(manifest.parts)} part(s) of "
+        f"{len(manifest.groups)} group(s)"
+    )
+    for part in manifest.parts:
+        print(f"  {part.name}  {part.entries:>7} entries  {part.size:>12} bytes  {part.sha256}")
+    return EXIT_OK
+
+
+def _day_arg(text: str) -> datetime:
+    """A ``YYYYMMDD`` or ISO date argument as its UTC midnight."""
+    from deswm.timeutil import parse_day
+
+    compact = text.replace("-", "")
+    return parse_day(compact, "DAY")
+
+
+def _partition(index: int, count: int) -> Partition:
+    from deswm.model import Partition
+
+    try:
+        return Partition(index, count)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--partition") from None
+
+
+def _rebuild_manifest(config: Config, day: datetime, partition: Partition) -> BucketManifest:
+    """Rebuild a committed day's manifest from its shards and the source's rows."""
+    orchestrator = config.build_orchestrator(partition=partition.index, read_only=True)
+    watermark = orchestrator.store.get(orchestrator.key)
+    end = orchestrator.router.next_bucket(day)
+    if watermark is None or watermark.position < end:
+        raise ConfigError(
+            f"day {day.date()} is not below the watermark of {orchestrator.key} "
+            f"({format_utc(watermark.position) if watermark else 'not initialised'})",
+            key="DAY",
+            hint="Only committed days have manifests; `deswm run` writes them for new days",
+        )
+    listed = 0
+    if orchestrator.error_store is not None:
+        listed = sum(
+            1
+            for entry in orchestrator.error_store.list(orchestrator.key)
+            if day <= entry.failure.created_at < end
+        )
+    archive = config.build_archive()
+    return archive.manifests.rebuild(
+        orchestrator.source, day, partition, orchestrator.key.pipeline, listed
+    )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from deswm.audit import locate
+
+    config = _config(args)
+    created_at = parse_timestamp(args.created_at, "--created-at")
+    record = locate(config.build_archive(), args.uid, created_at)
+    if args.json:
+        _print_json(record.to_dict())
+        return EXIT_OK
+    for field, value in record.to_dict().items():
+        print(f"{field}: {'-' if value is None else value}")
+    return EXIT_OK
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     config = _config(args)
     created_at = parse_timestamp(args.created_at, "--created-at")
@@ -986,6 +1081,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write an entry without a checksum (other DES writers), with a warning",
     )
+
+    manifest = command(
+        "manifest", "show a committed day's manifest, or rebuild it (--rebuild)", cmd_manifest
+    )
+    manifest.add_argument("day", metavar="DAY", help="the UTC day, YYYYMMDD or YYYY-MM-DD")
+    manifest.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="write it from the published shards and the source rows (archives from before "
+        "manifests; a damaged manifest)",
+    )
+    with_output(manifest)
+
+    audit = command(
+        "audit", "where an archived file is and since when (manifest + index)", cmd_audit
+    )
+    audit.add_argument("uid")
+    audit.add_argument("--created-at", required=True, help="the row's created_at (ISO 8601)")
+    audit.add_argument("--json", action="store_true", help="print JSON")
 
     verify = command("verify", "check every row below the watermark is in the archive", cmd_verify)
     verify.add_argument("--since", help="start of the checked range (default: watermark.initial)")

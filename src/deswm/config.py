@@ -52,6 +52,7 @@ if typing.TYPE_CHECKING:
 
     from deswm.archive import Archive
     from deswm.flagging import FlagJob
+    from deswm.manifest import ManifestStore
     from deswm.orchestrator import WatermarkOrchestrator
     from deswm.packer import DesPacker
     from deswm.protocols import WatermarkStore
@@ -59,12 +60,14 @@ if typing.TYPE_CHECKING:
     from deswm.readers import FsspecFileReader
     from deswm.routing import DesRouter
     from deswm.sources.sql import SqlSourceProvider
+    from deswm.stores.audit import SqlAuditLog
     from deswm.stores.errors import SqlErrorStore
     from deswm.throttle import SourceThrottle
 
 __all__ = [
     "ArchiveConfig",
     "ArchiveSettings",
+    "AuditSettings",
     "Config",
     "FilesSettings",
     "FlagSettings",
@@ -251,6 +254,16 @@ class FlagSettings:
 
 
 @attrs.frozen
+class AuditSettings:
+    """``[audit]``: the optional SQL audit table (a row per archived file and bucket)."""
+
+    url: str | None = attrs.field(default=None, repr=_redacted)
+    """The audit database; unset: no audit table (``deswm audit`` works without one)."""
+    table: str = defaults.AUDIT_TABLE
+    schema: str | None = None
+
+
+@attrs.frozen
 class RunSettings:
     """``[run]``: how cycles run."""
 
@@ -321,6 +334,7 @@ _SECTIONS: dict[str, type] = {
     "archive": ArchiveSettings,
     "run": RunSettings,
     "flag": FlagSettings,
+    "audit": AuditSettings,
     "monitoring": MonitoringSettings,
     "serve": ServeSettings,
 }
@@ -336,6 +350,7 @@ class Config:
     files: FilesSettings = FilesSettings()
     run: RunSettings = RunSettings()
     flag: FlagSettings = FlagSettings()
+    audit: AuditSettings = AuditSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     serve: ServeSettings = ServeSettings()
     path: Path | None = None
@@ -400,6 +415,8 @@ class Config:
             remember(config.source.replica_url)
         if config.watermark.url is not None:
             remember(config.watermark.url)
+        if config.audit.url is not None:
+            remember(config.audit.url)
         if config.monitoring.metrics_push is not None:
             remember(config.monitoring.metrics_push)
         config = _resolve_paths(config, base)
@@ -410,6 +427,14 @@ class Config:
         from deswm._engines import parse_url
 
         parse_url(self.source.url, "source.url")
+        if self.audit.url is not None:
+            parse_url(self.audit.url, "audit.url")
+            if self.audit.url == self.source.url and self.audit.table == self.source.table:
+                raise ConfigError(
+                    f"is the source table {self.source.table!r}: deswm never writes there",
+                    key="audit.table",
+                    hint=f"Use another table, e.g. {defaults.AUDIT_TABLE!r}",
+                )
         if self.watermark.url is not None and self.watermark.kind != "object":
             parse_url(self.watermark.url, "watermark.url")
         if self.source.replica_url is not None:
@@ -634,6 +659,26 @@ class Config:
                 storage_options=self.archive.storage_options or None,
             )
 
+    def build_audit_log(self, router: DesRouter | None = None) -> SqlAuditLog | None:
+        """The SQL audit table of ``[audit] url``, or ``None`` when it is not set."""
+        if self.audit.url is None:
+            return None
+        from deswm.stores.audit import SqlAuditLog
+
+        with _rekeyed("audit"):
+            return SqlAuditLog(
+                self.audit.url,
+                router or self.build_router(),
+                table=self.audit.table,
+                schema=self.audit.schema,
+            )
+
+    def build_manifests(self) -> ManifestStore:
+        """The bucket manifests beside the archive's shards (:mod:`deswm.manifest`)."""
+        from deswm.manifest import ManifestStore
+
+        return ManifestStore(self.build_archive().store, self.build_router())
+
     def build_flag_job(self) -> FlagJob:
         """The flag stage: back-fills ``flag.column`` behind the archived watermark."""
         from deswm.flagging import FlagJob
@@ -654,6 +699,7 @@ class Config:
                 value=self.flag.value,
                 batch_size=self.flag.batch_size,
                 max_rows_per_second=self.flag.max_rows_per_second,
+                manifests=self.build_manifests(),
             )
 
     def build_purge_job(self, *, partition: int | None = None, verify: str = "content") -> PurgeJob:
@@ -712,6 +758,8 @@ class Config:
 
             with _rekeyed("watermark"):
                 options["lag_guard"] = SqlTransactionProbe(source_engine)
+        if not read_only and self.audit.url is not None:
+            options["audit_log"] = self.build_audit_log(router)
         options.update(overrides)
         store = self.build_store(store_engine)
         source = self.build_source(source_engine)
@@ -1028,6 +1076,10 @@ def _resolve_paths(config: Config, base: Path | None) -> Config:
     return attrs.evolve(
         config,
         source=attrs.evolve(config.source, url=resolve_sqlite_url(config.source.url, base)),
+        audit=attrs.evolve(
+            config.audit,
+            url=None if config.audit.url is None else resolve_sqlite_url(config.audit.url, base),
+        ),
         watermark=attrs.evolve(
             config.watermark,
             url=_watermark_url(config.watermark, base, local),

@@ -25,7 +25,9 @@ next, so an operator reading a log line can act on it without the source code::
     │   │   └── UnverifiedEntryError  an entry without a checksum, not accepted by the reader
     │   ├── NotArchivedError        the uid is not in the archive
     │   │   └── EntryMismatchError  the uid is archived, but with another created_at
-    │   └── ObjectChangedError      a shard was rewritten while it was being read
+    │   ├── ObjectChangedError      a shard was rewritten while it was being read
+    │   ├── ManifestMissingError    a committed bucket has no manifest (purge/flag refuse it)
+    │   └── CorruptManifestError    a bucket manifest is not a valid manifest
     ├── DatabaseTimeoutError        a lock or statement waited longer than its setting
     ├── WatermarkError              the watermark store refused a change
     │   └── WatermarkConflict       another runner moved the watermark first
@@ -51,6 +53,7 @@ __all__ = [
     "ArchivedDuplicateError",
     "BadRowError",
     "ConfigError",
+    "CorruptManifestError",
     "CorruptShardError",
     "CycleError",
     "DatabaseTimeoutError",
@@ -61,6 +64,7 @@ __all__ = [
     "FileReadError",
     "LaneError",
     "LocationOutsideRootError",
+    "ManifestMissingError",
     "MissingExtraError",
     "NaiveDatetimeError",
     "NotArchivedError",
@@ -438,6 +442,39 @@ class ObjectChangedError(ShardError):
         super().__init__(
             f"{name}: {reason}",
             hint="Another process rewrote or deleted the object; read it again",
+        )
+
+
+class ManifestMissingError(ShardError):
+    """A bucket below the watermark has no manifest, so nothing proves what it holds.
+
+    The purge and the flag stage refuse such a bucket: deleting or flagging source rows
+    needs the record of what was committed (``_manifests/{day}/p{i}-of-{n}.json``).
+    """
+
+    def __init__(self, day: str, partition: str, *, name: str) -> None:
+        self.day = day
+        self.partition = partition
+        self.name = name
+        super().__init__(
+            f"bucket {day} partition {partition} has no manifest ({name})",
+            hint=f"Write it with `deswm manifest {day} --rebuild --partition "
+            f"{partition.partition('/')[0]}` (from the published shards and the source "
+            "rows), or replay the day with `deswm watermark set --to DAY` and `deswm run`; "
+            "archives built before manifests existed need this once per day",
+        )
+
+
+class CorruptManifestError(ShardError):
+    """A bucket manifest object that cannot be parsed or fails its own checks."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"{name}: {reason}",
+            hint="Rebuild it with `deswm manifest DAY --rebuild` (manifests are derived "
+            "from the shards and the source rows, never from each other)",
         )
 
 

@@ -6,6 +6,12 @@ rate-limited batches, behind its own watermark (stage ``flagged``) that never pa
 ``archived`` one (the lowest over all partitions of the pipeline). It is the only part
 of deswm that writes to the source table, and it is opt-in: the archive cycle itself
 never writes there (G4).
+
+Rows are only flagged where their bucket's manifest exists (:mod:`deswm.manifest`): each
+batch first requires the manifest of every partition its rows belong to, so a day
+committed without one stops the job with :class:`~deswm.errors.ManifestMissingError`
+before that partition's rows of the day are flagged (with one partition: before any row
+of the day), and the ``flagged`` watermark never passes it.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import sqlalchemy as sa
 
 from deswm._defaults import FLAG_BATCH_SIZE, FLAG_COLUMN, FLAG_VALUE
 from deswm.errors import ConfigError, SourceError
-from deswm.model import DEFAULT_STAGE, SourceRecord, Watermark, WatermarkKey, Window
+from deswm.manifest import ManifestStore
+from deswm.model import DEFAULT_STAGE, Partition, SourceRecord, Watermark, WatermarkKey, Window
 from deswm.protocols import ShardRouter, SourceProvider, WatermarkStore
-from deswm.timeutil import format_utc
+from deswm.routing import uid_text
+from deswm.timeutil import format_day, format_utc
 
 __all__ = ["FLAGGED_STAGE", "FlagJob", "FlagResult", "FlaggableSource"]
 
@@ -88,6 +96,8 @@ class FlagJob:
         value: what to set it to.
         batch_size: rows per ``UPDATE``.
         max_rows_per_second: rate limit (``None``: as fast as the database goes).
+        manifests: the manifests of the pipeline's archive (``config.build_flag_job``
+            passes them); rows of a bucket without one are refused.
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class FlagJob:
         max_rows_per_second: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        manifests: ManifestStore | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"must be at least 1, got {batch_size}", key="flag.batch_size")
@@ -111,6 +122,17 @@ class FlagJob:
             raise ConfigError(
                 f"must be positive, got {max_rows_per_second}", key="flag.max_rows_per_second"
             )
+        if manifests is None:
+            raise ConfigError(
+                "the flag stage needs the archive's manifests, to flag only rows of buckets "
+                "whose commit is recorded",
+                key="manifests",
+                hint="Pass manifests=Archive(url).manifests (deswm.manifest); the config "
+                "file's build_flag_job() does this",
+            )
+        self.manifests = manifests
+        self._partitions = 1
+        self._checked: set[tuple[str, Partition]] = set()
         self.store = store
         self.source = source
         self.router = router
@@ -133,6 +155,7 @@ class FlagJob:
         flagged = self.store.get(self.key)
         start = flagged.position if flagged is not None else self.initial
         expected = max((m.partitions for m in marks), default=1)
+        self._partitions = expected
         # Until every partition has a watermark, nothing is archived everywhere.
         complete = bool(marks) and len(marks) >= expected
         end = min(m.position for m in marks) if complete else start
@@ -221,6 +244,7 @@ class FlagJob:
         *,
         dry_run: bool,
     ) -> None:
+        self._require_manifests(day, batch)
         started = self._monotonic()
         table = self.source.table
         uids = list(_uid_values(self.source.uid_col, batch))
@@ -252,6 +276,17 @@ class FlagJob:
             wanted = len(batch) / self.max_rows_per_second
             if wanted > spent:
                 self._sleep(wanted - spent)
+
+    def _require_manifests(self, day: Window, batch: Sequence[SourceRecord]) -> None:
+        """Refuse the batch unless every partition its rows belong to has the day's manifest."""
+        name = format_day(day.start)
+        count = self._partitions
+        for record in batch:
+            index = 0 if count == 1 else self.router.shard_index(uid_text(record.uid)) % count
+            needed = (name, Partition(index, count))
+            if needed not in self._checked:
+                self.manifests.require(*needed)
+                self._checked.add(needed)
 
 
 def _uid_values(column: sa.Column[Any], batch: Sequence[SourceRecord]) -> Iterator[Any]:

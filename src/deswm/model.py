@@ -270,6 +270,8 @@ class PublishedShard:
     entries: int
     size: int
     merged: bool = False
+    sha256: str | None = None
+    """The sha256 of the object's bytes, computed while they were written (manifests)."""
 
 
 @attrs.frozen

@@ -55,6 +55,7 @@ from deswm.model import (
     FileFailure,
     Partition,
     PendingStats,
+    PublishedShard,
     RetryResult,
     SourceRecord,
     StopReason,
@@ -64,8 +65,10 @@ from deswm.model import (
     Window,
 )
 from deswm.protocols import (
+    AuditLog,
     ErrorStore,
     FileReader,
+    ManifestRecorder,
     Packer,
     PartitionedSource,
     ReadResult,
@@ -74,7 +77,8 @@ from deswm.protocols import (
     TransactionGuard,
     WatermarkStore,
 )
-from deswm.routing import require_day_buckets
+from deswm.routing import require_day_buckets, uid_text
+from deswm.rowdigest import RowDigest
 from deswm.timeutil import format_utc, require_utc
 
 __all__ = ["CycleObserver", "WatermarkOrchestrator", "utc_now"]
@@ -233,9 +237,16 @@ class WatermarkOrchestrator:
         lane_timeout: seconds the coordinator waits for a bucket's lanes (``None``: no
             limit); past it the bucket fails with :class:`~deswm.errors.LaneError`.
 
-    The engine's pool lives across cycles: call :meth:`close` (or use a ``with`` block).
         lag_guard: also keeps the target at or before the bucket in which the source's
             oldest open transaction began (``[watermark] lag_guard = "transactions"``).
+        manifests: where each committed bucket's manifest is written before the
+            watermark passes it (:mod:`deswm.manifest`); by default the packer's
+            destination when it has one (a :class:`~deswm.DesPacker`'s
+            ``manifests``), else none.
+        audit_log: also append each committed bucket's archived rows there (one bulk
+            insert per bucket, after its manifest); needs ``manifests``.
+
+    The engine's pool lives across cycles: call :meth:`close` (or use a ``with`` block).
     """
 
     def __init__(
@@ -264,6 +275,8 @@ class WatermarkOrchestrator:
         buckets_in_flight: int = BUCKETS_IN_FLIGHT,
         lane_timeout: float | None = LANE_TIMEOUT,
         lag_guard: TransactionGuard | None = None,
+        manifests: ManifestRecorder | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         if not pipeline or not isinstance(pipeline, str):
             raise ConfigError("must be a non-empty string", key="watermark.pipeline")
@@ -330,6 +343,14 @@ class WatermarkOrchestrator:
             executor, workers, reader=reader, packer=packer, scheduler=scheduler
         )
         self.lag_guard = lag_guard
+        self.manifests = manifests if manifests is not None else _manifests_of(packer)
+        if audit_log is not None and self.manifests is None:
+            raise ConfigError(
+                "an audit log needs manifests: its rows name their bucket's manifest",
+                key="audit.url",
+                hint="Use a DesPacker, or pass manifests=ManifestStore(...)",
+            )
+        self.audit_log = audit_log
         self._stop = _Stop()
 
     def __repr__(self) -> str:
@@ -822,7 +843,7 @@ class WatermarkOrchestrator:
             return self._archive_in_lanes(
                 self._lanes, window, before, watermark, totals, until, started
             )
-        rows = _RowCounter(self._owned(window), self.router)
+        rows = _RowCounter(self._owned(window), self.router, digest=self.manifests is not None)
         results = self.reader.read_many(rows)
         accounted = 0  # rows of committed buckets: archived, kept or listed
         try:
@@ -886,6 +907,8 @@ class WatermarkOrchestrator:
             self._error_store().record(self.key, outcome.failures)
             totals.failures.extend(outcome.failures)
         reach("bucket.after_publish")
+        self._record_manifest(bucket, outcome, rows)
+        reach("bucket.after_manifest")
         watermark = self.store.advance(watermark, end)
         reach("bucket.after_commit")
         self._committed(bucket, outcome.result, watermark, totals)
@@ -907,7 +930,7 @@ class WatermarkOrchestrator:
         ``shard_index % lanes``, keep at most ``buckets_in_flight`` buckets dispatched,
         commit strictly in bucket order."""
         owned = self._owned(window)
-        rows = _RowCounter(owned, self.router)
+        rows = _RowCounter(owned, self.router, digest=self.manifests is not None)
         flight: deque[_InFlight] = deque()
         state = _LaneState(watermark)
         stopped: StopReason = "finished"
@@ -970,7 +993,16 @@ class WatermarkOrchestrator:
         futures = {
             lane: pool.submit(
                 pack_lane,
-                LaneJob(bucket, lane, lanes, self.reader, self.packer, self.on_error, rows),
+                LaneJob(
+                    bucket,
+                    lane,
+                    lanes,
+                    self.reader,
+                    self.packer,
+                    self.on_error,
+                    rows,
+                    audit=self.audit_log is not None,
+                ),
             )
             for lane, rows in enumerate(batches)
             if len(rows)
@@ -1012,7 +1044,8 @@ class WatermarkOrchestrator:
             raise CycleError(
                 failures, bucket=format_utc(item.bucket), result=partial, reason=reason
             )
-        outcome = _Outcome(None, failures, merge_results(item.bucket, parts), None, kept)
+        archived = tuple(row for o in outcomes for row in o.archived)
+        outcome = _Outcome(None, failures, merge_results(item.bucket, parts), None, kept, archived)
         end = item.end
         assert end is not None  # known once the next bucket's first row (or the end) arrived
         state.accounted += outcome.accounted
@@ -1048,6 +1081,22 @@ class WatermarkOrchestrator:
                 raise error
             raise LaneError(day, lane, lanes, _one_line(error)) from error
         return [item.futures[lane].result() for lane in sorted(item.futures)]
+
+    def _record_manifest(self, bucket: datetime, outcome: _Outcome, rows: _RowCounter) -> None:
+        """Write the bucket's manifest (published parts and the rows counted), and its
+        audit rows, before the watermark passes it, so every committed bucket has one."""
+        if self.manifests is None or outcome.result is None:
+            return
+        manifest = self.manifests.record(
+            bucket,
+            self.partition,
+            self.key.pipeline,
+            rows.digest(bucket),
+            len(outcome.failures),
+            outcome.result.shards,
+        )
+        if self.audit_log is not None:
+            self.audit_log.record(manifest, outcome.archived, self._now())
 
     def _stop_reason(self, until: tuple[_Stop, float | None], buckets: int) -> StopReason | None:
         """Why no further bucket may start now, or None (checked at each bucket boundary).
@@ -1150,6 +1199,7 @@ class WatermarkOrchestrator:
         bucket_end = self.router.next_bucket(bucket)
         item: ReadResult | None = first
         seen = kept = 0
+        archived: list[tuple[str, datetime]] | None = [] if self.audit_log is not None else None
         with self.packer.open_bucket(bucket) as writer:
             while item is not None:
                 record, data = item
@@ -1160,6 +1210,8 @@ class WatermarkOrchestrator:
                     if isinstance(data, FileMissingError) and writer.archived(record) is not None:
                         kept += 1
                         totals.kept += 1
+                        if archived is not None:
+                            archived.append((uid_text(record.uid), record.created_at))
                     else:
                         failures.append(FileFailure.from_exception(record, "read", data))
                 else:
@@ -1170,6 +1222,8 @@ class WatermarkOrchestrator:
                             raise
                         failures.append(FileFailure.from_exception(record, "pack", exc))
                     else:
+                        if archived is not None:
+                            archived.append((uid_text(record.uid), record.created_at))
                         totals.files += 1
                         totals.bytes_in += len(data)
                         for observer in self.observers:
@@ -1180,7 +1234,9 @@ class WatermarkOrchestrator:
                 writer.abort()
                 return _Outcome(item, tuple(failures), None, reason, kept)
             reach("bucket.before_publish")
-            return _Outcome(item, tuple(failures), writer.publish(), None, kept)
+            return _Outcome(
+                item, tuple(failures), writer.publish(), None, kept, tuple(archived or ())
+            )
 
     def _refusal(self, failures: list[FileFailure], seen: int) -> str | None:
         """Why the bucket must not be committed with these failures, or ``None``."""
@@ -1282,11 +1338,20 @@ class WatermarkOrchestrator:
                     continue
                 done.append(record)
                 added = True
-            if not added:
+            shards: tuple[PublishedShard, ...] = ()
+            if added:
+                shards = writer.publish().shards
+            else:
                 writer.abort()
-                return done, failed, 0
-            result = writer.publish()
-        return done, failed, len(result.shards)
+        if self.manifests is not None and done:  # fewer listed; maybe new parts
+            self.manifests.refresh(bucket, self.partition, shards, len(done))
+        return done, failed, len(shards)
+
+
+def _manifests_of(packer: Packer) -> ManifestRecorder | None:
+    """The manifests a packer keeps beside its shards (``DesPacker.manifests``), if any."""
+    found = getattr(packer, "manifests", None)
+    return found if callable(getattr(found, "record", None)) else None
 
 
 def _one_line(error: BaseException | None) -> str:
@@ -1306,6 +1371,8 @@ class _Outcome:
     reason: str | None
     kept: int = 0
     """Rows whose file is gone but whose entry is published (archived before)."""
+    archived: tuple[tuple[str, datetime], ...] = ()
+    """``(uid, created_at)`` of the rows archived or kept (only kept for an audit log)."""
 
     @property
     def accounted(self) -> int:
@@ -1341,10 +1408,13 @@ class _RowCounter(Iterator[SourceRecord]):
     are only read for buckets the reader has already passed.
     """
 
-    def __init__(self, rows: Iterator[SourceRecord], router: ShardRouter) -> None:
+    def __init__(
+        self, rows: Iterator[SourceRecord], router: ShardRouter, *, digest: bool = False
+    ) -> None:
         self._rows = rows
         self._router = router
         self._counts: dict[datetime, int] = {}
+        self._digests: dict[datetime, RowDigest] | None = {} if digest else None
         self._bucket: datetime | None = None
         self._end: datetime | None = None
         self._done = False
@@ -1362,6 +1432,11 @@ class _RowCounter(Iterator[SourceRecord]):
         bucket = self._bucket
         assert bucket is not None
         self._counts[bucket] = self._counts.get(bucket, 0) + 1
+        if self._digests is not None:
+            digest = self._digests.get(bucket)
+            if digest is None:
+                digest = self._digests[bucket] = RowDigest()
+            digest.add(uid_text(record.uid), created_at)
         return record
 
     def counted_below(self, end: datetime) -> bool:
@@ -1378,6 +1453,12 @@ class _RowCounter(Iterator[SourceRecord]):
 
     def of(self, bucket: datetime) -> int:
         return self._counts.get(bucket, 0)
+
+    def digest(self, bucket: datetime) -> RowDigest:
+        """The count and digest of the bucket's rows (kept only with ``digest=True``)."""
+        if self._digests is None:
+            raise ValueError("this counter keeps no digests")
+        return self._digests.get(bucket) or RowDigest()
 
     def first_bucket(self) -> datetime | None:
         return min(self._counts, default=None)

@@ -80,6 +80,7 @@ from deswm.errors import (
     ObjectChangedError,
     PackError,
 )
+from deswm.manifest import ManifestStore
 from deswm.model import ArchivedEntry, BucketResult, Codec, PublishedShard, ShardKey, SourceRecord
 from deswm.protocols import ShardRouter
 from deswm.routing import DesRouter, require_day_buckets, uid_text
@@ -200,6 +201,11 @@ class DesPacker:
     def store(self) -> ShardStore:
         """The destination (for tools and tests)."""
         return self._store
+
+    @property
+    def manifests(self) -> ManifestStore:
+        """The bucket manifests beside the shards, which the orchestrator writes."""
+        return ManifestStore(self._store, self._router)
 
     def open_bucket(self, bucket: datetime) -> DesBucketWriter:
         """A writer for the bucket starting at ``bucket`` (aware, a bucket start)."""
@@ -619,13 +625,19 @@ class DesBucketWriter:
                 hint="Another writer is publishing this group; run one runner per partition",
             )
 
+        digests: list[str] = []
+
         def write(fp: IO[bytes]) -> None:
-            size = self._write_part(fp, group, part)
+            hashing = _Hashing(fp)  # the manifest's sha256, without reading the object back
+            size = self._write_part(cast(IO[bytes], hashing), group, part)
             if size != part.size:  # the plan and the container disagree: never publish
                 raise PackError(f"{name}: wrote {size} bytes but planned {part.size}")
+            digests.append(hashing.hexdigest())
 
         self._store.publish(name, write, sync=False)
-        return PublishedShard(name, part.number, len(part.items), part.size, merged=merged)
+        return PublishedShard(
+            name, part.number, len(part.items), part.size, merged=merged, sha256=digests[-1]
+        )
 
     def _unchanged(self, group: Group, part: PartPlan) -> bool:
         """Whether a part judged identical by its index also holds identical bytes.
@@ -726,6 +738,21 @@ class DesBucketWriter:
     ) -> None:
         if self._state != "published":
             self.abort()
+
+
+class _Hashing:
+    """A write-only file passing every write on and hashing it (sha256) on the way."""
+
+    def __init__(self, fp: IO[bytes]) -> None:
+        self._fp = fp
+        self._sha256 = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sha256.update(data)
+        return self._fp.write(data)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
 
 
 class _Comparison:

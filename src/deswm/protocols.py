@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from deswm.errors import FileReadError
 from deswm.model import (
@@ -32,9 +32,11 @@ from deswm.model import (
 
 __all__ = [
     "ArchiveLookup",
+    "AuditLog",
     "BucketWriter",
     "ErrorStore",
     "FileReader",
+    "ManifestRecorder",
     "Packer",
     "PartitionedSource",
     "ReadResult",
@@ -43,6 +45,11 @@ __all__ = [
     "TransactionGuard",
     "WatermarkStore",
 ]
+
+if TYPE_CHECKING:
+    from deswm.manifest import BucketManifest
+    from deswm.model import Partition, PublishedShard
+    from deswm.rowdigest import RowDigest
 
 ReadResult = tuple[SourceRecord, "bytes | FileReadError"]
 """A record with its bytes, or the error that reading it raised."""
@@ -337,4 +344,47 @@ class ErrorStore(Protocol):
 
     def resolve(self, key: WatermarkKey, records: Sequence[SourceRecord]) -> int:
         """Remove the rows of files that are archived now; return how many were removed."""
+        ...
+
+
+class ManifestRecorder(Protocol):
+    """Where each committed bucket's manifest goes (:class:`deswm.manifest.ManifestStore`).
+
+    Not one of the five core seams: the orchestrator records a bucket's manifest after its
+    shards are published and before the watermark passes it.
+    """
+
+    def record(
+        self,
+        bucket: datetime,
+        partition: Partition,
+        pipeline: str,
+        rows: RowDigest,
+        listed: int,
+        written: Sequence[PublishedShard] = (),
+    ) -> BucketManifest:
+        """Write the manifest of a just published bucket (nothing if it is unchanged)."""
+        ...
+
+    def refresh(
+        self,
+        bucket: datetime,
+        partition: Partition,
+        written: Sequence[PublishedShard],
+        archived: int,
+    ) -> BucketManifest | None:
+        """Bring a committed bucket's manifest up to date after a retry archived files."""
+        ...
+
+
+class AuditLog(Protocol):
+    """Where each committed bucket's archived rows are also recorded (an audit table)."""
+
+    def record(
+        self,
+        manifest: BucketManifest,
+        rows: Sequence[tuple[str, datetime]],
+        archived_at: datetime,
+    ) -> None:
+        """Append the bucket's archived ``(uid, created_at)`` rows; durable on return."""
         ...

@@ -14,6 +14,10 @@ otherwise the file is kept and counted in ``kept_shared``, and the purge of the 
 such row deletes it. The references are looked up in batches
 (:meth:`~deswm.protocols.SourceProvider.location_references`), once before the files
 of a batch are verified and again right before they are deleted.
+
+A day is only purged when its manifest exists (:mod:`deswm.manifest`): a day committed
+without one (an archive built before manifests, or by a custom packer) stops the purge
+with :class:`~deswm.errors.ManifestMissingError` before any of its files is touched.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from deswm.errors import (
     NotArchivedError,
     ShardError,
 )
+from deswm.manifest import ManifestStore
 from deswm.model import (
     DEFAULT_STAGE,
     FileFailure,
@@ -56,7 +61,7 @@ from deswm.protocols import (
     WatermarkStore,
 )
 from deswm.readers import FsspecFileReader
-from deswm.timeutil import format_utc
+from deswm.timeutil import format_day, format_utc
 
 __all__ = ["PURGED_STAGE", "PurgeError", "PurgeJob", "PurgeResult"]
 
@@ -111,6 +116,9 @@ class PurgeJob:
             requires the entry to be in a published shard with a checksum.
         error_store: files listed there (``on_error="record"``) are kept, not deleted.
         max_buckets: commit at most this many days per run.
+        manifests: where the days' manifests are; by default the destination of
+            ``archive`` (an :class:`~deswm.archive.Archive`). A day without its manifest
+            is refused (:class:`~deswm.errors.ManifestMissingError`).
 
     Raises:
         ConfigError: ``reader`` is an :class:`~deswm.readers.FsspecFileReader` without
@@ -133,6 +141,7 @@ class PurgeJob:
         verify: Verify = "content",
         error_store: ErrorStore | None = None,
         max_buckets: int | None = None,
+        manifests: ManifestStore | None = None,
     ) -> None:
         if verify not in ("content", "index"):
             raise ConfigError(f'must be "content" or "index", got {verify!r}', key="--verify")
@@ -153,6 +162,9 @@ class PurgeJob:
                 key="source",
                 hint="Implement SourceProvider.location_references() (see deswm.protocols)",
             )
+        if manifests is None:
+            manifests = _manifests_of(archive, router)
+        self.manifests = manifests
         self.store = store
         self.source = source
         self.reader = reader
@@ -225,6 +237,7 @@ class PurgeJob:
                 return
             bucket = self.router.bucket_start(record.created_at)
             bucket_end = self.router.next_bucket(bucket)
+            self.manifests.require(format_day(bucket), self.partition)
             failures: list[FileFailure] = []
             batch: list[SourceRecord] = []
             while record is not None and record.created_at < bucket_end:
@@ -439,3 +452,16 @@ class PurgeJob:
                 self.router.shard_index(record.uid)
             ):
                 yield record
+
+
+def _manifests_of(archive: ArchiveLookup, router: ShardRouter) -> ManifestStore:
+    """The manifests beside ``archive``'s shards; a lookup without a store must name them."""
+    from deswm.archive import Archive
+
+    if isinstance(archive, Archive):
+        return ManifestStore(archive.store, router)
+    raise ConfigError(
+        f"{type(archive).__name__} is not an Archive, so the purge cannot find the days' manifests",
+        key="manifests",
+        hint="Pass manifests=ManifestStore(shard_store, router) (deswm.manifest)",
+    )

@@ -38,7 +38,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 
 from deswm._objectstore import (
@@ -282,6 +282,41 @@ class ShardStore:
             )
         return data
 
+    # --- other objects (manifests) -------------------------------------------------------
+
+    def read_object(self, name: str) -> bytes | None:
+        """The whole object ``name`` (a small one, e.g. a manifest), or ``None``."""
+        with self._reading("read", name):
+            found = self.backend.read(name)
+        return None if found is None else found[0]
+
+    def walk(self, folder: str) -> list[str]:
+        """Names of every object below ``folder``."""
+        with self._reading("list", folder + "/"):
+            return self.backend.walk(folder)
+
+    def modified(self, name: str) -> datetime | None:
+        """When ``name`` was last written, or ``None`` (missing, or the store does not say)."""
+        backend = self.backend
+        try:
+            with self._reading("stat", name):
+                if isinstance(backend, LocalStore):
+                    path = os.path.join(backend.root, *name.split("/"))
+                    return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
+                bucket = getattr(backend, "bucket", None)
+                if bucket is not None:  # S3: the bucket and key prefix, not the root
+                    path = f"{bucket}/{getattr(backend, 'key_prefix', '')}{name}"
+                else:
+                    path = f"{self.root.rstrip('/')}/{name}"
+                info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        return _modified_time(info)
+
+    def sha256(self, part: PartInfo) -> str:
+        """The sha256 of a listed part's bytes, read in chunks pinned to its version."""
+        return self._digest(part.name, part.size, part.version)
+
     # --- writing -----------------------------------------------------------------------
 
     def publish(self, name: str, write: WriteFn, *, sync: bool = True) -> None:
@@ -438,6 +473,17 @@ _CREATE_HINT: Final = (
     "Nothing partial is visible (the object is written to a temp name first); free space "
     "or fix access to the destination and run again"
 )
+
+
+def _modified_time(info: Mapping[str, Any]) -> datetime | None:
+    """The modification time in an fsspec ``info()`` answer, or ``None``."""
+    for key in ("LastModified", "mtime", "last_modified", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(float(value), UTC)
+    return None
 
 
 def _write_all(fp: IO[bytes], data: bytes) -> None:

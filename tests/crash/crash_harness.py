@@ -50,6 +50,7 @@ from crash_driver import Action, Recorder, Step, done_steps, run_steps
 from deswm._checkpoints import POINTS
 from deswm.archive import Archive
 from deswm.container import ShardWriter, decode_payload, read_shard
+from deswm.manifest import MANIFESTS, BucketManifest
 from deswm.model import Watermark, WatermarkKey
 from deswm.routing import DesRouter
 from deswm.shardio import BIG_FILES, ShardStore, parse_part_name
@@ -722,6 +723,8 @@ def check_visible_objects(
         if name.startswith(f"{BIG_FILES}/"):
             digest = name.split("/", 1)[1]
             assert hashlib.sha256(data).hexdigest() == digest, f"G11: partial big file {name}"
+        elif name.startswith(f"{MANIFESTS}/"):
+            BucketManifest.from_bytes(data, name=name)  # whole and canonical, or it raises
         else:
             assert parse_part_name(name) is not None, f"unexpected object {name!r}"
             index = read_shard(data, name=name)  # raises CorruptShardError on a fragment
@@ -742,6 +745,19 @@ def check_visible_objects(
             for part in archive.shards(day):
                 assert not _is_temp(part.name)
     return verified, temps
+
+
+def check_committed_manifests(world: World, position: datetime | None) -> int:
+    """Every day holding a row below the committed watermark has its manifest: it is
+    written before the watermark passes the day. Returns how many were found."""
+    if position is None:
+        return 0
+    listing = world.listing()
+    days = {floor_day(row.created_at) for row in expected_rows(world, position)}
+    for day in days:
+        name = f"{MANIFESTS}/{day.strftime('%Y%m%d')}/p0-of-1.json"
+        assert name in listing, f"day {day.date()} is committed but {name} is missing"
+    return len(days)
 
 
 def check_parts_contiguous(names: Iterable[str]) -> None:

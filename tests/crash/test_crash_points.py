@@ -16,6 +16,7 @@ from crash_harness import (
     SCENARIOS,
     STATS,
     Worlds,
+    check_committed_manifests,
     check_no_loss,
     check_visible_objects,
     check_watermark_audit,
@@ -59,6 +60,7 @@ FRESH: tuple[Case, ...] = (
     ("lane.after_publish", 1, True),
     ("lane.after_publish", 3, False),
     ("bucket.after_publish", 2, True),
+    ("bucket.after_manifest", 2, True),
     ("store.advance.in_transaction", 1, False),
     ("store.advance.after_commit", 2, True),
     ("bucket.after_commit", "last", True),
@@ -88,6 +90,7 @@ REPLAY: tuple[Case, ...] = (
     ("lane.before_publish", 2, False),
     ("lane.after_publish", 2, True),
     ("bucket.after_publish", 1, False),
+    ("bucket.after_manifest", 1, True),
     ("store.advance.in_transaction", 2, True),
     ("store.advance.after_commit", 1, False),
     ("bucket.after_commit", 2, False),
@@ -118,7 +121,7 @@ def test_every_point_is_killed_on_every_backend_where_it_exists() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_clean_runs_reach_every_point_the_backend_has(worlds: Worlds, backend: str) -> None:
-    """Which points a clean run reaches, per backend: all 25 on local disk; on S3 all but
+    """Which points a clean run reaches, per backend: all 26 on local disk; on S3 all but
     the five of the local temp-file publish (an S3 PUT has no temp file, fsync or link)."""
     sql, dest = BACKENDS[backend]
     reached: set[str] = set()
@@ -164,6 +167,7 @@ def test_kill_rerun_lose_nothing(
     at_kill = world.watermark()
     verified, temps = check_visible_objects(world)  # G11
     rows = check_no_loss(world, at_kill.position if at_kill else None)  # G1
+    check_committed_manifests(world, at_kill.position if at_kill else None)
     check_watermark_audit(world)  # G4/G5 so far
     backdated = world.backdate_temps()
     assert backdated == temps
