@@ -40,7 +40,7 @@ NOW = T0 + timedelta(days=4)
 DIGITS = st.text("0123456789", min_size=1, max_size=40)
 UIDS = st.one_of(
     DIGITS,
-    st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=40),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40),
     st.integers(min_value=0, max_value=10**60).map(str),
     st.sampled_from(["007", "0", "²", "12 ", " 12", "1\n", "é", "日本語", "-5", "1.5"]),
 )
