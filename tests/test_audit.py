@@ -54,7 +54,7 @@ class Site:
         )
         metadata.create_all(self.engine)
         (tmp_path / "files").mkdir()
-        self.rows = []
+        self.rows: list[dict[str, Any]] = []
         for number in range(ROWS):
             uid = f"doc-{number:03d}"
             content = f"contents of {uid}\n".encode() * 20

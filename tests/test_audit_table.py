@@ -84,7 +84,7 @@ def test_a_failed_audit_insert_leaves_the_bucket_uncommitted(tmp_path: Path) -> 
     orchestrator, store = world(tmp_path, broken)
     with pytest.raises(DeswmError, match="deswm_audit"):
         orchestrator.run_cycle()
-    assert store.get(KEY).position == at(10, 0)  # type: ignore[union-attr]
+    assert store.get(KEY).position == at(10, 0)
 
 
 def test_the_config_builds_it_in_its_own_database_never_on_the_source_table(

@@ -113,7 +113,8 @@ def test_a_lane_that_kills_every_worker_fails_its_bucket_typed(
         with pytest.raises(LaneError, match="KilledWorker") as caught:
             orchestrator.run_cycle()
         assert caught.value.bucket == "2024-05-12"
-        assert world.position() is not None and world.position() <= at(12)
+        position = world.position()
+        assert position is not None and position <= at(12)
         orchestrator.reader = FsspecFileReader(root=str(world.files))
         orchestrator.run_cycle()  # the next run loses nothing
     assert world.objects() == inline.objects()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import sqlalchemy as sa
@@ -72,7 +72,7 @@ def test_encoder_results_in_order_whatever_the_workers(workers: int) -> None:
     encoder: Encoder[int] = Encoder("zstd", 3, workers)
     compressor = Compressor("zstd", 3)
     payloads = _payloads() * 3
-    results = []
+    results: list[Any] = []
     try:
         for number, data in enumerate(payloads):
             results += encoder.submit(number, data)

@@ -166,9 +166,12 @@ def test_request_stop_during_a_pause_returns_requested(tmp_path: Path) -> None:
         initial=datetime(2024, 5, 10, tzinfo=UTC),
         clock=lambda: datetime(2024, 5, 20, tzinfo=UTC),
     )
-    threading.Thread(
-        target=lambda: probe.checked.wait(30) and orchestrator.request_stop(), daemon=True
-    ).start()
+
+    def stop_once_paused() -> None:
+        if probe.checked.wait(30):
+            orchestrator.request_stop()
+
+    threading.Thread(target=stop_once_paused, daemon=True).start()
     started = time.monotonic()
     result = orchestrator.run_cycle()
     assert time.monotonic() - started < 20

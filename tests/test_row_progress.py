@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from deswm.model import WatermarkKey, Window
+from deswm.manifest import ManifestStore
+from deswm.model import Partition, WatermarkKey, Window
+from deswm.routing import DesRouter
+from deswm.rowdigest import RowDigest
 from deswm.rowprogress import RowProgress
+from deswm.shardio import ShardStore
 from deswm.testing import MemoryWatermarkStore
 from deswm.verify import verify_window
 from test_cli_observability import deswm
@@ -92,7 +96,7 @@ def test_errors_retry_reports_every_file(tmp_path: Path) -> None:
     assert seen == [1, 1] and result.archived == 2
 
 
-def test_flag_reports_every_batch(sqlite_db_url: str) -> None:
+def test_flag_reports_every_batch(sqlite_db_url: str, tmp_path: Path) -> None:
     engine = sa.create_engine(sqlite_db_url)
     table = sa.Table(
         "files",
@@ -119,7 +123,10 @@ def test_flag_reports_every_batch(sqlite_db_url: str) -> None:
     store = MemoryWatermarkStore()
     store.initialize(WatermarkKey("files"), datetime(2024, 5, 15, tzinfo=UTC))
     seen: list[int] = []
-    result = job(engine, store, batch_size=7).run(progress=seen.append)
+    manifests = ManifestStore(ShardStore(str(tmp_path / "archive")), DesRouter(8))
+    for day in range(14):
+        manifests.record(START + timedelta(days=day), Partition(0, 1), "files", RowDigest(), 0)
+    result = job(engine, store, manifests, batch_size=7).run(progress=seen.append)
     engine.dispose()
     assert sum(seen) == result.rows_updated == 24 and len(seen) == result.batches
 
