@@ -3,11 +3,11 @@
 Fills a ``files`` table with ``--rows`` rows over ``--days`` days, then times on the same
 database (each statement's time, wall clock):
 
-* ``audit``: :class:`~deswm.stores.audit.SqlAuditLog` appending every row, one bulk
+* ``audit``: :class:`~deswm._stores.audit.SqlAuditLog` appending every row, one bulk
   ``INSERT`` per day bucket, as the orchestrator does after each manifest;
-* ``flag``: :class:`~deswm.flagging.FlagJob` setting the legacy ``archived`` column of
+* ``flag``: :class:`~deswm._flagging.FlagJob` setting the legacy ``archived`` column of
   every row (``UPDATE ... WHERE uid IN (...)`` in batches of ``[flag] batch_size``);
-* ``digest``: the manifest's row digest (:class:`~deswm.manifest.RowDigest`), per row in
+* ``digest``: the manifest's row digest (:class:`~deswm._manifest.RowDigest`), per row in
   Python, which every cycle pays whether or not an audit table is configured::
 
     python -m benchmarks.audit_cost --url sqlite:////tmp/audit-bench.db --rows 100000
@@ -23,14 +23,14 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from deswm.flagging import FlagJob
-from deswm.manifest import BucketManifest, ManifestStore, RowDigest
-from deswm.model import Partition, WatermarkKey
-from deswm.routing import DesRouter
-from deswm.shardio import ShardStore
-from deswm.sources.sql import SqlSourceProvider
-from deswm.sqltypes import UtcDateTime
-from deswm.stores.audit import SqlAuditLog
+from deswm._flagging import FlagJob
+from deswm._manifest import BucketManifest, ManifestStore, RowDigest
+from deswm._model import Partition, WatermarkKey
+from deswm._routing import DesRouter
+from deswm._shardio import ShardStore
+from deswm._sources.sql import SqlSourceProvider
+from deswm._sqltypes import UtcDateTime
+from deswm._stores.audit import SqlAuditLog
 from deswm.testing import MemoryWatermarkStore
 
 START = datetime(2024, 5, 1, tzinfo=UTC)

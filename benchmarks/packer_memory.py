@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from benchmarks.probes import peak_rss_mib, ru_maxrss_mib
-from deswm.model import SourceRecord
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._model import SourceRecord
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from benchmarks.dataset import DatasetSpec, ensure_dataset, warm_page_cache
 from deswm import DesPacker, DesRouter, FsspecFileReader, SqlSourceProvider, WatermarkOrchestrator
-from deswm.packer import DesBucketWriter
-from deswm.shardio import ShardStore
+from deswm._packer import DesBucketWriter
+from deswm._shardio import ShardStore
 from deswm.testing import MemoryWatermarkStore
 
 

@@ -260,8 +260,8 @@ def lane(params: dict[str, Any]) -> dict[str, Any]:
     part, to be compared per file with the Python loop's over the same files.
     """
     from deswm import load_config
-    from deswm.errors import FileReadError
-    from deswm.model import Window
+    from deswm._errors import FileReadError
+    from deswm._model import Window
 
     run_dir = Path(params["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -493,9 +493,9 @@ def per_record(params: dict[str, Any]) -> dict[str, Any]:
     """The flag-per-row pipeline deswm replaces, on a copy of the table."""
     import sqlalchemy as sa
 
-    from deswm.container import Compressor, ShardWriter, make_meta
-    from deswm.model import SourceRecord
-    from deswm.readers import FsspecFileReader
+    from deswm._container import Compressor, ShardWriter, make_meta
+    from deswm._model import SourceRecord
+    from deswm._readers import FsspecFileReader
 
     run_dir = Path(params["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -708,7 +708,7 @@ def _gets(
 def retrieval(params: dict[str, Any]) -> dict[str, Any]:
     """Cold (new ``Archive``) and warm (same ``Archive``) gets, local and on moto S3."""
     from deswm import Archive, DesPacker, DesRouter
-    from deswm.model import SourceRecord
+    from deswm._model import SourceRecord
 
     rows = _sample_rows(params["sqlite_path"], int(params.get("gets", 20)), seed=11)
     root = params["files_root"]
@@ -810,7 +810,7 @@ def _first_rows_of_a_day(sqlite_path: str, limit: int) -> list[tuple[str, dateti
 def pending_stats(params: dict[str, Any]) -> dict[str, Any]:
     """``SqlSourceProvider.pending_stats`` of the whole window: statements and time."""
     from deswm import SqlSourceProvider
-    from deswm.model import Window
+    from deswm._model import Window
 
     timer = SqlTimer().install()
     provider = SqlSourceProvider(params["sqlite_url"], "files")

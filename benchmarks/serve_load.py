@@ -45,9 +45,9 @@ def created_at(i: int) -> datetime:
 
 
 def build(folder: Path, files: int, size: int, big_mb: int) -> str:
-    from deswm.model import SourceRecord
-    from deswm.packer import DesPacker
-    from deswm.routing import DesRouter
+    from deswm._model import SourceRecord
+    from deswm._packer import DesPacker
+    from deswm._routing import DesRouter
 
     url = str(folder / "archive")
     rng = random.Random(7)

@@ -2,7 +2,7 @@
 
 Archives ``--rows`` rows over two days into a moto S3 bucket, then verifies the window
 four times on a fresh :class:`~deswm.Archive` each: looking every row up on its own
-(what ``verify`` did before :class:`~deswm.archive.ArchiveBatch`) and batched, each
+(what ``verify`` did before :class:`~deswm._archive.ArchiveBatch`) and batched, each
 without and with ``--deep``. Prints the HTTP requests sent (by method) and the wall
 time; compare the two in the same run::
 
@@ -18,13 +18,13 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from deswm import verify as verify_module
+from deswm import _verify as verify_module
+from deswm._archive import Archive
 from deswm._lookups import _RowByRow
-from deswm.archive import Archive
-from deswm.model import SourceRecord, Window
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._model import SourceRecord, Window
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
 
 START = datetime(2024, 5, 10, tzinfo=UTC)

@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from deswm.model import Window
-from deswm.sources.sql import SqlSourceProvider
+from deswm._model import Window
+from deswm._sources.sql import SqlSourceProvider
 
 
 class TenantSource(SqlSourceProvider):

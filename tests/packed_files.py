@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from deswm.model import SourceRecord
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._model import SourceRecord
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 ROUTER = DesRouter(4)

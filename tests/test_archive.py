@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from deswm.archive import Archive
-from deswm.container import build_shard, make_meta, read_shard
-from deswm.errors import (
+from deswm._archive import Archive
+from deswm._container import build_shard, make_meta, read_shard
+from deswm._errors import (
     ConfigError,
     CorruptShardError,
     EntryMismatchError,
@@ -24,10 +24,10 @@ from deswm.errors import (
     ShardError,
     UnverifiedEntryError,
 )
-from deswm.model import BucketResult, SourceRecord
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
-from deswm.shardio import TAIL_SIZE
+from deswm._model import BucketResult, SourceRecord
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
+from deswm._shardio import TAIL_SIZE
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 ROUTER = DesRouter(4)
@@ -317,7 +317,7 @@ def test_big_files_are_read_and_verified(fs_target: Any) -> None:
 def test_big_entry_with_a_path_instead_of_a_hash_is_corrupt(tmp_path: Any) -> None:
     import io
 
-    from deswm.container import ShardWriter
+    from deswm._container import ShardWriter
 
     buffer = io.BytesIO()
     writer = ShardWriter(buffer)

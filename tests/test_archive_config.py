@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deswm.config import load_archive_config, load_config
-from deswm.errors import ConfigError
+from deswm._config import load_archive_config, load_config
+from deswm._errors import ConfigError
 
 
 def test_only_archive_is_needed_and_paths_resolve(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from deswm._archive import Archive, ArchivedFile
+from deswm._errors import ConfigError, CorruptShardError, EntryMismatchError, NotArchivedError
 from deswm._objectstore import ObjectInfo
-from deswm.archive import Archive, ArchivedFile
-from deswm.errors import ConfigError, CorruptShardError, EntryMismatchError, NotArchivedError
 from packed_files import FILES, ROUTER, archive_dir, at, noise, pack  # noqa: F401 - fixture
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from deswm._manifest import RowDigest
+from deswm._shardio import ShardStore
+from deswm._sqltypes import UtcDateTime
+from deswm._timeutil import format_utc
 from deswm.cli import main
-from deswm.manifest import RowDigest
-from deswm.shardio import ShardStore
-from deswm.sqltypes import UtcDateTime
-from deswm.timeutil import format_utc
 
 START = datetime(2024, 5, 10, tzinfo=UTC)
 ROWS = 40  # every 9 hours from May 10: 15 days

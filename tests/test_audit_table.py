@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm.config import Config
-from deswm.errors import ConfigError, DeswmError
-from deswm.model import SourceRecord, WatermarkKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
-from deswm.stores.audit import SqlAuditLog
+from deswm._config import Config
+from deswm._errors import ConfigError, DeswmError
+from deswm._model import SourceRecord, WatermarkKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
+from deswm._stores.audit import SqlAuditLog
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)

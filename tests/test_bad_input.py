@@ -2,7 +2,7 @@
 
 Each test feeds one bad input and checks three things:
 
-(a) the user sees a typed :class:`~deswm.errors.DeswmError` subclass (or, for inputs
+(a) the user sees a typed :class:`~deswm._errors.DeswmError` subclass (or, for inputs
     that are odd but valid, that they are archived correctly);
 (b) its message names the row, file or setting and says what to do;
 (c) when a cycle is involved, no watermark moved past the bad input and nothing is
@@ -35,13 +35,11 @@ from unittest import mock
 import pytest
 import sqlalchemy as sa
 
-from deswm import readers as readers_module
-from deswm._redact import redact
-from deswm.archive import Archive
-from deswm.cli import main as cli_main
-from deswm.config import Config, load_config
-from deswm.container import build_shard
-from deswm.errors import (
+from deswm import _readers as readers_module
+from deswm._archive import Archive
+from deswm._config import Config, load_config
+from deswm._container import build_shard
+from deswm._errors import (
     BadRowError,
     ConfigError,
     CycleError,
@@ -53,14 +51,17 @@ from deswm.errors import (
     UnplaceableRowError,
     WatermarkError,
 )
-from deswm.model import CycleResult, SourceRecord, WatermarkKey, Window
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.protocols import FileReader, SourceProvider
-from deswm.readers import FsspecFileReader
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider
-from deswm.stores.sql import SqlWatermarkStore
+from deswm._model import CycleResult, SourceRecord, WatermarkKey, Window
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._protocols import FileReader, SourceProvider
+from deswm._readers import FsspecFileReader
+from deswm._redact import redact
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider
+from deswm._stores.sql import SqlWatermarkStore
+from deswm._timeutil import format_utc
+from deswm.cli import main as cli_main
 from deswm.testing import (
     MemorySourceProvider,
     assert_no_loss,
@@ -68,7 +69,6 @@ from deswm.testing import (
     read_objects,
     snapshot,
 )
-from deswm.timeutil import format_utc
 
 START = datetime(2024, 5, 10, tzinfo=UTC)
 NOW = datetime(2024, 5, 14, 9, tzinfo=UTC)  # lag 1 day: the target is May 13 00:00
@@ -790,8 +790,8 @@ def test_location_outside_files_root(pipeline: Pipeline, escape: str) -> None:
     """A row must not reach outside files.root: never read, archived or deleted, with
     on_error="stop" (the cycle stops) and "record" (an error-table row), through
     ``errors retry`` and ``purge`` alike."""
-    from deswm.purge import PurgeJob
-    from deswm.stores.errors import SqlErrorStore
+    from deswm._purge import PurgeJob
+    from deswm._stores.error_store import SqlErrorStore
 
     outside = _outside_files(pipeline)
     location = _ESCAPES[escape](pipeline)
@@ -847,7 +847,7 @@ def test_location_outside_files_root(pipeline: Pipeline, escape: str) -> None:
 
 
 def _archived_uids(pipeline: Pipeline) -> set[str]:
-    from deswm.container import read_shard
+    from deswm._container import read_shard
 
     return {
         entry.uid
@@ -899,8 +899,8 @@ def test_s3_location_outside_files_root(
     assert "hunter22" not in str(caught.value)
     assert "s1g" not in str(caught.value)
     pipeline.assert_nothing_moved()
-    from deswm.purge import PurgeJob
-    from deswm.stores.errors import SqlErrorStore
+    from deswm._purge import PurgeJob
+    from deswm._stores.error_store import SqlErrorStore
 
     errors = SqlErrorStore(pipeline.store.url)
     try:
@@ -1019,7 +1019,7 @@ def test_demo_refuses_a_folder_it_did_not_create(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``deswm demo --dir`` runs the config it finds there: only its own, or a new folder."""
-    from deswm.demo import run_demo
+    from deswm._demo import run_demo
 
     project = tmp_path / "project"
     project.mkdir()

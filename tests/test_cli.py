@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from deswm._demo import run_demo
 from deswm.cli import main
-from deswm.demo import run_demo
 
 
 def deswm_script() -> str:
@@ -486,7 +486,7 @@ def test_entries_without_checksums_need_allow_unverified(
     reports them apart from corrupt ones."""
     import io
 
-    from deswm.container import ShardWriter, read_shard
+    from deswm._container import ShardWriter, read_shard
 
     run_demo(tmp_path, files=120, echo=lambda _: None)
     config = str(tmp_path / "deswm.toml")
@@ -602,8 +602,8 @@ def test_a_missing_prometheus_client_names_the_extra(demo_dir: Path) -> None:
 
 
 def test_a_missing_extra_is_a_typed_error() -> None:
+    from deswm._errors import ConfigError, MissingExtraError
     from deswm._extras import require
-    from deswm.errors import ConfigError, MissingExtraError
 
     with pytest.raises(MissingExtraError) as caught:
         require("deswm_no_such_module.sub", extra="nope", feature="A test")
@@ -658,7 +658,7 @@ def test_interval_without_a_value_reads_run_interval(
     given: list[str],
     expected: float,
 ) -> None:
-    from deswm.orchestrator import WatermarkOrchestrator
+    from deswm._orchestrator import WatermarkOrchestrator
 
     run_demo(tmp_path, files=10, echo=lambda _: None)
     config = tmp_path / "deswm.toml"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from deswm.demo import run_demo
+from deswm._demo import run_demo
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from deswm.demo import run_demo
+from deswm._demo import run_demo
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 

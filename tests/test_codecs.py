@@ -8,7 +8,8 @@ import typing
 
 import pytest
 
-from deswm import _codecs, model
+from deswm import _codecs
+from deswm import _model as model
 from deswm._buffers import BIG, SPILLED
 from deswm._codecs import (
     CODEC_IDS,
@@ -20,9 +21,9 @@ from deswm._codecs import (
     Codec,
     WritableCodec,
 )
-from deswm.config import ArchiveSettings
-from deswm.container import IndexEntry, build_shard, decode_payload, parse_index, read_shard
-from deswm.errors import ConfigError, CorruptShardError
+from deswm._config import ArchiveSettings
+from deswm._container import IndexEntry, build_shard, decode_payload, parse_index, read_shard
+from deswm._errors import ConfigError, CorruptShardError
 
 PAYLOAD = b"deswm keeps every file; " * 200
 

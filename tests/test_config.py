@@ -13,9 +13,9 @@ import attrs
 import pytest
 import sqlalchemy as sa
 
-from deswm.config import Config, load_config, parse_size
-from deswm.errors import ConfigError
-from deswm.orchestrator import WatermarkOrchestrator
+from deswm._config import Config, load_config, parse_size
+from deswm._errors import ConfigError
+from deswm._orchestrator import WatermarkOrchestrator
 
 MINIMAL = """
 [source]
@@ -142,7 +142,7 @@ def test_builds_a_working_orchestrator(tmp_path: Path) -> None:
 def test_custom_provider_class(tmp_path: Path) -> None:
     text = MINIMAL.replace(
         'url = "sqlite:///source.db"',
-        'url = "sqlite:///source.db"\nprovider = "deswm.sources.sql:SqlSourceProvider"',
+        'url = "sqlite:///source.db"\nprovider = "deswm._sources.sql:SqlSourceProvider"',
     )
     assert load_config(write(tmp_path, text)).source.provider
     bad = MINIMAL.replace(
@@ -170,9 +170,9 @@ def test_from_mapping_without_a_file() -> None:
 
 
 def test_watermark_kinds_build_their_stores(tmp_path: Path) -> None:
-    from deswm.stores.legacy import LegacyArchiveConfigStore
-    from deswm.stores.objectstore import ObjectStoreWatermarkStore
-    from deswm.stores.sql import SqlWatermarkStore
+    from deswm._stores.legacy import LegacyArchiveConfigStore
+    from deswm._stores.objectstore import ObjectStoreWatermarkStore
+    from deswm._stores.sql import SqlWatermarkStore
 
     sql = load_config(write(tmp_path, MINIMAL)).build_orchestrator()
     assert isinstance(sql.store, SqlWatermarkStore)
@@ -349,7 +349,7 @@ def _message_strings(tree: ast.AST) -> Iterator[tuple[int, str]]:
 
 
 def _unknown_settings(text: str) -> list[str]:
-    from deswm.config import _SECTIONS
+    from deswm._config import _SECTIONS
 
     found = []
     for match in _SETTING.finditer(text):
@@ -417,7 +417,7 @@ def _default(callable_: object, name: str) -> object:
 
 
 def test_config_defaults_are_the_constructor_defaults() -> None:
-    from deswm.config import (
+    from deswm._config import (
         ArchiveSettings,
         FilesSettings,
         FlagSettings,
@@ -425,13 +425,13 @@ def test_config_defaults_are_the_constructor_defaults() -> None:
         SourceSettings,
         WatermarkSettings,
     )
-    from deswm.flagging import FlagJob
-    from deswm.packer import DesPacker
-    from deswm.readers import FsspecFileReader
-    from deswm.routing import DesRouter
-    from deswm.sources.sql import SqlSourceProvider
-    from deswm.stores.errors import SqlErrorStore
-    from deswm.stores.legacy import LegacyArchiveConfigStore
+    from deswm._flagging import FlagJob
+    from deswm._packer import DesPacker
+    from deswm._readers import FsspecFileReader
+    from deswm._routing import DesRouter
+    from deswm._sources.sql import SqlSourceProvider
+    from deswm._stores.error_store import SqlErrorStore
+    from deswm._stores.legacy import LegacyArchiveConfigStore
 
     def setting(section: type, name: str) -> object:
         return attrs.fields_dict(section)[name].default

@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deswm.container import (
+from deswm._container import (
     EMPTY_SHARD_SIZE,
     FOOTER_SIZE,
     HEADER_SIZE,
@@ -39,8 +39,8 @@ from deswm.container import (
     read_shard,
     record_size,
 )
-from deswm.errors import ConfigError, CorruptShardError
-from deswm.timeutil import format_utc
+from deswm._errors import ConfigError, CorruptShardError
+from deswm._timeutil import format_utc
 
 EXAMPLE_71 = bytes.fromhex(
     "44455332" "02" "000000"

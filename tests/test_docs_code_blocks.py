@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from deswm._demo import run_demo
 from deswm.cli import build_parser
-from deswm.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -9,8 +9,8 @@ from pathlib import Path
 import prometheus_client
 import yaml
 
-from deswm.metrics import PrometheusObserver
-from deswm.orchestrator import CycleObserver
+from deswm._metrics import PrometheusObserver
+from deswm._orchestrator import CycleObserver
 from test_metrics import orchestrator
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"

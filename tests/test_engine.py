@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from deswm._lane_pool import cpu_count, resolve_pool
-from deswm.errors import (
+from deswm._errors import (
     ConfigError,
     CycleError,
     DuplicateUidError,
@@ -27,12 +26,13 @@ from deswm.errors import (
     LaneError,
     RowCountError,
 )
-from deswm.model import BucketResult, SourceRecord, Watermark, WatermarkKey
-from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.protocols import ReadResult
-from deswm.readers import FsspecFileReader
-from deswm.routing import DesRouter
+from deswm._lane_pool import cpu_count, resolve_pool
+from deswm._model import BucketResult, SourceRecord, Watermark, WatermarkKey
+from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._protocols import ReadResult
+from deswm._readers import FsspecFileReader
+from deswm._routing import DesRouter
 from deswm.testing import (
     MemoryErrorStore,
     MemoryFileReader,
@@ -445,7 +445,7 @@ def _config(tmp_path: Path, run: str = "") -> Path:
 
 
 def test_the_config_file_defaults_to_the_engine(tmp_path: Path) -> None:
-    from deswm.config import load_config
+    from deswm._config import load_config
 
     orchestrator = load_config(_config(tmp_path)).build_orchestrator()
     if cpu_count() > 1:
@@ -456,7 +456,7 @@ def test_the_config_file_defaults_to_the_engine(tmp_path: Path) -> None:
 
 
 def test_run_settings_configure_the_engine(tmp_path: Path) -> None:
-    from deswm.config import load_config
+    from deswm._config import load_config
 
     run = 'executor = "threads"\nworkers = 3\nbuckets_in_flight = 4\nlane_timeout = 30'
     orchestrator = load_config(_config(tmp_path, run)).build_orchestrator()
@@ -479,7 +479,7 @@ def test_run_settings_configure_the_engine(tmp_path: Path) -> None:
     ],
 )
 def test_bad_run_settings_name_their_key(tmp_path: Path, run: str, key: str) -> None:
-    from deswm.config import load_config
+    from deswm._config import load_config
 
     with pytest.raises(ConfigError) as caught:
         load_config(_config(tmp_path, run)).build_orchestrator()

@@ -15,8 +15,8 @@ distributed = pytest.importorskip("distributed")
 
 import dask  # noqa: E402
 
-from deswm.errors import LaneError  # noqa: E402
-from deswm.readers import FsspecFileReader  # noqa: E402
+from deswm._errors import LaneError  # noqa: E402
+from deswm._readers import FsspecFileReader  # noqa: E402
 from test_engine import DAYS, PER_DAY, FaultyReader, World, at  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from deswm._config import Config, load_config
 from deswm._engines import create_engine, timeout_kind
+from deswm._errors import ConfigError, DatabaseTimeoutError
+from deswm._model import WatermarkKey
 from deswm.cli import main
-from deswm.config import Config, load_config
-from deswm.errors import ConfigError, DatabaseTimeoutError
-from deswm.model import WatermarkKey
 
 WAIT = 1
 """The lock timeout the tests configure, in seconds."""
@@ -245,8 +245,8 @@ def test_a_watermark_connection_killed_mid_cycle_moves_nothing_past_published_wo
     next cycle rewrites the day's published shards idempotently.
     """
     from conftest import postgres_url
-    from deswm.errors import DeswmError
-    from deswm.testing.faults import at_checkpoint
+    from deswm._errors import DeswmError
+    from deswm.testing._faults import at_checkpoint
 
     with postgres_url() as url:
         name = f"deswm-kill-{uuid.uuid4().hex[:8]}"

@@ -1,4 +1,4 @@
-"""``deswm.errors`` is a leaf: every module may import it, it imports no deswm module."""
+"""``deswm._errors`` is a leaf: every module may import it, it imports no deswm module."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import deswm.errors
+import deswm._errors
 
 # Modules errors.py may import at run time: each imports nothing from deswm itself.
 LEAVES = {"deswm._redact"}
@@ -33,7 +33,7 @@ def _runtime_deswm_imports(path: Path) -> set[str]:
 
 
 def test_errors_imports_only_leaves() -> None:
-    errors_path = Path(deswm.errors.__file__)
+    errors_path = Path(deswm._errors.__file__)
     assert _runtime_deswm_imports(errors_path) <= LEAVES
     for leaf in LEAVES:
         leaf_path = errors_path.parent / f"{leaf.rpartition('.')[2]}.py"
@@ -41,9 +41,9 @@ def test_errors_imports_only_leaves() -> None:
 
 
 def test_importing_errors_first_loads_only_leaves() -> None:
-    script = "import json, sys\nimport deswm.errors\nprint(json.dumps(sorted(sys.modules)))"
+    script = "import json, sys\nimport deswm._errors\nprint(json.dumps(sorted(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     loaded = {m for m in json.loads(done.stdout) if m.startswith("deswm")}
-    assert loaded == {"deswm", "deswm.errors"} | LEAVES
+    assert loaded == {"deswm", "deswm._errors"} | LEAVES

@@ -23,14 +23,14 @@ import pytest
 import sqlalchemy as sa
 
 from deswm._buffers import RECORD, Encoder
-from deswm.container import Compressor, ShardWriter
-from deswm.errors import FileMissingError, PackError
-from deswm.model import SourceRecord, Window
-from deswm.packer import _new_items
-from deswm.readers import FileReaderBase, FsspecFileReader
-from deswm.shardio import ShardStore
-from deswm.sources.sql import SqlSourceProvider
-from deswm.timeutil import format_utc
+from deswm._container import Compressor, ShardWriter
+from deswm._errors import FileMissingError, PackError
+from deswm._model import SourceRecord, Window
+from deswm._packer import _new_items
+from deswm._readers import FileReaderBase, FsspecFileReader
+from deswm._shardio import ShardStore
+from deswm._sources.sql import SqlSourceProvider
+from deswm._timeutil import format_utc
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -165,7 +165,7 @@ def test_row_fast_paths_give_the_full_paths_records(engine: sa.Engine) -> None:
         conn.execute(sa.insert(table), rows)
     window = Window(start, start + timedelta(days=1))
     fast = list(SqlSourceProvider(engine, "files", page_size=37).iter_records(window))
-    from deswm.sources import sql as sql_module
+    from deswm._sources import sql as sql_module
 
     original = sql_module._RowReader.record
     try:
@@ -344,7 +344,7 @@ def test_a_failure_in_a_batch_finishes_what_came_before_and_nothing_after(
 def test_a_failed_fsync_stops_the_renames_at_that_object(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deswm.shardio import StagedObject
+    from deswm._shardio import StagedObject
 
     store = ShardStore(str(tmp_path))
     real_fsync = StagedObject.fsync

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm.errors import ConfigError, ManifestMissingError
-from deswm.flagging import FlagJob
-from deswm.manifest import ManifestStore, RowDigest
-from deswm.model import Partition, WatermarkKey
-from deswm.routing import DesRouter
-from deswm.shardio import ShardStore
-from deswm.sources.sql import SqlSourceProvider
+from deswm._errors import ConfigError, ManifestMissingError
+from deswm._flagging import FlagJob
+from deswm._manifest import ManifestStore, RowDigest
+from deswm._model import Partition, WatermarkKey
+from deswm._routing import DesRouter
+from deswm._shardio import ShardStore
+from deswm._sources.sql import SqlSourceProvider
 from deswm.testing import MemoryWatermarkStore
 
 START = datetime(2024, 5, 10, tzinfo=UTC)
@@ -164,11 +164,11 @@ def test_flagging_depends_on_a_protocol_not_on_the_sql_source() -> None:
     import subprocess
     import sys
 
-    script = "import json, sys\nimport deswm.flagging\nprint(json.dumps(sorted(sys.modules)))"
+    script = "import json, sys\nimport deswm._flagging\nprint(json.dumps(sorted(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
-    assert "deswm.sources.sql" not in json.loads(done.stdout)
+    assert "deswm._sources.sql" not in json.loads(done.stdout)
 
 
 def test_a_day_without_its_manifest_is_refused(

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from deswm.errors import ConfigError
-from deswm.health import HealthFile
-from deswm.orchestrator import CycleObserver
+from deswm._errors import ConfigError
+from deswm._health import HealthFile
+from deswm._orchestrator import CycleObserver
 from test_metrics import orchestrator
 
 

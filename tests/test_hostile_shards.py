@@ -1,7 +1,7 @@
 """Hostile shard bytes (G18): any bytes give the entry or ``CorruptShardError``, in bounded
 memory, and the shard's own bytes can never switch a checksum off.
 
-Two kinds of test: decompression bombs read through :class:`~deswm.archive.Archive` in a
+Two kinds of test: decompression bombs read through :class:`~deswm._archive.Archive` in a
 child process whose peak RSS is measured, and a hypothesis fuzz of byte flips and
 truncations of a real shard (every codec, a big file, deswm and foreign meta) read back
 through ``Archive.get``.
@@ -28,10 +28,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deswm.archive import Archive
-from deswm.container import ShardWriter, build_shard, make_meta
-from deswm.errors import CorruptShardError, NotArchivedError, UnverifiedEntryError
-from deswm.routing import DesRouter
+from deswm._archive import Archive
+from deswm._container import ShardWriter, build_shard, make_meta
+from deswm._errors import CorruptShardError, NotArchivedError, UnverifiedEntryError
+from deswm._routing import DesRouter
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 ROUTER = DesRouter(4)
@@ -95,11 +95,11 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys
     from datetime import datetime, timezone
-    from deswm.archive import Archive
-    from deswm.errors import CorruptShardError
-    from deswm.packer import DesPacker
-    from deswm.model import SourceRecord
-    from deswm.routing import DesRouter
+    from deswm._archive import Archive
+    from deswm._errors import CorruptShardError
+    from deswm._packer import DesPacker
+    from deswm._model import SourceRecord
+    from deswm._routing import DesRouter
 
     url, shard = sys.argv[1], sys.argv[2]
     day = datetime(2024, 5, 17, tzinfo=timezone.utc)
@@ -178,7 +178,7 @@ def fuzz_shard() -> bytes:
     buffer = io.BytesIO()
     writer = ShardWriter(buffer)
     built = build_shard([("16", FILES["16"], "zstd"), ("48", FILES["48"], "lz4")])
-    from deswm.container import read_shard
+    from deswm._container import read_shard
 
     parsed = read_shard(built)
     for uid in ("16", "48"):

@@ -31,7 +31,7 @@ def test_import_deswm_loads_neither_sqlalchemy_nor_s3fs() -> None:
 
 def test_core_names_load_without_sqlalchemy() -> None:
     loaded = _modules_after("from deswm import Archive, DesRouter, Watermark, WatermarkKey")
-    assert "deswm.archive" in loaded
+    assert "deswm._archive" in loaded
     assert not [m for m in loaded if m == "sqlalchemy" or m.startswith("sqlalchemy.")]
 
 
@@ -59,5 +59,5 @@ def test_unknown_names_raise_attribute_error() -> None:
 
 
 def test_submodules_are_attributes_on_first_use() -> None:
-    loaded = _modules_after("import deswm\nassert deswm.container.MAX_UID_BYTES")
-    assert "deswm.container" in loaded
+    loaded = _modules_after("import deswm\nassert deswm._container.MAX_UID_BYTES")
+    assert "deswm._container" in loaded

@@ -21,19 +21,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from conftest import POSTGRES_URL, mysql_url
-from deswm.archive import Archive
+from deswm._archive import Archive
+from deswm._config import load_config
+from deswm._errors import ConfigError, NotArchivedError
+from deswm._model import CyclePlan
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._protocols import TransactionGuard
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider, SqlTransactionProbe
+from deswm._stores.sql import SqlWatermarkStore
+from deswm._timeutil import format_utc
 from deswm.cli import main
-from deswm.config import load_config
-from deswm.errors import ConfigError, NotArchivedError
-from deswm.model import CyclePlan
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.protocols import TransactionGuard
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider, SqlTransactionProbe
-from deswm.stores.sql import SqlWatermarkStore
-from deswm.testing.readers import MemoryFileReader
-from deswm.timeutil import format_utc
+from deswm.testing._readers import MemoryFileReader
 
 REAL_DATABASES = pytest.mark.parametrize("sql_backend", ["postgresql", "mysql"])
 DAY = timedelta(days=1)
@@ -283,7 +283,7 @@ def test_the_config_builds_the_guard_and_stats_show_it(
 
 
 def test_plan_display_names_the_transaction() -> None:
-    from deswm.model import PendingStats, WatermarkKey, Window
+    from deswm._model import PendingStats, WatermarkKey, Window
 
     start = datetime(2024, 5, 1, tzinfo=UTC)
     window = Window(start, start + DAY)

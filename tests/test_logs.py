@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from deswm._errors import ConfigError
 from deswm._logs import setup_logging, skip_events
+from deswm._orchestrator import CycleObserver
 from deswm._redact import remember
-from deswm.errors import ConfigError
-from deswm.orchestrator import CycleObserver
 from test_metrics import orchestrator
 
 

@@ -14,19 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deswm._archive import Archive
 from deswm._checkpoints import install, uninstall
-from deswm.archive import Archive
-from deswm.container import read_shard
-from deswm.errors import ConfigError, CorruptManifestError, ManifestMissingError
-from deswm.manifest import BucketManifest, ManifestStore, RowDigest, manifest_name
-from deswm.model import Partition, SourceRecord, WatermarkKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
-from deswm.rowdigest import instant_text, row_hash
-from deswm.shardio import ShardStore
+from deswm._container import read_shard
+from deswm._errors import ConfigError, CorruptManifestError, ManifestMissingError
+from deswm._manifest import BucketManifest, ManifestStore, RowDigest, manifest_name
+from deswm._model import Partition, SourceRecord, WatermarkKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
+from deswm._rowdigest import instant_text, row_hash
+from deswm._shardio import ShardStore
+from deswm._timeutil import format_utc
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
-from deswm.timeutil import format_utc
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)
 ROUTER = DesRouter(4)

@@ -15,13 +15,13 @@ import prometheus_client
 import pytest
 import sqlalchemy as sa
 
-from deswm.errors import ConfigError
-from deswm.metrics import PrometheusObserver
-from deswm.model import SourceRecord
-from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.progress import ProgressObserver
-from deswm.routing import DesRouter
+from deswm._errors import ConfigError
+from deswm._metrics import PrometheusObserver
+from deswm._model import SourceRecord
+from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._progress import ProgressObserver
+from deswm._routing import DesRouter
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from deswm.config import Config
-from deswm.model import (
+from deswm._config import Config
+from deswm._model import (
     CyclePlan,
     CycleResult,
     PendingStats,
@@ -15,7 +15,7 @@ from deswm.model import (
     WatermarkKey,
     Window,
 )
-from deswm.verify import VerifyReport
+from deswm._verify import VerifyReport
 
 DAY = datetime(2024, 5, 1, tzinfo=UTC)
 KEY = WatermarkKey("files")

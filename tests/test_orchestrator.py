@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from deswm.archive import Archive
-from deswm.errors import (
+from deswm._archive import Archive
+from deswm._errors import (
     ConfigError,
     CycleError,
     FileMissingError,
@@ -23,7 +23,7 @@ from deswm.errors import (
     SourceError,
     WatermarkConflict,
 )
-from deswm.model import (
+from deswm._model import (
     BucketResult,
     CycleResult,
     Partition,
@@ -32,9 +32,9 @@ from deswm.model import (
     WatermarkKey,
     Window,
 )
-from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 from deswm.testing import (
     MemoryFileReader,
     MemorySourceProvider,

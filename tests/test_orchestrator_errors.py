@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from deswm.archive import Archive
-from deswm.errors import ConfigError, CycleError, DuplicateUidError, FileReadError
-from deswm.model import SourceRecord, WatermarkKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._archive import Archive
+from deswm._errors import ConfigError, CycleError, DuplicateUidError, FileReadError
+from deswm._model import SourceRecord, WatermarkKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
-from deswm.testing.errors import MemoryErrorStore
+from deswm.testing._error_store import MemoryErrorStore
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)
 KEY = WatermarkKey("files")
@@ -182,7 +182,7 @@ def test_retry_of_a_file_archived_meanwhile_resolves_it(world: World) -> None:
 
 
 def test_record_mode_needs_an_error_store(world: World) -> None:
-    from deswm.errors import ConfigError
+    from deswm._errors import ConfigError
 
     with pytest.raises(ConfigError, match="error store"):
         world.orchestrator(error_store=None)

@@ -17,21 +17,21 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm.archive import Archive
+from deswm._archive import Archive
+from deswm._errors import ArchivedDuplicateError, EntryMismatchError, NotArchivedError
+from deswm._model import SourceRecord, WatermarkKey, Window
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._purge import PurgeError, PurgeJob
+from deswm._readers import FsspecFileReader
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider
+from deswm._stores.error_store import SqlErrorStore
+from deswm._stores.sql import SqlWatermarkStore
+from deswm._verify import verify_window
 from deswm.cli import main
-from deswm.errors import ArchivedDuplicateError, EntryMismatchError, NotArchivedError
-from deswm.model import SourceRecord, WatermarkKey, Window
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.purge import PurgeError, PurgeJob
-from deswm.readers import FsspecFileReader
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider
-from deswm.stores.errors import SqlErrorStore
-from deswm.stores.sql import SqlWatermarkStore
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
-from deswm.testing.errors import MemoryErrorStore
-from deswm.verify import verify_window
+from deswm.testing._error_store import MemoryErrorStore
 
 A_BYTES = b"the first file of uid u, archived first" * 3
 B_BYTES = b"a different file that reuses uid u" * 2

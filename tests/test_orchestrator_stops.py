@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from deswm.errors import ConfigError, SourceError, WatermarkError
-from deswm.model import CycleResult, SourceRecord
-from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._errors import ConfigError, SourceError, WatermarkError
+from deswm._model import CycleResult, SourceRecord
+from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 from deswm.testing import (
     MemoryFileReader,
     MemorySourceProvider,
@@ -217,7 +217,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     def wait(_self: Any, seconds: float) -> None:
         recorded.append(seconds)
 
-    monkeypatch.setattr("deswm.orchestrator._Stop.wait", wait)
+    monkeypatch.setattr("deswm._orchestrator._Stop.wait", wait)
     return recorded
 
 

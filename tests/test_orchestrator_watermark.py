@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deswm.errors import ConfigError, NaiveDatetimeError, WatermarkMoveRefused
-from deswm.model import WatermarkMove
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._errors import ConfigError, NaiveDatetimeError, WatermarkMoveRefused
+from deswm._model import WatermarkMove
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
 
 NOW = datetime(2024, 5, 20, 15, 30, tzinfo=UTC)

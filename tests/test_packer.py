@@ -22,12 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deswm._archive import Archive
 from deswm._buffers import Fingerprints
-from deswm._objectstore import ObjectStore, open_store
-from deswm.archive import Archive
-from deswm.container import build_shard, make_meta, read_shard
-from deswm.container import meta_of as _meta
-from deswm.errors import (
+from deswm._container import build_shard, make_meta, read_shard
+from deswm._container import meta_of as _meta
+from deswm._errors import (
     ArchivedDuplicateError,
     ConfigError,
     CorruptShardError,
@@ -35,11 +34,12 @@ from deswm.errors import (
     NaiveDatetimeError,
     PackError,
 )
-from deswm.model import BucketResult, SourceRecord
-from deswm.packer import DesBucketWriter, DesPacker
-from deswm.protocols import BucketWriter, Packer
-from deswm.routing import DesRouter
-from deswm.shardio import ShardStore
+from deswm._model import BucketResult, SourceRecord
+from deswm._objectstore import ObjectStore, open_store
+from deswm._packer import DesBucketWriter, DesPacker
+from deswm._protocols import BucketWriter, Packer
+from deswm._routing import DesRouter
+from deswm._shardio import ShardStore
 from deswm.testing import RecordingRouter, fail_on, inject
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
@@ -248,7 +248,7 @@ class _Local:
 def test_meta_fast_path_equals_make_meta() -> None:
     created = DAY + timedelta(hours=5, microseconds=7)
     sha = hashlib.sha256(b"x").hexdigest()
-    from deswm.timeutil import format_utc
+    from deswm._timeutil import format_utc
 
     assert _meta(sha, format_utc(created)) == make_meta(sha, created)
 

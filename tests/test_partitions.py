@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from deswm.config import load_config
-from deswm.demo import run_demo
-from deswm.model import Window
-from deswm.partitions import run_partitions
+from deswm._config import load_config
+from deswm._demo import run_demo
+from deswm._model import Window
+from deswm._partitions import run_partitions
 
 NOW = datetime(2024, 3, 10, 15, tzinfo=UTC)
 
@@ -50,7 +50,7 @@ def test_partitions_together_archive_every_file_once(tmp_path: Path, kind: str) 
 
 
 def test_unknown_partition_is_a_config_error(tmp_path: Path) -> None:
-    from deswm.errors import ConfigError
+    from deswm._errors import ConfigError
 
     config = prepare(tmp_path, 2)
     with pytest.raises(ConfigError, match="partition"):

@@ -21,6 +21,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deswm._container import (
+    EMPTY_SHARD_SIZE,
+    PartInfo,
+    ShardIndex,
+    ShardWriter,
+    build_shard,
+    index_record_size,
+    read_shard,
+)
+from deswm._errors import PackError
 from deswm._planner import (
     COPY_CHUNK,
     IN_BUFFER,
@@ -32,16 +42,6 @@ from deswm._planner import (
     part_size,
     plan_group,
 )
-from deswm.container import (
-    EMPTY_SHARD_SIZE,
-    PartInfo,
-    ShardIndex,
-    ShardWriter,
-    build_shard,
-    index_record_size,
-    read_shard,
-)
-from deswm.errors import PackError
 
 # --- helpers -------------------------------------------------------------------------------
 

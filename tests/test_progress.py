@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from tqdm.contrib.logging import _TqdmLoggingHandler
 
-from deswm.errors import ConfigError
-from deswm.orchestrator import CycleObserver
-from deswm.progress import ProgressObserver
+from deswm._errors import ConfigError
+from deswm._orchestrator import CycleObserver
+from deswm._progress import ProgressObserver
 from test_metrics import orchestrator
 
 

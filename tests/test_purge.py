@@ -11,19 +11,19 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm.archive import Archive
-from deswm.container import read_shard
-from deswm.errors import ConfigError, FileReadError, ManifestMissingError
-from deswm.model import FileFailure, LocationReference, Partition, SourceRecord, WatermarkKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.purge import PurgeError, PurgeJob
-from deswm.readers import FsspecFileReader
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider
-from deswm.sqltypes import UtcDateTime
+from deswm._archive import Archive
+from deswm._container import read_shard
+from deswm._errors import ConfigError, FileReadError, ManifestMissingError
+from deswm._model import FileFailure, LocationReference, Partition, SourceRecord, WatermarkKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._purge import PurgeError, PurgeJob
+from deswm._readers import FsspecFileReader
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider
+from deswm._sqltypes import UtcDateTime
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
-from deswm.testing.errors import MemoryErrorStore
+from deswm.testing._error_store import MemoryErrorStore
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)
 ARCHIVED = WatermarkKey("files")
@@ -558,8 +558,8 @@ def test_a_source_without_location_references_is_refused(tmp_path: Path) -> None
 def test_purge_and_verify_share_one_archive_lookup_protocol() -> None:
     import typing
 
-    from deswm.protocols import ArchiveLookup
-    from deswm.verify import verify_window
+    from deswm._protocols import ArchiveLookup
+    from deswm._verify import verify_window
 
     assert typing.get_type_hints(PurgeJob.__init__)["archive"] is ArchiveLookup
     assert typing.get_type_hints(verify_window)["archive"] is ArchiveLookup

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 from conftest import FsTarget
 from deswm import _contain
+from deswm._errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
+from deswm._model import SourceRecord
 from deswm._objectstore.errors import is_transient
+from deswm._readers import FsspecFileReader
 from deswm._redact import redact
-from deswm.errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
-from deswm.model import SourceRecord
-from deswm.readers import FsspecFileReader
-from deswm.testing.contracts.reader import FileReaderContract, MakeReader
+from deswm.testing._contracts.reader import FileReaderContract, MakeReader
 
 NOW = datetime(2024, 5, 10, tzinfo=UTC)
 
@@ -156,7 +156,7 @@ def test_local_permission_error_is_mapped_even_as_root(
     def refuse(path: str, roots: Any = None) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
-    monkeypatch.setattr("deswm.readers._read_local", refuse)
+    monkeypatch.setattr("deswm._readers._read_local", refuse)
     reader = FsspecFileReader(retries=3)
     with pytest.raises(FileReadError, match="permission denied") as caught:
         reader.read(str(tmp_path / "x.bin"))
@@ -382,7 +382,7 @@ def test_permission_error_has_a_hint() -> None:
 
 def test_backoff_is_exponential(monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[float] = []
-    monkeypatch.setattr("deswm.readers.time.sleep", delays.append)
+    monkeypatch.setattr("deswm._readers.time.sleep", delays.append)
     failure = ConnectionResetError("reset")
     calls: list[str] = []
     reader = FsspecFileReader(
@@ -405,7 +405,7 @@ def test_delete_retries_and_ignores_missing() -> None:
 def test_read_many_yields_failures_as_values() -> None:
     from datetime import UTC, datetime
 
-    from deswm.model import SourceRecord
+    from deswm._model import SourceRecord
 
     reader, _ = _flaky([PermissionError("denied")], max_workers=1)
     records = [

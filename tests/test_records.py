@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from deswm import to_pandas, to_records
-from deswm.archive import Archive
-from deswm.errors import ConfigError
-from deswm.model import WatermarkKey
-from deswm.orchestrator import CycleObserver
-from deswm.routing import DesRouter
+from deswm._archive import Archive
+from deswm._errors import ConfigError
+from deswm._model import WatermarkKey
+from deswm._orchestrator import CycleObserver
+from deswm._routing import DesRouter
 from deswm.testing import MemoryWatermarkStore
 from test_metrics import orchestrator
 

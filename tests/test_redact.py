@@ -17,13 +17,13 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from deswm._config import load_config
+from deswm._errors import ConfigError, DeswmError
+from deswm._model import FileFailure, WatermarkKey
 from deswm._redact import is_secret_name, redact, redact_url, scrub, secret_values, url_secrets
-from deswm.config import load_config
-from deswm.errors import ConfigError, DeswmError
-from deswm.model import FileFailure, WatermarkKey
-from deswm.sources.sql import SqlSourceProvider
-from deswm.stores.errors import SqlErrorStore
-from deswm.stores.sql import SqlWatermarkStore
+from deswm._sources.sql import SqlSourceProvider
+from deswm._stores.error_store import SqlErrorStore
+from deswm._stores.sql import SqlWatermarkStore
 
 UNREACHABLE = "127.0.0.1:1"
 """Nothing listens on port 1: a connection fails at once, without a password check."""

@@ -21,14 +21,14 @@ import pytest
 import sqlalchemy as sa
 
 from deswm import ReplicaLagError, SourceThrottle, SqlReplicaLagProbe, SqlSourceProvider
+from deswm._errors import ConfigError, SourceError
+from deswm._model import Window
 from deswm._sql.replica import (
     mysql_replica_lag,
     mysql_replica_status,
     postgres_primary_lag,
     postgres_standby_lag,
 )
-from deswm.errors import ConfigError, SourceError
-from deswm.model import Window
 from test_throttle import make_table
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from deswm import SourceThrottle, SqlSourceProvider
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
 from deswm.testing import MemoryFileReader, MemoryWatermarkStore
 
 SCRIPT = textwrap.dedent(
@@ -32,9 +32,9 @@ SCRIPT = textwrap.dedent(
     from datetime import UTC, datetime, timedelta
     import sqlalchemy as sa
     from deswm import SourceThrottle, SqlSourceProvider
-    from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
-    from deswm.packer import DesPacker
-    from deswm.routing import DesRouter
+    from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
+    from deswm._packer import DesPacker
+    from deswm._routing import DesRouter
     from deswm.testing import MemoryFileReader, MemoryWatermarkStore
 
     url, root = sys.argv[1], sys.argv[2]

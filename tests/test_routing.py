@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deswm.errors import ConfigError, NaiveDatetimeError, SourceError
-from deswm.model import ShardKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter, require_day_buckets, uid_text
+from deswm._errors import ConfigError, NaiveDatetimeError, SourceError
+from deswm._model import ShardKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter, require_day_buckets, uid_text
 from deswm.testing import (
     MemoryFileReader,
     MemorySourceProvider,
@@ -142,7 +142,7 @@ _UIDS = ["12345", "007", "7", "abc123", "zażółć", "😀-file", "²", "", "a"
 _SCRIPT = """
 import json, sys
 from datetime import datetime, timezone
-from deswm.routing import DesRouter
+from deswm._routing import DesRouter
 day = datetime(2024, 5, 17, 10, tzinfo=timezone.utc)
 out = {n: [DesRouter(n).route(u, day).object_name(0) for u in json.loads(sys.argv[1])]
        for n in (4, 8, 12, 16, 5)}

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from deswm.manifest import ManifestStore
-from deswm.model import Partition, WatermarkKey, Window
-from deswm.routing import DesRouter
-from deswm.rowdigest import RowDigest
-from deswm.rowprogress import RowProgress
-from deswm.shardio import ShardStore
+from deswm._manifest import ManifestStore
+from deswm._model import Partition, WatermarkKey, Window
+from deswm._routing import DesRouter
+from deswm._rowdigest import RowDigest
+from deswm._rowprogress import RowProgress
+from deswm._shardio import ShardStore
+from deswm._verify import verify_window
 from deswm.testing import MemoryWatermarkStore
-from deswm.verify import verify_window
 from test_cli_observability import deswm
 from test_flagging import START, job
 from test_orchestrator_errors import World as ErrorsWorld
@@ -132,7 +132,7 @@ def test_flag_reports_every_batch(sqlite_db_url: str, tmp_path: Path) -> None:
 
 
 def test_cli_commands_print_progress_lines_without_a_terminal(tmp_path: Path) -> None:
-    from deswm.demo import run_demo
+    from deswm._demo import run_demo
 
     run_demo(tmp_path, files=120, echo=lambda _: None)
     config = str(tmp_path / "deswm.toml")

@@ -21,9 +21,9 @@ import pytest
 import sqlalchemy as sa
 
 from deswm import LagProbe, ReplicaLagError, SourceThrottle, SqlSourceProvider
-from deswm.config import Config
-from deswm.errors import ConfigError
-from deswm.model import Window
+from deswm._config import Config
+from deswm._errors import ConfigError
+from deswm._model import Window
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deswm.timeutil import format_day, format_utc, format_wall, parse_day
+from deswm._timeutil import format_day, format_utc, format_wall, parse_day
 
 INSTANTS = st.datetimes(timezones=st.just(UTC))
 

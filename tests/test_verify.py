@@ -7,12 +7,12 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from deswm.archive import Archive
-from deswm.container import ShardWriter, make_meta
-from deswm.model import SourceRecord, Window
-from deswm.routing import DesRouter
+from deswm._archive import Archive
+from deswm._container import ShardWriter, make_meta
+from deswm._model import SourceRecord, Window
+from deswm._routing import DesRouter
+from deswm._verify import verify_window
 from deswm.testing import MemorySourceProvider
-from deswm.verify import verify_window
 
 DAY = datetime(2024, 5, 17, tzinfo=UTC)
 ROUTER = DesRouter(4)

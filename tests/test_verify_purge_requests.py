@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from conftest import make_fs_target
-from deswm.archive import Archive
-from deswm.model import SourceRecord, Window
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.purge import PurgeJob
-from deswm.routing import DesRouter
+from deswm._archive import Archive
+from deswm._model import SourceRecord, Window
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._purge import PurgeJob
+from deswm._routing import DesRouter
+from deswm._verify import verify_window
 from deswm.testing import MemoryFileReader, MemorySourceProvider, MemoryWatermarkStore
-from deswm.verify import verify_window
 
 NOW = datetime(2024, 5, 20, 15, tzinfo=UTC)
 ROUTER = DesRouter(4)  # 16 shards a day
@@ -184,8 +184,8 @@ def test_entries_sharing_an_offset_are_each_verified_against_their_own_checksum(
 
     import attrs
 
-    from deswm.container import ShardIndex, ShardWriter, make_meta
-    from deswm.errors import CorruptShardError
+    from deswm._container import ShardIndex, ShardWriter, make_meta
+    from deswm._errors import CorruptShardError
 
     day = datetime(2024, 5, 17, tzinfo=UTC)
     buffer = io.BytesIO()

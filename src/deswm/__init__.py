@@ -1,7 +1,7 @@
 """deswm: archive the files of a huge SQL table into DES shards, tracked by a watermark.
 
 Everything a host application needs is importable from here; submodules hold the
-details (``deswm.container`` for the raw format, ``deswm.testing`` for test tools).
+details (``deswm._container`` for the raw format, ``deswm.testing`` for test tools).
 
 Names are imported on first use (PEP 562), so ``import deswm`` stays cheap: SQLAlchemy,
 its dialects and s3fs load only when a component that needs them is used.
@@ -13,15 +13,15 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from deswm._archived_file import (
-        ArchivedFile,
-    )
-    from deswm.archive import (
+    from deswm._archive import (
         Archive,
         ArchiveBatch,
         IndexCacheStats,
     )
-    from deswm.config import (
+    from deswm._archived_file import (
+        ArchivedFile,
+    )
+    from deswm._config import (
         ArchiveConfig,
         ArchiveSettings,
         AuditSettings,
@@ -36,11 +36,11 @@ if TYPE_CHECKING:
         load_archive_config,
         load_config,
     )
-    from deswm.config import parse_size as parse_size
-    from deswm.container import (
+    from deswm._config import parse_size as parse_size
+    from deswm._container import (
         PartInfo,
     )
-    from deswm.errors import (
+    from deswm._errors import (
         ArchivedDuplicateError,
         BadRowError,
         ConfigError,
@@ -72,13 +72,13 @@ if TYPE_CHECKING:
         WatermarkError,
         WatermarkMoveRefused,
     )
-    from deswm.flagging import (
+    from deswm._flagging import (
         FLAGGED_STAGE,
         FlaggableSource,
         FlagJob,
         FlagResult,
     )
-    from deswm.model import (
+    from deswm._model import (
         DEFAULT_STAGE,
         ArchivedEntry,
         BucketResult,
@@ -101,17 +101,17 @@ if TYPE_CHECKING:
         WatermarkMove,
         Window,
     )
-    from deswm.orchestrator import (
+    from deswm._orchestrator import (
         CycleObserver,
         WatermarkOrchestrator,
     )
-    from deswm.orchestrator import utc_now as utc_now
-    from deswm.packer import (
+    from deswm._orchestrator import utc_now as utc_now
+    from deswm._packer import (
         DesBucketWriter,
         DesPacker,
     )
-    from deswm.protocols import ArchiveLookup as ArchiveLookup
-    from deswm.protocols import (
+    from deswm._protocols import ArchiveLookup as ArchiveLookup
+    from deswm._protocols import (
         AuditLog,
         BucketWriter,
         ErrorStore,
@@ -125,50 +125,50 @@ if TYPE_CHECKING:
         TransactionGuard,
         WatermarkStore,
     )
-    from deswm.purge import (
+    from deswm._purge import (
         PURGED_STAGE,
         PurgeError,
         PurgeJob,
         PurgeResult,
     )
-    from deswm.readers import (
+    from deswm._readers import (
         FileReaderBase,
         FsspecFileReader,
     )
-    from deswm.records import (
+    from deswm._records import (
         to_pandas,
         to_records,
     )
-    from deswm.routing import (
+    from deswm._routing import (
         DesRouter,
     )
-    from deswm.sources.sql import (
+    from deswm._sources.sql import (
         SqlSourceProvider,
         SqlTransactionProbe,
     )
-    from deswm.sqltypes import (
+    from deswm._sqltypes import (
         UtcDateTime,
     )
-    from deswm.stores.errors import DEFAULT_ERROR_TABLE as DEFAULT_ERROR_TABLE
-    from deswm.stores.errors import (
+    from deswm._stores.error_store import DEFAULT_ERROR_TABLE as DEFAULT_ERROR_TABLE
+    from deswm._stores.error_store import (
         SqlErrorStore,
     )
-    from deswm.stores.legacy import (
+    from deswm._stores.legacy import (
         LegacyArchiveConfigStore,
     )
-    from deswm.stores.objectstore import (
+    from deswm._stores.objectstore import (
         ObjectStoreWatermarkStore,
     )
-    from deswm.stores.sql import DEFAULT_TABLE as DEFAULT_TABLE
-    from deswm.stores.sql import (
+    from deswm._stores.sql import DEFAULT_TABLE as DEFAULT_TABLE
+    from deswm._stores.sql import (
         SqlWatermarkStore,
     )
-    from deswm.throttle import (
+    from deswm._throttle import (
         LagProbe,
         SourceThrottle,
         SqlReplicaLagProbe,
     )
-    from deswm.verify import (
+    from deswm._verify import (
         VerifyReport,
         verify_window,
     )
@@ -289,120 +289,120 @@ __all__ = [
 
 _EXPORTS: dict[str, str] = {
     "ArchivedFile": "deswm._archived_file",
-    "Archive": "deswm.archive",
-    "ArchiveBatch": "deswm.archive",
-    "IndexCacheStats": "deswm.archive",
-    "ArchiveConfig": "deswm.config",
-    "ArchiveSettings": "deswm.config",
-    "Config": "deswm.config",
-    "FilesSettings": "deswm.config",
-    "AuditSettings": "deswm.config",
-    "FlagSettings": "deswm.config",
-    "MonitoringSettings": "deswm.config",
-    "RunSettings": "deswm.config",
-    "ServeSettings": "deswm.config",
-    "SourceSettings": "deswm.config",
-    "WatermarkSettings": "deswm.config",
-    "load_archive_config": "deswm.config",
-    "load_config": "deswm.config",
-    "parse_size": "deswm.config",
-    "PartInfo": "deswm.container",
-    "ArchivedDuplicateError": "deswm.errors",
-    "BadRowError": "deswm.errors",
-    "ConfigError": "deswm.errors",
-    "CorruptManifestError": "deswm.errors",
-    "CorruptShardError": "deswm.errors",
-    "CycleError": "deswm.errors",
-    "DatabaseTimeoutError": "deswm.errors",
-    "DeswmError": "deswm.errors",
-    "DuplicateUidError": "deswm.errors",
-    "EntryMismatchError": "deswm.errors",
-    "FileMissingError": "deswm.errors",
-    "FileReadError": "deswm.errors",
-    "LaneError": "deswm.errors",
-    "LocationOutsideRootError": "deswm.errors",
-    "ManifestMissingError": "deswm.errors",
-    "MissingExtraError": "deswm.errors",
-    "NaiveDatetimeError": "deswm.errors",
-    "NotArchivedError": "deswm.errors",
-    "ObjectChangedError": "deswm.errors",
-    "PackError": "deswm.errors",
-    "ReplicaLagError": "deswm.errors",
-    "RowCountError": "deswm.errors",
-    "ShardError": "deswm.errors",
-    "SourceError": "deswm.errors",
-    "UnplaceableRowError": "deswm.errors",
-    "UnverifiedEntryError": "deswm.errors",
-    "WaitInterrupted": "deswm.errors",
-    "WatermarkConflict": "deswm.errors",
-    "WatermarkError": "deswm.errors",
-    "WatermarkMoveRefused": "deswm.errors",
-    "FLAGGED_STAGE": "deswm.flagging",
-    "FlagJob": "deswm.flagging",
-    "FlagResult": "deswm.flagging",
-    "FlaggableSource": "deswm.flagging",
-    "ArchivedEntry": "deswm.model",
-    "BucketResult": "deswm.model",
-    "Codec": "deswm.model",
-    "CyclePlan": "deswm.model",
-    "CycleResult": "deswm.model",
-    "DEFAULT_STAGE": "deswm.model",
-    "FileFailure": "deswm.model",
-    "LocationReference": "deswm.model",
-    "Partition": "deswm.model",
-    "PendingStats": "deswm.model",
-    "PublishedShard": "deswm.model",
-    "RecordedFailure": "deswm.model",
-    "RetryResult": "deswm.model",
-    "ShardKey": "deswm.model",
-    "SourceRecord": "deswm.model",
-    "StopReason": "deswm.model",
-    "Watermark": "deswm.model",
-    "WatermarkChange": "deswm.model",
-    "WatermarkKey": "deswm.model",
-    "WatermarkMove": "deswm.model",
-    "Window": "deswm.model",
-    "CycleObserver": "deswm.orchestrator",
-    "WatermarkOrchestrator": "deswm.orchestrator",
-    "utc_now": "deswm.orchestrator",
-    "DesBucketWriter": "deswm.packer",
-    "DesPacker": "deswm.packer",
-    "ArchiveLookup": "deswm.protocols",
-    "AuditLog": "deswm.protocols",
-    "ManifestRecorder": "deswm.protocols",
-    "BucketWriter": "deswm.protocols",
-    "ErrorStore": "deswm.protocols",
-    "FileReader": "deswm.protocols",
-    "Packer": "deswm.protocols",
-    "PartitionedSource": "deswm.protocols",
-    "ReadResult": "deswm.protocols",
-    "ShardRouter": "deswm.protocols",
-    "SourceProvider": "deswm.protocols",
-    "TransactionGuard": "deswm.protocols",
-    "WatermarkStore": "deswm.protocols",
-    "PURGED_STAGE": "deswm.purge",
-    "PurgeError": "deswm.purge",
-    "PurgeJob": "deswm.purge",
-    "PurgeResult": "deswm.purge",
-    "FileReaderBase": "deswm.readers",
-    "FsspecFileReader": "deswm.readers",
-    "to_pandas": "deswm.records",
-    "to_records": "deswm.records",
-    "DesRouter": "deswm.routing",
-    "SqlSourceProvider": "deswm.sources.sql",
-    "SqlTransactionProbe": "deswm.sources.sql",
-    "UtcDateTime": "deswm.sqltypes",
-    "DEFAULT_ERROR_TABLE": "deswm.stores.errors",
-    "SqlErrorStore": "deswm.stores.errors",
-    "LegacyArchiveConfigStore": "deswm.stores.legacy",
-    "ObjectStoreWatermarkStore": "deswm.stores.objectstore",
-    "DEFAULT_TABLE": "deswm.stores.sql",
-    "SqlWatermarkStore": "deswm.stores.sql",
-    "LagProbe": "deswm.throttle",
-    "SourceThrottle": "deswm.throttle",
-    "SqlReplicaLagProbe": "deswm.throttle",
-    "VerifyReport": "deswm.verify",
-    "verify_window": "deswm.verify",
+    "Archive": "deswm._archive",
+    "ArchiveBatch": "deswm._archive",
+    "IndexCacheStats": "deswm._archive",
+    "ArchiveConfig": "deswm._config",
+    "ArchiveSettings": "deswm._config",
+    "Config": "deswm._config",
+    "FilesSettings": "deswm._config",
+    "AuditSettings": "deswm._config",
+    "FlagSettings": "deswm._config",
+    "MonitoringSettings": "deswm._config",
+    "RunSettings": "deswm._config",
+    "ServeSettings": "deswm._config",
+    "SourceSettings": "deswm._config",
+    "WatermarkSettings": "deswm._config",
+    "load_archive_config": "deswm._config",
+    "load_config": "deswm._config",
+    "parse_size": "deswm._config",
+    "PartInfo": "deswm._container",
+    "ArchivedDuplicateError": "deswm._errors",
+    "BadRowError": "deswm._errors",
+    "ConfigError": "deswm._errors",
+    "CorruptManifestError": "deswm._errors",
+    "CorruptShardError": "deswm._errors",
+    "CycleError": "deswm._errors",
+    "DatabaseTimeoutError": "deswm._errors",
+    "DeswmError": "deswm._errors",
+    "DuplicateUidError": "deswm._errors",
+    "EntryMismatchError": "deswm._errors",
+    "FileMissingError": "deswm._errors",
+    "FileReadError": "deswm._errors",
+    "LaneError": "deswm._errors",
+    "LocationOutsideRootError": "deswm._errors",
+    "ManifestMissingError": "deswm._errors",
+    "MissingExtraError": "deswm._errors",
+    "NaiveDatetimeError": "deswm._errors",
+    "NotArchivedError": "deswm._errors",
+    "ObjectChangedError": "deswm._errors",
+    "PackError": "deswm._errors",
+    "ReplicaLagError": "deswm._errors",
+    "RowCountError": "deswm._errors",
+    "ShardError": "deswm._errors",
+    "SourceError": "deswm._errors",
+    "UnplaceableRowError": "deswm._errors",
+    "UnverifiedEntryError": "deswm._errors",
+    "WaitInterrupted": "deswm._errors",
+    "WatermarkConflict": "deswm._errors",
+    "WatermarkError": "deswm._errors",
+    "WatermarkMoveRefused": "deswm._errors",
+    "FLAGGED_STAGE": "deswm._flagging",
+    "FlagJob": "deswm._flagging",
+    "FlagResult": "deswm._flagging",
+    "FlaggableSource": "deswm._flagging",
+    "ArchivedEntry": "deswm._model",
+    "BucketResult": "deswm._model",
+    "Codec": "deswm._model",
+    "CyclePlan": "deswm._model",
+    "CycleResult": "deswm._model",
+    "DEFAULT_STAGE": "deswm._model",
+    "FileFailure": "deswm._model",
+    "LocationReference": "deswm._model",
+    "Partition": "deswm._model",
+    "PendingStats": "deswm._model",
+    "PublishedShard": "deswm._model",
+    "RecordedFailure": "deswm._model",
+    "RetryResult": "deswm._model",
+    "ShardKey": "deswm._model",
+    "SourceRecord": "deswm._model",
+    "StopReason": "deswm._model",
+    "Watermark": "deswm._model",
+    "WatermarkChange": "deswm._model",
+    "WatermarkKey": "deswm._model",
+    "WatermarkMove": "deswm._model",
+    "Window": "deswm._model",
+    "CycleObserver": "deswm._orchestrator",
+    "WatermarkOrchestrator": "deswm._orchestrator",
+    "utc_now": "deswm._orchestrator",
+    "DesBucketWriter": "deswm._packer",
+    "DesPacker": "deswm._packer",
+    "ArchiveLookup": "deswm._protocols",
+    "AuditLog": "deswm._protocols",
+    "ManifestRecorder": "deswm._protocols",
+    "BucketWriter": "deswm._protocols",
+    "ErrorStore": "deswm._protocols",
+    "FileReader": "deswm._protocols",
+    "Packer": "deswm._protocols",
+    "PartitionedSource": "deswm._protocols",
+    "ReadResult": "deswm._protocols",
+    "ShardRouter": "deswm._protocols",
+    "SourceProvider": "deswm._protocols",
+    "TransactionGuard": "deswm._protocols",
+    "WatermarkStore": "deswm._protocols",
+    "PURGED_STAGE": "deswm._purge",
+    "PurgeError": "deswm._purge",
+    "PurgeJob": "deswm._purge",
+    "PurgeResult": "deswm._purge",
+    "FileReaderBase": "deswm._readers",
+    "FsspecFileReader": "deswm._readers",
+    "to_pandas": "deswm._records",
+    "to_records": "deswm._records",
+    "DesRouter": "deswm._routing",
+    "SqlSourceProvider": "deswm._sources.sql",
+    "SqlTransactionProbe": "deswm._sources.sql",
+    "UtcDateTime": "deswm._sqltypes",
+    "DEFAULT_ERROR_TABLE": "deswm._stores.error_store",
+    "SqlErrorStore": "deswm._stores.error_store",
+    "LegacyArchiveConfigStore": "deswm._stores.legacy",
+    "ObjectStoreWatermarkStore": "deswm._stores.objectstore",
+    "DEFAULT_TABLE": "deswm._stores.sql",
+    "SqlWatermarkStore": "deswm._stores.sql",
+    "LagProbe": "deswm._throttle",
+    "SourceThrottle": "deswm._throttle",
+    "SqlReplicaLagProbe": "deswm._throttle",
+    "VerifyReport": "deswm._verify",
+    "verify_window": "deswm._verify",
 }
 """Every name ``deswm`` offers (``__all__`` and a few module constants), by its module."""
 
@@ -421,7 +421,7 @@ def __getattr__(name: str) -> object:
         from importlib.util import find_spec
 
         if find_spec(f"deswm.{name}") is not None:
-            # A submodule, as ``import deswm`` used to load most of them (deswm.container).
+            # A submodule, as ``import deswm`` used to load most of them (deswm._container).
             return importlib.import_module(f"deswm.{name}")
     raise AttributeError(f"module 'deswm' has no attribute {name!r}")
 

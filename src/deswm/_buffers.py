@@ -29,9 +29,9 @@ from collections.abc import Iterator, Sequence
 from typing import Final, Generic, NamedTuple, TypeVar
 
 from deswm._codecs import CODEC_IDS, CODEC_MASK, CODEC_NAMES
-from deswm.container import Compressor, PartInfo, ShardIndex
-from deswm.errors import PackError
-from deswm.model import Codec, ShardKey
+from deswm._container import Compressor, PartInfo, ShardIndex
+from deswm._errors import PackError
+from deswm._model import Codec, ShardKey
 
 __all__ = [
     "BIG",
@@ -87,7 +87,7 @@ class Encoder(Generic[T]):
 
     With workers, the caller's thread hashes each payload as it is submitted and the
     threads compress batches, each batch in one call into zstd (see
-    :meth:`~deswm.container.Compressor.compress_many`). That split keeps the GIL quiet:
+    :meth:`~deswm._container.Compressor.compress_many`). That split keeps the GIL quiet:
     a worker takes it once per batch instead of twice per payload, so the caller (which
     runs the Python of the whole pipeline) is not kept waiting for it. At most
     ``2 * workers`` batches are in flight, and results come back in submission order.

@@ -5,7 +5,7 @@ moment (mid-write, after fsync before rename, between publish and commit, inside
 commit transaction, ...). Set ``DESWM_CRASH_AT="<point>"`` or ``"<point>:<n>"`` and the
 process sends itself SIGKILL the n-th time (default: first) it reaches ``<point>``; no
 cleanup, no ``finally`` blocks, exactly like a power cut of the process. In-process
-tests install hooks with :func:`deswm.testing.faults.at_checkpoint`.
+tests install hooks with :func:`deswm.testing._faults.at_checkpoint`.
 
 When neither is set, :func:`reach` is one global boolean test. Lane processes of the
 packing engine inherit ``DESWM_CRASH_AT``, so a ``lane.*`` point kills the worker process

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import attrs
 
-from deswm.errors import ConfigError
+from deswm._errors import ConfigError
 
 __all__ = ["Outside", "Roots", "delete_local", "open_local"]
 

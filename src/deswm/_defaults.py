@@ -1,9 +1,9 @@
 """Defaults that both a constructor and the config file state, stated once.
 
-The constructors take these as their keyword defaults and :mod:`deswm.config` as the
+The constructors take these as their keyword defaults and :mod:`deswm._config` as the
 defaults of its settings, so a component built in Python and one built from a config
 file without that setting behave alike. A leaf module: it imports nothing from deswm
-and nothing heavy, so :mod:`deswm.config` can use it without loading SQLAlchemy.
+and nothing heavy, so :mod:`deswm._config` can use it without loading SQLAlchemy.
 """
 
 from __future__ import annotations

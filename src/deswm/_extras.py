@@ -1,18 +1,18 @@
 """Importing an optional dependency: the one place that turns its absence into
-:class:`~deswm.errors.MissingExtraError` naming ``pip install 'deswm[EXTRA]'``."""
+:class:`~deswm._errors.MissingExtraError` naming ``pip install 'deswm[EXTRA]'``."""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-from deswm.errors import MissingExtraError
+from deswm._errors import MissingExtraError
 
 __all__ = ["require"]
 
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:
-    """``module`` imported, or :class:`~deswm.errors.MissingExtraError` for ``feature``.
+    """``module`` imported, or :class:`~deswm._errors.MissingExtraError` for ``feature``.
 
     Only the missing module itself counts: an ``ImportError`` from inside an installed
     package (a broken install) propagates as it is, so it is not misread as "install

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from deswm._defaults import EXECUTORS
+from deswm._errors import ConfigError
 from deswm._extras import require
-from deswm.errors import ConfigError
-from deswm.protocols import FileReader, Packer
+from deswm._protocols import FileReader, Packer
 
 __all__ = ["EXECUTORS", "LanePool", "cpu_count", "resolve_pool"]
 

@@ -1,6 +1,6 @@
 """One lane of the packing engine: its share of a bucket's rows in, its published groups out.
 
-The coordinator (:class:`deswm.orchestrator.WatermarkOrchestrator`) routes every row of a
+The coordinator (:class:`deswm._orchestrator.WatermarkOrchestrator`) routes every row of a
 bucket to lane ``shard_index(uid) % lanes``, so each shard group of the bucket belongs to
 exactly one lane and each object keeps exactly one writer (G7). A lane gets the rows'
 metadata as a compact :class:`LaneJob` (parallel lists, never file bytes), reads the files
@@ -21,16 +21,16 @@ from typing import Final, Literal
 import attrs
 
 from deswm._checkpoints import reach
-from deswm.errors import (
+from deswm._errors import (
     DeswmError,
     DuplicateUidError,
     FileMissingError,
     FileReadError,
     LaneError,
 )
-from deswm.model import BucketResult, FileFailure, SourceRecord
-from deswm.protocols import FileReader, Packer
-from deswm.routing import uid_text
+from deswm._model import BucketResult, FileFailure, SourceRecord
+from deswm._protocols import FileReader, Packer
+from deswm._routing import uid_text
 
 __all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "merge_results", "pack_lane"]
 
@@ -102,7 +102,7 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
     Under ``on_error="stop"`` a failed file aborts the lane (it publishes nothing); under
     ``"record"`` the lane publishes its good files and the coordinator judges the ratio
     over the whole bucket. An unexpected exception becomes a picklable
-    :class:`~deswm.errors.LaneError`; a :class:`~deswm.errors.DeswmError` passes as is.
+    :class:`~deswm._errors.LaneError`; a :class:`~deswm._errors.DeswmError` passes as is.
     """
     try:
         return _pack(job)

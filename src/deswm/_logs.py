@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterator, MutableMapping
 from typing import Any, Final, Literal
 
+from deswm._errors import ConfigError
 from deswm._redact import redact
-from deswm.errors import ConfigError
 
 __all__ = ["FIELDS", "LogFormat", "setup_logging", "skip_events"]
 

@@ -1,8 +1,8 @@
 """Many archive lookups at once, for ``verify`` and ``purge``.
 
-An :class:`~deswm.archive.Archive` answers them with one listing per day and one index
-read per part (:class:`~deswm.archive.ArchiveBatch`); any other
-:class:`~deswm.protocols.ArchiveLookup` is asked row by row.
+An :class:`~deswm._archive.Archive` answers them with one listing per day and one index
+read per part (:class:`~deswm._archive.ArchiveBatch`); any other
+:class:`~deswm._protocols.ArchiveLookup` is asked row by row.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from deswm.errors import ShardError
-from deswm.model import ArchivedEntry
-from deswm.protocols import ArchiveLookup
+from deswm._errors import ShardError
+from deswm._model import ArchivedEntry
+from deswm._protocols import ArchiveLookup
 
 __all__ = ["BatchLookup", "batch_lookup"]
 

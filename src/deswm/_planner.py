@@ -18,8 +18,8 @@ each object replacement is safe on its own in any crash order:
 * a new entry whose uid is in old part *i* replaces it in part *i* (new bytes) only when
   it is the same entry, ``(uid, created_at)`` (G14): the bucket writer refuses a row
   whose uid is published with another ``created_at`` (or with none, as entries of other
-  writers are) with :class:`~deswm.errors.ArchivedDuplicateError`, and the plan raises
-  :class:`~deswm.errors.PackError` rather than replace such an entry;
+  writers are) with :class:`~deswm._errors.ArchivedDuplicateError`, and the plan raises
+  :class:`~deswm._errors.PackError` rather than replace such an entry;
 * a new uid goes to the part with the greatest first key at or before its key (the first
   part if before all); keys after the last key of the last part are the tail, appended
   to the last part while it fits and overflowing into new parts, exactly like a fresh
@@ -37,7 +37,7 @@ each object replacement is safe on its own in any crash order:
   which the packer copies verbatim (adjacent ones in runs, :func:`copy_runs`), so a
   replay after the sources were deleted reproduces the original objects.
 
-Sizes come from the format (:func:`deswm.container.record_size`), so a planned part's
+Sizes come from the format (:func:`deswm._container.record_size`), so a planned part's
 ``size`` is exactly the size of the object the packer writes (the packer checks it).
 """
 
@@ -50,7 +50,7 @@ from typing import Final, NamedTuple
 
 import attrs
 
-from deswm.container import (
+from deswm._container import (
     EMPTY_SHARD_SIZE,
     HEADER_SIZE,
     IndexEntry,
@@ -58,8 +58,8 @@ from deswm.container import (
     ShardIndex,
     index_record_size,
 )
-from deswm.errors import PackError
-from deswm.model import Codec
+from deswm._errors import PackError
+from deswm._model import Codec
 
 __all__ = [
     "COPY_CHUNK",

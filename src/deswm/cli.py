@@ -27,26 +27,26 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from deswm._config import Config, load_config
 from deswm._defaults import EXECUTORS
-from deswm._extras import require
-from deswm._humanize import human_bytes, human_count, human_duration, human_time
-from deswm._logs import LogFormat, setup_logging, skip_events
-from deswm._redact import redact
-from deswm.config import Config, load_config
-from deswm.errors import (
+from deswm._errors import (
     ConfigError,
     CycleError,
     DeswmError,
     UnplaceableRowError,
     WatermarkMoveRefused,
 )
-from deswm.model import STOP_REASON_TEXT, CyclePlan, Watermark, WatermarkMove, Window
-from deswm.timeutil import format_utc, parse_timestamp
+from deswm._extras import require
+from deswm._humanize import human_bytes, human_count, human_duration, human_time
+from deswm._logs import LogFormat, setup_logging, skip_events
+from deswm._model import STOP_REASON_TEXT, CyclePlan, Watermark, WatermarkMove, Window
+from deswm._redact import redact
+from deswm._timeutil import format_utc, parse_timestamp
 
 if TYPE_CHECKING:
-    from deswm.manifest import BucketManifest
-    from deswm.model import Partition
-    from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
+    from deswm._manifest import BucketManifest
+    from deswm._model import Partition
+    from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
 
 __all__ = ["main"]
 
@@ -243,12 +243,12 @@ def _observers(
     health = args.health_file or monitoring.health_file
     observers: list[CycleObserver] = []
     if health:
-        from deswm.health import HealthFile
+        from deswm._health import HealthFile
 
         observers.append(HealthFile(health))
     if port is not None or push or textfile:
-        from deswm.metrics import PrometheusObserver
-        from deswm.metrics import _client as client
+        from deswm._metrics import PrometheusObserver
+        from deswm._metrics import _client as client
 
         registry = client().CollectorRegistry()
         metrics = PrometheusObserver(
@@ -266,7 +266,7 @@ def _observers(
             client().start_http_server(port, registry=registry)
         observers.append(metrics)
     if args.progress:
-        from deswm.progress import ProgressObserver
+        from deswm._progress import ProgressObserver
 
         interval = args.progress_interval or monitoring.progress_interval
         plan = orchestrator.plan
@@ -285,10 +285,10 @@ _CONFIGURED = object()
 def _row_progress(
     args: argparse.Namespace, config: Config, label: str, *, unit: str = "row"
 ) -> contextlib.AbstractContextManager[Callable[[int], None] | None]:
-    """A :class:`~deswm.rowprogress.RowProgress` when ``--progress`` was given, else None."""
+    """A :class:`~deswm._rowprogress.RowProgress` when ``--progress`` was given, else None."""
     if not getattr(args, "progress", False):
         return contextlib.nullcontext(None)
-    from deswm.rowprogress import RowProgress
+    from deswm._rowprogress import RowProgress
 
     interval = args.progress_interval or config.monitoring.progress_interval
     return RowProgress(label, unit=unit, interval=interval)
@@ -575,7 +575,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from deswm.manifest import manifest_dict
+    from deswm._manifest import manifest_dict
 
     config = _config(args)
     archive = config.build_archive()
@@ -613,14 +613,14 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 def _day_arg(text: str) -> datetime:
     """A ``YYYYMMDD`` or ISO date argument as its UTC midnight."""
-    from deswm.timeutil import parse_day
+    from deswm._timeutil import parse_day
 
     compact = text.replace("-", "")
     return parse_day(compact, "DAY")
 
 
 def _partition(index: int, count: int) -> Partition:
-    from deswm.model import Partition
+    from deswm._model import Partition
 
     try:
         return Partition(index, count)
@@ -654,7 +654,7 @@ def _rebuild_manifest(config: Config, day: datetime, partition: Partition) -> Bu
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from deswm.audit import locate
+    from deswm._audit import locate
 
     config = _config(args)
     created_at = parse_timestamp(args.created_at, "--created-at")
@@ -728,7 +728,7 @@ def _write_file(path: Path, data: bytes, *, follow: bool) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from deswm.verify import verify_window
+    from deswm._verify import verify_window
 
     config = _config(args)
     orchestrator = config.build_orchestrator(partition=args.partition, read_only=True)
@@ -787,7 +787,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deswm.config import load_archive_config
+    from deswm._config import load_archive_config
 
     config = load_archive_config(_config_path(args))  # the service never reads the source
     if args.log_format is None and config.monitoring.log_format != "text":
@@ -810,7 +810,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from deswm.demo import run_demo
+    from deswm._demo import run_demo
 
     run_demo(Path(args.dir), files=args.files)
     return EXIT_OK

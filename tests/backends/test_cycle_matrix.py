@@ -36,20 +36,20 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import mysql
 
-from deswm.archive import Archive
-from deswm.errors import CycleError, DeswmError, FileReadError, WatermarkError
-from deswm.model import LocationReference, PendingStats, SourceRecord, WatermarkKey, Window
-from deswm.orchestrator import CycleObserver, WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.readers import FsspecFileReader
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider
-from deswm.stores.legacy import LegacyArchiveConfigStore
-from deswm.stores.objectstore import ObjectStoreWatermarkStore
-from deswm.stores.sql import SqlWatermarkStore
-from deswm.testing.faults import Fault, fail_after, fail_on, inject
-from deswm.testing.readers import MemoryFileReader
-from deswm.testing.strategies import file_contents, source_records
+from deswm._archive import Archive
+from deswm._errors import CycleError, DeswmError, FileReadError, WatermarkError
+from deswm._model import LocationReference, PendingStats, SourceRecord, WatermarkKey, Window
+from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._readers import FsspecFileReader
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider
+from deswm._stores.legacy import LegacyArchiveConfigStore
+from deswm._stores.objectstore import ObjectStoreWatermarkStore
+from deswm._stores.sql import SqlWatermarkStore
+from deswm.testing._faults import Fault, fail_after, fail_on, inject
+from deswm.testing._readers import MemoryFileReader
+from deswm.testing._strategies import file_contents, source_records
 
 START = datetime(2024, 5, 10, tzinfo=UTC)
 NOW = datetime(2024, 5, 16, 9, tzinfo=UTC)  # lag 1 day -> target May 15 00:00

@@ -22,16 +22,16 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from deswm.archive import Archive
-from deswm.errors import UnplaceableRowError
-from deswm.model import WatermarkKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider
-from deswm.sqltypes import UtcDateTime
+from deswm._archive import Archive
+from deswm._errors import UnplaceableRowError
+from deswm._model import WatermarkKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider
+from deswm._sqltypes import UtcDateTime
+from deswm._timeutil import format_day
 from deswm.testing import MemoryFileReader, MemoryWatermarkStore
-from deswm.timeutil import format_day
 
 FIRST = datetime(1, 1, 1, tzinfo=UTC)
 LAST_DAY = datetime(9999, 12, 31, tzinfo=UTC)

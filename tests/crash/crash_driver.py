@@ -20,7 +20,7 @@ A choreography makes races between two runners real instead of timing luck: at t
 n-th time an actor reaches a point it creates a signal file and waits until the signal
 files it names exist (files work across threads and processes alike).
 
-Exit codes: 0 all steps done; 3 a :class:`~deswm.errors.DeswmError` was raised; 4 any
+Exit codes: 0 all steps done; 3 a :class:`~deswm._errors.DeswmError` was raised; 4 any
 other exception. A killed child has no exit code: ``returncode == -9``.
 """
 
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from deswm import _checkpoints
-from deswm.config import load_config
-from deswm.errors import DeswmError
-from deswm.model import WatermarkKey
+from deswm._config import load_config
+from deswm._errors import DeswmError
+from deswm._model import WatermarkKey
 
 Step = Mapping[str, str]
 """``{"op": "cycle", "now": ISO}`` or ``{"op": "set", "position": ISO, "reason": TEXT}``."""

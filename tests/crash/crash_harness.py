@@ -15,7 +15,7 @@ are:
   every ``_bigFiles/<sha256>`` holds exactly the bytes of its name; nothing else is
   visible except hidden temp files, which the archive ignores;
 * G1: every row below the committed watermark reads back byte-identical through
-  :class:`deswm.archive.Archive` (rows whose source files were deleted included);
+  :class:`deswm._archive.Archive` (rows whose source files were deleted included);
 * G4/G5: the audit of committed watermark writes only moves forward (except manual
   ``set`` calls, matched with the history table), by one version per write, to UTC
   midnights; the source table received no write.
@@ -47,16 +47,16 @@ import pytest
 import sqlalchemy as sa
 from crash_driver import Action, Recorder, Step, done_steps, run_steps
 
+from deswm._archive import Archive
 from deswm._checkpoints import POINTS
-from deswm.archive import Archive
-from deswm.container import ShardWriter, decode_payload, read_shard
-from deswm.manifest import MANIFESTS, BucketManifest
-from deswm.model import Watermark, WatermarkKey
-from deswm.routing import DesRouter
-from deswm.shardio import BIG_FILES, ShardStore, parse_part_name
-from deswm.sqltypes import UtcDateTime
-from deswm.stores.sql import SqlWatermarkStore
-from deswm.timeutil import floor_day
+from deswm._container import ShardWriter, decode_payload, read_shard
+from deswm._manifest import MANIFESTS, BucketManifest
+from deswm._model import Watermark, WatermarkKey
+from deswm._routing import DesRouter
+from deswm._shardio import BIG_FILES, ShardStore, parse_part_name
+from deswm._sqltypes import UtcDateTime
+from deswm._stores.sql import SqlWatermarkStore
+from deswm._timeutil import floor_day
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "crash_driver.py"

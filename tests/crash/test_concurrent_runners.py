@@ -38,7 +38,7 @@ from crash_harness import (
     worlds_fixture,  # noqa: F401 (the fixture)
 )
 
-from deswm.errors import DeswmError
+from deswm._errors import DeswmError
 
 BACKENDS = {"sqlite-local": ("sqlite", "local"), "postgresql-s3": ("postgresql", "s3")}
 ACTORS = ("a", "b")

@@ -22,7 +22,7 @@ from crash_harness import (
     worlds_fixture,  # noqa: F401 (the fixture)
 )
 
-from deswm.errors import LaneError
+from deswm._errors import LaneError
 
 CASES = [
     ("fresh", "lane.before_publish"),

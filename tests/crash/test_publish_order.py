@@ -23,8 +23,8 @@ from crash_harness import (  # noqa: F401 (worlds_fixture is the fixture)
 )
 
 from deswm import _checkpoints
+from deswm._container import parse_part_name
 from deswm._objectstore.local import LocalStore
-from deswm.container import parse_part_name
 
 SLOW_FIRST_PART = 0.1
 

@@ -15,9 +15,9 @@ from typing import IO
 import fsspec
 import pytest
 
+from deswm._errors import ObjectChangedError
 from deswm._objectstore import ObjectStore, open_store
 from deswm._objectstore.fsspec import FsspecStore
-from deswm.errors import ObjectChangedError
 
 KINDS = ["local", "memory", "s3", "fsspec"]
 

@@ -7,6 +7,7 @@ import errno
 import pytest
 from botocore.exceptions import ClientError
 
+from deswm._errors import ObjectChangedError
 from deswm._objectstore.errors import (
     error_code,
     http_status,
@@ -17,7 +18,6 @@ from deswm._objectstore.errors import (
     is_transient,
     object_changed,
 )
-from deswm.errors import ObjectChangedError
 
 
 def _s3(code: str, status: int, wrap: type[OSError] = OSError) -> OSError:

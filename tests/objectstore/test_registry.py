@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from deswm._errors import ConfigError
 from deswm._objectstore import open_store, register
 from deswm._objectstore import registry as registry_module
 from deswm._objectstore.fsspec import FsspecStore
 from deswm._objectstore.local import LocalStore
 from deswm._objectstore.memory import MemoryStore
-from deswm.errors import ConfigError
 
 
 def test_local_and_memory_urls(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from deswm.archive import Archive  # noqa: E402
+from deswm._archive import Archive  # noqa: E402
 from deswm.serve import create_app  # noqa: E402
 from packed_files import FILES, ROUTER, archive_url, at, pack  # noqa: E402, F401 - re-exported
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from serving import Server, path, query, server, start  # noqa: F401 - fixtures
 
+from deswm._archive import Archive
 from deswm._objectstore import ObjectStore
-from deswm.archive import Archive
 from deswm.serve import create_app
 from packed_files import FILES, ROUTER, archive_url, at, pack  # noqa: F401 - fixture
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from serving import path, query, server, start  # noqa: F401 - fixtures
 
-from deswm.archive import Archive
-from deswm.errors import ConfigError
+from deswm._archive import Archive
+from deswm._errors import ConfigError
 from deswm.serve import is_loopback, resolve_token
 from packed_files import FILES, ROUTER, archive_url  # noqa: F401 - fixture
 

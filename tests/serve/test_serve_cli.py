@@ -15,8 +15,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from deswm._demo import run_demo
 from deswm.cli import main
-from deswm.demo import run_demo
 
 
 @pytest.fixture(scope="module")

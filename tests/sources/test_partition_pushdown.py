@@ -23,16 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import mysql
 
+from deswm._model import Partition, SourceRecord, Window
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._protocols import PartitionedSource
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider
 from deswm._sql.shardsql import POSTGRES_CRC32_DDL, shard_expression
+from deswm._stores.sql import SqlWatermarkStore
 from deswm.cli import main
-from deswm.model import Partition, SourceRecord, Window
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.protocols import PartitionedSource
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider
-from deswm.stores.sql import SqlWatermarkStore
-from deswm.testing.readers import MemoryFileReader
+from deswm.testing._readers import MemoryFileReader
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 WINDOW = Window(T0, T0 + timedelta(days=3))

@@ -19,11 +19,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from deswm.errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
-from deswm.model import SourceRecord, Window
-from deswm.protocols import SourceProvider
-from deswm.sources.sql import SqlSourceProvider
-from deswm.testing.contracts.source import MakeSource, SourceProviderContract
+from deswm._errors import BadRowError, ConfigError, SourceError, UnplaceableRowError
+from deswm._model import SourceRecord, Window
+from deswm._protocols import SourceProvider
+from deswm._sources.sql import SqlSourceProvider
+from deswm.testing._contracts.source import MakeSource, SourceProviderContract
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

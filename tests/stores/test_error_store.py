@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import SQL_BACKENDS, database_url
-from deswm.model import FileFailure, SourceRecord, WatermarkKey
-from deswm.stores.errors import SqlErrorStore
-from deswm.testing.errors import MemoryErrorStore
+from deswm._model import FileFailure, SourceRecord, WatermarkKey
+from deswm._stores.error_store import SqlErrorStore
+from deswm.testing._error_store import MemoryErrorStore
 
 KEY = WatermarkKey("files")
 OTHER = WatermarkKey("files", partition=1)

@@ -22,17 +22,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm.archive import Archive
-from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
-from deswm.model import SourceRecord, Watermark, WatermarkKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
-from deswm.stores.legacy import DEFAULT_LAG_DAYS, LegacyArchiveConfigStore, legacy_version
-from deswm.stores.sql import SqlWatermarkStore
-from deswm.testing.contracts.store import WatermarkStoreContract
-from deswm.testing.readers import MemoryFileReader
-from deswm.testing.sources import MemorySourceProvider
+from deswm._archive import Archive
+from deswm._errors import ConfigError, WatermarkConflict, WatermarkError
+from deswm._model import SourceRecord, Watermark, WatermarkKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
+from deswm._stores.legacy import DEFAULT_LAG_DAYS, LegacyArchiveConfigStore, legacy_version
+from deswm._stores.sql import SqlWatermarkStore
+from deswm.testing._contracts.store import WatermarkStoreContract
+from deswm.testing._readers import MemoryFileReader
+from deswm.testing._sources import MemorySourceProvider
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 from deswm import _checkpoints
+from deswm._errors import ConfigError, WatermarkConflict, WatermarkError
+from deswm._model import WatermarkKey
 from deswm._objectstore import local as local_store
-from deswm.errors import ConfigError, WatermarkConflict, WatermarkError
-from deswm.model import WatermarkKey
-from deswm.stores import objectstore
-from deswm.stores.objectstore import ObjectStoreWatermarkStore
-from deswm.testing.contracts.store import WatermarkStoreContract
+from deswm._stores import objectstore
+from deswm._stores.objectstore import ObjectStoreWatermarkStore
+from deswm.testing._contracts.store import WatermarkStoreContract
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm.errors import ConfigError, NaiveDatetimeError, WatermarkConflict, WatermarkError
-from deswm.model import Watermark, WatermarkKey
-from deswm.sqltypes import UtcDateTime
-from deswm.stores.sql import SqlWatermarkStore
-from deswm.testing.contracts.store import WatermarkStoreContract
+from deswm._errors import ConfigError, NaiveDatetimeError, WatermarkConflict, WatermarkError
+from deswm._model import Watermark, WatermarkKey
+from deswm._sqltypes import UtcDateTime
+from deswm._stores.sql import SqlWatermarkStore
+from deswm.testing._contracts.store import WatermarkStoreContract
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

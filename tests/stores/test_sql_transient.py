@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from deswm._errors import SourceError, WatermarkConflict, WatermarkError
+from deswm._model import WatermarkKey, Window
+from deswm._sources.sql import SqlSourceProvider
 from deswm._sql.errors import TRANSIENT_ATTEMPTS, is_transient
-from deswm.errors import SourceError, WatermarkConflict, WatermarkError
-from deswm.model import WatermarkKey, Window
-from deswm.sources.sql import SqlSourceProvider
-from deswm.stores.sql import SqlWatermarkStore
+from deswm._stores.sql import SqlWatermarkStore
 from deswm.testing import at_checkpoint
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

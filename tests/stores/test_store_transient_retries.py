@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from test_sql_transient import _connection_lost, _end_other_sessions
 
+from deswm._errors import DeswmError, WatermarkError
+from deswm._model import FileFailure, SourceRecord, WatermarkKey
 from deswm._sql.errors import TRANSIENT_ATTEMPTS
-from deswm.errors import DeswmError, WatermarkError
-from deswm.model import FileFailure, SourceRecord, WatermarkKey
-from deswm.stores.errors import SqlErrorStore
-from deswm.stores.legacy import LegacyArchiveConfigStore
+from deswm._stores.error_store import SqlErrorStore
+from deswm._stores.legacy import LegacyArchiveConfigStore
 from deswm.testing import at_checkpoint
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from deswm.errors import RowCountError
-from deswm.model import SourceRecord, WatermarkKey
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.protocols import FileReader, SourceProvider
-from deswm.routing import DesRouter
+from deswm._errors import RowCountError
+from deswm._model import SourceRecord, WatermarkKey
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._protocols import FileReader, SourceProvider
+from deswm._routing import DesRouter
 from deswm.testing import (
     Cycle,
     Dataset,
@@ -179,7 +179,7 @@ def test_no_loss_excuses_rows_in_the_error_table_and_filters_partitions() -> Non
     key = orchestrator.key
     with pytest.raises(AssertionError):
         assert_no_loss(source, packer, orchestrator.store, key, data.contents, since=START)
-    from deswm.model import FileFailure
+    from deswm._model import FileFailure
 
     errors.record(key, [FileFailure.from_exception(extra, "read", OSError("gone"))])
     contents = {**data.contents, "x": b"?"}
@@ -253,7 +253,7 @@ def test_replay_clears_memory_destinations_unless_kept() -> None:
 
 
 def test_replay_on_a_local_folder_and_a_sql_store(tmp_path: Any) -> None:
-    from deswm.stores.sql import SqlWatermarkStore
+    from deswm._stores.sql import SqlWatermarkStore
 
     data = rows(20)
     folders = itertools.count()

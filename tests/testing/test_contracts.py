@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm.model import SourceRecord
-from deswm.packer import DesPacker
-from deswm.protocols import FileReader, Packer, ShardRouter, SourceProvider, WatermarkStore
-from deswm.readers import FsspecFileReader
-from deswm.routing import DesRouter
-from deswm.sources.sql import SqlSourceProvider
-from deswm.stores.sql import SqlWatermarkStore
+from deswm._model import SourceRecord
+from deswm._packer import DesPacker
+from deswm._protocols import FileReader, Packer, ShardRouter, SourceProvider, WatermarkStore
+from deswm._readers import FsspecFileReader
+from deswm._routing import DesRouter
+from deswm._sources.sql import SqlSourceProvider
+from deswm._stores.sql import SqlWatermarkStore
 from deswm.testing import (
     FileReaderContract,
     MakePacker,

@@ -10,11 +10,11 @@ from typing import cast
 import pytest
 
 from deswm import _checkpoints
-from deswm.errors import FileMissingError, PackError, WatermarkError
-from deswm.model import SourceRecord, WatermarkKey, Window
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.protocols import FileReader, SourceProvider, WatermarkStore
-from deswm.routing import DesRouter
+from deswm._errors import FileMissingError, PackError, WatermarkError
+from deswm._model import SourceRecord, WatermarkKey, Window
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._protocols import FileReader, SourceProvider, WatermarkStore
+from deswm._routing import DesRouter
 from deswm.testing import (
     CheckpointHit,
     FaultCall,
@@ -199,7 +199,7 @@ def test_misspelt_methods_are_refused() -> None:
 
 
 def test_injected_fault_is_a_deswm_error() -> None:
-    from deswm.errors import DeswmError
+    from deswm._errors import DeswmError
 
     assert issubclass(InjectedFault, DeswmError)
 

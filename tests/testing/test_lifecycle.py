@@ -1,4 +1,4 @@
-"""The lifecycle state machine (deswm.testing.lifecycle) on the in-memory components.
+"""The lifecycle state machine (deswm.testing._lifecycle) on the in-memory components.
 
 Any interleaving of run, replay, errors retry, purge, changed and deleted files and
 damaged objects, over tables with duplicate uids, shared locations and years 1 and 999:
@@ -12,7 +12,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-from deswm.testing.lifecycle import LifecycleMachine
+from deswm.testing._lifecycle import LifecycleMachine
 
 EXAMPLES = int(os.environ.get("DESWM_PROPERTY_EXAMPLES", "25")) * 8
 

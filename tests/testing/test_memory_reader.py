@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from deswm.errors import ConfigError, FileMissingError, FileReadError
-from deswm.model import SourceRecord
-from deswm.readers import FileReaderBase
-from deswm.testing.contracts.reader import FileReaderContract, MakeReader
-from deswm.testing.readers import MemoryFileReader, ReaderCall
+from deswm._errors import ConfigError, FileMissingError, FileReadError
+from deswm._model import SourceRecord
+from deswm._readers import FileReaderBase
+from deswm.testing._contracts.reader import FileReaderContract, MakeReader
+from deswm.testing._readers import MemoryFileReader, ReaderCall
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 

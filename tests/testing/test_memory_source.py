@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from deswm.errors import BadRowError, NaiveDatetimeError
-from deswm.model import SourceRecord, Window
-from deswm.testing.contracts.source import MakeSource, SourceProviderContract
-from deswm.testing.sources import MemorySourceProvider, SourceCall
+from deswm._errors import BadRowError, NaiveDatetimeError
+from deswm._model import SourceRecord, Window
+from deswm.testing._contracts.source import MakeSource, SourceProviderContract
+from deswm.testing._sources import MemorySourceProvider, SourceCall
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

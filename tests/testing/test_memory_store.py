@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from deswm.errors import WatermarkConflict
-from deswm.model import Watermark, WatermarkKey
-from deswm.testing.contracts.store import WatermarkStoreContract
-from deswm.testing.stores import MemoryWatermarkStore
+from deswm._errors import WatermarkConflict
+from deswm._model import Watermark, WatermarkKey
+from deswm.testing._contracts.store import WatermarkStoreContract
+from deswm.testing._stores import MemoryWatermarkStore
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 

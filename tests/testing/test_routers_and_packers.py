@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from deswm.archive import Archive
-from deswm.errors import NaiveDatetimeError
-from deswm.model import SourceRecord
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.packer import DesPacker
-from deswm.routing import DesRouter
-from deswm.shardio import ShardStore
+from deswm._archive import Archive
+from deswm._errors import NaiveDatetimeError
+from deswm._model import SourceRecord
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._packer import DesPacker
+from deswm._routing import DesRouter
+from deswm._shardio import ShardStore
 from deswm.testing import (
     MemoryFileReader,
     MemorySourceProvider,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deswm.errors import DeswmError
-from deswm.model import SourceRecord, Window
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.routing import DesRouter
+from deswm._errors import DeswmError
+from deswm._model import SourceRecord, Window
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._routing import DesRouter
 from deswm.testing import (
     DEFAULT_CHECKPOINTS,
     Cycle,

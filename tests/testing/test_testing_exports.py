@@ -11,19 +11,19 @@ import pytest
 import deswm.testing
 
 MODULES = [
-    "deswm.testing.checks",
-    "deswm.testing.contracts",
-    "deswm.testing.dataset",
-    "deswm.testing.errors",
-    "deswm.testing.faults",
-    "deswm.testing.lifecycle",
-    "deswm.testing.packers",
-    "deswm.testing.readers",
-    "deswm.testing.routers",
-    "deswm.testing.schedules",
-    "deswm.testing.sources",
-    "deswm.testing.stores",
-    "deswm.testing.strategies",
+    "deswm.testing._checks",
+    "deswm.testing._contracts",
+    "deswm.testing._dataset",
+    "deswm.testing._error_store",
+    "deswm.testing._faults",
+    "deswm.testing._lifecycle",
+    "deswm.testing._packers",
+    "deswm.testing._readers",
+    "deswm.testing._routers",
+    "deswm.testing._schedules",
+    "deswm.testing._sources",
+    "deswm.testing._stores",
+    "deswm.testing._strategies",
 ]
 
 
@@ -44,7 +44,7 @@ def test_every_name_resolves_to_the_module_object() -> None:
     for name in deswm.testing.__all__:
         value = getattr(deswm.testing, name)
         assert value is not None, name
-    assert deswm.testing.uids is importlib.import_module("deswm.testing.strategies").uids
+    assert deswm.testing.uids is importlib.import_module("deswm.testing._strategies").uids
     assert "uids" in dir(deswm.testing)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from deswm.model import SourceRecord
-from deswm.orchestrator import WatermarkOrchestrator
-from deswm.protocols import (
+from deswm._model import SourceRecord
+from deswm._orchestrator import WatermarkOrchestrator
+from deswm._protocols import (
     BucketWriter,
     ErrorStore,
     FileReader,

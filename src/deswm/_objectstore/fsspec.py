@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from deswm._errors import ObjectChangedError
 from deswm._objectstore.base import ErrorScope, ObjectInfo, PublishBatch, WriteFn
 from deswm._objectstore.local import content_token
-from deswm.errors import ObjectChangedError
 
 __all__ = ["FsspecStore", "info_token", "remove", "write_or_discard"]
 

@@ -32,8 +32,8 @@ from types import ModuleType
 from typing import Any, Final
 
 from deswm._checkpoints import reach
+from deswm._errors import ObjectChangedError
 from deswm._objectstore.base import ErrorScope, ObjectInfo, WriteFn
-from deswm.errors import ObjectChangedError
 
 fcntl: ModuleType | None
 try:

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import fsspec.asyn
 
+from deswm._errors import ObjectChangedError
 from deswm._objectstore.base import ObjectInfo
 from deswm._objectstore.errors import (
     is_conditional_conflict,
@@ -29,7 +30,6 @@ from deswm._objectstore.errors import (
     object_changed,
 )
 from deswm._objectstore.fsspec import FsspecStore
-from deswm.errors import ObjectChangedError
 
 __all__ = ["S3Store"]
 

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 import tenacity
 
 from deswm._engines import timeout_error, timeout_kind
+from deswm._errors import DeswmError
 from deswm._redact import redact, redact_url, scrub, url_secrets
-from deswm.errors import DeswmError
 
 __all__ = [
     "STORE_MESSAGE",
@@ -70,7 +70,7 @@ def db_errors(
     ``message`` is formatted with ``action``, ``table`` and the engine's redacted ``url``;
     the driver's first
     line follows it. With ``timeouts``, a lock or statement timeout becomes a
-    :class:`~deswm.errors.DatabaseTimeoutError` instead. The cause is chained.
+    :class:`~deswm._errors.DatabaseTimeoutError` instead. The cause is chained.
     """
     try:
         yield

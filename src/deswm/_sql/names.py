@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deswm.errors import ConfigError
+from deswm._errors import ConfigError
 
 __all__ = ["check_name"]
 

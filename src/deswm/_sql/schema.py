@@ -11,8 +11,8 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from deswm.model import WatermarkChange, WatermarkKey
-from deswm.sqltypes import UtcDateTime
+from deswm._model import WatermarkChange, WatermarkKey
+from deswm._sqltypes import UtcDateTime
 
 __all__ = [
     "LazyTables",

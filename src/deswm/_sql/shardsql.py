@@ -1,7 +1,7 @@
 """The DES shard index of a uid column computed by the database, for partition pushdown.
 
 A partition runner that filters in Python reads the whole window; when the database can
-compute :meth:`deswm.routing.DesRouter.shard_index` itself, the window query keeps only
+compute :meth:`deswm._routing.DesRouter.shard_index` itself, the window query keeps only
 the partition's rows (``MOD(shard, K) = k``). Per dialect:
 
 * **MySQL/MariaDB**: built in. A text uid of ASCII digits (``NOT REGEXP '[^0-9]'``)
@@ -32,9 +32,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
+from deswm._model import Partition
+from deswm._routing import DesRouter
 from deswm._sql.timecols import MYSQL_FAMILY
-from deswm.model import Partition
-from deswm.routing import DesRouter
 
 __all__ = [
     "POSTGRES_CRC32_DDL",
@@ -87,9 +87,9 @@ $deswm$;
 
 def sqlite_shard(raw: object, n_bits: int) -> int | None:
     """The SQLite function ``deswm_des_shard(uid, n_bits)``: the uid read as the source
-    reads it (:func:`deswm.sources.sql.uid_text_of`), routed by :class:`DesRouter`;
+    reads it (:func:`deswm._sources.sql.uid_text_of`), routed by :class:`DesRouter`;
     ``None`` for a value the source would name as a bad row."""
-    from deswm.sources.sql import uid_text_of
+    from deswm._sources.sql import uid_text_of
 
     uid = uid_text_of(raw)
     if uid is None:

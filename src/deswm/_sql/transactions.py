@@ -10,7 +10,7 @@ the bucket holding the instant this probe returns.
   the oldest ``pg_prepared_xacts.prepared`` of the database; both ``timestamptz``, so
   read as aware instants whatever the session's ``TimeZone``. Sessions of other users
   show a NULL ``xact_start`` to an account without ``pg_read_all_stats``: the probe
-  refuses to guess and raises :class:`~deswm.errors.SourceError`.
+  refuses to guess and raises :class:`~deswm._errors.SourceError`.
 * **MariaDB/MySQL**: the oldest ``information_schema.innodb_trx.trx_started`` (the
   ``PROCESS`` privilege is needed). ``trx_started`` is a ``DATETIME`` in the server's
   *system* time zone, whatever the session's ``time_zone`` (measured on MariaDB 10.11),
@@ -22,7 +22,7 @@ the bucket holding the instant this probe returns.
   late (and a committed one held the target for up to 0.1 s more). ``innodb_trx`` lists
   the transactions of every database on the server, not only the source's.
 * **SQLite** has no view of other connections' transactions:
-  :class:`~deswm.errors.ConfigError` naming ``watermark.lag_guard``.
+  :class:`~deswm._errors.ConfigError` naming ``watermark.lag_guard``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from deswm._engines import engine_from
+from deswm._errors import ConfigError, SourceError
 from deswm._redact import redact_url
 from deswm._sql.errors import db_errors
 from deswm._sql.timecols import MYSQL_FAMILY
-from deswm.errors import ConfigError, SourceError
 
 __all__ = ["SqlTransactionProbe"]
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from deswm.archive import Archive
-from deswm.errors import ConfigError
+from deswm._archive import Archive
+from deswm._errors import ConfigError
 from deswm.serve._app import Service, build_routes
 from deswm.serve._auth import TokenAuth, is_loopback, resolve_token
 from deswm.serve._metrics import MetricsMiddleware, ServeMetrics
 
 if TYPE_CHECKING:
-    from deswm.config import ArchiveConfig, Config
+    from deswm._config import ArchiveConfig, Config
 
 __all__ = [
     "KEEP_ALIVE_SECONDS",
@@ -90,7 +90,7 @@ def serve(
     With ``workers`` above 1, uvicorn starts that many processes on one listening socket;
     each loads the config file again (``config.path``) and has its own index cache.
 
-    Raises :class:`~deswm.errors.ConfigError` before listening when a non-loopback host
+    Raises :class:`~deswm._errors.ConfigError` before listening when a non-loopback host
     has no token (see :func:`resolve_token`), or when ``workers`` > 1 and the config did
     not come from a file.
     """
@@ -138,7 +138,7 @@ _WORKER_ENV: Final = "DESWM_SERVE_WORKER"
 
 def worker_app() -> Starlette:
     """The app of one worker process of ``deswm serve --workers N`` (a uvicorn factory)."""
-    from deswm.config import load_archive_config
+    from deswm._config import load_archive_config
 
     spec = json.loads(os.environ[_WORKER_ENV])
     config = load_archive_config(spec["config"])

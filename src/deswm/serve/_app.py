@@ -34,11 +34,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from deswm._archive import Archive
 from deswm._archived_file import ArchivedFile
-from deswm._redact import redact
-from deswm.archive import Archive
-from deswm.container import MAX_UID_BYTES
-from deswm.errors import (
+from deswm._container import MAX_UID_BYTES
+from deswm._errors import (
     ConfigError,
     CorruptShardError,
     DeswmError,
@@ -46,10 +45,11 @@ from deswm.errors import (
     ShardError,
     UnverifiedEntryError,
 )
-from deswm.model import ArchivedEntry
+from deswm._model import ArchivedEntry
+from deswm._redact import redact
+from deswm._timeutil import format_utc
 from deswm.serve._metrics import ServeMetrics
 from deswm.serve._ranges import ByteRange, Unsatisfiable, etag_matches, parse_range, quote_etag
-from deswm.timeutil import format_utc
 
 __all__ = ["Service", "build_routes"]
 

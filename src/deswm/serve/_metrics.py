@@ -24,8 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deswm._archive import Archive
 from deswm._objectstore.counting import count_reads
-from deswm.archive import Archive
 
 __all__ = ["MetricsMiddleware", "ServeMetrics", "route_of"]
 

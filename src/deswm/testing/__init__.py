@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from deswm.testing.checks import (
+from deswm.testing._checks import (
     BuildOrchestrator,
     Contents,
     ReadsBack,
@@ -37,9 +37,9 @@ from deswm.testing.checks import (
     assert_idempotent_replay,
     assert_no_loss,
 )
-from deswm.testing.dataset import Dataset
-from deswm.testing.errors import MemoryErrorStore
-from deswm.testing.faults import (
+from deswm.testing._dataset import Dataset
+from deswm.testing._error_store import MemoryErrorStore
+from deswm.testing._faults import (
     Action,
     CheckpointAction,
     CheckpointHit,
@@ -57,7 +57,7 @@ from deswm.testing.faults import (
     inject,
     missing_on,
 )
-from deswm.testing.packers import (
+from deswm.testing._packers import (
     Destination,
     archive_for,
     clear_destination,
@@ -65,14 +65,14 @@ from deswm.testing.packers import (
     read_objects,
     snapshot,
 )
-from deswm.testing.readers import MemoryFileReader, ReaderCall
-from deswm.testing.routers import RecordingRouter, RouterCall
-from deswm.testing.schedules import Cycle, Interruption, Rewind, Step, Target
-from deswm.testing.sources import MemorySourceProvider, SourceCall
-from deswm.testing.stores import MemoryWatermarkStore
+from deswm.testing._readers import MemoryFileReader, ReaderCall
+from deswm.testing._routers import RecordingRouter, RouterCall
+from deswm.testing._schedules import Cycle, Interruption, Rewind, Step, Target
+from deswm.testing._sources import MemorySourceProvider, SourceCall
+from deswm.testing._stores import MemoryWatermarkStore
 
 if TYPE_CHECKING:
-    from deswm.testing.contracts import (
+    from deswm.testing._contracts import (
         FileReaderContract,
         MakePacker,
         MakeReader,
@@ -82,8 +82,8 @@ if TYPE_CHECKING:
         SourceProviderContract,
         WatermarkStoreContract,
     )
-    from deswm.testing.lifecycle import LifecycleMachine, lifecycle_tables
-    from deswm.testing.strategies import (
+    from deswm.testing._lifecycle import LifecycleMachine, lifecycle_tables
+    from deswm.testing._strategies import (
         DEFAULT_CHECKPOINTS,
         created_ats,
         datasets,
@@ -158,8 +158,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "deswm.testing.lifecycle": ("LifecycleMachine", "lifecycle_tables"),
-    "deswm.testing.strategies": (
+    "deswm.testing._lifecycle": ("LifecycleMachine", "lifecycle_tables"),
+    "deswm.testing._strategies": (
         "DEFAULT_CHECKPOINTS",
         "created_ats",
         "datasets",
@@ -168,7 +168,7 @@ _LAZY = {
         "source_records",
         "uids",
     ),
-    "deswm.testing.contracts": (
+    "deswm.testing._contracts": (
         "FileReaderContract",
         "MakePacker",
         "MakeReader",
