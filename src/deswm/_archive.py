@@ -69,6 +69,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
+from deswm import _publish
 from deswm._archived_file import ArchivedFile, BytesSource, archived_file
 from deswm._codecs import RAW_CODECS
 from deswm._container import (
@@ -959,3 +960,6 @@ def _day_text(day: date | datetime | str) -> str:
     if isinstance(day, str) and len(day) == 8 and day.isascii() and day.isdigit():
         return day
     raise ConfigError(f"{day!r} is not a day (date, aware datetime or YYYYMMDD)", key="day")
+
+
+_publish(globals())

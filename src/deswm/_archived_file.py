@@ -20,6 +20,7 @@ import hashlib
 import io
 from typing import Final, Protocol
 
+from deswm import _publish
 from deswm._errors import CorruptShardError
 from deswm._model import ArchivedEntry
 
@@ -159,3 +160,6 @@ def archived_file(
     """Wrap ``source`` as the file of ``entry`` (``sha256``: what a full read must match)."""
     raw = _RangeReader(source, entry.size, sha256=sha256, name=name, uid=entry.uid)
     return ArchivedFile(raw, entry)
+
+
+_publish(globals())

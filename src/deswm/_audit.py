@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from deswm import _publish
 from deswm._archive import Archive
 from deswm._container import IndexEntry
 from deswm._errors import (
@@ -134,3 +135,6 @@ def _entry(archive: Archive, committed: ManifestPart, uid: str) -> tuple[IndexEn
             continue
         return (entry, part.size) if entry is not None else None
     return None
+
+
+_publish(globals())

@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from deswm import _defaults as defaults
+from deswm import _publish
 from deswm._codecs import WritableCodec
 from deswm._defaults import DEFAULT_LOCK_TIMEOUT
 from deswm._errors import ConfigError
@@ -956,7 +957,8 @@ def _build_section(section_type: type, name: str, raw: Mapping[str, Any]) -> Any
             key=f"{name}.{unknown[0]}",
             hint=f"settings of [{name}]: {', '.join(sorted(fields))}",
         )
-    hints = typing.get_type_hints(section_type)
+    # This module's names: the section classes say ``deswm`` as their __module__.
+    hints = typing.get_type_hints(section_type, globalns=globals())
     values: dict[str, Any] = {}
     for field_name, value in raw.items():
         key = f"{name}.{field_name}"
@@ -1134,3 +1136,6 @@ def _import_class(spec: str, key: str, base: type) -> Any:
     if not (isinstance(found, type) and issubclass(found, base)):
         raise ConfigError(f"{spec!r} is not a subclass of {base.__name__}", key=key)
     return found
+
+
+_publish(globals())

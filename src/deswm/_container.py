@@ -40,6 +40,7 @@ from typing import IO, Any, Final
 
 import attrs
 
+from deswm import _publish
 from deswm._codecs import CODEC_IDS as CODEC_IDS
 from deswm._codecs import CODEC_NAMES as CODEC_NAMES
 from deswm._codecs import CODECS_BY_NAME, RAW_CODECS, WRITABLE, Codec
@@ -841,3 +842,6 @@ def part_info(name: str, size: int, version: str) -> PartInfo | None:
         return None
     day, hex_, part = parsed
     return PartInfo(name, day, hex_, part, size, version)
+
+
+_publish(globals())

@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from deswm import _publish
 from deswm._redact import redact
 
 if TYPE_CHECKING:
@@ -590,3 +591,6 @@ class RowCountError(DeswmError):
             hint="A reader or packer lost rows without an error (a bug in a custom "
             "component?); nothing was committed for this bucket, so fix it and run again",
         )
+
+
+_publish(globals())

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import attrs
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._defaults import FLAG_BATCH_SIZE, FLAG_COLUMN, FLAG_VALUE
 from deswm._errors import ConfigError, SourceError
 from deswm._manifest import ManifestStore
@@ -298,3 +299,6 @@ def _uid_values(column: sa.Column[Any], batch: Sequence[SourceRecord]) -> Iterat
     convert = python_type if python_type in (int, Decimal) else None
     for record in batch:
         yield convert(record.uid) if convert else record.uid
+
+
+_publish(globals())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from deswm import _publish
 from deswm._errors import ConfigError
 from deswm._model import BucketResult, CycleResult, Watermark, WatermarkKey
 from deswm._orchestrator import CycleObserver
@@ -45,3 +46,6 @@ class HealthFile(CycleObserver):
 
     def cycle_finished(self, result: CycleResult) -> None:
         self.touch()
+
+
+_publish(globals())

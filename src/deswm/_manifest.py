@@ -30,6 +30,7 @@ from typing import IO, Any, Final
 
 import attrs
 
+from deswm import _publish
 from deswm._container import PartInfo
 from deswm._errors import CorruptManifestError, ManifestMissingError
 from deswm._model import Partition, PublishedShard, Window
@@ -383,3 +384,6 @@ def manifest_dict(
     out["object"] = manifest.name
     out["written_at"] = None if written_at is None else format_utc(written_at)
     return out
+
+
+_publish(globals())

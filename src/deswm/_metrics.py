@@ -39,6 +39,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._errors import ConfigError
 from deswm._extras import require
 from deswm._model import BucketResult, CyclePlan, CycleResult, Watermark, WatermarkKey, Window
@@ -297,3 +298,6 @@ def _textfile_path(path: str | os.PathLike[str]) -> Path:
             hint="create it, or point --metrics-textfile at node_exporter's textfile folder",
         )
     return textfile
+
+
+_publish(globals())

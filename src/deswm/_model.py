@@ -11,6 +11,7 @@ from typing import Final, Literal
 
 import attrs
 
+from deswm import _publish
 from deswm._codecs import Codec as Codec
 from deswm._container import group_prefix, part_name
 from deswm._humanize import (
@@ -539,3 +540,6 @@ class LocationReference:
     location: str
     uid: str
     created_at: datetime | None
+
+
+_publish(globals())

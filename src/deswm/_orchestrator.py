@@ -29,6 +29,7 @@ from typing import Any, Literal
 import attrs
 import tenacity
 
+from deswm import _publish
 from deswm._checkpoints import reach
 from deswm._defaults import BUCKETS_IN_FLIGHT, LAG_DAYS, LANE_TIMEOUT, MAX_FAILURE_RATIO, ON_ERROR
 from deswm._errors import (
@@ -1480,3 +1481,6 @@ class _ClosingIterator(Iterator[ReadResult]):
         close = getattr(self._inner, "close", None)
         if close is not None:
             close()
+
+
+_publish(globals())

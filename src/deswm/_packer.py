@@ -34,6 +34,7 @@ from typing import IO, Any, Final, cast
 
 import attrs
 
+from deswm import _publish
 from deswm._buffers import (
     BIG,
     CODEC_IDS,
@@ -856,3 +857,6 @@ def _same_instant(stored: datetime | None, wanted: datetime) -> bool:
     if stored.tzinfo is None:
         stored = stored.replace(tzinfo=UTC)
     return stored == wanted
+
+
+_publish(globals())

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
+from deswm import _publish
 from deswm._config import load_config
 from deswm._model import CycleResult
 
@@ -52,3 +53,6 @@ def run_partitions(
         if error is not None:
             raise error
     return [f.result() for f in futures]
+
+
+_publish(globals())

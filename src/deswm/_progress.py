@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import IO, Any
 
+from deswm import _publish
 from deswm._errors import ConfigError
 from deswm._extras import require
 from deswm._humanize import human_bytes, human_count, human_duration
@@ -178,3 +179,6 @@ class ProgressObserver(CycleObserver):
         if self._redirect is not None:
             self._redirect.close()
             self._redirect = None
+
+
+_publish(globals())

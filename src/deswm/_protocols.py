@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from deswm import _publish
 from deswm._errors import FileReadError
 from deswm._model import (
     ArchivedEntry,
@@ -388,3 +389,6 @@ class AuditLog(Protocol):
     ) -> None:
         """Append the bucket's archived ``(uid, created_at)`` rows; durable on return."""
         ...
+
+
+_publish(globals())

@@ -30,6 +30,7 @@ from typing import Literal
 
 import attrs
 
+from deswm import _publish
 from deswm._errors import (
     ConfigError,
     CorruptShardError,
@@ -465,3 +466,6 @@ def _manifests_of(archive: ArchiveLookup, router: ShardRouter) -> ManifestStore:
         key="manifests",
         hint="Pass manifests=ManifestStore(shard_store, router) (deswm._manifest)",
     )
+
+
+_publish(globals())

@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 
 import fsspec
 
+from deswm import _publish
 from deswm._contain import NotRegular, Outside, Roots, delete_local, open_local
 from deswm._errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
 from deswm._model import SourceRecord
@@ -706,3 +707,6 @@ def _join(root: str, relative: str) -> str:
     if _URL.match(root):
         return f"{root.rstrip('/')}/{relative.lstrip('/')}"
     return os.path.join(root, relative)
+
+
+_publish(globals())

@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from deswm import _publish
 from deswm._container import IndexEntry
 from deswm._errors import ConfigError
 
@@ -60,3 +61,6 @@ def to_pandas(values: Iterable[Any]) -> Any:
             hint="pip install pandas (or use to_records() for a list of dicts)",
         ) from None
     return pandas.DataFrame.from_records(to_records(values))
+
+
+_publish(globals())

@@ -24,6 +24,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
+from deswm import _publish
 from deswm._defaults import N_BITS
 from deswm._errors import ConfigError, SourceError
 from deswm._model import ShardKey
@@ -168,3 +169,6 @@ def require_day_buckets(router: ShardRouter) -> None:
         hint="Buckets are UTC days because the shard object names embed the day "
         "({YYYYMMDD}_{HEX}_{NNNN}.des); a router chooses the shard index within a day only",
     )
+
+
+_publish(globals())

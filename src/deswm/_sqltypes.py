@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
+from deswm import _publish
 from deswm._errors import NaiveDatetimeError
 from deswm._timeutil import as_utc, require_utc
 
@@ -77,3 +78,6 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         if not isinstance(value, datetime):  # pragma: no cover - a driver bypassing SQLAlchemy
             raise TypeError(f"UtcDateTime column returned {type(value).__name__}: {value!r}")
         return as_utc(value)
+
+
+_publish(globals())

@@ -33,6 +33,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
 
+from deswm import _publish
 from deswm._errors import ConfigError, WaitInterrupted
 from deswm._sql.replica import SqlReplicaLagProbe
 
@@ -247,3 +248,6 @@ class Pacer:
             probe,
             lag,
         )
+
+
+_publish(globals())

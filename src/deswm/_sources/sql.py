@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import attrs
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._checkpoints import reach
 from deswm._container import MAX_UID_BYTES
 from deswm._defaults import CREATED_AT_COLUMN, LOCATION_COLUMN, PAGE_SIZE, SIZE_COLUMN, UID_COLUMN
@@ -1098,3 +1099,6 @@ def _bad_timestamp(cols: _Columns, raw: object, name: str) -> str:
             "YYYY-MM-DD HH:MM:SS[.ffffff]; other text sorts wrongly against the window bounds"
         )
     return f"{name} {raw!r} is not a timestamp"
+
+
+_publish(globals())

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._engines import engine_from
 from deswm._errors import ConfigError, SourceError
 from deswm._redact import redact_url
@@ -127,3 +128,6 @@ def _mysql(conn: sa.Connection) -> datetime | None:
         return None
     now: datetime = utc_now.replace(tzinfo=UTC)
     return now - timedelta(microseconds=int(age))
+
+
+_publish(globals())

@@ -20,6 +20,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._defaults import AUDIT_TABLE
 from deswm._errors import ConfigError, DeswmError
 from deswm._manifest import BucketManifest
@@ -132,3 +133,6 @@ class SqlAuditLog(EngineOwner):
 
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         return db_errors(action, self._table.fullname, self._engine, DeswmError, _DB_HINT)
+
+
+_publish(globals())

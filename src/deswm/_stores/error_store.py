@@ -17,6 +17,7 @@ from typing import Final, TypeVar
 
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._defaults import ERROR_TABLE
 from deswm._errors import ConfigError, DeswmError
 from deswm._model import FileFailure, RecordedFailure, SourceRecord, WatermarkKey
@@ -268,3 +269,6 @@ def _to_recorded(row: sa.RowMapping) -> RecordedFailure:
         first_failure=row["first_failure"],
         last_failure=row["last_failure"],
     )
+
+
+_publish(globals())

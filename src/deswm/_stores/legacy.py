@@ -71,6 +71,7 @@ from typing import Any, Final
 import attrs
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._checkpoints import reach
 from deswm._defaults import LEGACY_ROW_ID, default_actor
 from deswm._errors import ConfigError, WatermarkConflict, WatermarkError
@@ -921,3 +922,6 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming the table and URL."""
         return db_errors(action, self.table_name, self._engine, WatermarkError, _DB_HINT)
+
+
+_publish(globals())

@@ -57,6 +57,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from deswm import _publish
 from deswm._checkpoints import reach
 from deswm._defaults import default_actor
 from deswm._errors import ConfigError, DeswmError, WatermarkConflict, WatermarkError
@@ -616,3 +617,6 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
 
     def _scrub(self, text: str) -> str:
         return scrub(redact(text), self._secrets)
+
+
+_publish(globals())

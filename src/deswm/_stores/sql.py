@@ -24,6 +24,7 @@ from typing import Any, Final
 import attrs
 import sqlalchemy as sa
 
+from deswm import _publish
 from deswm._checkpoints import reach
 from deswm._defaults import default_actor
 from deswm._errors import ConfigError, WatermarkConflict, WatermarkError
@@ -479,3 +480,6 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
     def _db_errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Raise database failures as :class:`WatermarkError` naming table and URL."""
         return db_errors(action, self._table.fullname, self._engine, WatermarkError, _DB_HINT)
+
+
+_publish(globals())
