@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import attrs
 
+from deswm import _publish
+from deswm._errors import CorruptShardError, NotArchivedError, ShardError, UnverifiedEntryError
 from deswm._humanize import Displayed, human_count, human_time
-from deswm._lookups import batch_lookup
+from deswm._lookups import BatchLookup, batch_lookup
 from deswm._model import SourceRecord, Window
 from deswm._protocols import ArchiveLookup, SourceProvider
 
@@ -99,3 +101,56 @@ def verify_window(
         unverified=tuple(tally.unverified),
         unverified_count=tally.unverified_count,
     )
+
+
+class _Tally:
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.checked = self.missing_count = self.corrupt_count = self.unverified_count = 0
+        self.missing: list[SourceRecord] = []
+        self.corrupt: list[tuple[SourceRecord, str]] = []
+        self.unverified: list[SourceRecord] = []
+
+    def add(self, record: SourceRecord, outcome: object) -> None:
+        """Count one row; ``outcome`` is its entry or bytes, or the lookup's error."""
+        self.checked += 1
+        if isinstance(outcome, NotArchivedError):
+            self.missing_count += 1
+            if len(self.missing) < self.keep:
+                self.missing.append(record)
+        elif isinstance(outcome, UnverifiedEntryError):
+            self.unverified_count += 1
+            if len(self.unverified) < self.keep:
+                self.unverified.append(record)
+        elif isinstance(outcome, CorruptShardError):
+            self.corrupt_count += 1
+            if len(self.corrupt) < self.keep:
+                self.corrupt.append((record, str(outcome)))
+        elif isinstance(outcome, Exception):
+            raise outcome  # a group rewritten again and again: not an answer about the row
+
+
+def _check(
+    lookup: BatchLookup,
+    chunk: list[SourceRecord],
+    deep: bool,
+    tally: _Tally,
+    progress: Callable[[int], None] | None,
+) -> None:
+    keys = [(record.uid, record.created_at) for record in chunk]
+    if deep:
+        outcomes: list[object] = [None] * len(chunk)
+
+        def seen(position: int, result: bytes | ShardError) -> None:
+            outcomes[position] = result if isinstance(result, ShardError) else None
+
+        lookup.read_each(keys, seen)
+    else:
+        outcomes = list(lookup.stat_many(keys))
+    for record, outcome in zip(chunk, outcomes, strict=True):
+        tally.add(record, outcome)
+    if progress is not None:
+        progress(len(chunk))
+
+
+_publish(globals())
