@@ -63,6 +63,7 @@ from deswm._stores.sql import SqlWatermarkStore
 from deswm._timeutil import format_utc
 from deswm.cli import main as cli_main
 from deswm.testing import (
+    Checkpoint,
     MemorySourceProvider,
     assert_no_loss,
     at_checkpoint,
@@ -1427,7 +1428,7 @@ def test_database_connection_lost_mid_stream(pg_url: str, tmp_path: Path) -> Non
         # holding it is still streaming from an open server-side cursor.
         reader = pipeline.reader(max_workers=1, read_ahead=1)
         with (
-            at_checkpoint("packer.after_add", cut_the_connection, on=10),
+            at_checkpoint(Checkpoint.PACKER_AFTER_ADD, cut_the_connection, on=10),
             pytest.raises(SourceError) as caught,
         ):
             pipeline.run(reader=reader)

@@ -246,7 +246,7 @@ def test_a_watermark_connection_killed_mid_cycle_moves_nothing_past_published_wo
     """
     from conftest import postgres_url
     from deswm._errors import DeswmError
-    from deswm.testing._faults import at_checkpoint
+    from deswm.testing import Checkpoint, at_checkpoint
 
     with postgres_url() as url:
         name = f"deswm-kill-{uuid.uuid4().hex[:8]}"
@@ -267,7 +267,7 @@ def test_a_watermark_connection_killed_mid_cycle_moves_nothing_past_published_wo
                     )
 
             if kills == "once":
-                with at_checkpoint("store.advance.in_transaction", kill, on=1):
+                with at_checkpoint(Checkpoint.STORE_ADVANCE_IN_TRANSACTION, kill, on=1):
                     first = site.config().build_orchestrator().run_cycle()
                 assert first.files == 3 and first.buckets_committed == 3
                 assert "failed transiently" in caplog.text
@@ -275,7 +275,7 @@ def test_a_watermark_connection_killed_mid_cycle_moves_nothing_past_published_wo
                 assert replay.files == 0 and replay.buckets_committed == 0
             else:
                 with (
-                    at_checkpoint("store.advance.in_transaction", kill),
+                    at_checkpoint(Checkpoint.STORE_ADVANCE_IN_TRANSACTION, kill),
                     pytest.raises(DeswmError) as caught,
                 ):
                     site.config().build_orchestrator().run_cycle()

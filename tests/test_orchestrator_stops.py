@@ -20,6 +20,7 @@ from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
 from deswm._packer import DesPacker
 from deswm._routing import DesRouter
 from deswm.testing import (
+    Checkpoint,
     MemoryFileReader,
     MemorySourceProvider,
     MemoryWatermarkStore,
@@ -114,7 +115,7 @@ def test_cancel_while_a_bucket_publishes_starts_no_further_bucket(world: _World)
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    with at_checkpoint("bucket.before_publish", hold_first_publish) as hits:
+    with at_checkpoint(Checkpoint.BUCKET_BEFORE_PUBLISH, hold_first_publish) as hits:
         asyncio.run(main())
     assert len(hits) == 1
     assert world.position(orchestrator) == at(11)
@@ -142,7 +143,7 @@ def test_run_time_stops_at_the_next_bucket_boundary(world: _World) -> None:
     def slow_first_bucket(_name: str, _count: int) -> None:
         time.sleep(0.3)  # the first bucket outlasts the run time; it still commits
 
-    with at_checkpoint("bucket.before_publish", slow_first_bucket, on=1):
+    with at_checkpoint(Checkpoint.BUCKET_BEFORE_PUBLISH, slow_first_bucket, on=1):
         result = orchestrator.run_cycle()
     assert (result.buckets_committed, result.stopped) == (1, "run-time")
     assert world.position(orchestrator) == at(11)
@@ -174,7 +175,7 @@ def test_a_signal_stops_the_cycle_at_a_bucket_boundary(world: _World) -> None:
 
     previous = signal.getsignal(signal.SIGTERM)
     with (
-        at_checkpoint("bucket.before_publish", signal_in_first_bucket, on=1),
+        at_checkpoint(Checkpoint.BUCKET_BEFORE_PUBLISH, signal_in_first_bucket, on=1),
         orchestrator.stop_on_signals(),
     ):
         result = orchestrator.run_cycle()
@@ -192,7 +193,7 @@ def test_a_second_signal_exits_at_once(world: _World) -> None:
 
     with (
         pytest.raises(SystemExit) as caught,
-        at_checkpoint("bucket.before_publish", two_signals, on=1),
+        at_checkpoint(Checkpoint.BUCKET_BEFORE_PUBLISH, two_signals, on=1),
         orchestrator.stop_on_signals(),
     ):
         orchestrator.run_cycle()

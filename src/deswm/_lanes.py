@@ -20,7 +20,7 @@ from typing import Final, Literal
 
 import attrs
 
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._errors import (
     DeswmError,
     DuplicateUidError,
@@ -149,9 +149,9 @@ def _pack(job: LaneJob) -> LaneOutcome:
         if failures and job.on_error == "stop":
             writer.abort()
             return LaneOutcome(job.lane, None, tuple(failures), kept, seen, files, size)
-        reach("lane.before_publish")
+        reach(Checkpoint.LANE_BEFORE_PUBLISH)
         result = writer.publish()
-        reach("lane.after_publish")
+        reach(Checkpoint.LANE_AFTER_PUBLISH)
     return LaneOutcome(
         job.lane, result, tuple(failures), kept, seen, files, size, tuple(archived or ())
     )

@@ -30,7 +30,7 @@ import attrs
 import tenacity
 
 from deswm import _publish
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._defaults import BUCKETS_IN_FLIGHT, LAG_DAYS, LANE_TIMEOUT, MAX_FAILURE_RATIO, ON_ERROR
 from deswm._errors import (
     ConfigError,
@@ -752,7 +752,7 @@ class WatermarkOrchestrator:
         window = Window(min(start, target), target)
         totals = _Totals()
         stopped: StopReason = "finished"
-        reach("cycle.started")
+        reach(Checkpoint.CYCLE_STARTED)
         if not window.empty:
             for observer in self.observers:
                 observer.cycle_started(self.key, window)
@@ -907,11 +907,11 @@ class WatermarkOrchestrator:
             # Listed before the watermark passes them: archived or listed (G1).
             self._error_store().record(self.key, outcome.failures)
             totals.failures.extend(outcome.failures)
-        reach("bucket.after_publish")
+        reach(Checkpoint.BUCKET_AFTER_PUBLISH)
         self._record_manifest(bucket, outcome, rows)
-        reach("bucket.after_manifest")
+        reach(Checkpoint.BUCKET_AFTER_MANIFEST)
         watermark = self.store.advance(watermark, end)
-        reach("bucket.after_commit")
+        reach(Checkpoint.BUCKET_AFTER_COMMIT)
         self._committed(bucket, outcome.result, watermark, totals)
         return watermark
 
@@ -990,7 +990,7 @@ class WatermarkOrchestrator:
     ) -> _InFlight:
         lanes = len(batches)
         # No object of this bucket is published before this point (its lanes publish).
-        reach("bucket.before_publish")
+        reach(Checkpoint.BUCKET_BEFORE_PUBLISH)
         futures = {
             lane: pool.submit(
                 pack_lane,
@@ -1234,7 +1234,7 @@ class WatermarkOrchestrator:
             if reason is not None:
                 writer.abort()
                 return _Outcome(item, tuple(failures), None, reason, kept)
-            reach("bucket.before_publish")
+            reach(Checkpoint.BUCKET_BEFORE_PUBLISH)
             return _Outcome(
                 item, tuple(failures), writer.publish(), None, kept, tuple(archived or ())
             )

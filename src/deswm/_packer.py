@@ -49,7 +49,7 @@ from deswm._buffers import (
     Spill,
     iter_records,
 )
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._container import (
     MAX_PART_NUMBER,
     MAX_UID_BYTES,
@@ -396,7 +396,7 @@ class DesBucketWriter:
                 done = self._encoder.submit((group, micros, size, encoded_uid), data)
                 if done:
                     self._apply(done)
-            reach("packer.after_add")
+            reach(Checkpoint.PACKER_AFTER_ADD)
         except BaseException:
             self._state = "failed"
             raise
@@ -458,12 +458,12 @@ class DesBucketWriter:
     def _write_big(self, sha256_hex: str, data: bytes) -> None:
         if sha256_hex in self._big_seen:
             return
-        reach("big_file.before_write")
+        reach(Checkpoint.BIG_FILE_BEFORE_WRITE)
         # An existing object is stream-hashed and rewritten if it does not verify, so
         # no entry is ever linked to a damaged object (G16).
         if self._store.create_only(f"{BIG_FILES}/{sha256_hex}", data, sha256_hex=sha256_hex):
             self._big_written += len(data)
-        reach("big_file.after_write")
+        reach(Checkpoint.BIG_FILE_AFTER_WRITE)
         self._big_seen.add(sha256_hex)
 
     # --- lookups ----------------------------------------------------------------------------
@@ -582,7 +582,9 @@ class DesBucketWriter:
                 items = _new_items(self._spill.records(group))
                 plan = plan_group(old, items, self._settings.max_shard_size)
                 kept += plan.kept
-                reach("packer.merge.before_write" if old else "packer.before_group")
+                reach(
+                    Checkpoint.PACKER_MERGE_BEFORE_WRITE if old else Checkpoint.PACKER_BEFORE_GROUP
+                )
                 for part in plan.parts:
                     if part.identical and self._unchanged(group, part):
                         shards_unchanged += 1
@@ -591,12 +593,12 @@ class DesBucketWriter:
                     replaced += part.replaced
                     shards.append(self._publish_part(group, part, merged=bool(old)))
                     bytes_out += part.size
-                    reach("packer.after_part")
+                    reach(Checkpoint.PACKER_AFTER_PART)
                 for dead in plan.deletions:
-                    reach("packer.before_delete")
+                    reach(Checkpoint.PACKER_BEFORE_DELETE)
                     self._store.delete(dead.name, sync=False)
                 self._spill.release(group)
-        reach("packer.before_dir_sync")
+        reach(Checkpoint.PACKER_BEFORE_DIR_SYNC)
         self._store.sync()  # one folder fsync makes every rename of the bucket durable
         return BucketResult(
             bucket=self._bucket,
@@ -687,7 +689,7 @@ class DesBucketWriter:
                         item.uid, stored, codec=item.codec, size=item.size, meta=item.meta
                     )
                 if writer.count == 1:
-                    reach("packer.part.mid_write")
+                    reach(Checkpoint.PACKER_PART_MID_WRITE)
         return writer.finish()
 
     def _copy_run(self, writer: ShardWriter, part: PartPlan, run: Sequence[PlannedEntry]) -> None:

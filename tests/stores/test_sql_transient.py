@@ -15,7 +15,7 @@ from deswm._model import WatermarkKey, Window
 from deswm._sources.sql import SqlSourceProvider
 from deswm._sql.errors import TRANSIENT_ATTEMPTS, is_transient
 from deswm._stores.sql import SqlWatermarkStore
-from deswm.testing import at_checkpoint
+from deswm.testing import Checkpoint, at_checkpoint
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -106,7 +106,7 @@ def test_a_commit_whose_connection_broke_after_it_counts_once(
     """The UPDATE committed, then the connection broke: the retry finds its own write
     and returns it, instead of a conflict with itself or a second move."""
     current = store.initialize(KEY, T0)
-    with at_checkpoint("store.advance.after_commit", _connection_lost(), on=1) as hits:
+    with at_checkpoint(Checkpoint.STORE_ADVANCE_AFTER_COMMIT, _connection_lost(), on=1) as hits:
         moved = store.advance(current, T0 + DAY)
     assert len(hits) == 1  # the retry did not write again
     assert (moved.version, moved.position) == (2, T0 + DAY)
@@ -116,7 +116,7 @@ def test_a_commit_whose_connection_broke_after_it_counts_once(
 
 def test_a_transient_failure_before_the_commit_is_retried(store: SqlWatermarkStore) -> None:
     current = store.initialize(KEY, T0)
-    with at_checkpoint("store.advance.in_transaction", _connection_lost(), on=1) as hits:
+    with at_checkpoint(Checkpoint.STORE_ADVANCE_IN_TRANSACTION, _connection_lost(), on=1) as hits:
         moved = store.advance(current, T0 + DAY)
     assert len(hits) == 2  # rolled back, then written by the second try
     assert _versions(store) == [(2, T0 + DAY)] and moved.version == 2
@@ -136,7 +136,7 @@ def test_another_runners_move_is_still_a_conflict_after_a_retry(
 
     monkeypatch.setattr(store, "_wrote", other_runner_first)
     with (
-        at_checkpoint("store.advance.in_transaction", _connection_lost(), on=1),
+        at_checkpoint(Checkpoint.STORE_ADVANCE_IN_TRANSACTION, _connection_lost(), on=1),
         pytest.raises(WatermarkConflict),
     ):
         store.advance(current, T0 + DAY)
@@ -147,7 +147,7 @@ def test_an_error_that_is_not_transient_is_not_retried(store: SqlWatermarkStore)
     current = store.initialize(KEY, T0)
     error = sa.exc.ProgrammingError("UPDATE", {}, _Orig("syntax error", sqlstate="42601"))
     with (
-        at_checkpoint("store.advance.in_transaction", error) as hits,
+        at_checkpoint(Checkpoint.STORE_ADVANCE_IN_TRANSACTION, error) as hits,
         pytest.raises(WatermarkError),
     ):
         store.advance(current, T0 + DAY)

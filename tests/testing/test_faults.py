@@ -16,6 +16,7 @@ from deswm._orchestrator import WatermarkOrchestrator
 from deswm._protocols import FileReader, SourceProvider, WatermarkStore
 from deswm._routing import DesRouter
 from deswm.testing import (
+    Checkpoint,
     CheckpointHit,
     FaultCall,
     FaultyComponent,
@@ -224,7 +225,9 @@ def orchestrator(store: WatermarkStore | None = None) -> WatermarkOrchestrator:
 def test_at_checkpoint_raises_where_asked_and_counts_hits() -> None:
     store = MemoryWatermarkStore()
     with (
-        at_checkpoint("bucket.after_commit", InjectedFault("after first commit"), on=1) as hits,
+        at_checkpoint(
+            Checkpoint.BUCKET_AFTER_COMMIT, InjectedFault("after first commit"), on=1
+        ) as hits,
         pytest.raises(InjectedFault, match="after first commit"),
     ):
         orchestrator(store).run_cycle()
@@ -236,7 +239,7 @@ def test_at_checkpoint_raises_where_asked_and_counts_hits() -> None:
 
 def test_at_checkpoint_with_an_exception_class_names_the_point() -> None:
     with (
-        at_checkpoint("bucket.before_publish", RuntimeError),
+        at_checkpoint(Checkpoint.BUCKET_BEFORE_PUBLISH, RuntimeError),
         pytest.raises(RuntimeError) as caught,
     ):
         orchestrator().run_cycle()
@@ -245,20 +248,25 @@ def test_at_checkpoint_with_an_exception_class_names_the_point() -> None:
 
 def test_a_fault_inside_the_packer_surfaces_as_a_pack_error() -> None:
     full = OSError(28, "No space left on device")
-    with at_checkpoint("packer.after_part", full, on=2), pytest.raises(PackError, match="No space"):
+    with (
+        at_checkpoint(Checkpoint.PACKER_AFTER_PART, full, on=2),
+        pytest.raises(PackError, match="No space"),
+    ):
         orchestrator().run_cycle()
 
 
 def test_callbacks_run_on_every_hit_by_default() -> None:
     seen: list[tuple[str, int]] = []
-    with at_checkpoint("bucket.after_commit", lambda name, hit: seen.append((name, hit))) as hits:
+    with at_checkpoint(
+        Checkpoint.BUCKET_AFTER_COMMIT, lambda name, hit: seen.append((name, hit))
+    ) as hits:
         orchestrator().run_cycle()
     assert seen == [("bucket.after_commit", 1), ("bucket.after_commit", 2)]  # two days
     assert [hit.acted for hit in hits] == [True, True]
 
 
 def test_without_an_action_hits_are_only_counted() -> None:
-    with at_checkpoint("cycle.started") as hits:
+    with at_checkpoint(Checkpoint.CYCLE_STARTED) as hits:
         orchestrator().run_cycle()
         orchestrator().run_cycle()
     assert hits == [CheckpointHit("cycle.started", n, False) for n in (1, 2)]
@@ -266,10 +274,10 @@ def test_without_an_action_hits_are_only_counted() -> None:
 
 def test_nested_blocks_count_separately_and_restore_on_exit() -> None:
     outer_seen: list[int] = []
-    with at_checkpoint("cycle.started", lambda _n, hit: outer_seen.append(hit)) as outer:
+    with at_checkpoint(Checkpoint.CYCLE_STARTED, lambda _n, hit: outer_seen.append(hit)) as outer:
         orchestrator().run_cycle()
         with (
-            at_checkpoint("cycle.started", InjectedFault("inner")) as inner,
+            at_checkpoint(Checkpoint.CYCLE_STARTED, InjectedFault("inner")) as inner,
             pytest.raises(InjectedFault, match="inner"),
         ):
             orchestrator().run_cycle()
@@ -285,7 +293,10 @@ def test_a_hook_installed_before_is_restored() -> None:
     calls: list[int] = []
     _checkpoints.install("cycle.started", lambda _name, count: calls.append(count))
     try:
-        with at_checkpoint("cycle.started", InjectedFault("x"), on=1), pytest.raises(InjectedFault):
+        with (
+            at_checkpoint(Checkpoint.CYCLE_STARTED, InjectedFault("x"), on=1),
+            pytest.raises(InjectedFault),
+        ):
             orchestrator().run_cycle()
         assert calls == [1], "the earlier hook still ran"
         orchestrator().run_cycle()
@@ -296,7 +307,7 @@ def test_a_hook_installed_before_is_restored() -> None:
 
 
 def test_the_hook_is_removed_when_the_block_raises() -> None:
-    with pytest.raises(KeyError), at_checkpoint("cycle.started", InjectedFault("x")):
+    with pytest.raises(KeyError), at_checkpoint(Checkpoint.CYCLE_STARTED, InjectedFault("x")):
         raise KeyError("the test itself failed")
     assert "cycle.started" not in _checkpoints._hooks
     orchestrator().run_cycle()
@@ -308,3 +319,40 @@ def test_unknown_checkpoints_are_refused_with_the_known_ones() -> None:
         at_checkpoint("bucket.afterwards"),
     ):
         pass
+
+
+def test_checkpoints_are_named_by_members_and_a_misspelt_member_fails() -> None:
+    assert Checkpoint.BUCKET_AFTER_PUBLISH == "bucket.after_publish"
+    assert [str(point) for point in Checkpoint] == list(_checkpoints.POINTS)
+    with pytest.raises(AttributeError):
+        Checkpoint.BUCKET_AFTER_PUBLSH  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(ValueError, match="not a valid Checkpoint"):
+        Checkpoint("bucket.afterwards")
+
+
+def test_a_string_name_still_works_and_hits_report_it() -> None:
+    with at_checkpoint("cycle.started") as hits:
+        orchestrator().run_cycle()
+    assert [hit.name for hit in hits] == ["cycle.started"]
+
+
+def test_an_armed_reach_refuses_an_unknown_name() -> None:
+    with at_checkpoint(Checkpoint.CYCLE_STARTED), pytest.raises(ValueError, match="unknown"):
+        _checkpoints.reach("cycle.startd")  # type: ignore[arg-type]
+
+
+def test_deswm_names_every_checkpoint_it_reaches_by_its_member() -> None:
+    """No ``reach("...")`` with a free string in src/: each names a Checkpoint member."""
+    import ast
+    from pathlib import Path
+
+    root = Path(_checkpoints.__file__).parent
+    reached: set[str] = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "reach":
+                for arg in ast.walk(node.args[0]):
+                    assert not isinstance(arg, ast.Constant), f"{path.name}: {ast.unparse(node)}"
+                    if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "Checkpoint":
+                        reached.add(getattr(Checkpoint, arg.attr))
+    assert reached == set(Checkpoint)

@@ -31,7 +31,7 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any, Final
 
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._errors import ObjectChangedError
 from deswm._objectstore.base import ErrorScope, ObjectInfo, WriteFn
 
@@ -198,12 +198,12 @@ class LocalStore:
         path = self._path(name)
         temp = self._write_temp(name, data)
         try:
-            reach("shardio.create_only.after_fsync")
+            reach(Checkpoint.SHARDIO_CREATE_ONLY_AFTER_FSYNC)
             try:
                 os.link(temp, path)  # atomic, and never replaces an existing file
             except FileExistsError:
                 return None
-            reach("shardio.create_only.after_link")
+            reach(Checkpoint.SHARDIO_CREATE_ONLY_AFTER_LINK)
             fsync_dir(os.path.dirname(path))
             return content_token(data)
         finally:
@@ -270,11 +270,11 @@ class LocalStore:
             with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as f:
                 write(f)
                 f.flush()
-                reach("shardio.publish.after_write")
+                reach(Checkpoint.SHARDIO_PUBLISH_AFTER_WRITE)
                 os.fsync(f.fileno())  # the bytes are durable before the name points at them
-            reach("shardio.publish.after_fsync")
+            reach(Checkpoint.SHARDIO_PUBLISH_AFTER_FSYNC)
             os.replace(temp, path)
-            reach("shardio.publish.after_rename")
+            reach(Checkpoint.SHARDIO_PUBLISH_AFTER_RENAME)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
@@ -291,7 +291,7 @@ class LocalStore:
         try:
             with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as f:
                 write(f)
-            reach("shardio.publish.after_write")
+            reach(Checkpoint.SHARDIO_PUBLISH_AFTER_WRITE)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
@@ -364,14 +364,14 @@ class StagedObject:
         """Make the temp file's bytes durable (before any name points at them)."""
         with self._scope("publish", self.name):
             os.fsync(self._fd)
-        reach("shardio.publish.after_fsync")
+        reach(Checkpoint.SHARDIO_PUBLISH_AFTER_FSYNC)
 
     def commit(self) -> None:
         """Rename the fsynced temp file over the object (durable at the next sync)."""
         with self._scope("publish", self.name):
             self._close()
             os.replace(self._temp, self._path)
-            reach("shardio.publish.after_rename")
+            reach(Checkpoint.SHARDIO_PUBLISH_AFTER_RENAME)
         self._backend.unsynced.add(self._folder)
 
     def discard(self) -> None:

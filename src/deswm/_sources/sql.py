@@ -36,7 +36,7 @@ import attrs
 import sqlalchemy as sa
 
 from deswm import _publish
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._container import MAX_UID_BYTES
 from deswm._defaults import CREATED_AT_COLUMN, LOCATION_COLUMN, PAGE_SIZE, SIZE_COLUMN, UID_COLUMN
 from deswm._engines import engine_from
@@ -671,7 +671,7 @@ class SqlSourceProvider:
                 yield from self._rest_of_tie(cols, base, reader, last, tied)
             if pacer is not None:
                 pacer.page_done(rows)
-            reach("source.between_pages")
+            reach(Checkpoint.SOURCE_BETWEEN_PAGES)
 
     def _partition_clause(
         self, cols: _Columns, router: ShardRouter, partition: Partition

@@ -72,7 +72,7 @@ import attrs
 import sqlalchemy as sa
 
 from deswm import _publish
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._defaults import LEGACY_ROW_ID, default_actor
 from deswm._errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm._model import DEFAULT_STAGE, Watermark, WatermarkChange, WatermarkKey
@@ -406,7 +406,7 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
             try:
                 with self._connect(layout) as conn, conn.begin():
                     conn.execute(sa.insert(layout.table).values(values))
-                    reach("store.initialize.in_transaction")
+                    reach(Checkpoint.STORE_INITIALIZE_IN_TRANSACTION)
             except sa.exc.IntegrityError as exc:
                 with self._connect(layout) as conn:
                     winner = self._fetch(conn, layout, key)
@@ -487,14 +487,14 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
             )
             committed = result.rowcount == 1
             if committed:
-                reach("store.advance.in_transaction")
+                reach(Checkpoint.STORE_ADVANCE_IN_TRANSACTION)
         if not committed:
             with self._connect(layout) as conn:
                 actual = self._fetch(conn, layout, key)
             if actual is None:
                 raise self._conflict(current, "missing")
             raise self._conflict(current, actual.watermark.version, actual.watermark)
-        reach("store.advance.after_commit")
+        reach(Checkpoint.STORE_ADVANCE_AFTER_COMMIT)
         return moved
 
     def _holds_own_write(
@@ -784,7 +784,7 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
                 partitions=1,
                 **self._audit_fields(layout, now),
             )
-        reach("store.set.in_transaction")
+        reach(Checkpoint.STORE_SET_IN_TRANSACTION)
         conn.execute(
             sa.insert(self._history).values(
                 config_id=self._row_id,

@@ -58,7 +58,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from deswm import _publish
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._defaults import default_actor
 from deswm._errors import ConfigError, DeswmError, WatermarkConflict, WatermarkError
 from deswm._model import Watermark, WatermarkChange, WatermarkKey
@@ -256,7 +256,7 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
                 current.version,
                 "missing" if actual is None else self._watermark(actual[0], name, key).version,
             )
-        reach("store.advance.after_commit")
+        reach(Checkpoint.STORE_ADVANCE_AFTER_COMMIT)
         return self._watermark(updated, name, key)
 
     def _set_watermark(self, key: WatermarkKey, position: datetime, reason: str) -> Watermark:
@@ -284,7 +284,7 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
                 doc = self._evolve(old, position, now, change=change)
                 if self._replace(name, doc, token) is None:
                     continue
-            reach("store.set.in_transaction")
+            reach(Checkpoint.STORE_SET_IN_TRANSACTION)
             written = self._watermark(doc, name, key)
             try:
                 self._record_change(doc)

@@ -25,7 +25,7 @@ import attrs
 import sqlalchemy as sa
 
 from deswm import _publish
-from deswm._checkpoints import reach
+from deswm._checkpoints import Checkpoint, reach
 from deswm._defaults import default_actor
 from deswm._errors import ConfigError, WatermarkConflict, WatermarkError
 from deswm._model import Watermark, WatermarkChange, WatermarkKey
@@ -288,7 +288,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
             try:
                 with self._engine.begin() as conn:
                     conn.execute(sa.insert(self._table).values(_row_values(created)))
-                    reach("store.initialize.in_transaction")
+                    reach(Checkpoint.STORE_INITIALIZE_IN_TRANSACTION)
             except sa.exc.IntegrityError as exc:
                 winner = self._read(key)
                 if winner is None:
@@ -324,7 +324,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
                         return updated
                     actual = self._compare_and_set(current, updated)
                     if actual is None:
-                        reach("store.advance.after_commit")
+                        reach(Checkpoint.STORE_ADVANCE_AFTER_COMMIT)
                         return updated
         raise WatermarkConflict(current.key, current.version, actual)
 
@@ -344,7 +344,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
                 )
             )
             if result.rowcount == 1:
-                reach("store.advance.in_transaction")
+                reach(Checkpoint.STORE_ADVANCE_IN_TRANSACTION)
                 return None
             actual = conn.execute(
                 sa.select(table.c.version).where(_key_clause(table, current.key))
@@ -462,7 +462,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
             if result.rowcount != 1:
                 return None
             previous = stored.position
-        reach("store.set.in_transaction")
+        reach(Checkpoint.STORE_SET_IN_TRANSACTION)
         conn.execute(
             sa.insert(self._history).values(
                 pipeline=key.pipeline,

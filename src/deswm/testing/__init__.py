@@ -9,7 +9,7 @@ A public, versioned API: users import it to prove their own providers replay saf
   instance and records calls as named tuples;
 * fault injection: :func:`inject` with :func:`fail_on`, :func:`fail_after`,
   :func:`missing_on`, :func:`fail_mid_stream`, ... for any component, and
-  :func:`at_checkpoint` for named points inside the write path;
+  :func:`at_checkpoint` for named points inside the write path (:class:`Checkpoint`);
 * checks: :func:`assert_no_loss`, :func:`assert_idempotent_replay`, :func:`snapshot`;
 * a stateful property test of a whole archive life (needs ``hypothesis``):
   :class:`LifecycleMachine` (runs, replays, retries, purges, changed files, damage);
@@ -41,6 +41,7 @@ from deswm.testing._dataset import Dataset
 from deswm.testing._error_store import MemoryErrorStore
 from deswm.testing._faults import (
     Action,
+    Checkpoint,
     CheckpointAction,
     CheckpointHit,
     Fault,
@@ -97,6 +98,7 @@ __all__ = [
     "DEFAULT_CHECKPOINTS",
     "Action",
     "BuildOrchestrator",
+    "Checkpoint",
     "CheckpointAction",
     "CheckpointHit",
     "Contents",

@@ -10,7 +10,7 @@ Two tools, for the two places things go wrong:
   calls. Every call of a faulted method is recorded as a :class:`FaultCall`.
 * :func:`at_checkpoint` acts at a named point *inside* deswm's write path (between
   publish and commit, after an fsync, between two pages of rows, ...; see
-  ``deswm._checkpoints.POINTS``), where no method boundary exists to wrap.
+  :class:`Checkpoint`), where no method boundary exists to wrap.
 
 Both restore everything when they are done with, so one test cannot leak a fault into
 the next. Example::
@@ -33,10 +33,12 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import attrs
 
 from deswm import _checkpoints
+from deswm._checkpoints import Checkpoint
 from deswm._errors import DeswmError, FileMissingError
 
 __all__ = [
     "Action",
+    "Checkpoint",
     "CheckpointAction",
     "CheckpointHit",
     "Fault",
@@ -435,7 +437,7 @@ def _detach(handler: _Handler) -> None:
 
 @contextlib.contextmanager
 def at_checkpoint(
-    name: str,
+    name: Checkpoint | str,
     action: CheckpointAction = None,
     *,
     on: int | Iterable[int] | None = None,
@@ -443,8 +445,9 @@ def at_checkpoint(
     """Raise, or run a callback, when deswm reaches checkpoint ``name`` in this block.
 
     Args:
-        name: one of ``deswm._checkpoints.POINTS`` (``"bucket.after_publish"``, ...);
-            an unknown name raises ``ValueError`` listing the known ones.
+        name: a :class:`Checkpoint` (``Checkpoint.BUCKET_AFTER_PUBLISH``, ...), or its
+            value as a string (``"bucket.after_publish"``); an unknown name raises
+            ``ValueError`` listing the known ones.
         action: an exception instance or class to raise (a class gets a message naming
             the checkpoint), a ``callback(name, count)``, or ``None`` to only count.
         on: the hits to act on, 1-based and counted from entering the block (``None``:
@@ -460,6 +463,7 @@ def at_checkpoint(
     """
     if name not in _checkpoints.POINTS:
         raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(_checkpoints.POINTS)}")
+    name = Checkpoint(name)
     calls = None if on is None else frozenset([on] if isinstance(on, int) else on)
     handler = _Handler(name, action, calls)
     _attach(handler)

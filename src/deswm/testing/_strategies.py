@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import strategies as st
 
-from deswm._checkpoints import POINTS
+from deswm._checkpoints import POINTS, Checkpoint
 from deswm._model import SourceRecord
 from deswm.testing._dataset import Dataset
 from deswm.testing._schedules import Cycle, Interruption, Rewind, Step, Target
@@ -36,21 +36,21 @@ _EPOCH = datetime(2024, 5, 10, tzinfo=UTC)
 LocationOf = Callable[[int, str], str]
 """Maps a row's number and uid to its ``location``."""
 
-DEFAULT_CHECKPOINTS: tuple[str, ...] = (
-    "cycle.started",
-    "bucket.before_publish",
-    "bucket.after_publish",
-    "bucket.after_commit",
-    "packer.after_add",
-    "packer.before_group",
-    "packer.merge.before_write",
-    "packer.after_part",
-    "packer.before_delete",
-    "packer.before_dir_sync",
-    "shardio.publish.after_write",
-    "shardio.publish.after_fsync",
-    "shardio.publish.after_rename",
-    "source.between_pages",
+DEFAULT_CHECKPOINTS: tuple[Checkpoint, ...] = (
+    Checkpoint.CYCLE_STARTED,
+    Checkpoint.BUCKET_BEFORE_PUBLISH,
+    Checkpoint.BUCKET_AFTER_PUBLISH,
+    Checkpoint.BUCKET_AFTER_COMMIT,
+    Checkpoint.PACKER_AFTER_ADD,
+    Checkpoint.PACKER_BEFORE_GROUP,
+    Checkpoint.PACKER_MERGE_BEFORE_WRITE,
+    Checkpoint.PACKER_AFTER_PART,
+    Checkpoint.PACKER_BEFORE_DELETE,
+    Checkpoint.PACKER_BEFORE_DIR_SYNC,
+    Checkpoint.SHARDIO_PUBLISH_AFTER_WRITE,
+    Checkpoint.SHARDIO_PUBLISH_AFTER_FSYNC,
+    Checkpoint.SHARDIO_PUBLISH_AFTER_RENAME,
+    Checkpoint.SOURCE_BETWEEN_PAGES,
 )
 """Checkpoints :func:`interruptions` raises at: the write path, minus the store internals."""
 
