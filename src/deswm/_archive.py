@@ -3,7 +3,7 @@
 Lookup: route to the group (day and shard), then search the group's parts in ascending
 part order; the first part whose index holds the uid wins. Its stored ``created_at`` must
 be the requested instant (G14): another instant is another file, and ``get``/``stat``
-raise :class:`~deswm._errors.EntryMismatchError` (a ``NotArchivedError``) instead of
+raise :class:`~deswm.EntryMismatchError` (a ``NotArchivedError``) instead of
 returning it. Entries of other DES writers record no ``created_at`` and are found by uid
 and day alone. Indexes are cached by
 ``(object name, version token)`` and group views (which parts exist, at which version)
@@ -46,7 +46,7 @@ declared. A mismatch seen through a cached index is confirmed by one fresh read 
 it is raised (a local version token, ``mtime_ns:inode:size``, could in theory repeat if
 a shard were rewritten twice within one timestamp tick). Entries written by other DES
 writers carry no checksum (empty meta): they are refused with
-:class:`~deswm._errors.UnverifiedEntryError` unless ``allow_unverified`` is set, and then
+:class:`~deswm.UnverifiedEntryError` unless ``allow_unverified`` is set, and then
 returned with a logged warning; for them the guarantee is only that the bytes come from
 the same object version as the index entry (pinned reads), that compressed frames
 decode, and that the decoded size matches the index.
@@ -263,7 +263,7 @@ class Archive:
             reader decodes (1 GiB); larger declared sizes are refused before decoding, so
             a hostile shard cannot make a read allocate more.
         allow_unverified: return entries without a checksum (other DES writers) with a
-            logged warning instead of raising :class:`~deswm._errors.UnverifiedEntryError`.
+            logged warning instead of raising :class:`~deswm.UnverifiedEntryError`.
     """
 
     def __init__(
@@ -344,9 +344,9 @@ class Archive:
     ) -> bytes:
         """The verified bytes of a file.
 
-        Raises :class:`~deswm._errors.NotArchivedError` when the uid is not in its group,
-        :class:`~deswm._errors.CorruptShardError` when its bytes fail verification, and
-        :class:`~deswm._errors.UnverifiedEntryError` (a ``CorruptShardError``) when the
+        Raises :class:`~deswm.NotArchivedError` when the uid is not in its group,
+        :class:`~deswm.CorruptShardError` when its bytes fail verification, and
+        :class:`~deswm.UnverifiedEntryError` (a ``CorruptShardError``) when the
         entry has no checksum, unless ``allow_unverified`` (default: the archive's).
         """
         allow = self._allow_unverified if allow_unverified is None else allow_unverified
@@ -364,7 +364,7 @@ class Archive:
         same), so a 1 GB file is never held in memory; smaller or compressed entries
         (at most ``max_inline_size`` when decoded) are read, decoded and verified at
         once. A file read start to end is verified against its sha256 as it is read:
-        the read that reaches the end raises :class:`~deswm._errors.CorruptShardError`
+        the read that reaches the end raises :class:`~deswm.CorruptShardError`
         on a mismatch. Bytes read out of order cannot be hash-checked. Errors as for
         :meth:`get`; the file's ``entry`` is what :meth:`stat` returns.
         """
@@ -484,8 +484,8 @@ class Archive:
         """Read and verify every entry of one shard object; return how many were checked.
 
         Adjacent payloads are read together (up to 8 MiB per request); big files are read
-        and hashed. The first bad entry raises :class:`~deswm._errors.CorruptShardError`;
-        an entry without a checksum raises :class:`~deswm._errors.UnverifiedEntryError`
+        and hashed. The first bad entry raises :class:`~deswm.CorruptShardError`;
+        an entry without a checksum raises :class:`~deswm.UnverifiedEntryError`
         (after it decoded) unless the archive allows unverified entries.
         """
         part = self._current(object_name)

@@ -1,4 +1,4 @@
-"""The file object :meth:`deswm._archive.Archive.open` returns: ranges read on demand.
+"""The file object :meth:`deswm.Archive.open` returns: ranges read on demand.
 
 A :class:`RangeSource` knows how to read bytes ``[start, end)`` of one archived file
 (a ranged read of a shard, of a ``_bigFiles/`` object, or a slice of bytes already
@@ -7,7 +7,7 @@ decoded in memory). :class:`_RangeReader` turns it into a seekable raw file; the
 backend request, while a large ``read(n)`` goes to the backend as one request.
 
 Verification: a file read in order from its first byte to its last is hashed as it
-goes, and the read that reaches the end raises :class:`~deswm._errors.CorruptShardError`
+goes, and the read that reaches the end raises :class:`~deswm.CorruptShardError`
 when the sha256 does not match (the caller has then seen unverified bytes: a stream
 must treat that error as "discard what you got"). Bytes read out of order are pinned
 to the object version the index named (shards) or read from a content-addressed

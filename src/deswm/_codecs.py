@@ -10,7 +10,7 @@ checks that the two agree).
 Decoding is bounded: ``decode(stored, size)`` holds at most ``size + 1`` bytes of
 output whatever the frame expands to, and raises :class:`ValueError` when the frame
 is bad or does not decode to exactly ``size`` bytes; the container turns that into a
-:class:`~deswm._errors.CorruptShardError` naming the shard and entry.
+:class:`~deswm.CorruptShardError` naming the shard and entry.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ A file looks like::
 Strings may use ``${NAME}`` (or ``${NAME:-default}``) to take a value from the
 environment, so secrets stay out of the file. Relative local paths (``archive.url``,
 ``files.root``, ``sqlite:///`` URLs) are resolved against the config file's folder.
-Every problem raises :class:`~deswm._errors.ConfigError` naming the key.
+Every problem raises :class:`~deswm.ConfigError` naming the key.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ entries is exactly :data:`EMPTY_SHARD_SIZE` plus, per entry, its stored bytes an
 
 Objects are named ``{YYYYMMDD}_{HEX}_{NNNN}.des`` (see *object names* below): the name
 embeds the UTC day, so buckets are UTC days whatever the router
-(:class:`~deswm._protocols.ShardRouter`).
+(:class:`~deswm.ShardRouter`).
 
 deswm adds, in each entry's JSON meta, the sha256 of the uncompressed bytes and the
 row's ``created_at`` (fixed-width ISO 8601 UTC), with sorted keys and compact
@@ -23,7 +23,7 @@ checked against the bytes that exist before anything is allocated by it, compres
 payloads are decoded with a bound of the declared size (plus one byte to see an
 overrun), and a checksum cannot be switched off by the meta: see :func:`entry_checksum`.
 Only entries with an empty meta (other DES writers) have no checksum; the caller decides
-whether to accept them (:class:`deswm._archive.Archive` refuses by default).
+whether to accept them (:class:`deswm.Archive` refuses by default).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class Limits:
     """How long a statement may wait for a lock, and run, before it is cancelled.
 
     ``None`` or ``0`` means no limit. ``lock_key`` and ``statement_key`` are the settings
-    named in a :class:`~deswm._errors.DatabaseTimeoutError`.
+    named in a :class:`~deswm.DatabaseTimeoutError`.
     """
 
     lock: float | None = DEFAULT_LOCK_TIMEOUT
@@ -124,7 +124,7 @@ def create_engine(
     Connections are pinged before use (a pooled connection may have been closed by the
     server during a long pack). Every session gets ``lock_timeout`` and
     ``statement_timeout`` (seconds; ``None`` or 0: no limit), so a table locked by
-    another session fails with :class:`~deswm._errors.DatabaseTimeoutError` instead of
+    another session fails with :class:`~deswm.DatabaseTimeoutError` instead of
     hanging. ``read_only`` opens a SQLite file read-only and refuses a missing one, so a
     mistyped path is not created by a command that only reads. ``section`` names the
     settings in a timeout error (default: the section of ``key``).

@@ -1,5 +1,5 @@
 """Importing an optional dependency: the one place that turns its absence into
-:class:`~deswm._errors.MissingExtraError` naming ``pip install 'deswm[EXTRA]'``."""
+:class:`~deswm.MissingExtraError` naming ``pip install 'deswm[EXTRA]'``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["require"]
 
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:
-    """``module`` imported, or :class:`~deswm._errors.MissingExtraError` for ``feature``.
+    """``module`` imported, or :class:`~deswm.MissingExtraError` for ``feature``.
 
     Only the missing module itself counts: an ``ImportError`` from inside an installed
     package (a broken install) propagates as it is, so it is not misread as "install

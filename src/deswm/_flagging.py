@@ -45,7 +45,7 @@ FLAGGED_STAGE = "flagged"
 class FlaggableSource(SourceProvider, Protocol):
     """What the flag stage needs from the source: the SQL table behind its rows.
 
-    :class:`~deswm._sources.sql.SqlSourceProvider` is one; the flag stage updates the
+    :class:`~deswm.SqlSourceProvider` is one; the flag stage updates the
     table through ``engine``, only for the uids :meth:`iter_records` gave (so a provider's
     filter applies) within ``window_clause`` of their day.
     """
@@ -88,7 +88,7 @@ class FlagJob:
     Args:
         store: the watermark store of the pipeline.
         source: the pipeline's source table, e.g. its
-            :class:`~deswm._sources.sql.SqlSourceProvider` (its ``filter_query`` applies,
+            :class:`~deswm.SqlSourceProvider` (its ``filter_query`` applies,
             so only the pipeline's own rows are flagged).
         router: for the day arithmetic.
         pipeline: the pipeline whose ``archived`` watermark bounds the work.

@@ -1,4 +1,4 @@
-"""Prometheus metrics for cycles, as a :class:`~deswm._orchestrator.CycleObserver`.
+"""Prometheus metrics for cycles, as a :class:`~deswm.CycleObserver`.
 
 Needs ``pip install 'deswm[prometheus]'``. Metric names follow the earlier DES tooling so
 existing dashboards and alerts keep working (the first eight); the gauges after them are

@@ -5,7 +5,7 @@ once, streams the rows of ``[W, T)`` in ``(created_at, uid)`` order, packs each 
 bucket as a whole, and only after a bucket's shards are published moves the watermark
 past it with a compare-and-set. Before each move, the rows the window query returned
 below the new position must equal the rows archived, kept or listed
-(:class:`~deswm._errors.RowCountError` otherwise): no component can drop a row silently.
+(:class:`~deswm.RowCountError` otherwise): no component can drop a row silently.
 The source table is only ever read.
 
 It depends on the five protocols and nothing else, so every component can be replaced.
@@ -216,7 +216,7 @@ class WatermarkOrchestrator:
         initial: where a new watermark starts (aligned down to a bucket boundary);
             default 30 days before the first run.
         on_error: ``"stop"`` (default): any failed file aborts the cycle before the
-            watermark passes its bucket, raising :class:`~deswm._errors.CycleError`.
+            watermark passes its bucket, raising :class:`~deswm.CycleError`.
             ``"record"``: failed files go to ``error_store`` and the rest of the bucket
             is committed, unless more than ``max_failure_ratio`` of the bucket failed.
         error_store: where ``"record"`` lists failed files (required for it).
@@ -475,7 +475,7 @@ class WatermarkOrchestrator:
 
         Moving back only makes the next cycle replay (safe). Without ``force`` a move
         forward (rows in between may not be archived) or beyond :meth:`target` raises
-        :class:`~deswm._errors.WatermarkMoveRefused` and writes nothing.
+        :class:`~deswm.WatermarkMoveRefused` and writes nothing.
         """
         return self._move(require_utc(to, "to"), force, reason or "set_watermark")
 
@@ -556,9 +556,9 @@ class WatermarkOrchestrator:
     def run_cycle(self) -> CycleResult:
         """Archive every complete bucket between the watermark and the target.
 
-        Returns what was done. Raises :class:`~deswm._errors.CycleError` when files
+        Returns what was done. Raises :class:`~deswm.CycleError` when files
         failed (the watermark stays before their bucket; earlier buckets stay
-        committed) and :class:`~deswm._errors.WatermarkConflict` when another runner
+        committed) and :class:`~deswm.WatermarkConflict` when another runner
         moved the watermark.
         """
         return self._run_cycle(self._stop, self._deadline())
@@ -604,7 +604,7 @@ class WatermarkOrchestrator:
 
         A signal lets the current bucket finish and commit, then returns (a second one
         exits at once, see :meth:`stop_on_signals`); so does ``run_time``, counted from
-        this call. A cycle that fails with a :class:`~deswm._errors.DeswmError` (other
+        this call. A cycle that fails with a :class:`~deswm.DeswmError` (other
         than a configuration error) is logged in one line (the traceback at DEBUG) and
         tried again after an exponential backoff: ``interval`` (at least 1 s), doubled
         per failure up to ``max(max_backoff, interval)``. After ``max_failed_cycles``

@@ -334,7 +334,7 @@ class DesBucketWriter:
         """Add one file.
 
         Raises :class:`DuplicateUidError` for a second row of a uid in this writer, and
-        :class:`~deswm._errors.ArchivedDuplicateError` (a subclass) for a row whose uid is
+        :class:`~deswm.ArchivedDuplicateError` (a subclass) for a row whose uid is
         already published in its group with another ``created_at`` (G14). The writer
         stays usable after either.
         """

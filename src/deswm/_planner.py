@@ -18,8 +18,8 @@ each object replacement is safe on its own in any crash order:
 * a new entry whose uid is in old part *i* replaces it in part *i* (new bytes) only when
   it is the same entry, ``(uid, created_at)`` (G14): the bucket writer refuses a row
   whose uid is published with another ``created_at`` (or with none, as entries of other
-  writers are) with :class:`~deswm._errors.ArchivedDuplicateError`, and the plan raises
-  :class:`~deswm._errors.PackError` rather than replace such an entry;
+  writers are) with :class:`~deswm.ArchivedDuplicateError`, and the plan raises
+  :class:`~deswm.PackError` rather than replace such an entry;
 * a new uid goes to the part with the greatest first key at or before its key (the first
   part if before all); keys after the last key of the last part are the tail, appended
   to the last part while it fits and overflowing into new parts, exactly like a fresh

@@ -57,10 +57,10 @@ ReadResult = tuple[SourceRecord, "bytes | FileReadError"]
 
 
 class ArchiveLookup(Protocol):
-    """What verification and the purge need from the read side (:class:`deswm._archive.Archive`)."""
+    """What verification and the purge need from the read side (:class:`deswm.Archive`)."""
 
     def stat(self, uid: str, created_at: datetime) -> ArchivedEntry:
-        """The entry of ``uid``; :class:`~deswm._errors.NotArchivedError` when absent."""
+        """The entry of ``uid``; :class:`~deswm.NotArchivedError` when absent."""
         ...
 
     def get(self, uid: str, created_at: datetime) -> bytes:
@@ -95,8 +95,8 @@ class WatermarkStore(Protocol):
         """Move the watermark forward to ``position`` if nobody changed it since ``current``.
 
         A compare-and-set on ``current.version``: raises
-        :class:`~deswm._errors.WatermarkConflict` when the stored version differs, and
-        :class:`~deswm._errors.WatermarkError` when ``position < current.position``
+        :class:`~deswm.WatermarkConflict` when the stored version differs, and
+        :class:`~deswm.WatermarkError` when ``position < current.position``
         (advance never moves backwards). An equal position returns ``current``
         unchanged without writing. On a conflict, ``WatermarkConflict.actual`` is the
         stored version, or ``"missing"`` when no watermark exists. Returns the new
@@ -132,7 +132,7 @@ class SourceProvider(Protocol):
 
         ``created_at`` of every record is aware UTC. Memory must stay bounded however
         many rows the window holds. A row that cannot be archived raises
-        :class:`~deswm._errors.BadRowError` naming it.
+        :class:`~deswm.BadRowError` naming it.
         """
         ...
 
@@ -199,8 +199,8 @@ class FileReader(Protocol):
     def read(self, location: str) -> bytes:
         """All bytes at ``location``; a zero-byte file gives ``b""``.
 
-        Raises :class:`~deswm._errors.FileMissingError` when it does not exist and
-        :class:`~deswm._errors.FileReadError` for any other failure to read it.
+        Raises :class:`~deswm.FileMissingError` when it does not exist and
+        :class:`~deswm.FileReadError` for any other failure to read it.
         """
         ...
 
@@ -208,7 +208,7 @@ class FileReader(Protocol):
         """Read every record's file, yielding results in input order.
 
         Implementations may read ahead concurrently but must bound how far ahead.
-        Failures are yielded as :class:`~deswm._errors.FileReadError` values, not raised,
+        Failures are yielded as :class:`~deswm.FileReadError` values, not raised,
         so one bad file does not end the stream.
         """
         ...
@@ -228,8 +228,8 @@ class ShardRouter(Protocol):
     midnight at or before an instant and :meth:`next_bucket` the following midnight.
     They are part of the protocol so that callers never do day arithmetic of their own,
     not to let a router choose another bucket length: the orchestrator and
-    :class:`~deswm._packer.DesPacker` refuse such a router with
-    :class:`~deswm._errors.ConfigError` (key ``router``,
+    :class:`~deswm.DesPacker` refuse such a router with
+    :class:`~deswm.ConfigError` (key ``router``,
     :func:`deswm._routing.require_day_buckets`).
 
     ``route(uid, t)`` is ``group(bucket_start(t), shard_index(uid))``. A router whose
@@ -237,7 +237,7 @@ class ShardRouter(Protocol):
     attribute ``route_is_composed = True`` (not a protocol member): the packer then routes
     the files of a bucket by :meth:`shard_index` alone, with one :meth:`group` call per
     group, instead of one :meth:`route` call per file. Routers that observe or disturb
-    calls (recorders, fault injectors) leave it unset. :class:`~deswm._routing.DesRouter`
+    calls (recorders, fault injectors) leave it unset. :class:`~deswm.DesRouter`
     sets it.
     """
 

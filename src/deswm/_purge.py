@@ -109,7 +109,7 @@ class PurgeJob:
 
     Args:
         store, source, reader, router: as for the orchestrator (same pipeline).
-        archive: the read side of the destination (:class:`deswm._archive.Archive`).
+        archive: the read side of the destination (:class:`deswm.Archive`).
         pipeline, partition: whose files to purge.
         initial: where a new ``purged`` watermark starts.
         verify: ``"content"`` (default) reads the archived copy (checksum verified)
@@ -122,7 +122,7 @@ class PurgeJob:
             is refused (:class:`~deswm._errors.ManifestMissingError`).
 
     Raises:
-        ConfigError: ``reader`` is an :class:`~deswm._readers.FsspecFileReader` without
+        ConfigError: ``reader`` is an :class:`~deswm.FsspecFileReader` without
             ``root`` or ``allowed_roots``: deleting needs a declared owner, or any
             absolute location in the table could be deleted. (A custom reader's
             ``delete`` is responsible for its own containment.)

@@ -48,12 +48,12 @@ _CHUNK: Final = 2**20
 
 
 class FileReaderBase(abc.ABC):
-    """A :class:`~deswm._protocols.FileReader` built on two primitives: ``read`` and ``delete``.
+    """A :class:`~deswm.FileReader` built on two primitives: ``read`` and ``delete``.
 
     ``read_many`` reads with a pool of ``max_workers`` threads, keeps at most
     ``read_ahead`` results in flight (default ``2 * max_workers``, so memory stays bounded
     by that many files), and yields results in input order. A
-    :class:`~deswm._errors.FileReadError` is yielded as a value; any other exception is a
+    :class:`~deswm.FileReadError` is yielded as a value; any other exception is a
     bug or a systematic failure and is raised. Closing the iterator early cancels what
     was queued and does not wait for reads in progress.
 
@@ -92,8 +92,8 @@ class FileReaderBase(abc.ABC):
     def read(self, location: str) -> bytes:
         """All bytes at ``location``; ``b""`` for a zero-byte file.
 
-        Raise :class:`~deswm._errors.FileMissingError` when it does not exist and
-        :class:`~deswm._errors.FileReadError` for any other failure to read it.
+        Raise :class:`~deswm.FileMissingError` when it does not exist and
+        :class:`~deswm.FileReadError` for any other failure to read it.
         """
 
     @abc.abstractmethod
@@ -266,14 +266,14 @@ class FsspecFileReader(FileReaderBase):
       fsspec filesystem per protocol.
 
     Containment: with ``root`` or ``allowed_roots``, every location must resolve strictly
-    inside one of them, or it raises :class:`~deswm._errors.LocationOutsideRootError` and
+    inside one of them, or it raises :class:`~deswm.LocationOutsideRootError` and
     is never read, archived or deleted. ``..`` climbing out, an absolute path or
     ``file://`` URL elsewhere, a symlink whose target leaves the root (checked on the
     file actually opened), another scheme, bucket or prefix (compared component by
     component), a leading ``~``, NUL bytes and backslashes are all outside. The table
     is data: a row must not turn the reader into an arbitrary read, nor the purge into
     an arbitrary delete. Without either, absolute locations are read wherever they point
-    (and :class:`~deswm._purge.PurgeJob` refuses such a reader).
+    (and :class:`~deswm.PurgeJob` refuses such a reader).
 
     Args:
         root: where relative locations live; without it a relative location fails.
@@ -381,11 +381,11 @@ class FsspecFileReader(FileReaderBase):
     def delete(self, location: str) -> None:
         """Delete the file at ``location``; a missing file is not an error.
 
-        A local directory is refused (:class:`~deswm._errors.FileReadError`); object
+        A local directory is refused (:class:`~deswm.FileReadError`); object
         stores have no directories, so there a "folder" is simply not a file to delete.
         With roots, containment is checked again right before the delete, which removes
         the resolved file (symlinks followed) and only if it is inside a root:
-        :class:`~deswm._errors.LocationOutsideRootError` otherwise.
+        :class:`~deswm.LocationOutsideRootError` otherwise.
         """
         protocol, path = self._resolve(location)
         if protocol is None:
@@ -395,7 +395,7 @@ class FsspecFileReader(FileReaderBase):
             self._with_retries("delete", location, remove, fs, path)
 
     def check_location(self, location: str) -> None:
-        """Raise :class:`~deswm._errors.LocationOutsideRootError` if ``location`` is outside.
+        """Raise :class:`~deswm.LocationOutsideRootError` if ``location`` is outside.
 
         No I/O but resolving symlinks of a local path; :meth:`read` and :meth:`delete`
         check again on the file itself. Without roots there is nothing to check.
@@ -415,7 +415,7 @@ class FsspecFileReader(FileReaderBase):
         """``(None, local path)`` or ``(protocol, URL)`` for ``location``.
 
         With roots, a location that is not inside one raises
-        :class:`~deswm._errors.LocationOutsideRootError` here, before any I/O.
+        :class:`~deswm.LocationOutsideRootError` here, before any I/O.
         """
         if not self._roots:
             return self._resolve_anywhere(location)

@@ -57,7 +57,7 @@ class DesRouter:
 
     route_is_composed: ClassVar[bool] = True
     """``route`` is ``group(bucket_start(t), shard_index(uid))`` and nothing more: the
-    packer may route by :meth:`shard_index` alone (see :class:`~deswm._protocols.ShardRouter`).
+    packer may route by :meth:`shard_index` alone (see :class:`~deswm.ShardRouter`).
     A subclass that overrides :meth:`route` must set it to ``False``."""
 
     def __init__(self, n_bits: int = N_BITS) -> None:

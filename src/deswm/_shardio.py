@@ -25,8 +25,8 @@ Reading an index costs one ranged read of the tail (footer and, usually, the who
 index), one more only when the index is larger than the tail, and one 8-byte read of the
 header when the object is larger than the tail (objects up to the tail size are read
 whole, header included). Errors of the underlying filesystem are wrapped into deswm
-errors naming the object (:class:`~deswm._errors.PackError` for writes,
-:class:`~deswm._errors.ShardError` for reads); nothing is swallowed.
+errors naming the object (:class:`~deswm.PackError` for writes,
+:class:`~deswm.ShardError` for reads); nothing is swallowed.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class ShardStore:
 
     @contextlib.contextmanager
     def _writing(self, action: str, name: str, hint: str | None = None) -> Iterator[None]:
-        """Wrap filesystem errors into :class:`~deswm._errors.PackError` naming the object."""
+        """Wrap filesystem errors into :class:`~deswm.PackError` naming the object."""
         try:
             yield
         except DeswmError:

@@ -47,7 +47,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
     * SQLite: SQLAlchemy's fixed-width text holding naive UTC, so text order is time
       order.
 
-    Binding a naive ``datetime`` raises :class:`~deswm._errors.NaiveDatetimeError`:
+    Binding a naive ``datetime`` raises :class:`~deswm.NaiveDatetimeError`:
     guessing its zone is how instants get shifted by hours. Naive values read back
     (SQLite, MySQL) are UTC because this type only ever writes UTC.
     """

@@ -51,7 +51,7 @@ class LagProbe(Protocol):
     def replica_lag(self) -> float:
         """Seconds the replica is behind now (zero or more).
 
-        Raise :class:`~deswm._errors.ReplicaLagError` when it is not replicating (no
+        Raise :class:`~deswm.ReplicaLagError` when it is not replicating (no
         replica status, a NULL lag): there is then no lag to wait for.
         """
         ...

@@ -3,7 +3,7 @@
 Every instant inside deswm is an aware ``datetime`` in UTC (G10). Values enter through
 three doors, each with one rule:
 
-* from the API: naive datetimes are rejected (:class:`~deswm._errors.NaiveDatetimeError`);
+* from the API: naive datetimes are rejected (:class:`~deswm.NaiveDatetimeError`);
 * from a database: naive values are read in the configured source timezone;
 * from text (config files, the CLI): ISO 8601; text without an offset is UTC.
 """

@@ -15,7 +15,7 @@ Two tokens name what an object holds:
   compare-and-set cannot be fooled by a reused inode or a coarse clock.
 
 Failures surface as ``OSError`` (``FileNotFoundError`` for a missing object) or
-:class:`~deswm._errors.ObjectChangedError`; the callers wrap them into their own deswm
+:class:`~deswm.ObjectChangedError`; the callers wrap them into their own deswm
 errors naming the object (see :mod:`deswm._objectstore.errors` for the one error map).
 """
 
@@ -95,7 +95,7 @@ class ObjectStore(Protocol):
     ) -> tuple[bytes, ObjectInfo]:
         """Bytes ``[start, end)`` (fewer past the end) and the object they came from.
 
-        With ``version``, raises :class:`~deswm._errors.ObjectChangedError` unless the
+        With ``version``, raises :class:`~deswm.ObjectChangedError` unless the
         bytes come from that version (S3: ``IfMatch`` on the ranged GET).
         """
         ...

@@ -5,7 +5,7 @@ s3fs raises ``OSError`` subclasses translated from botocore's ``ClientError`` (c
 ``OSError`` with an ``errno``. Every decision deswm takes on a failure reads it here:
 
 * **412** (``PreconditionFailed``): a conditional request lost; on a pinned read the
-  object changed (:class:`~deswm._errors.ObjectChangedError`), on a conditional write the
+  object changed (:class:`~deswm.ObjectChangedError`), on a conditional write the
   compare-and-set failed;
 * **409** (``ConditionalRequestConflict``): another conditional write on the key is in
   flight; retry;

@@ -3,7 +3,7 @@
 :func:`open_store` opens the URL with fsspec, then picks the implementation registered for
 one of the filesystem's protocol names (``file``/``local``, ``memory``, ``s3``/``s3a``);
 any other filesystem gets the generic :class:`~deswm._objectstore.fsspec.FsspecStore`. A
-missing fsspec backend is a :class:`~deswm._errors.ConfigError` saying what to install.
+missing fsspec backend is a :class:`~deswm.ConfigError` saying what to install.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def open_store(
 ) -> ObjectStore:
     """The store for ``url``; ``key`` names the setting in errors (``archive.url``).
 
-    Failures to open the URL are :class:`~deswm._errors.ConfigError` with URL and options
+    Failures to open the URL are :class:`~deswm.ConfigError` with URL and options
     scrubbed (and not chained: a backend's message may quote a credential).
     """
     text = os.fspath(url)

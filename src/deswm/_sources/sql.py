@@ -111,7 +111,7 @@ class SqlSourceProvider:
 
     Identifiers always go through SQLAlchemy's quoting (G13), so mixed case, spaces and
     quotes in table and column names work. The table is reflected on first use; a
-    missing table or column raises :class:`~deswm._errors.ConfigError` naming the setting.
+    missing table or column raises :class:`~deswm.ConfigError` naming the setting.
     (SQLAlchemy's MySQL reflection reads a backtick in a column name back doubled: pass
     a declared ``Table`` for such a table.)
 
@@ -127,7 +127,7 @@ class SqlSourceProvider:
     SQLite keeps timestamps as text. The only format SQLAlchemy writes, and the only one
     that compares correctly as text, is ``YYYY-MM-DD HH:MM:SS[.ffffff]``; a row in any
     other format (``T`` separator, offsets, other fraction widths) raises
-    :class:`~deswm._errors.BadRowError` when a window selects it, and
+    :class:`~deswm.BadRowError` when a window selects it, and
     :meth:`malformed_created_at` finds such rows anywhere in the table.
 
     Pages are keyset pages on ``(created_at, uid)``. MySQL/MariaDB collations may
@@ -140,7 +140,7 @@ class SqlSourceProvider:
     ``idle_in_transaction_session_timeout``) needs a smaller ``page_size``; DDL on the
     table waits for the open page. A stream the server cuts short without an error is
     resumed by the next page query; one it aborts with an error raises
-    :class:`~deswm._errors.SourceError`.
+    :class:`~deswm.SourceError`.
 
     Subclass and override :meth:`filter_query` to add a filter or a join.
     """
@@ -280,8 +280,8 @@ class SqlSourceProvider:
         """Rows with ``window.start <= created_at < window.end`` in (created_at, uid) order.
 
         Lazy and bounded: at most one page is held (SQLite) or open (streaming backends)
-        at a time. Raises :class:`~deswm._errors.BadRowError` naming a row that cannot be
-        archived, and :class:`~deswm._errors.SourceError` when the database fails.
+        at a time. Raises :class:`~deswm.BadRowError` naming a row that cannot be
+        archived, and :class:`~deswm.SourceError` when the database fails.
         """
         cols = self._resolve()
         if window.empty:
@@ -383,7 +383,7 @@ class SqlSourceProvider:
         ``0001-01-01`` .. ``9999-12-30``; on MariaDB a zero date (``0000-00-00``); on
         PostgreSQL a BC date, a year after 9999 or ``infinity``; everywhere the last day
         9999-12-31, whose end no ``datetime`` can name. :meth:`iter_records` raises
-        :class:`~deswm._errors.UnplaceableRowError` naming them before it yields a row.
+        :class:`~deswm.UnplaceableRowError` naming them before it yields a row.
         Two range conditions on ``created_at``: indexed where ``created_at`` is.
         """
         cols = self._resolve()
@@ -391,7 +391,7 @@ class SqlSourceProvider:
         return self._sample_uids(cols, query, limit, "looking for unplaceable created_at")
 
     def check_placeable(self, limit: int = 10) -> None:
-        """Raise :class:`~deswm._errors.UnplaceableRowError` naming up to ``limit`` rows
+        """Raise :class:`~deswm.UnplaceableRowError` naming up to ``limit`` rows
         that :meth:`unplaceable_created_at` finds, with their stored values."""
         cols = self._resolve()
         query = sa.select(cols.uid, self._stored_text(cols)).select_from(cols.table)

@@ -70,7 +70,7 @@ def db_errors(
     ``message`` is formatted with ``action``, ``table`` and the engine's redacted ``url``;
     the driver's first
     line follows it. With ``timeouts``, a lock or statement timeout becomes a
-    :class:`~deswm._errors.DatabaseTimeoutError` instead. The cause is chained.
+    :class:`~deswm.DatabaseTimeoutError` instead. The cause is chained.
     """
     try:
         yield

@@ -3,7 +3,7 @@
 * **PostgreSQL, on a standby** (``pg_is_in_recovery()``): ``now() -
   pg_last_xact_replay_timestamp()``, or 0 when everything received is replayed (an idle
   primary sends no transactions, so the last replay timestamp ages without any lag).
-  NULL (nothing replayed yet, not streaming) is a :class:`~deswm._errors.ReplicaLagError`.
+  NULL (nothing replayed yet, not streaming) is a :class:`~deswm.ReplicaLagError`.
 * **PostgreSQL, on a primary**: the largest ``pg_stat_replication.replay_lag`` over its
   standbys (NULL there means caught up and idle, so 0). No standby is a
   ``ReplicaLagError``; so are rows whose details are hidden (an account without
@@ -52,7 +52,7 @@ _LAG_COLUMNS = ("Seconds_Behind_Master", "Seconds_Behind_Source")
 
 
 class SqlReplicaLagProbe:
-    """A :class:`~deswm._throttle.LagProbe` reading a server's own replication status.
+    """A :class:`~deswm.LagProbe` reading a server's own replication status.
 
     ``engine_or_url``: a PostgreSQL server (a standby, or the primary whose standbys to
     watch) or a MariaDB/MySQL replica. A URL's engine is created here and disposed by

@@ -1,7 +1,7 @@
 """What every watermark store checks before it touches its storage.
 
 :class:`WatermarkStoreBase` owns the argument checks and the ``advance`` preamble the
-:class:`~deswm._protocols.WatermarkStore` contract spells out (aware UTC instants, never
+:class:`~deswm.WatermarkStore` contract spells out (aware UTC instants, never
 backwards, an equal position writes nothing, well-formed keys), so each store keeps only
 its storage-specific part in the ``_*_watermark`` and ``_list_history`` hooks, and the
 stores cannot drift apart on the rules they share.
@@ -22,7 +22,7 @@ __all__ = ["WatermarkStoreBase"]
 
 
 class WatermarkStoreBase(ABC):
-    """The shared half of a :class:`~deswm._protocols.WatermarkStore`.
+    """The shared half of a :class:`~deswm.WatermarkStore`.
 
     Subclasses implement the hooks, which receive checked arguments (a valid key, aware
     UTC positions), and :meth:`list`. ``pipeline_max`` and ``stage_max`` bound the
@@ -60,7 +60,7 @@ class WatermarkStoreBase(ABC):
     def advance(self, current: Watermark, position: datetime) -> Watermark:
         """Compare-and-set ``current`` to ``position`` (see the protocol).
 
-        Refuses a backwards move with :class:`~deswm._errors.WatermarkError` before the
+        Refuses a backwards move with :class:`~deswm.WatermarkError` before the
         storage is touched, and returns ``current`` for an equal position without a
         write, so a cycle with nothing new costs no write (G4).
         """

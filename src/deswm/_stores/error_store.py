@@ -68,7 +68,7 @@ _DB_HINT: Final = (
 
 
 class SqlErrorStore(EngineOwner):
-    """:class:`~deswm._protocols.ErrorStore` in a table (default ``deswm_errors``).
+    """:class:`~deswm.ErrorStore` in a table (default ``deswm_errors``).
 
     Args:
         engine_or_url: the database; usually the watermark's.

@@ -9,8 +9,8 @@ schema change and no copy of the position. Four decisions shape it:
 
 **One watermark.** The table has no pipeline, stage or partition column, so row
 ``row_id`` is the watermark of one pipeline, stage ``"archived"``, partition 0. Any other
-key raises :class:`~deswm._errors.ConfigError` (use
-:class:`~deswm._stores.sql.SqlWatermarkStore` for more); :meth:`~LegacyArchiveConfigStore.list`
+key raises :class:`~deswm.ConfigError` (use
+:class:`~deswm.SqlWatermarkStore` for more); :meth:`~LegacyArchiveConfigStore.list`
 and :meth:`~LegacyArchiveConfigStore.history` simply filter.
 
 **Compare-and-set on the values, version derived from the position.** There is no
@@ -260,7 +260,7 @@ _DB_HINT: Final = (
 
 
 class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
-    """:class:`~deswm._protocols.WatermarkStore` on the earlier system's singleton table.
+    """:class:`~deswm.WatermarkStore` on the earlier system's singleton table.
 
     Args:
         engine_or_url: an :class:`sqlalchemy.Engine` (shared, never disposed here) or a
@@ -269,7 +269,7 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
         schema: its schema (PostgreSQL) or database (MySQL).
         row_id: the ``id`` of the row holding the watermark (the seed uses 1).
         pipeline: the one pipeline this row belongs to; keys of other pipelines raise
-            :class:`~deswm._errors.ConfigError`. ``None`` accepts any pipeline name (the
+            :class:`~deswm.ConfigError`. ``None`` accepts any pipeline name (the
             table records none); :meth:`list` then names it after ``table``.
         history_table: the companion table of manual changes; default
             ``f"{table}_history"``.
@@ -277,7 +277,7 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
             default ``user@host``.
 
     See the module documentation for the version scheme and the ``(start, end]``
-    mapping. Database failures raise :class:`~deswm._errors.WatermarkError` naming the
+    mapping. Database failures raise :class:`~deswm.WatermarkError` naming the
     table and the URL with its password hidden.
     """
 
@@ -382,7 +382,7 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
         """Insert row ``row_id`` at ``position`` unless it exists; return the stored one.
 
         Only one partition can be kept, and ``lag`` must be whole days (``lag_days`` is an
-        integer column); otherwise :class:`~deswm._errors.ConfigError`.
+        integer column); otherwise :class:`~deswm.ConfigError`.
         """
         if partitions != 1:
             raise ConfigError(
@@ -426,8 +426,8 @@ class LegacyArchiveConfigStore(EngineOwner, WatermarkStoreBase):
 
         ``current.version`` must be :func:`legacy_version` of a stored position; the row
         is read first so the compare binds the value exactly as stored. Raises
-        :class:`~deswm._errors.WatermarkConflict` when the row holds another position (or
-        is missing), :class:`~deswm._errors.WatermarkError` for a position the column
+        :class:`~deswm.WatermarkConflict` when the row holds another position (or
+        is missing), :class:`~deswm.WatermarkError` for a position the column
         cannot hold.
         """
         key = current.key

@@ -12,7 +12,7 @@ Layout under the store's URL (every pipeline and stage name is one path segment,
 first 16 hex digits of the sha256 of ``pipeline NUL stage NUL partition``, so a listing
 alone finds the history of one watermark. Every object names its full key inside, and a
 read checks it: on a case-insensitive folder ``Orders`` and ``orders`` would share a file,
-and that raises :class:`~deswm._errors.WatermarkError` instead of mixing two watermarks.
+and that raises :class:`~deswm.WatermarkError` instead of mixing two watermarks.
 
 **Compare-and-set.** Every object carries its ``version``; a write replaces the object
 only if it is still the one read:
@@ -136,18 +136,18 @@ _Stored = tuple[dict[str, Any], str]
 
 
 class ObjectStoreWatermarkStore(WatermarkStoreBase):
-    """:class:`~deswm._protocols.WatermarkStore` as JSON objects with conditional writes.
+    """:class:`~deswm.WatermarkStore` as JSON objects with conditional writes.
 
     Args:
         url: a local folder, ``file://``, ``s3://bucket/prefix`` or ``memory://name``.
-            Other filesystems raise :class:`~deswm._errors.ConfigError`: they would need
+            Other filesystems raise :class:`~deswm.ConfigError`: they would need
             their own conditional write.
         storage_options: passed to fsspec (credentials, ``client_kwargs``, ...); never
             shown in reprs, logs or errors.
         actor: recorded as ``updated_by`` and in the history; default ``user@host``.
 
     See the module documentation for the layout and the compare-and-set per backend.
-    Filesystem failures raise :class:`~deswm._errors.WatermarkError` naming the object.
+    Filesystem failures raise :class:`~deswm.WatermarkError` naming the object.
     """
 
     def __init__(
@@ -234,7 +234,7 @@ class ObjectStoreWatermarkStore(WatermarkStoreBase):
         """Replace the object with version + 1 if it still holds ``current.version``.
 
         One conditional write when this store wrote or read that version last; else a
-        read first. Raises :class:`~deswm._errors.WatermarkConflict` when the version
+        read first. Raises :class:`~deswm.WatermarkConflict` when the version
         differs or the object is missing.
         """
         key = current.key

@@ -160,13 +160,13 @@ _DB_HINT: Final = (
 
 
 class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
-    """:class:`~deswm._protocols.WatermarkStore` on any SQLAlchemy database.
+    """:class:`~deswm.WatermarkStore` on any SQLAlchemy database.
 
     Args:
         engine_or_url: an :class:`sqlalchemy.Engine` (shared with the caller, never
             disposed here) or a database URL (the store creates and owns its engine;
             sessions get a lock timeout, so a locked table ends in
-            :class:`~deswm._errors.DatabaseTimeoutError` rather than a hang).
+            :class:`~deswm.DatabaseTimeoutError` rather than a hang).
         table: name of the watermark table; any spelling works, SQLAlchemy quotes it.
         history_table: name of the history table; default ``f"{table}_history"``.
         schema: schema (PostgreSQL) or database (MySQL) holding both tables.
@@ -174,7 +174,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
 
     The tables are created by the first write; reads of a missing table find nothing
     and create nothing. Errors from the database are raised as
-    :class:`~deswm._errors.WatermarkError` naming the table and the URL with its
+    :class:`~deswm.WatermarkError` naming the table and the URL with its
     password hidden; the original exception is chained.
     """
 
@@ -304,7 +304,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
     def _advance_watermark(self, current: Watermark, position: datetime) -> Watermark:
         """Compare-and-set ``current`` to ``position``: one UPDATE.
 
-        Raises :class:`~deswm._errors.WatermarkConflict` (with the stored version, or
+        Raises :class:`~deswm.WatermarkConflict` (with the stored version, or
         ``"missing"``) when the row is not at ``current.version`` any more.
         """
         self._ensure_tables()
@@ -386,7 +386,7 @@ class SqlWatermarkStore(EngineOwner, WatermarkStoreBase):
         """Every stored watermark, or one pipeline's, ordered by key.
 
         Sorted in Python: database collations disagree about case and accents, and the
-        protocol promises :class:`~deswm._model.WatermarkKey` order.
+        protocol promises :class:`~deswm.WatermarkKey` order.
         """
         if not self.exists():
             return []

@@ -90,7 +90,7 @@ def serve(
     With ``workers`` above 1, uvicorn starts that many processes on one listening socket;
     each loads the config file again (``config.path``) and has its own index cache.
 
-    Raises :class:`~deswm._errors.ConfigError` before listening when a non-loopback host
+    Raises :class:`~deswm.ConfigError` before listening when a non-loopback host
     has no token (see :func:`resolve_token`), or when ``workers`` > 1 and the config did
     not come from a file.
     """

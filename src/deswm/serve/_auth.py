@@ -40,7 +40,7 @@ def is_loopback(host: str) -> bool:
 def resolve_token(token_env: str, host: str, *, insecure_no_auth: bool) -> str | None:
     """The token requests must present, or ``None`` when the service runs without auth.
 
-    Raises :class:`~deswm._errors.ConfigError` for a token shorter than 16 characters and
+    Raises :class:`~deswm.ConfigError` for a token shorter than 16 characters and
     for a non-loopback ``host`` without a token (unless ``insecure_no_auth``).
     """
     token = os.environ.get(token_env, "").strip()

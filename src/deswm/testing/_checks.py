@@ -6,7 +6,7 @@
   interrupted cycles and rewinds, and check after every step that nothing below the
   watermark is lost, and at the end that the archive is byte-identical to a clean run's.
 
-They take what a test has in hand: your :class:`~deswm._protocols.SourceProvider` (a
+They take what a test has in hand: your :class:`~deswm.SourceProvider` (a
 ``SqlSourceProvider`` subclass with a tenant filter, a from-scratch provider), the
 ``FileReader`` or a ``{location: bytes}`` mapping for the expected bytes, and a function
 that builds your orchestrator. They raise ``AssertionError`` with a message that names
@@ -70,8 +70,8 @@ def assert_no_loss(
 
     Args:
         source: the provider whose rows the pipeline archives (yours, subclass or not).
-        archive: an :class:`~deswm._archive.Archive` (or anything with ``get``), or the
-            :class:`~deswm._packer.DesPacker` that wrote it.
+        archive: an :class:`~deswm.Archive` (or anything with ``get``), or the
+            :class:`~deswm.DesPacker` that wrote it.
         store, key: the watermark to check below; no watermark means nothing to check.
         contents: the expected bytes by location, or a ``FileReader`` to read them from.
             Through a reader, a file that is gone (purged) cannot be compared: the row
@@ -209,7 +209,7 @@ def assert_idempotent_replay(
             settings. Use a fixed ``clock`` so both runs have the same target.
         steps: the schedule (see :func:`deswm.testing._strategies.interruptions`): each
             :class:`~deswm.testing._schedules.Cycle` runs one cycle suffering its
-            interruption (a :class:`~deswm._errors.DeswmError` ending it is expected and
+            interruption (a :class:`~deswm.DeswmError` ending it is expected and
             recorded); each :class:`~deswm.testing._schedules.Rewind` moves the watermark
             back with ``store.set``.
         contents: the expected bytes by location; the orchestrator's reader by default.
@@ -225,7 +225,7 @@ def assert_idempotent_replay(
     run without faults (G2). With ``on_error="record"``, rows in the error table may be
     missing along the way, and ``retry_errors()`` runs before the comparison.
 
-    Any error that is not a :class:`~deswm._errors.DeswmError` propagates: deswm should
+    Any error that is not a :class:`~deswm.DeswmError` propagates: deswm should
     never answer a fault with an unexpected exception.
     """
     replayed = ReplayWorld("replayed", make_store(), make_packer(), MemoryErrorStore())

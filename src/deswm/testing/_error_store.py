@@ -1,4 +1,4 @@
-"""An in-memory :class:`~deswm._protocols.ErrorStore` for tests."""
+"""An in-memory :class:`~deswm.ErrorStore` for tests."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ Action = Literal["raise", "raise_after", "corrupt", "delay", "drop", "missing", 
 class InjectedFault(DeswmError):
     """The default error a fault raises; a test can tell it from real failures.
 
-    It is a :class:`~deswm._errors.DeswmError`, so code that handles deswm's errors (the
+    It is a :class:`~deswm.DeswmError`, so code that handles deswm's errors (the
     orchestrator's callers, ``run_forever``) treats it like a real failure.
     """
 
@@ -98,7 +98,7 @@ class Fault:
     * ``"drop"``: skip the call and return ``drop_value`` (a lost write; for
       ``read_many`` the item vanishes, which breaks the reader contract on purpose);
     * ``"missing"``: behave as if the file were gone: ``read`` raises and ``read_many``
-      yields :class:`~deswm._errors.FileMissingError` for the location;
+      yields :class:`~deswm.FileMissingError` for the location;
     * ``"cut"``: call, and end the returned stream with ``error()`` after ``after``
       items (a connection lost mid-stream).
     """
@@ -458,7 +458,7 @@ def at_checkpoint(
     its own hits. The previous hook of the checkpoint is restored on exit, however the
     block ends. An exception raised here travels through deswm like a real failure at
     that point: an ``OSError`` inside the packer's publish reaches the caller as a
-    :class:`~deswm._errors.PackError`, a :class:`~deswm._errors.DeswmError` (such as
+    :class:`~deswm.PackError`, a :class:`~deswm.DeswmError` (such as
     :class:`InjectedFault`) as itself.
     """
     if name not in _checkpoints.POINTS:

@@ -7,7 +7,7 @@ in the year 1 and 999, empty and big files), then any interleaving of
 * ``run``: one cycle (``on_error`` drawn per example, ``"stop"`` or ``"record"``);
 * ``replay``: the watermark set back some days (``deswm watermark set``);
 * ``retry``: ``retry_errors()`` (what ``deswm errors retry`` does);
-* ``purge``: a :class:`~deswm._purge.PurgeJob` run, verifying by content or by index;
+* ``purge``: a :class:`~deswm.PurgeJob` run, verifying by content or by index;
 * ``change_file`` / ``delete_file``: the world changing a source file under deswm;
 * ``damage``: one byte of a published payload or ``_bigFiles/`` object flipped.
 
@@ -15,7 +15,7 @@ After every step it checks (G1, G14, G15, G17):
 
 * every row below the watermark reads back from the archive with bytes its location held
   at some point, or is listed in the error table; a read may only fail because the test
-  damaged an object (and then only with :class:`~deswm._errors.CorruptShardError`);
+  damaged an object (and then only with :class:`~deswm.CorruptShardError`);
 * a row's entry never holds another row's bytes (an entry is ``(uid, created_at)``);
 * every file a purge deleted was, at that moment, readable from the archive with exactly
   the deleted bytes for *every* row referencing its location, and every such row was

@@ -1,6 +1,6 @@
 """A packer on a private in-memory destination, and helpers to look at any destination.
 
-:func:`memory_packer` is the real :class:`~deswm._packer.DesPacker` (so a test proves what
+:func:`memory_packer` is the real :class:`~deswm.DesPacker` (so a test proves what
 production does) on a fresh ``memory://`` root: fsspec's memory filesystem keeps one
 global store, so a unique root per packer is what keeps the state per instance.
 
@@ -47,7 +47,7 @@ _MEMORY_PREFIX = "memory://deswm-testing"
 
 
 def memory_packer(router: ShardRouter | None = None, **options: Any) -> DesPacker:
-    """A :class:`~deswm._packer.DesPacker` on a new, empty ``memory://`` root.
+    """A :class:`~deswm.DesPacker` on a new, empty ``memory://`` root.
 
     Args:
         router: the routing; ``DesRouter(8)`` by default, as for ``DesPacker``.
@@ -66,7 +66,7 @@ def archive_for(
     router: ShardRouter | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Archive:
-    """An :class:`~deswm._archive.Archive` reading ``destination`` with the packer's router.
+    """An :class:`~deswm.Archive` reading ``destination`` with the packer's router.
 
     ``router`` defaults to the packer's or archive's own, else ``DesRouter(8)``. Pass
     ``storage_options`` for a remote destination (a packer does not expose its

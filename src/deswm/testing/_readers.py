@@ -1,6 +1,6 @@
-"""An in-memory :class:`~deswm._protocols.FileReader` for tests.
+"""An in-memory :class:`~deswm.FileReader` for tests.
 
-It is a :class:`~deswm._readers.FileReaderBase`, so ``read_many`` runs the same bounded
+It is a :class:`~deswm.FileReaderBase`, so ``read_many`` runs the same bounded
 thread pool as the real reader. State lives on the instance; every call is recorded as a
 :class:`ReaderCall` named tuple for assertions.
 """
@@ -25,14 +25,14 @@ class ReaderCall(NamedTuple):
 
 
 class MemoryFileReader(FileReaderBase):
-    """:class:`~deswm._protocols.FileReader` over a dict of ``location -> bytes``.
+    """:class:`~deswm.FileReader` over a dict of ``location -> bytes``.
 
     Args:
         files: the initial files (copied; the reader never changes the caller's dict).
         errors: exceptions to raise when reading a location, to inject failures
-            (a :class:`~deswm._errors.FileReadError` is yielded by ``read_many``; any
+            (a :class:`~deswm.FileReadError` is yielded by ``read_many``; any
             other exception ends it, as with a real reader).
-        max_workers, read_ahead: as for :class:`~deswm._readers.FileReaderBase`.
+        max_workers, read_ahead: as for :class:`~deswm.FileReaderBase`.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""A :class:`~deswm._protocols.ShardRouter` that records the calls made to another one.
+"""A :class:`~deswm.ShardRouter` that records the calls made to another one.
 
 Routing must be pure and computed, never looked up (G6), and the orchestrator must compute
 its target once per cycle (G5). Wrapping the real router in a :class:`RecordingRouter`
@@ -34,7 +34,7 @@ class RouterCall(NamedTuple):
 
 
 class RecordingRouter:
-    """:class:`~deswm._protocols.ShardRouter` delegating to ``router``, recording each call.
+    """:class:`~deswm.ShardRouter` delegating to ``router``, recording each call.
 
     Args:
         router: the router whose answers are used; ``DesRouter(8)`` by default.

@@ -1,4 +1,4 @@
-"""An in-memory :class:`~deswm._protocols.SourceProvider` for tests.
+"""An in-memory :class:`~deswm.SourceProvider` for tests.
 
 It keeps exactly the protocol's semantics (half-open windows, ``(created_at, uid)``
 order, aware UTC, one-pass stats) so a test of the orchestrator proves what it would on a
@@ -31,14 +31,14 @@ class SourceCall(NamedTuple):
 
 
 class MemorySourceProvider:
-    """:class:`~deswm._protocols.SourceProvider` over a list of records.
+    """:class:`~deswm.SourceProvider` over a list of records.
 
     Args:
         records: the rows of the "table", in any order. Each is checked like the SQL
             provider checks a row (non-empty uid of at most 65,535 UTF-8 bytes,
-            non-empty location; :class:`~deswm._errors.BadRowError` otherwise) and its
+            non-empty location; :class:`~deswm.BadRowError` otherwise) and its
             ``created_at`` must be aware (converted to UTC; a naive one raises
-            :class:`~deswm._errors.NaiveDatetimeError`).
+            :class:`~deswm.NaiveDatetimeError`).
 
     :attr:`calls` records every ``iter_records`` and ``pending_stats`` call.
     """

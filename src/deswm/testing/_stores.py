@@ -1,4 +1,4 @@
-"""An in-memory :class:`~deswm._protocols.WatermarkStore` for tests.
+"""An in-memory :class:`~deswm.WatermarkStore` for tests.
 
 It keeps the SQL store's semantics (versions, compare-and-set conflicts, history of
 manual changes) so a test of the orchestrator proves the same thing it would prove on a
@@ -27,7 +27,7 @@ def _utcnow() -> datetime:
 
 
 class MemoryWatermarkStore(WatermarkStoreBase):
-    """:class:`~deswm._protocols.WatermarkStore` in a dict, safe to share between threads.
+    """:class:`~deswm.WatermarkStore` in a dict, safe to share between threads.
 
     Args:
         actor: recorded as ``updated_by`` and in the history; default ``user@host``.

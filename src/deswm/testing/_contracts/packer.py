@@ -1,4 +1,4 @@
-"""The contract of :class:`~deswm._protocols.Packer`, as a reusable test class.
+"""The contract of :class:`~deswm.Packer`, as a reusable test class.
 
 The packer is where files become durable, so its promises carry "never lose a file":
 determinism (G2: the same files in, byte-identical objects out, whatever the order of
@@ -83,7 +83,7 @@ def _ties_shuffled(items: Sequence[Item], seed: int) -> list[Item]:
 
 
 class PackerContract:
-    """Tests every promise of the :class:`~deswm._protocols.Packer` protocol.
+    """Tests every promise of the :class:`~deswm.Packer` protocol.
 
     Subclasses override the ``make_packer`` fixture; ``storage_options`` (for the
     default hooks on a remote destination) and ``max_examples`` (of the property

@@ -1,7 +1,7 @@
-"""The contract of :class:`~deswm._protocols.FileReader`, as a reusable test class.
+"""The contract of :class:`~deswm.FileReader`, as a reusable test class.
 
 Every clause of the protocol's docstrings is a test here: exact bytes (a zero-byte file
-included), :class:`~deswm._errors.FileMissingError` for a missing file, ``read_many`` in
+included), :class:`~deswm.FileMissingError` for a missing file, ``read_many`` in
 input order with failures as values and a bounded read-ahead, and an idempotent
 ``delete``. Subclass it in a ``Test*`` class and provide a ``make_reader`` fixture that
 returns a factory: given a mapping of relative name to bytes, it stores those files and
@@ -59,7 +59,7 @@ def _payload(n: int) -> bytes:
 
 
 class FileReaderContract:
-    """Tests every clause of the :class:`~deswm._protocols.FileReader` protocol.
+    """Tests every clause of the :class:`~deswm.FileReader` protocol.
 
     Subclasses override the ``make_reader`` fixture. ``many`` sizes the ``read_many``
     tests (keep it small for slow stores).

@@ -1,4 +1,4 @@
-"""The contract of :class:`~deswm._protocols.ShardRouter`, as a reusable test class.
+"""The contract of :class:`~deswm.ShardRouter`, as a reusable test class.
 
 A router decides where every file lives forever, so its promises are strict (G5, G6):
 routing is a pure function of ``(uid, created_at)``, the same in every process whatever
@@ -84,7 +84,7 @@ def _utc(value: datetime) -> None:
 
 
 class ShardRouterContract:
-    """Tests every promise of the :class:`~deswm._protocols.ShardRouter` protocol.
+    """Tests every promise of the :class:`~deswm.ShardRouter` protocol.
 
     Subclasses override the ``router`` fixture and may set ``des_compatible`` and
     ``check_processes`` to ``False``.

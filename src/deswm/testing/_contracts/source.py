@@ -1,10 +1,10 @@
-"""The contract of :class:`~deswm._protocols.SourceProvider`, as a reusable test class.
+"""The contract of :class:`~deswm.SourceProvider`, as a reusable test class.
 
 Every clause of the protocol's docstrings is a test here: half-open windows, order by
 ``(created_at, uid)`` with ties, aware UTC with microseconds (G10), paging that neither
 drops nor repeats a row, and one-query pending stats. Subclass it in a ``Test*`` class
 and provide a ``make_source`` fixture that returns a factory: given a list of
-:class:`~deswm._model.SourceRecord` (and optionally a ``page_size``), it returns a provider
+:class:`~deswm.SourceRecord` (and optionally a ``page_size``), it returns a provider
 over exactly those rows::
 
     from deswm.testing._contracts.source import SourceProviderContract
@@ -82,7 +82,7 @@ def _close(iterator: Iterator[SourceRecord]) -> None:
 
 
 class SourceProviderContract:
-    """Tests every clause of the :class:`~deswm._protocols.SourceProvider` protocol.
+    """Tests every clause of the :class:`~deswm.SourceProvider` protocol.
 
     Subclasses override the ``make_source`` fixture. ``small_page_size`` is the page
     size the paging tests ask for (providers without pages ignore it).

@@ -1,4 +1,4 @@
-"""The contract of :class:`~deswm._protocols.WatermarkStore`, as a reusable test class.
+"""The contract of :class:`~deswm.WatermarkStore`, as a reusable test class.
 
 Every clause of the protocol's docstrings is a test here, so an implementation (deswm's
 own or yours) proves it keeps the watermark promises the orchestrator relies on: a
@@ -118,7 +118,7 @@ def _advance_in_process(
 
 
 class WatermarkStoreContract:
-    """Tests every clause of the :class:`~deswm._protocols.WatermarkStore` protocol.
+    """Tests every clause of the :class:`~deswm.WatermarkStore` protocol.
 
     Subclasses override the ``store`` fixture. ``racers`` and ``race_rounds`` size the
     concurrency tests. ``shared_across_processes`` says that stores opened alike in
