@@ -102,7 +102,7 @@ from deswm._timeutil import format_day, parse_day, require_utc
 
 __all__ = ["Archive", "ArchiveBatch", "ArchivedFile", "IndexCacheStats"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("deswm.archive")  # a stable logger name (docs/operations.md)
 
 _ATTEMPTS: Final = 3
 """Lookups retried when a shard changes under the reader (each retry starts cold)."""

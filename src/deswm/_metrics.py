@@ -48,7 +48,7 @@ from deswm._redact import redact, redact_url
 
 __all__ = ["PrometheusObserver", "instrument_engine"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("deswm.metrics")  # a stable logger name (docs/operations.md)
 
 
 def _client() -> Any:

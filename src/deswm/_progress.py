@@ -26,7 +26,7 @@ from deswm._orchestrator import CycleObserver
 
 __all__ = ["ProgressObserver"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("deswm.progress")  # a stable logger name (docs/operations.md)
 
 
 def _tqdm_classes() -> tuple[Any, bool]:

@@ -37,7 +37,7 @@ from deswm._redact import redact, scrub, secret_values
 
 __all__ = ["FileReaderBase", "FsspecFileReader"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("deswm.readers")  # a stable logger name (docs/operations.md)
 
 _T = TypeVar("_T")
 

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SqlSourceProvider", "SqlTransactionProbe"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("deswm.sources.sql")  # a stable logger name (docs/operations.md)
 
 
 # How created_at is stored (see TimeKind) decides how bounds are bound and values read;
