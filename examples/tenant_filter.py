@@ -17,8 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from deswm._model import Window
-from deswm._sources.sql import SqlSourceProvider
+from deswm import SqlSourceProvider, Window
 
 
 class TenantSource(SqlSourceProvider):
