@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 
 from deswm import CycleError, DesRouter, SourceRecord, SqlSourceProvider, WatermarkOrchestrator
 from deswm.testing import (
+    Checkpoint,
     Dataset,
     InjectedFault,
     MemoryFileReader,
@@ -194,7 +195,7 @@ def test_a_missing_file_and_a_crash_lose_nothing() -> None:
         run(inject(acme.reader(), read_many=missing_on(5)))
     # A crash between publishing the next day's shards and committing the watermark.
     with (
-        at_checkpoint("bucket.after_publish", InjectedFault("power cut"), on=1),
+        at_checkpoint(Checkpoint.BUCKET_AFTER_PUBLISH, InjectedFault("power cut"), on=1),
         pytest.raises(InjectedFault),
     ):
         run(acme.reader())
