@@ -1,5 +1,6 @@
 """The public API is one list (``deswm._EXPORTS``): ``__all__``, ``dir()``, the names type
-checkers see and the ``__module__`` of every exported class and function follow from it."""
+checkers see and the ``__module__`` of every exported class and function follow from it.
+``deswm.testing`` keeps its API the same way (``deswm.testing._EXPORTS``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 
 import deswm
+import deswm.testing
 from deswm import _EXPORTS
 
-_INIT = Path(deswm.__file__)
+PACKAGES = [deswm, deswm.testing]
 
 
 def _fresh(code: str) -> object:
@@ -27,9 +29,9 @@ def _fresh(code: str) -> object:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def _checked_names() -> dict[str, str]:
-    """The names the ``if TYPE_CHECKING:`` block of deswm/__init__.py re-exports, by module."""
-    tree = ast.parse(_INIT.read_text(encoding="utf-8"))
+def _checked_names(package: types.ModuleType) -> dict[str, str]:
+    """The names the ``if TYPE_CHECKING:`` block of ``package`` re-exports, by module."""
+    tree = ast.parse(Path(str(package.__file__)).read_text(encoding="utf-8"))
     blocks = [
         node
         for node in tree.body
@@ -45,29 +47,34 @@ def _checked_names() -> dict[str, str]:
     return names
 
 
-def test_all_is_the_sorted_export_list() -> None:
-    assert deswm.__all__ == sorted(_EXPORTS, key=lambda n: (n.upper() != n, n))
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_all_is_the_sorted_export_list(package: types.ModuleType) -> None:
+    assert package.__all__ == sorted(package._EXPORTS, key=lambda n: (n.upper() != n, n))
 
 
-def test_type_checkers_see_exactly_the_exports() -> None:
-    assert _checked_names() == _EXPORTS
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_type_checkers_see_exactly_the_exports(package: types.ModuleType) -> None:
+    assert _checked_names(package) == package._EXPORTS
 
 
-def test_exports_live_in_private_modules() -> None:
-    for name, module in _EXPORTS.items():
-        assert module.startswith("deswm._"), f"{name} is defined in public module {module}"
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_exports_live_in_private_modules(package: types.ModuleType) -> None:
+    for name, module in package._EXPORTS.items():
+        private = module.removeprefix(package.__name__ + ".")
+        assert private.startswith("_"), f"{name} is defined in public module {module}"
 
 
-def test_the_public_names_of_the_module_are_all() -> None:
-    """After every name is loaded, nothing public is in vars(deswm) that is not exported."""
+@pytest.mark.parametrize("package", ["deswm", "deswm.testing"])
+def test_the_public_names_of_the_module_are_all(package: str) -> None:
+    """After every name is loaded, nothing public is in vars() that is not exported."""
     public = _fresh(
-        "import json, types, deswm\n"
-        "from deswm import *\n"
-        "print(json.dumps([n for n, v in vars(deswm).items() if not n.startswith('_')"
+        f"import json, types, {package} as package\n"
+        f"from {package} import *\n"
+        "print(json.dumps([n for n, v in vars(package).items() if not n.startswith('_')"
         " and not isinstance(v, types.ModuleType)]))"
     )
     assert isinstance(public, list)
-    assert sorted(public) == sorted(deswm.__all__)
+    assert sorted(public) == sorted(importlib.import_module(package).__all__)
 
 
 def test_dir_is_all_plus_what_is_loaded() -> None:
