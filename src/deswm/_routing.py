@@ -151,7 +151,7 @@ def require_day_buckets(router: ShardRouter) -> None:
     bucket of another length would name objects after a day its files do not belong to.
     One probe instant is asked: its bucket must start at its UTC midnight and end at the
     next one. That catches a router built for another bucket length or another zone's
-    days; :class:`~deswm.testing._contracts.router.ShardRouterContract` checks every
+    days; :class:`~deswm.testing.ShardRouterContract` checks every
     instant a test can reach.
     """
     day = floor_day(_PROBE)

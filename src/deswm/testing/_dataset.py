@@ -1,6 +1,6 @@
 """A drawn set of source rows with the bytes of their files.
 
-:func:`deswm.testing._strategies.datasets` draws these; a test then loads
+:func:`deswm.testing.datasets` draws these; a test then loads
 :attr:`Dataset.records` into its own table (or a :class:`MemorySourceProvider`) and serves
 :attr:`Dataset.contents` from its own reader (or a :class:`MemoryFileReader`). Keeping rows
 and bytes together is what lets a check say "this row must read back as these bytes".

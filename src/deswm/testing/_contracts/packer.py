@@ -8,7 +8,7 @@ orchestrator uses to accept a source file that is already archived. Subclass it 
 ``Test*`` class and provide a ``make_packer`` fixture returning a factory: given a
 router, it returns a packer on a **new, empty** destination each time it is called::
 
-    from deswm.testing._contracts.packer import PackerContract
+    from deswm.testing import PackerContract
 
     class TestMyPacker(PackerContract):
         @pytest.fixture

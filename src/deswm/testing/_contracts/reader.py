@@ -8,7 +8,7 @@ returns a factory: given a mapping of relative name to bytes, it stores those fi
 returns ``(reader, locations)``, where ``locations`` maps each name to the location
 string the reader reads it by::
 
-    from deswm.testing._contracts.reader import FileReaderContract
+    from deswm.testing import FileReaderContract
 
     class TestMyReader(FileReaderContract):
         @pytest.fixture

@@ -7,7 +7,7 @@ time without gaps or overlaps; a key names an object in the DES layout. A router
 claims DES compatibility must also route exactly like the original DES tools (docs:
 des-format). Subclass it in a ``Test*`` class and provide a ``router`` fixture::
 
-    from deswm.testing._contracts.router import ShardRouterContract
+    from deswm.testing import ShardRouterContract
 
     class TestMyRouter(ShardRouterContract):
         des_compatible = False  # a router of your own design

@@ -7,7 +7,7 @@ and provide a ``make_source`` fixture that returns a factory: given a list of
 :class:`~deswm.SourceRecord` (and optionally a ``page_size``), it returns a provider
 over exactly those rows::
 
-    from deswm.testing._contracts.source import SourceProviderContract
+    from deswm.testing import SourceProviderContract
 
     class TestMySource(SourceProviderContract):
         @pytest.fixture

@@ -6,7 +6,7 @@ compare-and-set that never loses or repeats a commit (G4), and aware UTC instant
 microseconds (G10). Subclass it in a ``Test*`` class and provide a ``store`` fixture
 returning a fresh, empty store::
 
-    from deswm.testing._contracts.store import WatermarkStoreContract
+    from deswm.testing import WatermarkStoreContract
 
     class TestMyStore(WatermarkStoreContract):
         @pytest.fixture
