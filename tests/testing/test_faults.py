@@ -322,7 +322,8 @@ def test_unknown_checkpoints_are_refused_with_the_known_ones() -> None:
 
 
 def test_checkpoints_are_named_by_members_and_a_misspelt_member_fails() -> None:
-    assert Checkpoint.BUCKET_AFTER_PUBLISH == "bucket.after_publish"
+    assert Checkpoint.BUCKET_AFTER_PUBLISH.value == "bucket.after_publish"
+    assert "bucket.after_publish" in _checkpoints.POINTS  # a member equals its name
     assert [str(point) for point in Checkpoint] == list(_checkpoints.POINTS)
     with pytest.raises(AttributeError):
         Checkpoint.BUCKET_AFTER_PUBLSH  # type: ignore[attr-defined]  # noqa: B018
