@@ -58,6 +58,6 @@ def test_unknown_names_raise_attribute_error() -> None:
         deswm.NoSuchThing  # noqa: B018
 
 
-def test_submodules_are_attributes_on_first_use() -> None:
-    loaded = _modules_after("import deswm\nassert deswm._container.MAX_UID_BYTES")
-    assert "deswm._container" in loaded
+def test_public_subpackages_are_attributes_on_first_use() -> None:
+    loaded = _modules_after("import deswm\nassert deswm.testing.MemoryWatermarkStore")
+    assert "deswm.testing" in loaded

@@ -50,7 +50,7 @@ def test_to_records_refuses_other_values() -> None:
 
 def test_to_pandas_without_pandas_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(ConfigError, match="pip install pandas"):
+    with pytest.raises(ConfigError, match=r"pip install 'deswm\[pandas\]'"):
         to_pandas([])
 
 

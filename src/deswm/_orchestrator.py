@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, Literal
@@ -130,6 +130,25 @@ class CycleObserver:
         """A cycle raised ``error`` (committed buckets stay committed); it is re-raised."""
 
 
+_SIGNAL_SLICE = 0.5
+"""Longest blocking wait of the main thread, in seconds, so SIGTERM/SIGINT handlers run."""
+
+
+def _wait_for_lanes(
+    futures: Iterable[cf.Future[LaneOutcome]], timeout: float | None
+) -> tuple[set[cf.Future[LaneOutcome]], set[cf.Future[LaneOutcome]]]:
+    """``cf.wait(futures, timeout, FIRST_EXCEPTION)`` in slices (see :meth:`_Stop.wait`), so
+    a second signal can end the process while lanes run."""
+    pending = list(futures)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = _SIGNAL_SLICE if end is None else min(_SIGNAL_SLICE, end - time.monotonic())
+        done, waiting = cf.wait(pending, timeout=max(left, 0), return_when=cf.FIRST_EXCEPTION)
+        failed = any(f.cancelled() or f.exception() is not None for f in done)
+        if not waiting or failed or (end is not None and time.monotonic() >= end):
+            return done, waiting
+
+
 class _Stop:
     """A stop request and its reason: set from any thread, checked at bucket boundaries."""
 
@@ -146,7 +165,15 @@ class _Stop:
         return self.event.is_set()
 
     def wait(self, seconds: float) -> None:
-        self.event.wait(seconds)
+        # In slices: a signal the kernel hands to another thread (the lane pool's manager
+        # and feeder threads) does not interrupt a blocked wait in the main thread, and
+        # Python runs signal handlers only once the main thread returns to bytecode.
+        end = time.monotonic() + seconds
+        while not self.event.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.event.wait(min(left, _SIGNAL_SLICE))
 
     def clear(self) -> None:
         self.event.clear()
@@ -1060,9 +1087,7 @@ class WatermarkOrchestrator:
         item = flight[0]
         day = item.bucket.date().isoformat()
         lanes = pool.lanes
-        done, waiting = cf.wait(
-            item.futures.values(), timeout=self.lane_timeout, return_when=cf.FIRST_EXCEPTION
-        )
+        done, waiting = _wait_for_lanes(item.futures.values(), self.lane_timeout)
         everything = [f for entry in flight for f in entry.futures.values()]
         failed = next((f for f in done if f.cancelled() or f.exception() is not None), None)
         if waiting or failed is not None:

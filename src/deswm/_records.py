@@ -2,8 +2,8 @@
 
 :func:`to_records` turns any iterable of deswm value types (``Archive.entries()``,
 ``store.history()``, ``store.list()``, ``error_store.list()``, ...) into a list of flat
-dicts; :func:`to_pandas` into a ``pandas.DataFrame`` (``pip install pandas``; pandas is
-never a dependency of deswm). Nested value types are flattened with a dotted prefix
+dicts; :func:`to_pandas` into a ``pandas.DataFrame`` (``pip install 'deswm[pandas]'``;
+pandas is never a core dependency of deswm). Nested value types are flattened with a dotted prefix
 (``key.pipeline``), an index entry's JSON meta is decoded into ``meta``, and datetimes
 stay aware UTC ``datetime`` objects.
 """
@@ -58,7 +58,7 @@ def to_pandas(values: Iterable[Any]) -> Any:
     except ImportError:
         raise ConfigError(
             "to_pandas() needs pandas, which deswm does not install",
-            hint="pip install pandas (or use to_records() for a list of dicts)",
+            hint="pip install 'deswm[pandas]' (or use to_records() for a list of dicts)",
         ) from None
     return pandas.DataFrame.from_records(to_records(values))
 
