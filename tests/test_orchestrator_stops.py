@@ -201,6 +201,24 @@ def test_a_second_signal_exits_at_once(world: _World) -> None:
     assert world.position(orchestrator) == at(10)  # the interrupted bucket was not committed
 
 
+def test_a_signal_while_the_main_thread_holds_the_stop_events_lock_does_not_deadlock(
+    world: _World,
+) -> None:
+    """The handler may interrupt the main thread inside ``Event.wait``, which holds the
+    event's (non-reentrant) lock; setting the event from the handler would hang there."""
+    orchestrator = world.orchestrator()
+    lock = orchestrator._stop.event._cond  # what Event.wait holds while it checks the flag
+    with orchestrator.stop_on_signals():
+        with lock:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(50):
+                time.sleep(0.002)  # the handler runs here, in the main thread
+        deadline = time.monotonic() + 5
+        while not orchestrator._stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert orchestrator._stop.is_set() and orchestrator._stop.reason == "signal"
+
+
 # --- failed cycles in run_forever (issue 11, item 3) ----------------------------------------
 
 

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import logging
+import queue
 import signal
 import threading
 import time
@@ -730,6 +731,10 @@ class WatermarkOrchestrator:
             return
 
         received: list[int] = []
+        # The handler runs in the main thread between two bytecodes, possibly inside
+        # Event.wait while it holds the event's lock: setting the event there would
+        # deadlock. SimpleQueue.put is safe in a signal handler; a relay thread sets it.
+        wakeups: queue.SimpleQueue[int | None] = queue.SimpleQueue()
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             # State first, logging after: a second signal may interrupt this handler
@@ -739,9 +744,15 @@ class WatermarkOrchestrator:
             if len(received) > 1:
                 log.warning("received %s again; exiting now (nothing is lost)", name)
                 raise SystemExit(128 + signum)
-            self._stop.set("signal")
+            wakeups.put(signum)
             log.info("received %s; stopping after the current bucket", name)
 
+        def relay() -> None:
+            while wakeups.get() is not None:
+                self._stop.set("signal")
+
+        relay_thread = threading.Thread(target=relay, name="deswm-signal-relay", daemon=True)
+        relay_thread.start()
         previous: dict[int, Any] = {}
         try:
             for number in (signal.SIGTERM, signal.SIGINT):
@@ -751,6 +762,8 @@ class WatermarkOrchestrator:
         finally:
             for restored, handler in previous.items():
                 signal.signal(restored, handler)
+            wakeups.put(None)
+            relay_thread.join()
 
     # --- the cycle ----------------------------------------------------------------------
 
