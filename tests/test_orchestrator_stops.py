@@ -207,7 +207,7 @@ def test_a_signal_while_the_main_thread_holds_the_stop_events_lock_does_not_dead
     """The handler may interrupt the main thread inside ``Event.wait``, which holds the
     event's (non-reentrant) lock; setting the event from the handler would hang there."""
     orchestrator = world.orchestrator()
-    lock = orchestrator._stop.event._cond  # what Event.wait holds while it checks the flag
+    lock = orchestrator._stop.event._cond  # type: ignore[attr-defined]  # held inside Event.wait
     with orchestrator.stop_on_signals():
         with lock:
             os.kill(os.getpid(), signal.SIGTERM)
