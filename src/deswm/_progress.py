@@ -39,6 +39,20 @@ def _tqdm_classes() -> tuple[Any, bool]:
     return auto, chosen is not std
 
 
+def wants_bar(file: IO[str] | None) -> bool:
+    """A bar when tqdm is installed and ``file`` (stderr by default) is a terminal, or in a
+    notebook; otherwise progress is printed as lines."""
+    try:
+        _, notebook = _tqdm_classes()
+    except ConfigError:
+        return False
+    if notebook:
+        return True
+    stream = file if file is not None else sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 class ProgressObserver(CycleObserver):
     """Shows files and bytes as they are packed, and the day being committed.
 
@@ -72,7 +86,7 @@ class ProgressObserver(CycleObserver):
         self._file = file
         self._clock = clock
         self.options = {"unit": "file", "dynamic_ncols": True, **tqdm_options}
-        self.use_bar = self._wants_bar() if bar is None else bar
+        self.use_bar = wants_bar(self._file) if bar is None else bar
         self._tqdm: Any = _tqdm_classes()[0] if self.use_bar else None
         self.bar: Any = None
         self._redirect: contextlib.ExitStack | None = None
@@ -80,17 +94,6 @@ class ProgressObserver(CycleObserver):
         self._day = "-"
         self._key = WatermarkKey("-")
         self._started = self._last = 0.0
-
-    def _wants_bar(self) -> bool:
-        try:
-            _, notebook = _tqdm_classes()
-        except ConfigError:
-            return False
-        if notebook:
-            return True
-        stream = self._file if self._file is not None else sys.stderr
-        isatty = getattr(stream, "isatty", None)
-        return bool(isatty is not None and isatty())
 
     def cycle_started(self, key: WatermarkKey, window: Window) -> None:
         self._key = key

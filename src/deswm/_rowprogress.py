@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -19,7 +18,7 @@ from typing import IO, Any
 
 from deswm._errors import ConfigError
 from deswm._humanize import human_count, human_duration
-from deswm._progress import _tqdm_classes
+from deswm._progress import _tqdm_classes, wants_bar
 
 __all__ = ["RowProgress"]
 
@@ -63,7 +62,7 @@ class RowProgress:
         self._file = file
         self._clock = clock
         self._started = self._last = clock()
-        self.use_bar = self._wants_bar() if bar is None else bar
+        self.use_bar = wants_bar(self._file) if bar is None else bar
         self.bar: Any = None
         self._redirect = contextlib.ExitStack()
         if self.use_bar:
@@ -75,17 +74,6 @@ class RowProgress:
             self._redirect.enter_context(
                 logging_redirect_tqdm([logging.getLogger("deswm")], tqdm_class=tqdm)
             )
-
-    def _wants_bar(self) -> bool:
-        try:
-            _, notebook = _tqdm_classes()
-        except ConfigError:
-            return False
-        if notebook:
-            return True
-        stream = self._file if self._file is not None else sys.stderr
-        isatty = getattr(stream, "isatty", None)
-        return bool(isatty is not None and isatty())
 
     def __call__(self, count: int) -> None:
         """``count`` more rows were handled."""
