@@ -76,6 +76,52 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'deswm-test.sqlite3'}"
 
 
+# A test that fails while a connection of its own still holds a lock (a stream left open
+# by a kept traceback) must not hang the suite in the DROP that cleans up after it: the
+# DROP waits a bounded time, then the sessions still using the namespace are ended.
+_DROP_WAIT_SECONDS = 20
+_PG_BLOCKERS = (
+    "SELECT DISTINCT l.pid FROM pg_locks l "
+    "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = :name AND l.pid <> pg_backend_pid()"
+)
+_MYSQL_BLOCKERS = (
+    "SELECT id FROM information_schema.processlist WHERE db = :name AND id <> CONNECTION_ID()"
+)
+
+
+def _drop_bounded(admin: sa.Engine, drop: str, blockers: str, name: str) -> None:
+    """Run ``drop``; if another session's lock holds it past the wait, end that session."""
+    postgres = admin.dialect.name == "postgresql"
+    limit = (
+        f"SET lock_timeout = '{_DROP_WAIT_SECONDS}s'"
+        if postgres
+        else f"SET SESSION lock_wait_timeout = {_DROP_WAIT_SECONDS}"
+    )
+    try:
+        for attempt in range(2):
+            try:
+                with admin.begin() as conn:
+                    conn.execute(sa.text(limit))
+                    conn.execute(sa.text(drop))
+                return
+            except sa.exc.OperationalError:
+                if attempt:
+                    raise
+            with admin.begin() as conn:
+                pids = conn.execute(sa.text(blockers), {"name": name}).scalars().all()
+                for pid in pids:
+                    kill = (
+                        f"SELECT pg_terminate_backend({int(pid)})"
+                        if postgres
+                        else f"KILL {int(pid)}"
+                    )
+                    with contextlib.suppress(sa.exc.DBAPIError):
+                        conn.execute(sa.text(kill))
+    finally:
+        admin.dispose()
+
+
 @contextlib.contextmanager
 def postgres_url() -> Iterator[str]:
     reason = _probe(POSTGRES_URL)
@@ -89,9 +135,7 @@ def postgres_url() -> Iterator[str]:
     try:
         yield url.render_as_string(hide_password=False)
     finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        _drop_bounded(admin, f'DROP SCHEMA "{schema}" CASCADE', _PG_BLOCKERS, schema)
 
 
 @contextlib.contextmanager
@@ -107,9 +151,7 @@ def mysql_url() -> Iterator[str]:
     try:
         yield url.render_as_string(hide_password=False)
     finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{database}`"))
-        admin.dispose()
+        _drop_bounded(admin, f"DROP DATABASE IF EXISTS `{database}`", _MYSQL_BLOCKERS, database)
 
 
 @contextlib.contextmanager

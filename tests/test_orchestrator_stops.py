@@ -311,3 +311,56 @@ def test_run_forever_run_time_ends_it(world: _World) -> None:
 def test_max_failed_cycles_must_not_be_negative(world: _World) -> None:
     with pytest.raises(ConfigError, match=r"run\.max_failed_cycles"):
         world.orchestrator().run_forever(1, handle_signals=False, max_failed_cycles=-1)
+
+
+# --- the source's stream ends with the cycle ------------------------------------------
+
+
+class _StreamWatch(MemorySourceProvider):
+    """A memory source that notes when each of its streams is closed."""
+
+    def __init__(self, records: list[SourceRecord]) -> None:
+        super().__init__(records)
+        self.open_streams = 0
+
+    def iter_records(self, window: Any) -> Any:
+        inner = super().iter_records(window)
+
+        def stream() -> Any:
+            self.open_streams += 1
+            try:
+                yield from inner
+            finally:
+                self.open_streams -= 1
+
+        return stream()
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+@pytest.mark.parametrize("stop", ["max_buckets", "failure"])
+def test_a_cycle_that_stops_early_closes_the_source_stream_before_it_returns(
+    world: _World, workers: int | None, stop: str
+) -> None:
+    """An open stream holds a snapshot and locks on the production table: it must end
+    with the cycle, not whenever a garbage collection finds it (GC is off here)."""
+    import gc
+
+    source = _StreamWatch(world.records)
+    world.source = source
+    options: dict[str, Any] = {"workers": workers, "executor": "threads" if workers else None}
+    gc.disable()
+    try:
+        if stop == "max_buckets":
+            with world.orchestrator(max_buckets=1, **options) as orchestrator:
+                assert orchestrator.run_cycle().buckets_committed == 1
+                assert source.open_streams == 0
+        else:
+            with (
+                world.orchestrator(**options) as orchestrator,
+                at_checkpoint(Checkpoint.BUCKET_AFTER_COMMIT, RuntimeError("stop here"), on=1),
+                pytest.raises(RuntimeError, match="stop here"),
+            ):
+                orchestrator.run_cycle()
+            assert source.open_streams == 0
+    finally:
+        gc.enable()

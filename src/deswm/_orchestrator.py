@@ -884,7 +884,8 @@ class WatermarkOrchestrator:
             return self._archive_in_lanes(
                 self._lanes, window, before, watermark, totals, until, started
             )
-        rows = _RowCounter(self._owned(window), self.router, digest=self.manifests is not None)
+        owned = self._owned(window)
+        rows = _RowCounter(owned, self.router, digest=self.manifests is not None)
         results = self.reader.read_many(rows)
         accounted = 0  # rows of committed buckets: archived, kept or listed
         try:
@@ -925,6 +926,11 @@ class WatermarkOrchestrator:
             # A stop while the source waited between pages (a replica pause): the
             # bucket being read was not published; the last commit stands.
             return watermark, until[0].reason
+        finally:
+            # A cycle that stops early (max_buckets, a deadline, an error) ends the
+            # source's read now, not when a garbage collection finds the generator:
+            # an open stream holds a snapshot and a lock on the production table.
+            owned.close()
         return watermark, "finished"
 
     def _commit(

@@ -378,13 +378,20 @@ def _pg_counts(admin: sa.Engine, schema: str, tables: list[str]) -> dict[str, tu
 
 
 def _wait_for_backends_to_exit(admin: sa.Engine, application: str) -> None:
-    """A backend flushes its table counters when it exits, before it leaves pg_stat_activity."""
+    """A backend flushes its table counters when it exits, before it leaves pg_stat_activity.
+
+    Waits for every backend whose name starts with ``application`` but this one: the
+    admin engine's own earlier connections (the inserts that fill the table) included.
+    """
     deadline = time.monotonic() + 30
     while True:
         with admin.connect() as conn:
             left = conn.execute(
-                sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"),
-                {"a": application},
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name LIKE :a AND pid <> pg_backend_pid()"
+                ),
+                {"a": f"{application}%"},
             ).scalar_one()
         if left == 0:
             return
@@ -402,7 +409,11 @@ def test_postgresql_counts_no_source_writes_and_one_update_per_bucket(
     assert isinstance(options, str)
     schema = options.removeprefix("-csearch_path=")
     connect = {"connect_args": {"application_name": application}, "poolclass": sa.pool.NullPool}
-    admin = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    admin = sa.create_engine(
+        db_url,
+        poolclass=sa.pool.NullPool,
+        connect_args={"application_name": f"{application}-admin"},
+    )
     source_engine = sa.create_engine(db_url, **connect)
     store_engine = sa.create_engine(db_url, **connect)
     s3 = S3Files(moto_s3, s3_bucket, tag)
