@@ -33,6 +33,7 @@ from deswm._manifest import ManifestStore
 from deswm._model import DEFAULT_STAGE, Partition, SourceRecord, Watermark, WatermarkKey, Window
 from deswm._protocols import ShardRouter, SourceProvider, WatermarkStore
 from deswm._routing import uid_text
+from deswm._sources import source_rows
 from deswm._timeutil import format_day, format_utc
 
 __all__ = ["FLAGGED_STAGE", "FlagJob", "FlagResult", "FlaggableSource"]
@@ -209,32 +210,36 @@ class FlagJob:
         watermark: Watermark | None = None
         if not dry_run:
             watermark = self.store.get(self.key) or self.store.initialize(self.key, window.start)
-        rows = iter(self.source.iter_records(window))
-        record = next(rows, None)
-        while record is not None:
-            bucket = self.router.bucket_start(record.created_at)
-            bucket_end = self.router.next_bucket(bucket)
-            day = Window(bucket, bucket_end)
-            batch: list[SourceRecord] = []
-            while record is not None and record.created_at < bucket_end:
-                batch.append(record)
-                if len(batch) == self.batch_size:
+        with source_rows(self.source.iter_records(window)) as rows:
+            record = next(rows, None)
+            while record is not None:
+                bucket = self.router.bucket_start(record.created_at)
+                bucket_end = self.router.next_bucket(bucket)
+                day = Window(bucket, bucket_end)
+                batch: list[SourceRecord] = []
+                while record is not None and record.created_at < bucket_end:
+                    batch.append(record)
+                    if len(batch) == self.batch_size:
+                        self._update(column, day, batch, counts, dry_run=dry_run)
+                        if progress is not None:
+                            progress(len(batch))
+                        batch = []
+                    record = next(rows, None)
+                if batch:
                     self._update(column, day, batch, counts, dry_run=dry_run)
                     if progress is not None:
                         progress(len(batch))
-                    batch = []
-                record = next(rows, None)
-            if batch:
-                self._update(column, day, batch, counts, dry_run=dry_run)
-                if progress is not None:
-                    progress(len(batch))
-            counts["buckets"] += 1
-            if watermark is not None:
-                end = window.end if record is None else self.router.bucket_start(record.created_at)
-                watermark = self.store.advance(watermark, end)
-                log.info("flagged %s day %s -> %s", self.key, bucket.date(), format_utc(end))
-        if watermark is not None and watermark.position < window.end:
-            self.store.advance(watermark, window.end)
+                counts["buckets"] += 1
+                if watermark is not None:
+                    end = (
+                        window.end
+                        if record is None
+                        else self.router.bucket_start(record.created_at)
+                    )
+                    watermark = self.store.advance(watermark, end)
+                    log.info("flagged %s day %s -> %s", self.key, bucket.date(), format_utc(end))
+            if watermark is not None and watermark.position < window.end:
+                self.store.advance(watermark, window.end)
 
     def _update(
         self,

@@ -38,6 +38,7 @@ from deswm._protocols import ShardRouter, SourceProvider
 from deswm._routing import uid_text
 from deswm._rowdigest import DIGEST_METHOD, RowDigest
 from deswm._shardio import ShardStore, WriteFn
+from deswm._sources import source_rows
 from deswm._timeutil import format_day, format_utc, parse_day
 
 __all__ = [
@@ -362,10 +363,11 @@ class ManifestStore:
         """
         rows = RowDigest()
         window = Window(bucket, self._router.next_bucket(bucket))
-        for record in source.iter_records(window):
-            uid = uid_text(record.uid)
-            if partition.count == 1 or partition.owns(self._router.shard_index(uid)):
-                rows.add(uid, record.created_at)
+        with source_rows(source.iter_records(window)) as records:
+            for record in records:
+                uid = uid_text(record.uid)
+                if partition.count == 1 or partition.owns(self._router.shard_index(uid)):
+                    rows.add(uid, record.created_at)
         return self.record(bucket, partition, pipeline, rows, listed, rehash=True)
 
 

@@ -81,6 +81,7 @@ from deswm._protocols import (
 )
 from deswm._routing import require_day_buckets, uid_text
 from deswm._rowdigest import RowDigest
+from deswm._sources import source_rows
 from deswm._timeutil import format_utc, require_utc
 
 __all__ = ["CycleObserver", "WatermarkOrchestrator", "utc_now"]
@@ -851,24 +852,25 @@ class WatermarkOrchestrator:
             rows = self.source.iter_partition_records(window, router, partition)
         else:
             rows = self.source.iter_records(window)
-        for record in rows:
-            created_at = record.created_at
-            if created_at.tzinfo is None or created_at.utcoffset() != timedelta(0):
-                raise SourceError(
-                    f"source returned created_at {created_at!r} for uid {record.uid!r}, "
-                    "which is not aware UTC",
-                    hint="SourceProvider.iter_records must return aware UTC datetimes",
-                )
-            if created_at not in window or (last is not None and created_at < last.created_at):
-                raise SourceError(
-                    f"source returned uid {record.uid!r} at {format_utc(created_at)} out of "
-                    f"order or outside window {window}",
-                    hint="SourceProvider.iter_records must return the window's rows ordered "
-                    "by (created_at, uid)",
-                )
-            last = record
-            if partition.count == 1 or partition.owns(router.shard_index(record.uid)):
-                yield record
+        with source_rows(rows) as records:
+            for record in records:
+                created_at = record.created_at
+                if created_at.tzinfo is None or created_at.utcoffset() != timedelta(0):
+                    raise SourceError(
+                        f"source returned created_at {created_at!r} for uid {record.uid!r}, "
+                        "which is not aware UTC",
+                        hint="SourceProvider.iter_records must return aware UTC datetimes",
+                    )
+                if created_at not in window or (last is not None and created_at < last.created_at):
+                    raise SourceError(
+                        f"source returned uid {record.uid!r} at {format_utc(created_at)} out of "
+                        f"order or outside window {window}",
+                        hint="SourceProvider.iter_records must return the window's rows ordered "
+                        "by (created_at, uid)",
+                    )
+                last = record
+                if partition.count == 1 or partition.owns(router.shard_index(record.uid)):
+                    yield record
 
     def _archive(
         self,

@@ -62,6 +62,7 @@ from deswm._protocols import (
     WatermarkStore,
 )
 from deswm._readers import FsspecFileReader
+from deswm._sources import source_rows
 from deswm._timeutil import format_day, format_utc
 
 __all__ = ["PURGED_STAGE", "PurgeError", "PurgeJob", "PurgeResult"]
@@ -448,11 +449,12 @@ class PurgeJob:
         }
 
     def _owned(self, window: Window) -> Iterator[SourceRecord]:
-        for record in self.source.iter_records(window):
-            if self.partition.count == 1 or self.partition.owns(
-                self.router.shard_index(record.uid)
-            ):
-                yield record
+        with source_rows(self.source.iter_records(window)) as records:
+            for record in records:
+                if self.partition.count == 1 or self.partition.owns(
+                    self.router.shard_index(record.uid)
+                ):
+                    yield record
 
 
 def _manifests_of(archive: ArchiveLookup, router: ShardRouter) -> ManifestStore:

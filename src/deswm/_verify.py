@@ -12,6 +12,7 @@ from deswm._humanize import Displayed, human_count, human_time
 from deswm._lookups import BatchLookup, batch_lookup
 from deswm._model import SourceRecord, Window
 from deswm._protocols import ArchiveLookup, SourceProvider
+from deswm._sources import source_rows
 
 __all__ = ["ArchiveLookup", "VerifyReport", "verify_window"]
 
@@ -82,13 +83,14 @@ def verify_window(
     tally = _Tally(keep)
     lookup = batch_lookup(archive)
     chunk: list[SourceRecord] = []
-    for record in source.iter_records(window):
-        if owns is not None and not owns(record):
-            continue
-        chunk.append(record)
-        if len(chunk) >= _CHUNK:
-            _check(lookup, chunk, deep, tally, progress)
-            chunk = []
+    with source_rows(source.iter_records(window)) as records:
+        for record in records:
+            if owns is not None and not owns(record):
+                continue
+            chunk.append(record)
+            if len(chunk) >= _CHUNK:
+                _check(lookup, chunk, deep, tally, progress)
+                chunk = []
     if chunk:
         _check(lookup, chunk, deep, tally, progress)
     return VerifyReport(
