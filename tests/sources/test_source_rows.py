@@ -26,14 +26,19 @@ class _Stream:
             self.open = False
 
 
+def _read_and_fail(stream: _Stream) -> None:
+    with source_rows(stream.rows()) as rows:
+        for _ in rows:
+            assert stream.open
+            raise RuntimeError("the job failed")
+
+
 def test_the_stream_is_closed_when_the_reader_fails_midway_even_if_the_traceback_is_kept() -> None:
     stream = _Stream()
     gc.disable()
     try:
-        with pytest.raises(RuntimeError) as kept, source_rows(stream.rows()) as rows:
-            for _ in rows:
-                assert stream.open
-                raise RuntimeError("the job failed")
+        with pytest.raises(RuntimeError) as kept:
+            _read_and_fail(stream)
         assert kept.value.__traceback__ is not None
         assert not stream.open
     finally:
