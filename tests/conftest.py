@@ -80,6 +80,7 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
 # by a kept traceback) must not hang the suite in the DROP that cleans up after it: the
 # DROP waits a bounded time, then the sessions still using the namespace are ended.
 _DROP_WAIT_SECONDS = 20
+_LOCK_WAIT_SECONDS = 120
 _PG_BLOCKERS = (
     "SELECT DISTINCT l.pid FROM pg_locks l "
     "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -131,7 +132,10 @@ def postgres_url() -> Iterator[str]:
     admin = sa.create_engine(POSTGRES_URL, poolclass=sa.pool.NullPool)
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    # No statement of a test may wait for a lock forever: psycopg's wait retries through
+    # the signal pytest-timeout uses, so only the server can end such a wait.
+    options = f"-csearch_path={schema} -clock_timeout={_LOCK_WAIT_SECONDS}s"
+    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": options})
     try:
         yield url.render_as_string(hide_password=False)
     finally:

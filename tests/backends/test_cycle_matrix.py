@@ -407,7 +407,7 @@ def test_postgresql_counts_no_source_writes_and_one_update_per_bucket(
     application = f"deswm-matrix-{tag}"
     options = sa.make_url(db_url).query["options"]
     assert isinstance(options, str)
-    schema = options.removeprefix("-csearch_path=")
+    schema = options.split()[0].removeprefix("-csearch_path=")
     connect = {"connect_args": {"application_name": application}, "poolclass": sa.pool.NullPool}
     admin = sa.create_engine(
         db_url,
