@@ -17,50 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from benchmarks.partition_reads import _mariadb, _postgres
 from deswm import DesRouter, SqlSourceProvider, Window
 
 _PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 _MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
 _START = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@contextmanager
-def _postgres(url: str) -> Iterator[str]:
-    schema = f"deswm_ss_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield (
-            sa.make_url(url)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
-
-
-@contextmanager
-def _mariadb(url: str) -> Iterator[str]:
-    database = f"deswm_ss_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
-    try:
-        yield sa.make_url(url).set(database=database).render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE `{database}`")
-        admin.dispose()
 
 
 def _fill(engine: sa.Engine, rows: int, days: int) -> Window:
