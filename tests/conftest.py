@@ -142,6 +142,14 @@ def postgres_url() -> Iterator[str]:
         _drop_bounded(admin, f'DROP SCHEMA "{schema}" CASCADE', _PG_BLOCKERS, schema)
 
 
+def postgres_schema(url: str) -> str:
+    """The schema a URL from :func:`postgres_url` puts its tables in."""
+    options = sa.make_url(url).query["options"]
+    assert isinstance(options, str)
+    setting = next(word for word in options.split() if word.startswith("-csearch_path="))
+    return setting.removeprefix("-csearch_path=")
+
+
 @contextlib.contextmanager
 def mysql_url() -> Iterator[str]:
     reason = _probe(MYSQL_URL)

@@ -447,14 +447,12 @@ def test_a_read_only_postgres_role_runs_every_read_command(
 ) -> None:
     import uuid
 
-    from conftest import postgres_url
+    from conftest import postgres_schema, postgres_url
 
     with postgres_url() as url:
         admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
         _files_table(admin)
-        options = sa.make_url(url).query["options"]
-        assert isinstance(options, str)
-        schema = options.split("=", 1)[1]
+        schema = postgres_schema(url)
         role = f"deswm_ro_{uuid.uuid4().hex[:8]}"
         database = admin.url.database
         with admin.begin() as conn:

@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import mysql
 
+from conftest import postgres_schema
 from deswm._archive import Archive
 from deswm._errors import CycleError, DeswmError, FileReadError, WatermarkError
 from deswm._model import LocationReference, PendingStats, SourceRecord, WatermarkKey, Window
@@ -405,9 +406,7 @@ def test_postgresql_counts_no_source_writes_and_one_update_per_bucket(
 ) -> None:
     tag = uuid.uuid4().hex[:10]
     application = f"deswm-matrix-{tag}"
-    options = sa.make_url(db_url).query["options"]
-    assert isinstance(options, str)
-    schema = options.split()[0].removeprefix("-csearch_path=")
+    schema = postgres_schema(db_url)
     connect = {"connect_args": {"application_name": application}, "poolclass": sa.pool.NullPool}
     admin = sa.create_engine(
         db_url,
