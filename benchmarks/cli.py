@@ -21,6 +21,7 @@ The JSON result goes to ``--results-dir`` and the table to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -28,9 +29,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from benchmarks.dataset import (
     BENCH_SCHEMA,
@@ -115,6 +117,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="also run the full cycle on N lanes in processes (the engine); 0 to skip",
     )
+    parser.add_argument(
+        "--engine-executor",
+        default="processes",
+        metavar="KINDS",
+        help="comma-separated executors of the engine variant: processes, dask (a "
+        "distributed.LocalCluster of N single-threaded worker processes started before the "
+        "run, not timed)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.files = SMOKE_FILES
@@ -177,6 +187,32 @@ def machine() -> dict[str, Any]:
         "git": f"{commit}{' (modified)' if dirty else ''}" if commit else None,
         "load_average_start": round(os.getloadavg()[0], 2),
     }
+
+
+_ENGINE_RUNS: Final = {"processes": "deswm_sqlite_engine", "dask": "deswm_sqlite_engine_dask"}
+
+
+def _executors(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(_ENGINE_RUNS))
+    if unknown or not kinds:
+        raise SystemExit(f"--engine-executor: unknown {unknown or text!r}; use processes, dask")
+    return kinds
+
+
+@contextlib.contextmanager
+def _cluster(executor: str, workers: int) -> Iterator[str | None]:
+    """For ``dask``: a LocalCluster of ``workers`` single-threaded worker processes, up
+    before the timed run starts (as a site's cluster would be) and closed after it."""
+    if executor != "dask":
+        yield None
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
 
 
 def _base_params(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
@@ -360,12 +396,17 @@ def main(argv: list[str] | None = None) -> int:
             sqlite_runs.setdefault(key, []).append(_run(key, scenario, dataset, params))
             if scenario == "deswm" and args.engine_variant:
                 # The same cycle on the engine's lanes, right after (same machine state).
-                params = _base_params(dataset, run_root / f"deswm-engine-{attempt}")
-                params.update(lanes=args.engine_variant, executor="processes")
-                name = f"deswm_sqlite (engine, {args.engine_variant} lanes in processes)"
-                sqlite_runs.setdefault("deswm_sqlite_engine", []).append(
-                    _run(name, scenario, dataset, params)
-                )
+                for executor in _executors(args.engine_executor):
+                    key = _ENGINE_RUNS[executor]
+                    params = _base_params(dataset, run_root / f"deswm-engine-{executor}-{attempt}")
+                    params.update(lanes=args.engine_variant, executor=executor)
+                    name = f"deswm_sqlite (engine, {args.engine_variant} lanes, {executor})"
+                    with _cluster(executor, args.engine_variant) as scheduler:
+                        if scheduler:
+                            params["scheduler"] = scheduler
+                        sqlite_runs.setdefault(key, []).append(
+                            _run(name, scenario, dataset, params)
+                        )
     runs.update({key: _best(found) for key, found in sqlite_runs.items()})
     if "deswm" in steps and args.n_bits_variant:
         params = _base_params(dataset, run_root / f"deswm-nbits-{args.n_bits_variant}")

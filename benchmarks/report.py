@@ -126,6 +126,25 @@ def figures(runs: dict[str, Any]) -> list[Row]:
                 "s",
             )
         )
+    dask = runs.get("deswm_sqlite_engine_dask")
+    if dask is not None:
+        rows.append(
+            _reported(
+                f"full cycle on the engine, {dask.get('lanes', '?')} Dask workers / native (s)",
+                _seconds(dask),
+                _seconds(native),
+                "s",
+            )
+        )
+        if engine is not None:
+            rows.append(
+                _reported(
+                    "Dask LocalCluster / process pool, same lanes (s; target within 15 %)",
+                    _seconds(dask),
+                    _seconds(engine),
+                    "s",
+                )
+            )
     lane, loop_cpu = _cpu_per_file_us(runs.get("lane")), _cpu_per_file_us(loop)
     rows.append(
         _row(

@@ -85,6 +85,40 @@ def _cpu_since(before: dict[str, float]) -> dict[str, float]:
     return {k: round(now[k] - before[k], 3) for k in now}
 
 
+def _worker_times() -> tuple[float, float]:
+    t = os.times()
+    return t.user, t.system
+
+
+class _DaskWorkers:
+    """CPU of a Dask cluster's worker processes (not children of this process), read
+    through a client of its own so the engine's client stays the one under test."""
+
+    def __init__(self, scheduler: str | None) -> None:
+        self._client: Any = None
+        if scheduler:
+            from distributed import Client
+
+            self._client = Client(scheduler)  # type: ignore[no-untyped-call]
+
+    def times(self) -> dict[str, tuple[float, float]]:
+        if self._client is None:
+            return {}
+        return dict(self._client.run(_worker_times))
+
+    def since(self, before: dict[str, tuple[float, float]]) -> dict[str, float]:
+        used = {"user": 0.0, "system": 0.0}
+        for worker, (user, system) in self.times().items():
+            start = before.get(worker, (0.0, 0.0))
+            used["user"] += user - start[0]
+            used["system"] += system - start[1]
+        return used if self._client is not None else {}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
 # --- deswm ----------------------------------------------------------------------------------
 
 
@@ -131,6 +165,8 @@ def _deswm_config(params: dict[str, Any], run_dir: Path) -> Path:
     lines.append(f"workers = {int(params.get('lanes', 1))}")
     if params.get("executor"):
         lines.append(f"executor = {_toml(params['executor'])}")
+    if params.get("scheduler"):
+        lines.append(f"scheduler = {_toml(params['scheduler'])}")
     lines.append("")
     path = run_dir / "deswm.toml"
     path.write_text("\n".join(lines))
@@ -197,7 +233,9 @@ def deswm_cycle(params: dict[str, Any]) -> dict[str, Any]:
     rss_before = peak_rss_mib()
     load = load_average()
     _barrier(params)
+    workers = _DaskWorkers(params.get("scheduler"))
     cpu = _times()
+    workers_cpu = workers.times()
     wall_start = time.time()
     started = time.perf_counter()
     result = orchestrator.run_cycle()
@@ -205,6 +243,9 @@ def deswm_cycle(params: dict[str, Any]) -> dict[str, Any]:
     wall_end = time.time()
     orchestrator.close()  # lane processes end: their CPU counts (os.times children)
     cpu_used = _cpu_since(cpu)
+    for kind, used in workers.since(workers_cpu).items():
+        cpu_used[kind] = round(cpu_used[kind] + used, 3)  # Dask workers are no children
+    workers.close()
     sql = timer.snapshot()
     wal = wal_bytes_since(engine, before_lsn) if before_lsn is not None else None
     peak = peak_rss_mib()
