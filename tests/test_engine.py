@@ -7,6 +7,7 @@ worker process imports this module to unpickle them).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import pickle
 import signal
@@ -758,6 +759,36 @@ def test_a_bucket_abandoned_mid_stream_leaves_no_spill_file(
                 orchestrator.run_cycle()
             assert world.position() == at(10)  # the cycle fails: nothing more commits
     assert spill_files(spill) == []
+
+
+class ElsewhereExecutor(cf.ThreadPoolExecutor):
+    """Lanes on "another machine": the job is pickled, and the coordinator's spill files
+    are out of its reach (deleted before the lane starts), as on a remote Dask worker."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.spilled = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        (job,) = args
+        sent = pickle.dumps(job)
+        if job.rows.path is not None:
+            Path(job.rows.path).unlink()
+            self.spilled += 1
+        return super().submit(fn, pickle.loads(sent), **kwargs)
+
+
+def test_a_given_executor_gets_the_spilled_rows_inline(tmp_path: Path, inline: World) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    with ElsewhereExecutor() as host:
+        options = {"executor": host, "workers": 2, "lane_batch_rows": 2, "spill_dir": spill}
+        with world.orchestrator(**options) as orchestrator:
+            result = orchestrator.run_cycle()
+    assert host.spilled == 2 * len(DAYS)  # every lane's file was out of its reach
+    assert result.files == len(DAYS) * PER_DAY
+    assert world.objects() == inline.objects()
 
 
 @pytest.mark.parametrize("value", [-1, "many", True, 2.5])

@@ -136,3 +136,18 @@ def test_spilled_rows_travel_inline_to_dask_lanes(
     assert result.files == len(DAYS) * PER_DAY
     assert world.objects() == inline.objects()
     assert list(spill.glob("deswm-rows-*")) == []
+
+
+def test_spilled_rows_travel_inline_to_a_host_s_dask_executor(
+    cluster: Any, tmp_path: Path, inline: World
+) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "dask")
+    with distributed.Client(cluster, set_as_default=False) as client:
+        executor = client.get_executor(pure=False)
+        options = {"executor": executor, "workers": 3, "lane_batch_rows": 1, "spill_dir": spill}
+        with world.orchestrator(**options) as orchestrator:
+            orchestrator.run_cycle()
+    assert world.objects() == inline.objects()
+    assert list(spill.glob("deswm-rows-*")) == []
