@@ -73,3 +73,30 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert figures["P3"]["met"] is None  # PostgreSQL figures need --db postgresql
     table = done.stdout
     assert "| P1 " in table and "| P8 " in table and "met?" in table
+
+
+def test_engine_memory_runs_a_cycle_per_bound_and_leaves_no_spill_file(tmp_path: Path) -> None:
+    """The harness of benchmarks.engine_memory (no memory assertion: that is the report's).
+    It exits non-zero if a cycle archives fewer rows than generated or leaves a spill file."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    options = ["--rows", "3000", "--bounds", "0,100", "--spill-dir", str(spill)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.engine_memory", *options],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [
+        line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["0", "100"]
+    assert list(spill.iterdir()) == []

@@ -7,14 +7,15 @@ worker process imports this module to unpickle them).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import pickle
 import signal
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -25,9 +26,12 @@ from deswm._errors import (
     FileMissingError,
     LaneError,
     RowCountError,
+    SourceError,
+    WaitInterrupted,
 )
 from deswm._lane_pool import cpu_count, resolve_pool
-from deswm._model import BucketResult, SourceRecord, Watermark, WatermarkKey
+from deswm._lanes import LaneBatch
+from deswm._model import BucketResult, SourceRecord, Watermark, WatermarkKey, Window
 from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
 from deswm._packer import DesPacker
 from deswm._protocols import ReadResult
@@ -86,6 +90,62 @@ class FaultyReader(FsspecFileReader):
         return super().read(location)
 
 
+class SpillWitness(FsspecFileReader):
+    """Reads as usual, but refuses to read unless a rows' spill file exists in ``folder``
+    and the rows of each lane arrive in ``(created_at, uid)`` order."""
+
+    def __init__(self, folder: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.folder = folder
+
+    def read_many(self, records: Iterable[SourceRecord]) -> Generator[ReadResult, None, None]:
+        if not list(Path(self.folder).glob("deswm-rows-*.jsonl")):
+            raise AssertionError("the lane's rows were not spilled")
+        last: tuple[datetime, str] | None = None
+        for record in records:
+            key = (record.created_at, record.uid)
+            if last is not None and key <= last:
+                raise AssertionError(f"rows out of order: {key} after {last}")
+            last = key
+            yield from super().read_many([record])
+
+
+class InterruptedSource(MemorySourceProvider):
+    """Streams its rows, then raises ``error`` after ``after`` of them (mid-bucket)."""
+
+    def __init__(self, records: list[SourceRecord], after: int, error: Exception) -> None:
+        super().__init__(records)
+        self.after = after
+        self.error = error
+
+    def iter_records(self, window: Window) -> Iterator[SourceRecord]:
+        for n, record in enumerate(super().iter_records(window)):
+            if n == self.after:
+                raise self.error
+            yield record
+
+
+class TrackingBatch(LaneBatch):
+    """A LaneBatch that counts the rows every live batch of the coordinator holds in
+    memory (live: created and not yet discarded by the coordinator)."""
+
+    live: ClassVar[dict[int, LaneBatch]] = {}
+    peak: ClassVar[int] = 0
+
+    def __init__(self, limit: int = 0, folder: str | None = None) -> None:
+        super().__init__(limit, folder)
+        TrackingBatch.live[id(self)] = self
+
+    def add(self, record: SourceRecord) -> None:
+        super().add(record)
+        held = sum(batch.in_memory for batch in TrackingBatch.live.values())
+        TrackingBatch.peak = max(TrackingBatch.peak, held)
+
+    def discard(self) -> None:
+        super().discard()
+        TrackingBatch.live.pop(id(self), None)
+
+
 # --- the world ---------------------------------------------------------------------------
 
 
@@ -114,6 +174,7 @@ class World:
 
     def orchestrator(self, **options: Any) -> WatermarkOrchestrator:
         reader = options.pop("reader", None) or FsspecFileReader(root=str(self.files))
+        source = options.pop("source", None) or MemorySourceProvider(self.records)
         options.setdefault("pipeline", "files")
         options.setdefault("lag", timedelta(days=2))
         options.setdefault("initial", at(10))
@@ -122,7 +183,7 @@ class World:
             options.setdefault("error_store", self.errors)
         return WatermarkOrchestrator(
             self.store,
-            MemorySourceProvider(self.records),
+            source,
             reader,
             self.router,
             DesPacker(str(self.archive_dir), self.router, workers=0),
@@ -361,6 +422,7 @@ def test_auto_picks_processes_for_picklable_components(tmp_path: Path) -> None:
     world = World(tmp_path)
     lanes = world.orchestrator(workers=2).lanes
     assert lanes is not None and (lanes.kind, lanes.lanes) == ("processes", 2)
+    assert lanes.local  # lanes read the coordinator's spill files themselves
     assert world.orchestrator(workers=1).lanes is None  # one lane: in-process
     default = world.orchestrator(workers="auto").lanes
     if cpu_count() > 1:
@@ -414,6 +476,7 @@ def test_a_given_executor_is_used_and_not_shut_down(tmp_path: Path, inline: Worl
     with ThreadPoolExecutor(2) as host:
         with world.orchestrator(executor=host, workers=2) as orchestrator:
             assert orchestrator.lanes is not None and orchestrator.lanes.kind == "given"
+            assert not orchestrator.lanes.local  # maybe remote: spilled rows go inline
             orchestrator.run_cycle()
         assert host.submit(lambda: 42).result() == 42  # still open
     assert world.objects() == inline.objects()
@@ -436,11 +499,12 @@ def test_deswm_errors_cross_process_boundaries_whole() -> None:
 # --- the config file and the command line -------------------------------------------------
 
 
-def _config(tmp_path: Path, run: str = "") -> Path:
+def _config(tmp_path: Path, run: str = "", archive: str = "") -> Path:
     from test_cli_run import make_setup
 
     config = make_setup(tmp_path / "setup", per_day=3)
-    config.write_text(config.read_text() + (f"[run]\n{run}\n" if run else ""))
+    text = config.read_text() + (f"{archive}\n" if archive else "")  # [archive] is last
+    config.write_text(text + (f"[run]\n{run}\n" if run else ""))
     return config
 
 
@@ -463,6 +527,11 @@ def test_run_settings_configure_the_engine(tmp_path: Path) -> None:
     assert orchestrator.lanes is not None
     assert (orchestrator.lanes.kind, orchestrator.lanes.lanes) == ("threads", 3)
     assert (orchestrator.buckets_in_flight, orchestrator.lane_timeout) == (4, 30)
+    assert (orchestrator.lane_batch_rows, orchestrator.spill_dir) == (50_000, None)
+    spilling = _config(tmp_path / "spill", "lane_batch_rows = 7", 'spill_dir = "."')
+    orchestrator = load_config(spilling).build_orchestrator()
+    assert orchestrator.lane_batch_rows == 7
+    assert orchestrator.spill_dir == str(spilling.parent)  # relative to the config file
     inline = load_config(_config(tmp_path / "2", 'executor = "inline"')).build_orchestrator()
     assert inline.lanes is None
 
@@ -476,6 +545,9 @@ def test_run_settings_configure_the_engine(tmp_path: Path) -> None:
         ('executor = "dask"', "run.scheduler"),
         ("buckets_in_flight = 0", "run.buckets_in_flight"),
         ("lane_timeout = -1", "run.lane_timeout"),
+        ("lane_batch_rows = -1", "run.lane_batch_rows"),
+        ('lane_batch_rows = "many"', "run.lane_batch_rows"),
+        ("lane_batch_rows = 1.5", "run.lane_batch_rows"),
     ],
 )
 def test_bad_run_settings_name_their_key(tmp_path: Path, run: str, key: str) -> None:
@@ -497,6 +569,23 @@ def test_deswm_run_takes_workers_and_executor(tmp_path: Path) -> None:
     bad = deswm("run", "-c", str(config), "--executor", "gpu")
     assert bad.returncode == 2
     assert "--executor" in bad.stderr
+
+
+def test_deswm_run_takes_lane_batch_rows(tmp_path: Path) -> None:
+    from test_cli_run import deswm
+
+    config = _config(tmp_path, archive='spill_dir = "spill"')
+    spill = config.parent / "spill"
+    spill.mkdir()
+    engine = ("--workers", "2", "--executor", "threads", "--lane-batch-rows", "1")
+    done = deswm("run", "-c", str(config), *engine, "-v")
+    assert done.returncode == 0, done.stderr
+    assert "buckets:   6 committed" in done.stdout
+    assert "row(s) spilled past run.lane_batch_rows=1" in done.stderr
+    assert spill_files(spill) == []
+    bad = deswm("run", "-c", str(config), "--lane-batch-rows", "-1")
+    assert bad.returncode == 2
+    assert "--lane-batch-rows" in bad.stderr
 
 
 def test_lane_processes_start_under_a_long_temp_dir(
@@ -556,3 +645,160 @@ def test_a_hung_thread_lane_is_remembered_and_waited_for_before_the_next_lane(
         orchestrator.run_cycle()
         assert all(f.done() for f in hung) and not lanes._stragglers
     assert world.objects() == inline.objects()
+
+
+# --- rows past lane_batch_rows spill to a file ---------------------------------------------
+
+
+def spill_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("deswm-rows-*"))
+
+
+def test_spilled_rows_give_the_same_objects_in_the_same_order(
+    tmp_path: Path, inline: World, engine: dict[str, Any]
+) -> None:
+    """3 rows in memory per lane, the rest (about 9 of each lane's 12) from the spill file:
+    byte-identical to the in-process path and to lanes without a bound."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    unbounded = World(tmp_path / "unbounded")
+    with unbounded.orchestrator(lane_batch_rows=0, **engine) as orchestrator:
+        orchestrator.run_cycle()
+    world = World(tmp_path / "engine")
+    reader = SpillWitness(str(spill), root=str(world.files))
+    options = {"lane_batch_rows": 3, "spill_dir": spill, "reader": reader, **engine}
+    with world.orchestrator(**options) as orchestrator:
+        result = orchestrator.run_cycle()
+    assert result.files == len(DAYS) * PER_DAY
+    assert world.objects() == inline.objects() == unbounded.objects()
+    assert spill_files(spill) == []  # every lane's file removed after its success
+
+
+def test_the_coordinator_holds_at_most_b_times_w_times_the_bound_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a timing or RSS test: the rows held in memory by every batch the coordinator
+    has not discarded, counted at each row it routes (processes: a lane's copy is not the
+    coordinator's)."""
+    monkeypatch.setattr("deswm._orchestrator.LaneBatch", TrackingBatch)
+    peaks = {}
+    for limit in (0, 3):
+        TrackingBatch.live.clear()
+        TrackingBatch.peak = 0
+        world = World(tmp_path / f"limit-{limit}")
+        options = {"executor": "processes", "workers": 2, "buckets_in_flight": 2}
+        with world.orchestrator(lane_batch_rows=limit, spill_dir=tmp_path, **options) as o:
+            o.run_cycle()
+        assert world.position() == at(18)
+        assert TrackingBatch.live == {}  # every batch discarded by the coordinator
+        peaks[limit] = TrackingBatch.peak
+    assert peaks[3] == 2 * 2 * 3  # B buckets x W lanes x lane_batch_rows, reached
+    assert peaks[0] >= PER_DAY + 1  # unbounded: a whole bucket and more
+
+
+def test_a_failed_lane_leaves_no_spill_file(tmp_path: Path, engine: dict[str, Any]) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    reader = FaultyReader("u12-009", "raise", root=str(world.files))
+    options = {"lane_batch_rows": 2, "spill_dir": spill, "reader": reader, **engine}
+    with world.orchestrator(**options) as orchestrator, pytest.raises(LaneError):
+        orchestrator.run_cycle()
+    assert world.position() == at(12)
+    assert spill_files(spill) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "action"), [("processes", "kill"), ("threads", "sleep"), ("processes", "sleep")]
+)
+def test_lanes_that_die_or_hang_leave_no_spill_file(tmp_path: Path, kind: str, action: str) -> None:
+    """The lane cannot remove its file: the coordinator does when it abandons the bucket."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    reader = FaultyReader("u10-002", action, root=str(world.files))
+    options = {"executor": kind, "workers": 2, "lane_batch_rows": 2, "spill_dir": spill}
+    with world.orchestrator(reader=reader, lane_timeout=1.5, **options) as orchestrator:
+        with pytest.raises(LaneError):
+            orchestrator.run_cycle()
+        assert world.position() == at(10)
+        assert spill_files(spill) == []
+
+
+def test_a_stop_leaves_no_spill_file(tmp_path: Path, engine: dict[str, Any]) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    stopper = Stopper()
+    options = {"lane_batch_rows": 2, "spill_dir": spill, "buckets_in_flight": 2, **engine}
+    with world.orchestrator(observers=[stopper], **options) as orchestrator:
+        stopper.orchestrator = orchestrator
+        result = orchestrator.run_cycle()
+    assert (result.stopped, result.buckets_committed) == ("requested", 2)
+    assert spill_files(spill) == []
+
+
+@pytest.mark.parametrize("error", [WaitInterrupted(), SourceError("the source broke")])
+def test_a_bucket_abandoned_mid_stream_leaves_no_spill_file(
+    tmp_path: Path, engine: dict[str, Any], error: Exception
+) -> None:
+    """A stop while the source waits (or a source error) in the middle of a bucket: its
+    rows streamed so far, spilled past the bound, are never dispatched."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    source = InterruptedSource(world.records, PER_DAY + 20, error)  # day 11, 20 rows in
+    options = {"lane_batch_rows": 2, "spill_dir": spill, "source": source, **engine}
+    with world.orchestrator(**options) as orchestrator:
+        if isinstance(error, WaitInterrupted):
+            result = orchestrator.run_cycle()
+            assert result.buckets_committed == 1  # day 10, in flight, commits
+            assert world.position() == at(11)
+        else:
+            with pytest.raises(SourceError, match="the source broke"):
+                orchestrator.run_cycle()
+            assert world.position() == at(10)  # the cycle fails: nothing more commits
+    assert spill_files(spill) == []
+
+
+class ElsewhereExecutor(cf.ThreadPoolExecutor):
+    """Lanes on "another machine": the job is pickled, and the coordinator's spill files
+    are out of its reach (deleted before the lane starts), as on a remote Dask worker."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.spilled = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        (job,) = args
+        sent = pickle.dumps(job)
+        if job.rows.path is not None:
+            Path(job.rows.path).unlink()
+            self.spilled += 1
+        return super().submit(fn, pickle.loads(sent), **kwargs)
+
+
+def test_a_given_executor_gets_the_spilled_rows_inline(tmp_path: Path, inline: World) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    with ElsewhereExecutor() as host:
+        options = {"executor": host, "workers": 2, "lane_batch_rows": 2, "spill_dir": spill}
+        with world.orchestrator(**options) as orchestrator:
+            result = orchestrator.run_cycle()
+    assert host.spilled == 2 * len(DAYS)  # every lane's file was out of its reach
+    assert result.files == len(DAYS) * PER_DAY
+    assert world.objects() == inline.objects()
+
+
+@pytest.mark.parametrize("value", [-1, "many", True, 2.5])
+def test_a_bad_lane_batch_rows_is_a_config_error(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        World(tmp_path).orchestrator(workers=2, lane_batch_rows=value)
+    assert caught.value.key == "run.lane_batch_rows"
+
+
+def test_a_missing_spill_dir_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        World(tmp_path).orchestrator(workers=2, spill_dir=tmp_path / "nowhere")
+    assert caught.value.key == "archive.spill_dir"

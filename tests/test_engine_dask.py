@@ -118,3 +118,36 @@ def test_a_lane_that_kills_every_worker_fails_its_bucket_typed(
         orchestrator.reader = FsspecFileReader(root=str(world.files))
         orchestrator.run_cycle()  # the next run loses nothing
     assert world.objects() == inline.objects()
+
+
+def test_spilled_rows_travel_inline_to_dask_lanes(
+    cluster: Any, tmp_path: Path, inline: World
+) -> None:
+    """Dask lanes may run where the coordinator's spill folder is not visible: a batch
+    past ``lane_batch_rows`` carries its spilled rows in the job (tests/test_lanes.py),
+    and the coordinator removes its files once the bucket settles."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "dask")
+    options = {"executor": "dask", "scheduler": cluster.scheduler_address, "workers": 2}
+    with world.orchestrator(lane_batch_rows=2, spill_dir=spill, **options) as orchestrator:
+        assert orchestrator.lanes is not None and not orchestrator.lanes.local
+        result = orchestrator.run_cycle()
+    assert result.files == len(DAYS) * PER_DAY
+    assert world.objects() == inline.objects()
+    assert list(spill.glob("deswm-rows-*")) == []
+
+
+def test_spilled_rows_travel_inline_to_a_host_s_dask_executor(
+    cluster: Any, tmp_path: Path, inline: World
+) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "dask")
+    with distributed.Client(cluster, set_as_default=False) as client:
+        executor = client.get_executor(pure=False)
+        options = {"executor": executor, "workers": 3, "lane_batch_rows": 1, "spill_dir": spill}
+        with world.orchestrator(**options) as orchestrator:
+            orchestrator.run_cycle()
+    assert world.objects() == inline.objects()
+    assert list(spill.glob("deswm-rows-*")) == []

@@ -239,7 +239,8 @@ class ArchiveSettings:
     big_file_threshold: int = _size(10 * 1024**2)
     spill_threshold: int = _size(64 * 1024**2)
     spill_dir: str | None = None
-    """Folder for spill files of big buckets (default: the system temp folder)."""
+    """Folder for spill files of big buckets and of lanes' rows past ``[run] lane_batch_rows``
+    (default: the system temp folder)."""
     workers: int = _bounded(2, 1, 1024)
     storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
 
@@ -286,6 +287,9 @@ class RunSettings:
     buckets_in_flight: int = _bounded(defaults.BUCKETS_IN_FLIGHT, 1, 1000)
     lane_timeout: float | None = _bounded(defaults.LANE_TIMEOUT, 0.001, _YEAR)
     """Seconds the coordinator waits for a bucket's lanes (unset: no limit)."""
+    lane_batch_rows: int = _bounded(defaults.LANE_BATCH_ROWS, 0, 2**62)
+    """Rows of a lane's share of a bucket the coordinator holds in memory; the rest spill
+    to ``deswm-rows-*.jsonl`` in ``[archive] spill_dir`` (0: no bound)."""
 
 
 @attrs.frozen
@@ -753,6 +757,8 @@ class Config:
             "scheduler": self.run.scheduler,
             "buckets_in_flight": self.run.buckets_in_flight,
             "lane_timeout": self.run.lane_timeout,
+            "lane_batch_rows": self.run.lane_batch_rows,
+            "spill_dir": self.archive.spill_dir,
         }
         if self.watermark.lag_guard == "transactions":
             from deswm._sql.transactions import SqlTransactionProbe

@@ -25,6 +25,7 @@ __all__ = [
     "FLAG_COLUMN",
     "FLAG_VALUE",
     "LAG_DAYS",
+    "LANE_BATCH_ROWS",
     "LANE_TIMEOUT",
     "LEGACY_ROW_ID",
     "LOCATION_COLUMN",
@@ -66,6 +67,9 @@ EXECUTOR: Final = "auto"
 """Where lanes run: processes when they can (W > 1), else threads, else inline (W = 1)."""
 BUCKETS_IN_FLIGHT: Final = 2
 LANE_TIMEOUT: Final[float | None] = None
+LANE_BATCH_ROWS: Final = 50_000
+"""Rows of one lane's share of a bucket the coordinator keeps in memory; the rest spill
+to a JSON-lines file (0: no bound)."""
 AUDIT_TABLE: Final = "deswm_audit"
 
 # [flag] / FlagJob

@@ -95,6 +95,12 @@ class LanePool:
     def __repr__(self) -> str:
         return f"LanePool({self.kind}, lanes={self.lanes})"
 
+    @property
+    def local(self) -> bool:
+        """Lanes run on this machine and see its files (threads, processes); lanes of Dask
+        or of a given executor may run elsewhere."""
+        return self.kind in ("threads", "processes")
+
     def submit(self, fn: Any, job: Any) -> cf.Future[Any]:
         if self._stragglers:
             # Lanes of a failed bucket that could not be killed: wait until they are

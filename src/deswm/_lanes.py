@@ -3,7 +3,8 @@
 The coordinator (:class:`deswm._orchestrator.WatermarkOrchestrator`) routes every row of a
 bucket to lane ``shard_index(uid) % lanes``, so each shard group of the bucket belongs to
 exactly one lane and each object keeps exactly one writer (G7). A lane gets the rows'
-metadata as a compact :class:`LaneJob` (parallel lists, never file bytes), reads the files
+metadata as a compact :class:`LaneJob` (parallel lists, never file bytes; past
+``[run] lane_batch_rows`` rows in a JSON-lines spill file), reads the files
 with the reader, adds them to its own bucket writer with the same kept/failure/duplicate
 rules as the in-process path, publishes its groups and returns a :class:`LaneOutcome`.
 The coordinator merges the outcomes and commits (or refuses) the bucket.
@@ -14,9 +15,14 @@ any ``concurrent.futures`` executor: threads, a process pool or a Dask cluster.
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Any, Final, Literal, TextIO
 
 import attrs
 
@@ -36,33 +42,159 @@ __all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "merge_results", "pack_lane"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
+_DECODE: Final = json.JSONDecoder().decode
+_SPILL_BUFFER: Final = 256 * 1024
+
+log = logging.getLogger("deswm.engine")
 
 
-@attrs.define(slots=True)
 class LaneBatch:
-    """One lane's rows of one bucket as parallel lists (no object per row)."""
+    """One lane's rows of one bucket: the first ``limit`` in parallel lists (no object per
+    row), the rest in a JSON-lines spill file, so the coordinator holds at most ``limit``
+    rows per lane however big the bucket (G9). ``limit`` 0: every row stays in memory.
 
-    uids: list[str] = attrs.Factory(list)
-    micros: list[int] = attrs.Factory(list)
-    """``created_at`` in microseconds since the epoch (exact for aware UTC datetimes)."""
-    locations: list[str] = attrs.Factory(list)
-    sizes: list[int | None] = attrs.Factory(list)
+    The spill file (``deswm-rows-*.jsonl`` in ``folder``, the system temp folder by
+    default) holds plain data, one ``[uid, micros, location, size]`` array per line
+    (ASCII-escaped JSON, so any string, lone surrogates and newlines included, round-trips).
+    :meth:`records` gives the memory rows, then the spilled ones: the order of :meth:`add`.
+    :meth:`discard` removes the file; the lane calls it when it is done, the coordinator
+    when it abandons or settles the bucket (both may: it is idempotent).
+
+    Pickled (a lane in another process), the batch carries its memory rows and the spill
+    file's path, which the lane reads on the same machine; after :meth:`seal` with
+    ``portable=True`` it carries the spilled rows inline instead, for executors whose
+    lanes may run where this machine's files are not visible (Dask, a given executor).
+    """
+
+    __slots__ = (
+        "_file",
+        "_portable",
+        "folder",
+        "limit",
+        "locations",
+        "micros",
+        "path",
+        "sizes",
+        "spilled",
+        "uids",
+    )
+
+    def __init__(self, limit: int = 0, folder: str | None = None) -> None:
+        self.uids: list[str] = []
+        self.micros: list[int] = []
+        """``created_at`` in microseconds since the epoch (exact for aware UTC datetimes)."""
+        self.locations: list[str] = []
+        self.sizes: list[int | None] = []
+        self.limit = limit
+        self.folder = folder
+        self.path: str | None = None
+        """The spill file, once a row went past ``limit``."""
+        self.spilled = 0
+        self._file: TextIO | None = None
+        self._portable = False
+
+    def __repr__(self) -> str:
+        return f"LaneBatch(rows={len(self)}, in_memory={self.in_memory}, spilled={self.spilled})"
 
     def add(self, record: SourceRecord) -> None:
-        self.uids.append(record.uid)
-        self.micros.append((record.created_at - _EPOCH) // _MICROSECOND)
-        self.locations.append(record.location)
-        self.sizes.append(record.size)
+        micros = (record.created_at - _EPOCH) // _MICROSECOND
+        if not self.limit or len(self.uids) < self.limit:
+            self.uids.append(record.uid)
+            self.micros.append(micros)
+            self.locations.append(record.location)
+            self.sizes.append(record.size)
+            return
+        out = self._file
+        if out is None:
+            out = self._file = self._open_spill()
+        out.write(_ENCODE([record.uid, micros, record.location, record.size]))
+        out.write("\n")
+        self.spilled += 1
+
+    def _open_spill(self) -> TextIO:
+        fd, self.path = tempfile.mkstemp(prefix="deswm-rows-", suffix=".jsonl", dir=self.folder)
+        # ASCII only (json escapes the rest), so no encoding can fail on odd strings;
+        # closed by seal() or discard().
+        return open(fd, "w", encoding="ascii", newline="\n", buffering=_SPILL_BUFFER)
 
     def __len__(self) -> int:
+        return len(self.uids) + self.spilled
+
+    @property
+    def in_memory(self) -> int:
+        """Rows held in memory (at most ``limit`` when it is set)."""
         return len(self.uids)
+
+    def seal(self, *, portable: bool = False) -> None:
+        """No more rows: flush and close the spill file (before the batch is dispatched).
+
+        ``portable``: a pickled copy carries the spilled rows inline, not the file's path.
+        """
+        self._portable = portable
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def discard(self) -> None:
+        """Close and remove the spill file, if any (idempotent; the memory rows stay)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        path, self.path = self.path, None
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass  # the other side (lane or coordinator) removed it first
+            except OSError as exc:
+                log.warning("cannot remove the spill file %s: %s", path, exc)
 
     def records(self) -> Iterator[SourceRecord]:
         """The rows again, in the order they were added."""
-        for uid, micros, location, size in zip(
-            self.uids, self.micros, self.locations, self.sizes, strict=True
-        ):
+        rows = zip(self.uids, self.micros, self.locations, self.sizes, strict=True)
+        for uid, micros, location, size in itertools.chain(rows, self._spilled_rows()):
             yield SourceRecord(uid, _EPOCH + timedelta(microseconds=micros), location, size)
+
+    def _spilled_rows(self) -> Iterator[tuple[str, int, str, int | None]]:
+        if not self.spilled:
+            return
+        self.seal(portable=self._portable)
+        if self.path is None:
+            raise LookupError(f"the {self.spilled} spilled row(s) of this batch were discarded")
+        with open(self.path, encoding="ascii", newline="\n", buffering=_SPILL_BUFFER) as spill:
+            for line in spill:
+                uid, micros, location, size = _DECODE(line)
+                yield uid, micros, location, size
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._file is not None:
+            raise RuntimeError("a LaneBatch is sealed before it is sent to a lane")
+        state = {name: getattr(self, name) for name in self.__slots__ if name != "_file"}
+        if self._portable and self.spilled:
+            # The rows travel with the job: the lane may not see this machine's files.
+            uids, micros = list(self.uids), list(self.micros)
+            locations, sizes = list(self.locations), list(self.sizes)
+            for uid, micro, location, size in self._spilled_rows():
+                uids.append(uid)
+                micros.append(micro)
+                locations.append(location)
+                sizes.append(size)
+            state.update(
+                uids=uids,
+                micros=micros,
+                locations=locations,
+                sizes=sizes,
+                path=None,
+                spilled=0,
+                limit=0,
+            )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._file = None
+        for name, value in state.items():
+            setattr(self, name, value)
 
 
 @attrs.frozen
@@ -103,6 +235,7 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
     ``"record"`` the lane publishes its good files and the coordinator judges the ratio
     over the whole bucket. An unexpected exception becomes a picklable
     :class:`~deswm._errors.LaneError`; a :class:`~deswm._errors.DeswmError` passes as is.
+    The rows' spill file is removed when the lane ends, however it ends.
     """
     try:
         return _pack(job)
@@ -112,6 +245,8 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
         raise LaneError(
             job.bucket.date().isoformat(), job.lane, job.lanes, f"{type(exc).__name__}: {exc}"
         ) from exc
+    finally:
+        job.rows.discard()  # the spill file of its rows, whatever the outcome
 
 
 def _pack(job: LaneJob) -> LaneOutcome:

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
@@ -32,7 +33,14 @@ import tenacity
 
 from deswm import _publish
 from deswm._checkpoints import Checkpoint, reach
-from deswm._defaults import BUCKETS_IN_FLIGHT, LAG_DAYS, LANE_TIMEOUT, MAX_FAILURE_RATIO, ON_ERROR
+from deswm._defaults import (
+    BUCKETS_IN_FLIGHT,
+    LAG_DAYS,
+    LANE_BATCH_ROWS,
+    LANE_TIMEOUT,
+    MAX_FAILURE_RATIO,
+    ON_ERROR,
+)
 from deswm._errors import (
     ConfigError,
     CycleError,
@@ -264,6 +272,11 @@ class WatermarkOrchestrator:
             (e.g. ``client.get_executor(pure=False)``), which is never shut down here.
         scheduler: the Dask scheduler address for ``executor="dask"``.
         buckets_in_flight: buckets streamed and dispatched before the oldest commits.
+        lane_batch_rows: rows of one lane's share of a bucket the coordinator keeps in
+            memory; the rest spill to a ``deswm-rows-*.jsonl`` file in ``spill_dir``
+            (0: every row in memory). Bounds the coordinator to about
+            ``buckets_in_flight * lanes * lane_batch_rows`` rows.
+        spill_dir: the folder of those spill files (default: the system temp folder).
         lane_timeout: seconds the coordinator waits for a bucket's lanes (``None``: no
             limit); past it the bucket fails with :class:`~deswm._errors.LaneError`.
 
@@ -304,6 +317,8 @@ class WatermarkOrchestrator:
         scheduler: str | None = None,
         buckets_in_flight: int = BUCKETS_IN_FLIGHT,
         lane_timeout: float | None = LANE_TIMEOUT,
+        lane_batch_rows: int = LANE_BATCH_ROWS,
+        spill_dir: str | os.PathLike[str] | None = None,
         lag_guard: TransactionGuard | None = None,
         manifests: ManifestRecorder | None = None,
         audit_log: AuditLog | None = None,
@@ -344,6 +359,18 @@ class WatermarkOrchestrator:
             )
         if lane_timeout is not None and not lane_timeout > 0:
             raise ConfigError(f"must be positive, got {lane_timeout!r}", key="run.lane_timeout")
+        if (
+            isinstance(lane_batch_rows, bool)
+            or not isinstance(lane_batch_rows, int)
+            or lane_batch_rows < 0
+        ):
+            raise ConfigError(
+                f"must be an integer >= 0 (0: no bound), got {lane_batch_rows!r}",
+                key="run.lane_batch_rows",
+            )
+        folder = None if spill_dir is None else os.fspath(spill_dir)
+        if folder is not None and not os.path.isdir(folder):
+            raise ConfigError(f"{folder!r} is not an existing directory", key="archive.spill_dir")
         self.store = store
         self.source = source
         self.reader = reader
@@ -369,6 +396,8 @@ class WatermarkOrchestrator:
         self.observers = tuple(observers)
         self.buckets_in_flight = buckets_in_flight
         self.lane_timeout = lane_timeout
+        self.lane_batch_rows = lane_batch_rows
+        self.spill_dir = folder
         self._lanes: LanePool | None = resolve_pool(
             executor, workers, reader=reader, packer=packer, scheduler=scheduler
         )
@@ -984,6 +1013,7 @@ class WatermarkOrchestrator:
         state = _LaneState(watermark)
         stopped: StopReason = "finished"
         shard_index, lanes = self.router.shard_index, pool.lanes
+        limit, folder = self.lane_batch_rows, self.spill_dir
         batches: list[LaneBatch] | None = None
         bucket = bucket_end = window.start
         dispatched = 0
@@ -1005,7 +1035,7 @@ class WatermarkOrchestrator:
                             stopped = reason
                             break
                         bucket_end = self.router.next_bucket(bucket)
-                        batches = [LaneBatch() for _ in range(lanes)]
+                        batches = [LaneBatch(limit, folder) for _ in range(lanes)]
                     batches[shard_index(record.uid) % lanes].add(record)
                 else:
                     if batches is not None:
@@ -1027,6 +1057,8 @@ class WatermarkOrchestrator:
             raise
         finally:
             owned.close()
+            # Spill files of buckets not committed (a stop, a failure); no-ops otherwise.
+            _discard(batches or [], *(item.batches for item in flight))
         watermark = state.watermark
         if stopped == "finished" and watermark.position < window.end:
             # The rest of the window holds no rows for this partition.
@@ -1037,6 +1069,18 @@ class WatermarkOrchestrator:
         self, pool: LanePool, bucket: datetime, batches: list[LaneBatch], end: datetime | None
     ) -> _InFlight:
         lanes = len(batches)
+        for rows in batches:
+            # Lanes that may not see this machine's files get the spilled rows inline.
+            rows.seal(portable=not pool.local)
+        spilled = sum(rows.spilled for rows in batches)
+        if spilled:
+            log.debug(
+                "bucket %s: %d of %d row(s) spilled past run.lane_batch_rows=%d",
+                bucket.date().isoformat(),
+                spilled,
+                sum(len(rows) for rows in batches),
+                self.lane_batch_rows,
+            )
         # No object of this bucket is published before this point (its lanes publish).
         reach(Checkpoint.BUCKET_BEFORE_PUBLISH)
         futures = {
@@ -1056,7 +1100,7 @@ class WatermarkOrchestrator:
             for lane, rows in enumerate(batches)
             if len(rows)
         }
-        return _InFlight(bucket, end, futures, sum(len(rows) for rows in batches))
+        return _InFlight(bucket, end, futures, sum(len(rows) for rows in batches), batches)
 
     def _settle(
         self,
@@ -1073,6 +1117,7 @@ class WatermarkOrchestrator:
         item = flight[0]
         outcomes = self._collect(pool, flight)
         flight.popleft()
+        _discard(item.batches)  # its lanes are done (they removed their files already)
         for lane in outcomes:
             totals.files += lane.files
             totals.bytes_in += lane.bytes_in
@@ -1110,17 +1155,20 @@ class WatermarkOrchestrator:
         lanes = pool.lanes
         done, waiting = _wait_for_lanes(item.futures.values(), self.lane_timeout)
         everything = [f for entry in flight for f in entry.futures.values()]
+        abandoned = [entry.batches for entry in flight]
         failed = next((f for f in done if f.cancelled() or f.exception() is not None), None)
         if waiting or failed is not None:
             flight.clear()  # handled here: the caller must not wait for them again
         if waiting and failed is None:
             lane = next(n for n, f in item.futures.items() if f in waiting)
             pool.fail(everything, hung=True)
+            _discard(*abandoned)
             raise LaneError(day, lane, lanes, f"ran past run.lane_timeout={self.lane_timeout:g}s")
         if failed is not None:
             lane = next(n for n, f in item.futures.items() if f is failed)
             error = cf.CancelledError() if failed.cancelled() else failed.exception()
             pool.fail(everything, hung=False, broken=isinstance(error, cf.BrokenExecutor))
+            _discard(*abandoned)
             if isinstance(error, LaneError):
                 raise error
             if isinstance(error, DeswmError):
@@ -1395,6 +1443,13 @@ class WatermarkOrchestrator:
         return done, failed, len(shards)
 
 
+def _discard(*groups: Iterable[LaneBatch]) -> None:
+    """Remove the spill files of these batches (lanes of an abandoned or settled bucket)."""
+    for group in groups:
+        for batch in group:
+            batch.discard()
+
+
 def _manifests_of(packer: Packer) -> ManifestRecorder | None:
     """The manifests a packer keeps beside its shards (``DesPacker.manifests``), if any."""
     found = getattr(packer, "manifests", None)
@@ -1438,6 +1493,8 @@ class _InFlight:
     window's end); ``None`` until the coordinator has seen that row."""
     futures: dict[int, cf.Future[LaneOutcome]]
     rows: int
+    batches: list[LaneBatch]
+    """The lanes' rows (their spill files are removed once the bucket settles or fails)."""
 
 
 @attrs.define

@@ -182,6 +182,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["workers"] = args.workers
     if args.executor is not None:
         overrides["executor"] = args.executor
+    if args.lane_batch_rows is not None:
+        overrides["lane_batch_rows"] = args.lane_batch_rows
     return overrides
 
 
@@ -975,6 +977,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor",
         choices=EXECUTORS,
         help="where lanes run (default: run.executor; inline = serial, in-process)",
+    )
+    run.add_argument(
+        "--lane-batch-rows",
+        type=_count,
+        metavar="N",
+        help="rows of a lane's share of a bucket kept in memory, the rest spill to "
+        "archive.spill_dir (default: run.lane_batch_rows, 50000; 0 = no bound)",
     )
     run.add_argument(
         "--max-buckets",
