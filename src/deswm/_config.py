@@ -59,6 +59,7 @@ if typing.TYPE_CHECKING:
     from deswm._protocols import WatermarkStore
     from deswm._purge import PurgeJob
     from deswm._readers import FsspecFileReader
+    from deswm._reconcile import ReconcileJob
     from deswm._routing import DesRouter
     from deswm._sources.sql import SqlSourceProvider
     from deswm._stores.audit import SqlAuditLog
@@ -286,6 +287,10 @@ class RunSettings:
     buckets_in_flight: int = _bounded(defaults.BUCKETS_IN_FLIGHT, 1, 1000)
     lane_timeout: float | None = _bounded(defaults.LANE_TIMEOUT, 0.001, _YEAR)
     """Seconds the coordinator waits for a bucket's lanes (unset: no limit)."""
+    reconcile_every: int = _bounded(0, 0, 1_000_000)
+    """With ``run --interval``: reconcile the committed days every N cycles (0: never)."""
+    reconcile_repair: bool = False
+    """Whether that reconcile also repairs the late rows it finds (``--repair``)."""
 
 
 @attrs.frozen
@@ -702,6 +707,12 @@ class Config:
                 max_rows_per_second=self.flag.max_rows_per_second,
                 manifests=self.build_manifests(),
             )
+
+    def build_reconcile_job(self, *, partition: int | None = None) -> ReconcileJob:
+        """Late-row detection and repair over this pipeline's committed days."""
+        from deswm._reconcile import ReconcileJob
+
+        return ReconcileJob(self.build_orchestrator(partition=partition), self.build_manifests())
 
     def build_purge_job(self, *, partition: int | None = None, verify: str = "content") -> PurgeJob:
         """The purge stage for this pipeline (deletes archived, verified source files)."""

@@ -402,6 +402,17 @@ class DesBucketWriter:
             self._state = "failed"
             raise
 
+    def revisit(self, index: int) -> None:
+        """Plan group ``index`` at :meth:`publish` even when no file is added to it.
+
+        The plan then lays out what is published as a clean run would (a merge that a
+        crash interrupted may have left an entry in two parts); parts that are already
+        right are not rewritten. Costs one index read per part of the group.
+        """
+        self._require("open")
+        if index not in self._groups:
+            self._groups[index] = Group(self._router.group(self._bucket, index))
+
     def _route(self, record: SourceRecord) -> tuple[str, ShardKey]:
         uid = uid_text(record.uid)
         key = self._router.route(uid, record.created_at)
