@@ -20,7 +20,7 @@ from sqlalchemy.dialects import mysql
 
 from deswm._archive import Archive
 from deswm._config import load_config
-from deswm._errors import ConfigError, CycleError, LateRowsError, NaiveDatetimeError
+from deswm._errors import ConfigError, CycleError, LateRowsError, NaiveDatetimeError, PackError
 from deswm._manifest import ManifestStore
 from deswm._model import Partition, SourceRecord, Window
 from deswm._orchestrator import WatermarkOrchestrator
@@ -28,6 +28,7 @@ from deswm._packer import DesPacker
 from deswm._reconcile import ReconcileJob, check_late_rows
 from deswm._routing import DesRouter
 from deswm._rowdigest import RowDigest
+from deswm._shardio import ShardStore
 from deswm._sources import bucket_counts
 from deswm._timeutil import format_utc
 from deswm.cli import _reconcile_every, main
@@ -163,6 +164,41 @@ def test_a_late_row_that_splits_a_group_into_more_parts_is_laid_out_like_a_clean
     ]
     world.add(*late)
     world.job().run(repair=True)
+    clean = World(tmp_path / "clean", first + late, max=2500)
+    clean.orchestrator().run_cycle()
+    assert world.objects() == clean.objects()
+
+
+def test_a_repair_cut_between_two_parts_loses_nothing_and_the_rerun_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = [SourceRecord(str(16 * i + 3), at(11, i % 24, i), f"mem/{i}") for i in range(40)]
+    world = World(tmp_path / "a", first, max=2500)
+    world.orchestrator().run_cycle()
+    late = [
+        SourceRecord(str(16 * (100 + i) + 3), at(11, 0, 1, i), f"mem/mid/{i}") for i in range(6)
+    ]
+    world.add(*late)
+    original = ShardStore.publish
+    published: list[str] = []
+
+    def cut(self: ShardStore, name: str, write: Any, **options: Any) -> None:
+        if name.endswith("_0000.des"):  # the lowest part goes last in a merge that moves
+            raise PackError(f"simulated crash before {name}")
+        original(self, name, write, **options)
+        published.append(name)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ShardStore, "publish", cut)
+        with pytest.raises(PackError, match="simulated crash"):
+            world.job().run(repair=True)
+    assert published  # higher parts went first, each with the entries it gained
+    archive = Archive(str(world.root), ROUTER)
+    for record in first:  # every archived entry is still in some object (G3)
+        assert archive.get(record.uid, record.created_at) == payload(record)
+    assert not world.job().run().ok  # the manifest was not rewritten
+
+    assert world.job().run(repair=True).ok  # the rerun lays every group out again
     clean = World(tmp_path / "clean", first + late, max=2500)
     clean.orchestrator().run_cycle()
     assert world.objects() == clean.objects()

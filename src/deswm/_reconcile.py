@@ -16,9 +16,11 @@ again. :class:`ReconcileJob` finds them without a lookup per row:
 ``repair=True`` merges the late rows into the day's published shards through the
 orchestrator's one merge path (:meth:`~deswm.WatermarkOrchestrator.merge_bucket`, the
 one ``errors retry`` uses), then rewrites the manifest: the count and digest of the
-source's current rows, the parts as they are now. No watermark moves. Merges lay groups
-out as a clean run would, so the repaired day is byte-identical to a clean run over the
-current rows (G2), as long as no row was deleted (those entries stay, G3).
+source's current rows, the parts as they are now (each part not written by the repair
+read and hashed once: a repair a crash cut short may have rewritten one at its old
+size). No watermark moves. Merges lay groups out as a clean run would, so the repaired
+day is byte-identical to a clean run over the current rows (G2), as long as no row was
+deleted (those entries stay, G3).
 
 Memory: the counts hold one integer per day; a changed day holds the uid and instant of
 its archived entries, and the records of its late rows, while it is compared and
@@ -378,7 +380,11 @@ class ReconcileJob:
             orchestrator.error_store.record(self.key, failed)
         reach(Checkpoint.RECONCILE_AFTER_PUBLISH)
         now_listed = self._listed_in(bucket, listed, failed)
-        self.manifests.record(bucket, self.partition, manifest.pipeline, digest, now_listed, shards)
+        # Parts not written just now are read and hashed: a repair a crash cut short may
+        # have rewritten one at the same size, so the old manifest's hash is not trusted.
+        self.manifests.record(
+            bucket, self.partition, manifest.pipeline, digest, now_listed, shards, rehash=True
+        )
         reach(Checkpoint.RECONCILE_AFTER_MANIFEST)
         log.info(
             "%s day %s: merged %d late row(s), %d listed; manifest rewritten",

@@ -363,7 +363,7 @@ class SqlSourceProvider:
             inner = self.filter_query(inner)
             if only is not None:
                 inner = inner.where(only)
-            rows = inner.subquery("rows")
+            rows = inner.subquery("per_day")
             query = sa.select(rows.c.bucket, sa.func.count()).group_by(rows.c.bucket)
             with self._db_errors("counting rows per day"):
                 for attempt in transient_retries("counting rows per day"):
