@@ -708,11 +708,15 @@ class Config:
                 manifests=self.build_manifests(),
             )
 
-    def build_reconcile_job(self, *, partition: int | None = None) -> ReconcileJob:
-        """Late-row detection and repair over this pipeline's committed days."""
+    def build_reconcile_job(
+        self, *, partition: int | None = None, read_only: bool = False
+    ) -> ReconcileJob:
+        """Late-row detection and repair over this pipeline's committed days
+        (``read_only``: detection only, see :meth:`build_engines`)."""
         from deswm._reconcile import ReconcileJob
 
-        return ReconcileJob(self.build_orchestrator(partition=partition), self.build_manifests())
+        orchestrator = self.build_orchestrator(partition=partition, read_only=read_only)
+        return ReconcileJob(orchestrator, self.build_manifests())
 
     def build_purge_job(self, *, partition: int | None = None, verify: str = "content") -> PurgeJob:
         """The purge stage for this pipeline (deletes archived, verified source files)."""

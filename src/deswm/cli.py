@@ -618,7 +618,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     try:
         since = parse_timestamp(args.since, "--since") if args.since else None
         until = parse_timestamp(args.until, "--until") if args.until else None
-        job = config.build_reconcile_job(partition=args.partition)
+        job = config.build_reconcile_job(partition=args.partition, read_only=not args.repair)
         with _row_progress(args, config, "reconcile") as progress:
             report = job.run(
                 since=since,
