@@ -183,17 +183,14 @@ class ReconcileJob:
                 key="until",
                 hint="Pass the first day as since and the last day as until (both included)",
             )
+        start = self.router.bucket_start(since or self.orchestrator.initial_position())
         watermark = self.orchestrator.store.get(self.key)
         if watermark is None:  # nothing committed yet
-            start = self.router.bucket_start(since or self.orchestrator.initial_position())
             return Window(start, start)
-        committed = watermark.position
-        start = self.router.bucket_start(since or self.orchestrator.initial_position())
-        end = committed if until is None else min(committed, self._day_after(until))
+        end = watermark.position
+        if until is not None:
+            end = min(end, self.router.next_bucket(self.router.bucket_start(until)))
         return Window(min(start, end), end)
-
-    def _day_after(self, instant: datetime) -> datetime:
-        return self.router.next_bucket(self.router.bucket_start(instant))
 
     # --- running ----------------------------------------------------------------------
 
