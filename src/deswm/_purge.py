@@ -242,9 +242,11 @@ class PurgeJob:
                 return
             bucket = self.router.bucket_start(record.created_at)
             bucket_end = self.router.next_bucket(bucket)
-            self.manifests.require(format_day(bucket), self.partition)
+            manifest = self.manifests.require(format_day(bucket), self.partition)
             # Rows that arrived after the commit are not archived: refuse the whole day.
-            check_late_rows(self.source, self.manifests, self.router, bucket, self.partition)
+            check_late_rows(
+                self.source, self.manifests, self.router, bucket, self.partition, manifest
+            )
             failures: list[FileFailure] = []
             batch: list[SourceRecord] = []
             while record is not None and record.created_at < bucket_end:

@@ -424,12 +424,14 @@ def check_late_rows(
     router: ShardRouter,
     bucket: datetime,
     partition: Partition | None = None,
+    manifest: BucketManifest | None = None,
 ) -> None:
     """Raise :class:`~deswm._errors.LateRowsError` when the day holds more source rows than
     its manifest counted: one count query (the purge and the flag stage call it before
     touching a day).
 
-    With ``partition``: its rows against its manifest. Without: every row of the day
+    With ``partition``: its rows against its manifest (``manifest`` when the caller read
+    it already, so it is not read twice). Without: every row of the day
     against the sum over the partitions that have a manifest (one query), and only when
     that finds more, each partition on its own, to name it. More rows than recorded
     means rows that are not archived; a late row hidden by as many deleted rows only the
@@ -449,7 +451,8 @@ def check_late_rows(
         for index in range(count):
             check_late_rows(source, manifests, router, bucket, Partition(index, count))
         return
-    manifest = manifests.read(day, partition)
+    if manifest is None:
+        manifest = manifests.read(day, partition)
     recorded = 0 if manifest is None else manifest.rows  # no manifest: no rows that day
     rows = sum(bucket_counts(source, window, router, partition).values())
     if rows > recorded:
