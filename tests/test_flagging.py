@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deswm._errors import ConfigError, ManifestMissingError
+from deswm._errors import ConfigError, LateRowsError, ManifestMissingError
 from deswm._flagging import FlagJob
 from deswm._manifest import ManifestStore, RowDigest
 from deswm._model import Partition, WatermarkKey
@@ -55,13 +55,25 @@ def flagged(engine: sa.Engine, table: sa.Table) -> set[int]:
         return {row.uid for row in conn.execute(sa.select(table.c.uid).where(table.c.archived))}
 
 
+def committed(day: int, partition: Partition) -> RowDigest:
+    """The rows of the table's day ``day`` (from May 10) that ``partition`` owns."""
+    bucket = START + timedelta(days=day)
+    return RowDigest.of(
+        (str(n), START + timedelta(hours=5 * n))
+        for n in range(60)
+        if bucket <= START + timedelta(hours=5 * n) < bucket + timedelta(days=1)
+        and partition.owns(DesRouter(8).shard_index(str(n)))
+    )
+
+
 @pytest.fixture
 def manifests(tmp_path: Path) -> ManifestStore:
     """Manifests of every day of the table, for one and for two partitions."""
     found = ManifestStore(ShardStore(str(tmp_path / "archive")), DesRouter(8))
     for day in range(14):
         for partition in (Partition(0, 1), Partition(0, 2), Partition(1, 2)):
-            found.record(START + timedelta(days=day), partition, "files", RowDigest(), 0)
+            rows = committed(day, partition)
+            found.record(START + timedelta(days=day), partition, "files", rows, 0)
     return found
 
 
@@ -178,7 +190,9 @@ def test_a_day_without_its_manifest_is_refused(
     at 12 before flagging any of its rows (its watermark stays at May 12)."""
     partial = ManifestStore(ShardStore(str(tmp_path / "partial")), DesRouter(8))
     for day in (0, 1):
-        partial.record(START + timedelta(days=day), Partition(), "files", RowDigest(), 0)
+        partial.record(
+            START + timedelta(days=day), Partition(), "files", committed(day, Partition()), 0
+        )
     store = MemoryWatermarkStore()
     store.initialize(WatermarkKey("files"), datetime(2024, 5, 14, tzinfo=UTC))
 
@@ -190,6 +204,32 @@ def test_a_day_without_its_manifest_is_refused(
     assert mark is not None and mark.position == datetime(2024, 5, 12, tzinfo=UTC)
     with pytest.raises(ManifestMissingError):
         job(engine, store, partial).run(dry_run=True)
+
+
+def test_a_day_with_late_rows_is_refused_before_any_of_its_rows_is_flagged(
+    engine: sa.Engine, files: sa.Table, manifests: ManifestStore
+) -> None:
+    """A row inserted into May 12 after its commit: May 10 and 11 are flagged, May 12
+    is refused whole (one count query), with the partition that holds the late row."""
+    late = START + timedelta(days=2, hours=1, minutes=30)
+    with engine.begin() as conn:
+        conn.execute(
+            files.insert(),
+            [{"uid": 1000, "created_at": late.replace(tzinfo=None), "file_location": "/x",
+              "tenant": "acme", "archived": False}],
+        )  # fmt: skip
+    store = MemoryWatermarkStore()
+    for index in range(2):
+        store.initialize(
+            WatermarkKey("files", partition=index), datetime(2024, 5, 14, tzinfo=UTC), partitions=2
+        )
+    owner = DesRouter(8).shard_index("1000") % 2
+    with pytest.raises(LateRowsError, match=f"bucket 20240512 partition {owner}/2") as info:
+        job(engine, store, manifests).run()
+    assert "deswm reconcile" in str(info.value)
+    assert flagged(engine, files) == set(range(10))  # May 10 and 11 only
+    mark = store.get(WatermarkKey("files", "flagged"))
+    assert mark is not None and mark.position == datetime(2024, 5, 12, tzinfo=UTC)
 
 
 def test_the_job_needs_manifests(engine: sa.Engine, files: sa.Table) -> None:

@@ -167,6 +167,27 @@ def test_a_replay_leaves_an_unchanged_manifest_alone_and_rewrites_a_changed_one(
     assert path.stat().st_mtime != 1_000_000
 
 
+def test_a_replay_cleans_an_old_temp_file_of_a_manifest_it_does_not_rewrite(
+    tmp_path: Path,
+) -> None:
+    """A writer killed while writing a manifest leaves its temp file; the replay writes
+    the same bytes (so no rename cleans it) and removes it once it is an hour old."""
+    world = World(tmp_path, records([10], 4))
+    world.orchestrator().run_cycle()
+    folder = tmp_path / "_manifests" / "20240510"
+    old = folder / ".p0-of-1.json.0123456789ab.tmp"
+    young = folder / ".p0-of-1.json.ba9876543210.tmp"
+    for temp in (old, young):
+        temp.write_bytes(b'{"half a manifest')
+    os.utime(old, (1_000_000, 1_000_000))
+    before = world.manifest_bytes()
+    world.store.set(WatermarkKey("files"), at(10, 0), reason="replay")
+    world.orchestrator().run_cycle()
+    assert world.manifest_bytes() == before
+    assert not old.exists()
+    assert young.exists()  # a writer may still be on it
+
+
 def test_rows_deleted_from_the_source_stay_listed_as_parts(tmp_path: Path) -> None:
     """G3: a replay after source rows were deleted keeps their entries; the manifest lists
     every part of the day while counting only the rows the source still returned."""

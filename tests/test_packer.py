@@ -612,7 +612,7 @@ def test_replay_keeps_old_entries_byte_identical_when_a_part_is_rewritten(fs_tar
     read_back(fs_target, [*items[:4], changed, *items[5:]])
 
 
-def test_new_uids_are_inserted_and_no_entry_moves(fs_target: Any) -> None:
+def test_merged_new_uids_give_the_clean_runs_objects(fs_target: Any, tmp_path: Path) -> None:
     uids = same_group(30)
     first = [(rec(uid, 100 + 10 * i), noise(uid, 400)) for i, uid in enumerate(uids)]
     pack(fs_target, first, max_shard_size=4000)
@@ -621,7 +621,7 @@ def test_new_uids_are_inserted_and_no_entry_moves(fs_target: Any) -> None:
     assert len(set(where.values())) >= 3
     more = same_group(6, 100)
     second = [
-        (rec(more[0], 5), noise("a", 100)),  # before every key: part 0
+        (rec(more[0], 5), noise("a", 100)),  # before every key
         (rec(more[1], 205), noise("b", 100)),  # mid-range
         (rec(more[2], 255), noise("c", 100)),  # mid-range
         (rec(more[3], 10_000), noise("d", 100)),  # tail
@@ -631,29 +631,48 @@ def test_new_uids_are_inserted_and_no_entry_moves(fs_target: Any) -> None:
     result = pack(fs_target, second, max_shard_size=4000)
     assert result.kept == len(first)
     reader = archive(fs_target)
-    assert {r.uid: reader.stat(r.uid, r.created_at).part for r, _ in first} == where
-    parts = {r.uid: reader.stat(r.uid, r.created_at).part for r, _ in second}
-    assert parts[more[0]] == 0
-    last_old = max(where.values())
-    assert parts[more[3]] == last_old
-    assert parts[more[4]] == last_old + 1
-    assert parts[more[5]] == last_old + 2
+    moved = {r.uid: reader.stat(r.uid, r.created_at).part for r, _ in first}
+    assert all(moved[uid] >= where[uid] for uid in where)  # pushed up, never down
+    assert moved != where
+    clean = _Local(tmp_path / "clean")
+    pack(clean, first + second, max_shard_size=4000)
+    assert snapshot(fs_target) == snapshot(clean)
     read_back(fs_target, first + second)
 
 
-def test_mid_range_insert_may_exceed_the_limit(tmp_path: Path) -> None:
-    target = _Local(tmp_path)
+def test_a_mid_range_insert_splits_the_group_like_a_clean_run(tmp_path: Path) -> None:
+    target = _Local(tmp_path / "merged")
     uids = same_group(8)
-    pack(
-        target,
-        [(rec(uid, 10 * i), noise(uid, 500)) for i, uid in enumerate(uids)],
-        max_shard_size=3000,
-    )
-    sizes = {n: len(d) for n, d in snapshot(target).items()}
-    pack(target, [(rec(same_group(1, 50)[0], 5), noise("mid", 800))], max_shard_size=3000)
-    grown = {n: len(d) for n, d in snapshot(target).items()}
-    assert grown["20240517_0_0000.des"] > 3000 >= sizes["20240517_0_0000.des"]
-    assert set(grown) == set(sizes)
+    first = [(rec(uid, 10 * i), noise(uid, 500)) for i, uid in enumerate(uids)]
+    pack(target, first, max_shard_size=3000)
+    late = [(rec(same_group(1, 50)[0], 5), noise("mid", 800))]
+    pack(target, late, max_shard_size=3000)
+    grown = snapshot(target)
+    assert all(len(data) <= 3000 for data in grown.values())
+    clean = _Local(tmp_path / "clean")
+    pack(clean, first + late, max_shard_size=3000)
+    assert grown == snapshot(clean)
+
+
+def test_a_crash_inside_a_moving_merge_loses_nothing_and_the_rerun_is_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _Local(tmp_path / "merged")
+    uids = same_group(12)
+    first = [(rec(uid, 10 * i), noise(uid, 500)) for i, uid in enumerate(uids)]
+    pack(target, first, max_shard_size=3000)
+    late = [(rec(same_group(1, 50)[0], 5), noise("mid", 800))]
+    with monkeypatch.context() as patched:
+        done = crash_after(patched, lambda name: not name.endswith("_0000.des"))
+        with pytest.raises(PackError, match="simulated crash"):
+            pack(target, late, max_shard_size=3000)
+    assert done and "_0000.des" not in " ".join(done)  # the higher parts went first
+    read_back(target, first)  # every entry is still in some object
+    pack(target, late, max_shard_size=3000)  # the rerun
+    clean = _Local(tmp_path / "clean")
+    pack(clean, first + late, max_shard_size=3000)
+    assert snapshot(target) == snapshot(clean)
+    read_back(target, first + late)
 
 
 def crash_after(monkeypatch: pytest.MonkeyPatch, allowed: Callable[[str], bool]) -> list[str]:
@@ -689,7 +708,9 @@ def test_rerun_after_a_crash_reproduces_the_clean_run(
     assert snapshot(fs_target) == snapshot(clean)
 
 
-@pytest.mark.parametrize("survivors", [(), (0,), (1,), (5,), (6,), (7,), (0, 6), (1, 5, 7), (6, 7)])
+@pytest.mark.parametrize(
+    "survivors", [(), (0,), (1,), (8,), (8, 7), (8, 7, 6, 5), (8, 7, 6, 5, 4, 3, 2), (1, 5, 7)]
+)
 def test_merge_is_safe_in_any_crash_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, survivors: tuple[int, ...]
 ) -> None:
@@ -708,7 +729,9 @@ def test_merge_is_safe_in_any_crash_order(
         pack(target, first, max_shard_size=4000)
     result = pack(clean, second, max_shard_size=4000)
     rewritten = [s.part for s in result.shards]
-    assert rewritten == [0, 1, 5, 6, 7]  # inserts in 0 and 1, tail in 5, new parts 6 and 7
+    # Inserts in parts 0 and 1 push entries up: the clean layout, published from the last
+    # part down, so every prefix of that order leaves each entry in some object.
+    assert rewritten == list(range(max(rewritten), -1, -1))
     wanted = {f"20240517_0_{n:04d}.des" for n in survivors}
     with monkeypatch.context() as patch:
         crash_after(patch, lambda name: name in wanted)

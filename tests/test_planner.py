@@ -206,14 +206,34 @@ def test_a_replaced_entry_keeps_its_part_and_its_new_bytes() -> None:
     assert plan.kept == 1
 
 
-def test_mid_range_inserts_may_exceed_the_limit_but_never_move_an_entry() -> None:
+def test_mid_range_inserts_give_the_clean_layout_moving_entries_up_only() -> None:
     old = [old_part(0, [("a", "t1"), ("c", "t3")]), old_part(1, [("e", "t5")])]
+    limit = max(part.size for part, _ in old)
+    inserts = [new_entry(f"b{i}", f"t2.{i}", length=50) for i in range(4)]
+    plan = plan_group(old, inserts, max_size=limit)
+    clean = plan_group([], [*inserts, new_entry("a", "t1"), new_entry("c", "t3"),
+                            new_entry("e", "t5")], max_size=limit)  # fmt: skip
+    assert uids_of(plan) == uids_of(clean)
+    assert plan.moves
+    assert all(p.size <= limit for p in plan.parts)
+    moved = {item.uid: item.origin for p in plan.parts for item in p.items if item.origin >= 0}
+    assert moved == {"a": 0, "c": 0, "e": 1}
+    placed = placement(plan)
+    assert placed["c"] > 0 and placed["e"] > 1  # pushed up, never down
+    sources = {p.number: [s.part for s in p.sources] for p in plan.parts}
+    assert sources[placed["c"]] == [0, 1]  # c and e share the last part
+
+
+def test_a_layout_no_clean_run_makes_keeps_every_entry_in_place() -> None:
+    # A gap before the first part: the clean layout would move entries down.
+    old = [old_part(1, [("a", "t1"), ("c", "t3")]), old_part(2, [("e", "t5")])]
     limit = max(part.size for part, _ in old)
     inserts = [new_entry(f"b{i}", f"t2.{i}", length=50) for i in range(4)]
     plan = plan_group(old, inserts, max_size=limit)
     assert uids_of(plan) == [["a", "b0", "b1", "b2", "b3", "c"], ["e"]]
     assert plan.parts[0].size > limit
-    assert [p.number for p in plan.parts] == [0, 1]
+    assert [p.number for p in plan.parts] == [1, 2]
+    assert not plan.moves
 
 
 def test_an_unchanged_group_is_identical_part_by_part() -> None:
@@ -332,7 +352,7 @@ def render(plan_part: Any, old: dict[int, bytes]) -> int:
         if item.big_sha256 is not None:
             writer.add_big(item.uid, item.big_sha256, size=item.size, meta=item.meta)
         elif item.source == IN_OLD_PART:
-            stored = old[plan_part.number][item.loc : item.loc + item.length]
+            stored = old[item.origin][item.loc : item.loc + item.length]
             writer.append(item.uid, stored, codec=item.codec, size=item.size, meta=item.meta)
         else:
             writer.append(item.uid, b"n" * item.length, codec="none", size=item.size,
@@ -342,7 +362,7 @@ def render(plan_part: Any, old: dict[int, bytes]) -> int:
 
 @settings(max_examples=200, deadline=None)
 @given(group=groups(), seed=st.integers(0, 2**16))
-def test_a_plan_keeps_every_entry_once_and_never_moves_one(group: Any, seed: int) -> None:
+def test_a_plan_keeps_every_entry_once_and_moves_one_up_only(group: Any, seed: int) -> None:
     old, new, limit = group
     plan = plan_group(old, new, limit)
     placed = [(item.uid, part.number) for part in plan.parts for item in part.items]
@@ -352,12 +372,19 @@ def test_a_plan_keeps_every_entry_once_and_never_moves_one(group: Any, seed: int
     assert set(uids) == set(published) | {item.uid for item in new}, "an entry was dropped"
     for uid, number in placed:
         if uid in published:
-            assert number == published[uid], f"{uid} moved from part {published[uid]}"
+            # Up only, and then the parts are published from the last down.
+            assert number >= published[uid], f"{uid} moved down from part {published[uid]}"
+            assert number == published[uid] or plan.moves, f"{uid} moved unannounced"
     replaced = {item.uid for item in new} & set(published)
     assert plan.kept == len(published) - len(replaced)
     by_uid = {item.uid: item for part in plan.parts for item in part.items}
     for item in new:
         assert by_uid[item.uid] is item, "a new entry must carry the new bytes"
+    if plan.moves:  # then it is the clean run's layout of the same entries
+        fresh = [i._replace(source=IN_BUFFER, origin=-1) for p in plan.parts for i in p.items]
+        clean = plan_group([], fresh, limit)
+        assert uids_of(plan) == uids_of(clean)
+        assert [p.number for p in plan.parts] == [p.number for p in clean.parts]
     # The plan is pure: the order of its inputs does not matter.
     rnd = random.Random(seed)
     assert plan_group(rnd.sample(old, len(old)), rnd.sample(new, len(new)), limit) == plan

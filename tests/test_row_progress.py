@@ -125,7 +125,13 @@ def test_flag_reports_every_batch(sqlite_db_url: str, tmp_path: Path) -> None:
     seen: list[int] = []
     manifests = ManifestStore(ShardStore(str(tmp_path / "archive")), DesRouter(8))
     for day in range(14):
-        manifests.record(START + timedelta(days=day), Partition(0, 1), "files", RowDigest(), 0)
+        bucket = START + timedelta(days=day)
+        rows = RowDigest.of(  # what a cycle recorded: the day's rows
+            (str(n), START + timedelta(hours=5 * n))
+            for n in range(30)
+            if bucket <= START + timedelta(hours=5 * n) < bucket + timedelta(days=1)
+        )
+        manifests.record(bucket, Partition(0, 1), "files", rows, 0)
     result = job(engine, store, manifests, batch_size=7).run(progress=seen.append)
     engine.dispose()
     assert sum(seen) == result.rows_updated == 24 and len(seen) == result.batches

@@ -51,6 +51,7 @@ if _typing.TYPE_CHECKING:
     from deswm._errors import FileMissingError as FileMissingError
     from deswm._errors import FileReadError as FileReadError
     from deswm._errors import LaneError as LaneError
+    from deswm._errors import LateRowsError as LateRowsError
     from deswm._errors import LocationOutsideRootError as LocationOutsideRootError
     from deswm._errors import ManifestMissingError as ManifestMissingError
     from deswm._errors import MissingExtraError as MissingExtraError
@@ -124,6 +125,9 @@ if _typing.TYPE_CHECKING:
     from deswm._purge import PurgeResult as PurgeResult
     from deswm._readers import FileReaderBase as FileReaderBase
     from deswm._readers import FsspecFileReader as FsspecFileReader
+    from deswm._reconcile import ReconcileBucket as ReconcileBucket
+    from deswm._reconcile import ReconcileJob as ReconcileJob
+    from deswm._reconcile import ReconcileReport as ReconcileReport
     from deswm._records import to_pandas as to_pandas
     from deswm._records import to_records as to_records
     from deswm._routing import DesRouter as DesRouter
@@ -176,6 +180,7 @@ _EXPORTS: dict[str, str] = {
     "FileReadError": "deswm._errors",
     "LaneError": "deswm._errors",
     "LocationOutsideRootError": "deswm._errors",
+    "LateRowsError": "deswm._errors",
     "ManifestMissingError": "deswm._errors",
     "MissingExtraError": "deswm._errors",
     "NaiveDatetimeError": "deswm._errors",
@@ -246,6 +251,9 @@ _EXPORTS: dict[str, str] = {
     "PurgeError": "deswm._purge",
     "PurgeJob": "deswm._purge",
     "PurgeResult": "deswm._purge",
+    "ReconcileBucket": "deswm._reconcile",
+    "ReconcileJob": "deswm._reconcile",
+    "ReconcileReport": "deswm._reconcile",
     "FileReaderBase": "deswm._readers",
     "FsspecFileReader": "deswm._readers",
     "to_pandas": "deswm._records",

@@ -55,6 +55,8 @@ class Checkpoint(StrEnum):
     STORE_ADVANCE_AFTER_COMMIT = "store.advance.after_commit"
     STORE_SET_IN_TRANSACTION = "store.set.in_transaction"
     SOURCE_BETWEEN_PAGES = "source.between_pages"
+    RECONCILE_AFTER_PUBLISH = "reconcile.after_publish"
+    RECONCILE_AFTER_MANIFEST = "reconcile.after_manifest"
 
 
 POINTS: tuple[Checkpoint, ...] = tuple(Checkpoint)

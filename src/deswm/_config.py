@@ -59,6 +59,7 @@ if typing.TYPE_CHECKING:
     from deswm._protocols import WatermarkStore
     from deswm._purge import PurgeJob
     from deswm._readers import FsspecFileReader
+    from deswm._reconcile import ReconcileJob
     from deswm._routing import DesRouter
     from deswm._sources.sql import SqlSourceProvider
     from deswm._stores.audit import SqlAuditLog
@@ -290,6 +291,10 @@ class RunSettings:
     lane_batch_rows: int = _bounded(defaults.LANE_BATCH_ROWS, 0, 2**62)
     """Rows of a lane's share of a bucket the coordinator holds in memory; the rest spill
     to ``deswm-rows-*.jsonl`` in ``[archive] spill_dir`` (0: no bound)."""
+    reconcile_every: int = _bounded(0, 0, 1_000_000)
+    """With ``run --interval``: reconcile the committed days every N cycles (0: never)."""
+    reconcile_repair: bool = False
+    """Whether that reconcile also repairs the late rows it finds (``--repair``)."""
 
 
 @attrs.frozen
@@ -706,6 +711,16 @@ class Config:
                 max_rows_per_second=self.flag.max_rows_per_second,
                 manifests=self.build_manifests(),
             )
+
+    def build_reconcile_job(
+        self, *, partition: int | None = None, read_only: bool = False
+    ) -> ReconcileJob:
+        """Late-row detection and repair over this pipeline's committed days
+        (``read_only``: detection only, see :meth:`build_engines`)."""
+        from deswm._reconcile import ReconcileJob
+
+        orchestrator = self.build_orchestrator(partition=partition, read_only=read_only)
+        return ReconcileJob(orchestrator, self.build_manifests())
 
     def build_purge_job(self, *, partition: int | None = None, verify: str = "content") -> PurgeJob:
         """The purge stage for this pipeline (deletes archived, verified source files)."""

@@ -27,6 +27,7 @@ next, so an operator reading a log line can act on it without the source code::
     │   │   └── EntryMismatchError  the uid is archived, but with another created_at
     │   ├── ObjectChangedError      a shard was rewritten while it was being read
     │   ├── ManifestMissingError    a committed bucket has no manifest (purge/flag refuse it)
+│   ├── LateRowsError           a committed bucket holds rows its manifest never counted
     │   └── CorruptManifestError    a bucket manifest is not a valid manifest
     ├── DatabaseTimeoutError        a lock or statement waited longer than its setting
     ├── WatermarkError              the watermark store refused a change
@@ -64,6 +65,7 @@ __all__ = [
     "FileMissingError",
     "FileReadError",
     "LaneError",
+    "LateRowsError",
     "LocationOutsideRootError",
     "ManifestMissingError",
     "MissingExtraError",
@@ -463,6 +465,29 @@ class ManifestMissingError(ShardError):
             f"{partition.partition('/')[0]}` (from the published shards and the source "
             "rows), or replay the day with `deswm watermark set --to DAY` and `deswm run`; "
             "archives built before manifests existed need this once per day",
+        )
+
+
+class LateRowsError(ShardError):
+    """A committed bucket holds more source rows than its manifest counted: rows arrived
+    below the watermark after the commit (late rows) and are not archived yet.
+
+    The purge and the flag stage refuse such a bucket before touching any of its files
+    or rows; ``deswm reconcile --repair`` archives the late rows and rewrites the manifest.
+    """
+
+    def __init__(self, day: str, partition: str, *, source_rows: int, manifest_rows: int) -> None:
+        self.day = day
+        self.partition = partition
+        self.source_rows = source_rows
+        self.manifest_rows = manifest_rows
+        super().__init__(
+            f"bucket {day} partition {partition} holds {source_rows} source row(s) but its "
+            f"manifest counted {manifest_rows} when it was committed: rows arrived below the "
+            "watermark afterwards (late rows) and are not archived",
+            hint=f"Run `deswm reconcile --since {day} --until {day} --repair --partition "
+            f"{partition.partition('/')[0]}` to archive them and record the day again; "
+            "nothing of this day was deleted or flagged",
         )
 
 

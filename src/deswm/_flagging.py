@@ -11,7 +11,9 @@ Rows are only flagged where their bucket's manifest exists (:mod:`deswm._manifes
 batch first requires the manifest of every partition its rows belong to, so a day
 committed without one stops the job with :class:`~deswm._errors.ManifestMissingError`
 before that partition's rows of the day are flagged (with one partition: before any row
-of the day), and the ``flagged`` watermark never passes it.
+of the day), and the ``flagged`` watermark never passes it. A day whose source holds more
+rows than its manifests counted (late rows, not archived) stops the job with
+:class:`~deswm._errors.LateRowsError` before any row of that day is flagged.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from deswm._errors import ConfigError, SourceError
 from deswm._manifest import ManifestStore
 from deswm._model import DEFAULT_STAGE, Partition, SourceRecord, Watermark, WatermarkKey, Window
 from deswm._protocols import ShardRouter, SourceProvider, WatermarkStore
+from deswm._reconcile import check_late_rows
 from deswm._routing import uid_text
 from deswm._sources import source_rows
 from deswm._timeutil import format_day, format_utc
@@ -216,6 +219,8 @@ class FlagJob:
                 bucket = self.router.bucket_start(record.created_at)
                 bucket_end = self.router.next_bucket(bucket)
                 day = Window(bucket, bucket_end)
+                # Late rows are not archived: flag nothing of their day (one count query).
+                check_late_rows(self.source, self.manifests, self.router, bucket)
                 batch: list[SourceRecord] = []
                 while record is not None and record.created_at < bucket_end:
                     batch.append(record)

@@ -284,6 +284,10 @@ class ManifestStore:
         )
         if previous is None or previous.to_bytes() != manifest.to_bytes():
             self._store.publish(manifest.name, _writer(manifest.to_bytes()))
+        # A writer killed while it wrote this manifest leaves a temp file on local disk;
+        # the shards' publish cleans theirs, and an unchanged manifest is not rewritten,
+        # so its folder is cleaned here (temps older than an hour; none on S3).
+        self._store.cleanup_temp(folder=f"{MANIFESTS}/{day}")
         return manifest
 
     def _groups(

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, Literal
@@ -657,6 +657,7 @@ class WatermarkOrchestrator:
         max_cycles: int | None = None,
         max_failed_cycles: int | None = DEFAULT_MAX_FAILED_CYCLES,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        after_cycle: Callable[[int], None] | None = None,
     ) -> StopReason:
         """Run cycles every ``interval`` seconds until SIGTERM/SIGINT or :meth:`request_stop`.
 
@@ -667,6 +668,11 @@ class WatermarkOrchestrator:
         tried again after an exponential backoff: ``interval`` (at least 1 s), doubled
         per failure up to ``max(max_backoff, interval)``. After ``max_failed_cycles``
         failures in a row (``None`` or 0: never) the last error is raised.
+
+        ``after_cycle`` is called with the number of cycles done after each successful
+        one, between cycles (where this runner is the only writer of its shard groups):
+        the place for periodic jobs such as ``[run] reconcile_every``. A
+        :class:`~deswm.DeswmError` it raises is logged and the loop goes on.
 
         Returns why it stopped: ``"signal"``, ``"requested"``, ``"run-time"``, or
         ``"finished"`` after ``max_cycles`` cycles.
@@ -687,6 +693,13 @@ class WatermarkOrchestrator:
                 if not self._cycle_with_retries(interval, max_failed_cycles, max_backoff, deadline):
                     break
                 cycles += 1
+                if after_cycle is not None and not self._stop.is_set():
+                    try:
+                        after_cycle(cycles)
+                    except ConfigError:
+                        raise
+                    except DeswmError as exc:
+                        log.error("after cycle %d: %s", cycles, _one_line(exc))
                 if deadline is not None and time.monotonic() >= deadline:
                     return "run-time"
                 if max_cycles is not None and cycles >= max_cycles:
@@ -1415,8 +1428,31 @@ class WatermarkOrchestrator:
     def _retry_bucket(
         self, bucket: datetime, records: list[SourceRecord]
     ) -> tuple[list[SourceRecord], list[FileFailure], int]:
+        done, failed, shards = self.merge_bucket(bucket, records)
+        if self.manifests is not None and done:  # fewer listed; maybe new parts
+            self.manifests.refresh(bucket, self.partition, shards, len(done))
+        return done, failed, len(shards)
+
+    def merge_bucket(
+        self,
+        bucket: datetime,
+        records: Sequence[SourceRecord],
+        *,
+        revisit: Sequence[int] = (),
+        all_or_nothing: bool = False,
+    ) -> tuple[list[SourceRecord], list[FileFailure], tuple[PublishedShard, ...]]:
+        """Read ``records`` (rows of one committed bucket) and merge them into its published
+        shards: the one merge path of ``errors retry`` and ``reconcile --repair``.
+
+        Returns the records archived (or found archived already), the failures, and the
+        parts written. Nothing is dropped (G3) and the groups come out as a clean run
+        over their entries lays them out (see :mod:`deswm._planner`). ``revisit``: group
+        indexes to lay out again even without a new file (finishes a merge a crash
+        interrupted). ``all_or_nothing``: publish nothing when any record fails.
+        """
         done: list[SourceRecord] = []
         failed: list[FileFailure] = []
+        shards: tuple[PublishedShard, ...] = ()
         added = False
         with self.packer.open_bucket(bucket) as writer:
             for record, data in self.reader.read_many(records):
@@ -1433,14 +1469,15 @@ class WatermarkOrchestrator:
                     continue
                 done.append(record)
                 added = True
-            shards: tuple[PublishedShard, ...] = ()
-            if added:
-                shards = writer.publish().shards
-            else:
+            touch = getattr(writer, "revisit", None)
+            if callable(touch):
+                for index in revisit:
+                    touch(index)
+            if (failed and all_or_nothing) or not (added or revisit):
                 writer.abort()
-        if self.manifests is not None and done:  # fewer listed; maybe new parts
-            self.manifests.refresh(bucket, self.partition, shards, len(done))
-        return done, failed, len(shards)
+            else:
+                shards = writer.publish().shards
+        return done, failed, shards
 
 
 def _discard(*groups: Iterable[LaneBatch]) -> None:

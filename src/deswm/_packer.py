@@ -9,7 +9,8 @@ rewritten if damaged, so no entry links to bytes that do not verify, G16). ``pub
 then writes each touched group.
 
 Which entry goes into which part object, both for a fresh group and for a merge with
-published parts (G3: an entry never moves between objects), is decided by the pure
+published parts (G3: no entry is dropped; one moves only to an object published before
+its old one is rewritten), is decided by the pure
 planner, :func:`deswm._planner.plan_group`, whose module docstring states the rules. The
 packer carries a plan out: parts whose content would be byte-identical are not
 rewritten (a replay of an unchanged day costs no writes), but a part holding entries
@@ -401,6 +402,17 @@ class DesBucketWriter:
             self._state = "failed"
             raise
 
+    def revisit(self, index: int) -> None:
+        """Plan group ``index`` at :meth:`publish` even when no file is added to it.
+
+        The plan then lays out what is published as a clean run would (a merge that a
+        crash interrupted may have left an entry in two parts); parts that are already
+        right are not rewritten. Costs one index read per part of the group.
+        """
+        self._require("open")
+        if index not in self._groups:
+            self._groups[index] = Group(self._router.group(self._bucket, index))
+
     def _route(self, record: SourceRecord) -> tuple[str, ShardKey]:
         uid = uid_text(record.uid)
         key = self._router.route(uid, record.created_at)
@@ -534,10 +546,11 @@ class DesBucketWriter:
     def publish(self) -> BucketResult:
         """Durably publish every touched group, merged with what is already there.
 
-        Groups are written in index order, parts in number order; each object is replaced
+        Groups are written in index order, parts in number order (from the last down
+        when the plan moves entries to the clean layout); each object is replaced
         atomically, and on local disk one folder fsync at the end makes the renames
         durable before this returns. On error the writer is failed: objects already
-        replaced are complete and valid (each holds every entry it held before), and a
+        replaced are complete and valid, every entry is in at least one of them, and a
         rerun with the same input finishes the job byte for byte.
 
         The result counts ``files``/``bytes_in`` added to this writer; ``bytes_out``
@@ -585,7 +598,9 @@ class DesBucketWriter:
                 reach(
                     Checkpoint.PACKER_MERGE_BEFORE_WRITE if old else Checkpoint.PACKER_BEFORE_GROUP
                 )
-                for part in plan.parts:
+                # A plan that moves entries goes from the last part down: an entry's new
+                # object is published before its old one is rewritten without it.
+                for part in reversed(plan.parts) if plan.moves else plan.parts:
                     if part.identical and self._unchanged(group, part):
                         shards_unchanged += 1
                         unchanged += sum(1 for item in part.items if item.source != IN_OLD_PART)
@@ -693,11 +708,13 @@ class DesBucketWriter:
         return writer.finish()
 
     def _copy_run(self, writer: ShardWriter, part: PartPlan, run: Sequence[PlannedEntry]) -> None:
-        assert part.old is not None  # old items only ever come from the same part number
+        # A run's entries are stored in one published part: this part's, or a lower one's
+        # when the plan moves entries (that part is rewritten after this one).
+        source = next(info for info in part.sources if info.part == run[0].origin)
         start = run[0].loc
         end = run[-1].loc + run[-1].length
         try:
-            chunk = memoryview(self._store.read_range(part.old, start, end))
+            chunk = memoryview(self._store.read_range(source, start, end))
         except ObjectChangedError as exc:
             raise PackError(
                 f"{exc.message} while copying its entries",

@@ -10,8 +10,17 @@ Fresh group: greedy split, an entry joins the current part while the part's exac
 size stays within ``max_size`` (an entry too big for any part gets one of its own);
 parts are numbered 0000, 0001, ...
 
-Merge with published parts (G3), where **an entry never moves between objects**, so
-each object replacement is safe on its own in any crash order:
+Merge with published parts (G3). The plan is the **clean run's layout** (the fresh split
+of every entry, old and new, in canonical order) whenever no entry has to move to a
+lower-numbered part for it. Inserting entries only ever pushes a greedy split's
+boundaries towards higher numbers, so this holds for every group deswm wrote itself; the
+packer then publishes the group's parts from the highest number down, so an entry's new
+object is always published before its old object is rewritten without it: a crash in
+between leaves the entry in both (same bytes; the lower part owns it), never in neither.
+That is what makes a merge of late rows or retried files byte-identical to a clean run
+over the same rows (G2). Otherwise (a layout a clean run cannot produce: parts of other
+writers, a gap in the numbers) **no entry moves between objects**, so each object
+replacement is safe on its own in any crash order:
 
 * every old uid belongs to the lowest-numbered part holding it (a duplicate in a higher
   part is dropped there);
@@ -26,15 +35,16 @@ each object replacement is safe on its own in any crash order:
   split, so a rerun after a crash that published only some parts reproduces the clean
   run byte for byte;
 * old entries without ``created_at`` meta (other writers) sort with key ``("", uid)``;
-* mid-range inserts can make a part exceed ``max_size`` (moving entries between objects
-  cannot be made atomic, so it is not done);
+* mid-range inserts can make a part exceed ``max_size`` (there, moving entries between
+  objects could not be ordered safely, so it is not done);
 * a part whose content would be byte-identical is marked ``identical``: the packer does
   not rewrite it (a replay of an unchanged day costs no writes), unless it holds entries
   re-read from their sources whose rendered bytes differ from the published ones (G16);
   a part left empty by dropped duplicates is listed in ``deletions``, deleted after the
   others are published;
-* kept old entries point at their stored bytes in the published part (``IN_OLD_PART``),
-  which the packer copies verbatim (adjacent ones in runs, :func:`copy_runs`), so a
+* kept old entries point at their stored bytes in a published part (``IN_OLD_PART``,
+  ``origin`` is its number: another part's when the entry moved), which the packer copies
+  verbatim (adjacent ones in runs, :func:`copy_runs`), so a
   replay after the sources were deleted reproduces the original objects.
 
 Sizes come from the format (:func:`deswm._container.record_size`), so a planned part's
@@ -100,6 +110,8 @@ class PlannedEntry(NamedTuple):
     """Where the stored bytes are: ``IN_BUFFER``, ``IN_SPILL`` or ``IN_OLD_PART``."""
     loc: int
     """Offset of the stored bytes in that place."""
+    origin: int = -1
+    """For ``IN_OLD_PART``: the number of the published part holding the stored bytes."""
 
     @property
     def copyable(self) -> bool:
@@ -107,14 +119,15 @@ class PlannedEntry(NamedTuple):
         return self.source == IN_OLD_PART and self.big_sha256 is None
 
 
-def old_entry(entry: IndexEntry) -> PlannedEntry:
-    """A published entry as the plan carries it over (its key, cost and stored bytes)."""
+def old_entry(entry: IndexEntry, origin: int = -1) -> PlannedEntry:
+    """A published entry of part ``origin`` as the plan carries it over (its key, cost
+    and stored bytes)."""
     length = 0 if entry.big else entry.length
     cost = length + index_record_size(entry.uid, entry.meta, entry.big_sha256)
     key = (entry.created_at_text or "", entry.uid)
     return PlannedEntry(
         key, entry.uid, entry.codec, entry.size, length, entry.meta, entry.big_sha256, cost,
-        IN_OLD_PART, entry.offset,
+        IN_OLD_PART, entry.offset, origin,
     )  # fmt: skip
 
 
@@ -139,6 +152,8 @@ class PartPlan:
     identical: bool
     replaced: int = 0
     """New entries that take the place of a published entry with the same uid."""
+    sources: tuple[PartInfo, ...] = ()
+    """The published parts whose stored bytes ``items`` copy (``PlannedEntry.origin``)."""
 
 
 @attrs.frozen
@@ -148,6 +163,9 @@ class GroupPlan:
     parts: tuple[PartPlan, ...]
     deletions: tuple[PartInfo, ...]
     kept: int
+    moves: bool = False
+    """Whether old entries change objects (the clean layout): publish ``parts`` from the
+    last to the first, so no crash can leave an entry in neither object."""
 
 
 def plan_group(
@@ -166,19 +184,86 @@ def plan_group(
         for entry in index.entries:
             if entry.uid not in owner:  # a duplicate stays only in the lowest part
                 owner[entry.uid] = part.part
-                items[entry.uid] = old_entry(entry)
+                items[entry.uid] = old_entry(entry, part.part)
         contents[part.part] = items
-    filled = [number for number, items in contents.items() if items]
-    firsts = [min(item.key for item in contents[number].values()) for number in filled]
-    last_key = max(item.key for item in contents[filled[-1]].values()) if filled else None
     kept = sum(len(items) for items in contents.values())
-    tail: list[PlannedEntry] = []
-    for item in sorted(new, key=lambda item: item.key):
+    ordered = sorted(new, key=lambda item: item.key)
+    for item in ordered:
         number = owner.get(item.uid)
         if number is not None:  # the same entry (uid and created_at) replaced in place
             _require_same_entry(contents[number][item.uid], item, number)
-            contents[number][item.uid] = item
             kept -= 1
+    final = _clean_layout(contents, ordered, max_size)
+    moves = final is not None and any(
+        owner.get(item.uid, number) != number for number, items in final.items() for item in items
+    )
+    if final is None:
+        final = _in_place(contents, ordered, max_size)
+    previous = {part.part: (part, index) for part, index in old}
+    parts = []
+    for number in sorted(final):
+        items_sorted = tuple(sorted(final[number], key=lambda item: item.key))
+        size = part_size(items_sorted)
+        before = previous.get(number)
+        identical = before is not None and _identical(items_sorted, size, before[1])
+        replaced = sum(1 for i in items_sorted if i.source != IN_OLD_PART and i.uid in owner)
+        old_part = before[0] if before else None
+        origins = {i.origin for i in items_sorted if i.source == IN_OLD_PART}
+        sources = tuple(previous[n][0] for n in sorted(origins))
+        parts.append(PartPlan(number, items_sorted, size, old_part, identical, replaced, sources))
+    deletions = tuple(part for part, _ in old if part.part not in final)
+    return GroupPlan(tuple(parts), deletions, kept, moves)
+
+
+def _clean_layout(
+    contents: dict[int, dict[str, PlannedEntry]],
+    new: Sequence[PlannedEntry],
+    max_size: int,
+) -> dict[int, list[PlannedEntry]] | None:
+    """The fresh split of every entry (old ones replaced by ``new`` of the same uid), or
+    ``None`` when it would move an old entry to a lower-numbered part.
+
+    A group deswm wrote itself is a clean split of its entries, and adding entries to a
+    greedy split only pushes the boundaries up, so this is ``None`` only for layouts a
+    clean run cannot produce (gaps in the numbers, parts of other writers).
+    """
+    owner = {uid: number for number, items in contents.items() for uid in items}
+    merged = {uid: item for items in contents.values() for uid, item in items.items()}
+    for item in new:
+        merged[item.uid] = item
+    final: dict[int, list[PlannedEntry]] = {}
+    current: list[PlannedEntry] = []
+    number, size = 0, EMPTY_SHARD_SIZE
+    for item in sorted(merged.values(), key=lambda item: item.key):
+        if current and size + item.cost > max_size:
+            final[number] = current
+            number, current, size = number + 1, [], EMPTY_SHARD_SIZE
+        if owner.get(item.uid, number) > number:
+            return None
+        current.append(item)
+        size += item.cost
+    if current:
+        final[number] = current
+    return final
+
+
+def _in_place(
+    contents: dict[int, dict[str, PlannedEntry]],
+    new: Sequence[PlannedEntry],
+    max_size: int,
+) -> dict[int, list[PlannedEntry]]:
+    """The layout that moves no old entry: new uids go to the part whose range holds
+    them, the tail is split like a fresh group after the last part."""
+    contents = {number: dict(items) for number, items in contents.items()}
+    owner = {uid: number for number, items in contents.items() for uid in items}
+    filled = [number for number, items in contents.items() if items]
+    firsts = [min(item.key for item in contents[number].values()) for number in filled]
+    last_key = max(item.key for item in contents[filled[-1]].values()) if filled else None
+    tail: list[PlannedEntry] = []
+    for item in new:
+        number = owner.get(item.uid)
+        if number is not None:
+            contents[number][item.uid] = item
         elif last_key is None or item.key > last_key:
             tail.append(item)
         else:
@@ -196,18 +281,7 @@ def plan_group(
             current.append(item)
             size += item.cost
         final[number] = current
-    previous = {part.part: (part, index) for part, index in old}
-    parts = []
-    for number in sorted(final):
-        items_sorted = tuple(sorted(final[number], key=lambda item: item.key))
-        size = part_size(items_sorted)
-        before = previous.get(number)
-        identical = before is not None and _identical(items_sorted, size, before[1])
-        replaced = sum(1 for i in items_sorted if i.source != IN_OLD_PART and i.uid in owner)
-        old_part = before[0] if before else None
-        parts.append(PartPlan(number, items_sorted, size, old_part, identical, replaced))
-    deletions = tuple(part for part, _ in old if part.part not in final)
-    return GroupPlan(tuple(parts), deletions, kept)
+    return final
 
 
 def _require_same_entry(old: PlannedEntry, new: PlannedEntry, number: int) -> None:
@@ -256,8 +330,8 @@ def _identical(items: Sequence[PlannedEntry], size: int, index: ShardIndex) -> b
 
 
 def copy_runs(items: Sequence[PlannedEntry]) -> Iterator[list[PlannedEntry]]:
-    """Split planned items into runs: adjacent old inline entries (read together, at most
-    ``COPY_CHUNK`` bytes per run), and single other items."""
+    """Split planned items into runs: adjacent old inline entries of one published part
+    (read together, at most ``COPY_CHUNK`` bytes per run), and single other items."""
     run: list[PlannedEntry] = []
     for item in items:
         if run:
@@ -265,6 +339,7 @@ def copy_runs(items: Sequence[PlannedEntry]) -> Iterator[list[PlannedEntry]]:
             joins = (
                 item.copyable
                 and head.copyable
+                and item.origin == head.origin
                 and item.loc == last.loc + last.length
                 and item.loc + item.length - head.loc <= COPY_CHUNK
             )

@@ -8,7 +8,7 @@ suites that check an implementation against it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -34,6 +34,7 @@ from deswm._model import (
 __all__ = [
     "ArchiveLookup",
     "AuditLog",
+    "BucketCounter",
     "BucketWriter",
     "ErrorStore",
     "FileReader",
@@ -173,6 +174,24 @@ class PartitionedSource(Protocol):
         rows of other partitions too is allowed (the orchestrator filters every row
         again): a source may skip only what it can place with certainty.
         """
+        ...
+
+
+@runtime_checkable
+class BucketCounter(Protocol):
+    """An optional capability of a :class:`SourceProvider`: count a range's rows per bucket.
+
+    A reconcile (:mod:`deswm._reconcile`) compares these counts with the manifests; a
+    source without it is streamed once instead (:func:`deswm._sources.bucket_counts`).
+    """
+
+    def bucket_counts(
+        self, window: Window, router: ShardRouter, partition: Partition
+    ) -> Mapping[datetime, int] | None:
+        """Rows of ``window`` per bucket start (buckets without rows may be left out),
+        counting the rows ``partition`` owns, exactly the rows
+        :meth:`SourceProvider.iter_records` gives; ``None`` when the source cannot
+        count that partition's rows itself (the caller streams them)."""
         ...
 
 

@@ -17,7 +17,9 @@ of a batch are verified and again right before they are deleted.
 
 A day is only purged when its manifest exists (:mod:`deswm._manifest`): a day committed
 without one (an archive built before manifests, or by a custom packer) stops the purge
-with :class:`~deswm._errors.ManifestMissingError` before any of its files is touched.
+with :class:`~deswm._errors.ManifestMissingError` before any of its files is touched, and
+a day whose source holds more rows than its manifest counted (late rows, not archived)
+with :class:`~deswm._errors.LateRowsError` (one count query per day).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from deswm._protocols import (
     WatermarkStore,
 )
 from deswm._readers import FsspecFileReader
+from deswm._reconcile import check_late_rows
 from deswm._sources import source_rows
 from deswm._timeutil import format_day, format_utc
 
@@ -239,7 +242,11 @@ class PurgeJob:
                 return
             bucket = self.router.bucket_start(record.created_at)
             bucket_end = self.router.next_bucket(bucket)
-            self.manifests.require(format_day(bucket), self.partition)
+            manifest = self.manifests.require(format_day(bucket), self.partition)
+            # Rows that arrived after the commit are not archived: refuse the whole day.
+            check_late_rows(
+                self.source, self.manifests, self.router, bucket, self.partition, manifest
+            )
             failures: list[FileFailure] = []
             batch: list[SourceRecord] = []
             while record is not None and record.created_at < bucket_end:

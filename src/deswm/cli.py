@@ -4,9 +4,10 @@ Exit codes: 0 success (a run stopped by SIGTERM/SIGINT, ``--max-buckets`` or
 ``--run-time`` at a bucket boundary included), 1 a failure at run time (failed files,
 conflicts, missing entries, ``--interval`` giving up), 2 a usage or configuration error
 (a missing optional package included), 130/143 a second SIGINT/SIGTERM, 141 stdout
-closed early (``deswm stats | head``). Output is text for people, or JSON with
-``--json``. Errors are one line with a hint; ``--debug`` adds tracebacks. Passwords in
-URLs are never printed.
+closed early (``deswm stats | head``); ``reconcile`` exits 1 when days differ from their
+manifests (late rows, not repaired) and 2 on any error. Output is text for people, or
+JSON with ``--json``. Errors are one line with a hint; ``--debug`` adds tracebacks.
+Passwords in URLs are never printed.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from deswm._manifest import BucketManifest
     from deswm._model import Partition
     from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
+    from deswm._reconcile import ReconcileReport
 
 __all__ = ["main"]
 
@@ -213,6 +215,7 @@ def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrches
             config.run.interval if args.interval is _CONFIGURED else args.interval,
             handle_signals=False,  # installed above
             max_failed_cycles=config.run.max_failed_cycles if failed is None else failed,
+            after_cycle=_reconcile_every(config, orchestrator),
         )
         if args.json:
             _print_json({"stopped": reason})
@@ -232,6 +235,40 @@ def _run(args: argparse.Namespace, config: Config, orchestrator: WatermarkOrches
     else:
         print(result)
     return EXIT_OK
+
+
+def _reconcile_every(
+    config: Config, orchestrator: WatermarkOrchestrator
+) -> Callable[[int], None] | None:
+    """``[run] reconcile_every``: a reconcile (``--repair`` with ``reconcile_repair``) of
+    the committed days after every N-th cycle of ``--interval``, by this runner."""
+    every = config.run.reconcile_every
+    if not every:
+        return None
+    from deswm._reconcile import ReconcileJob
+
+    job = ReconcileJob(orchestrator, config.build_manifests())
+
+    def reconcile(cycles: int) -> None:
+        if cycles % every:
+            return
+        report = job.run(repair=config.run.reconcile_repair)
+        if not report.ok:
+            log.warning(
+                "reconcile: %d day(s) of %s differ from their manifests (%d late row(s)); "
+                "run `deswm reconcile --repair` or set run.reconcile_repair = true",
+                len(report.changed),
+                report.key,
+                report.late_rows,
+            )
+        else:
+            log.info(
+                "reconcile: %d day(s) checked, %d repaired",
+                len(report.buckets),
+                sum(1 for bucket in report.buckets if bucket.repaired),
+            )
+
+    return reconcile
 
 
 def _observers(
@@ -574,6 +611,79 @@ def cmd_purge(args: argparse.Namespace) -> int:
             f"{result.buckets_committed} day(s) done"
         )
     return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Late rows: exit 0 when every day matches (or was repaired), 1 when a day differs
+    and was not repaired, 2 on any error (configuration, database, archive)."""
+    config = _config(args)
+    try:
+        since = parse_timestamp(args.since, "--since") if args.since else None
+        until = parse_timestamp(args.until, "--until") if args.until else None
+        job = config.build_reconcile_job(partition=args.partition, read_only=not args.repair)
+        with _row_progress(args, config, "reconcile") as progress:
+            report = job.run(
+                since=since,
+                until=until,
+                counts_only=args.counts_only,
+                repair=args.repair,
+                progress=progress,
+            )
+    except ConfigError:
+        raise
+    except DeswmError as exc:
+        _report(args, exc, f"{type(exc).__name__}: ")
+        return EXIT_USAGE
+    if args.json:
+        _print_json(_reconcile_dict(report))
+    else:
+        _print_reconcile(report)
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def _reconcile_dict(report: ReconcileReport) -> dict[str, Any]:
+    out = to_jsonable(report)
+    out.update(
+        ok=report.ok,
+        late_rows=report.late_rows,
+        deleted_rows=report.deleted_rows,
+        changed=[bucket.day for bucket in report.changed],
+    )
+    for entry, bucket in zip(out["buckets"], report.buckets, strict=True):
+        entry.update(day=bucket.day, matches=bucket.matches, ok=bucket.ok)
+        entry["partition"] = f"{bucket.partition.index}/{bucket.partition.count}"
+    return dict(out)
+
+
+_SHOWN_UIDS = 20
+"""uids listed per day and kind in the text output (``--json`` lists them all)."""
+
+
+def _print_reconcile(report: ReconcileReport) -> None:
+    changed = report.changed
+    repaired = sum(1 for bucket in report.buckets if bucket.repaired)
+    mode = "counts" if report.counts_only else "counts and digests"
+    print(
+        f"{report.key}: checked {len(report.buckets)} day(s) in {report.window} ({mode}): "
+        f"{len(changed)} changed, {report.late_rows} late row(s), "
+        f"{report.deleted_rows} deleted from the source"
+        + (f", {repaired} repaired" if report.repair else "")
+    )
+    for bucket in changed:
+        recorded = "no manifest" if bucket.manifest_rows is None else str(bucket.manifest_rows)
+        state = " (repaired)" if bucket.repaired else ""
+        print(
+            f"  {bucket.day} p{bucket.partition.index}/{bucket.partition.count}: source "
+            f"{bucket.source_rows} row(s), manifest {recorded}: {len(bucket.late)} late, "
+            f"{len(bucket.deleted)} deleted{state}"
+        )
+        for kind, keys in (("late", bucket.late), ("deleted", bucket.deleted)):
+            for uid, created_at in keys[:_SHOWN_UIDS]:
+                print(f"    {kind}: {uid!r} created_at={format_utc(created_at)}")
+            if len(keys) > _SHOWN_UIDS:
+                print(f"    {kind}: ... and {len(keys) - _SHOWN_UIDS} more (--json lists all)")
+    if not report.ok:
+        print("late rows are not archived: run `deswm reconcile --repair` to archive them")
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
@@ -1080,6 +1190,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_output(purge)
     with_progress(purge)
+
+    reconcile = command(
+        "reconcile",
+        "find rows that reached committed days after their commit (late rows); --repair "
+        "archives them",
+        cmd_reconcile,
+    )
+    reconcile.add_argument(
+        "--since", help="first day checked (ISO 8601; default: the first day with a manifest)"
+    )
+    reconcile.add_argument(
+        "--until", help="last day checked, included (default: the last committed day)"
+    )
+    reconcile.add_argument(
+        "--counts-only",
+        action="store_true",
+        help="compare row counts only; stream a day's rows only when its count differs",
+    )
+    reconcile.add_argument(
+        "--repair",
+        action="store_true",
+        help="merge the late rows into their day's shards and rewrite its manifest",
+    )
+    with_output(reconcile)
+    with_progress(reconcile)
 
     get = command("get", "write one archived file's bytes", cmd_get)
     get.add_argument("uid")

@@ -143,6 +143,18 @@ def run_step(config_path: str | Path, step: Step) -> dict[str, Any]:
             source_engine.dispose()
             store_engine.dispose()
         return {"op": "set", "watermark": written.position.isoformat()}
+    if step["op"] == "reconcile":
+        job = config.build_reconcile_job()
+        try:
+            report = job.run(repair=True)
+        finally:
+            job.orchestrator.close()
+            _dispose(job.orchestrator.source, job.orchestrator.store)
+        return {
+            "op": "reconcile",
+            "late": report.late_rows,
+            "repaired": sum(1 for bucket in report.buckets if bucket.repaired),
+        }
     raise ValueError(f"unknown step {step!r}")
 
 

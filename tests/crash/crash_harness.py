@@ -221,6 +221,9 @@ class Scenario:
     final: datetime
     replay: bool = False
     """Whether the world is changed between the two (see :func:`replay_change`)."""
+    late: bool = False
+    """Whether only the late rows of :func:`replay_change` are inserted between the two
+    (below the committed watermark: the crash steps reconcile and repair them)."""
 
 
 SCENARIOS = {
@@ -236,6 +239,13 @@ SCENARIOS = {
         crash=(manual_set(REPLAY_FROM, "crash test: replay 11 May"), cycle(NOW_SECOND)),
         final=datetime(2024, 5, 15, tzinfo=UTC),
         replay=True,
+    ),
+    "late": Scenario(  # after 10-12 May were archived: late rows in 11-12 May, repaired
+        "late",
+        before=(cycle(NOW_FIRST),),
+        crash=({"op": "reconcile"},),
+        final=datetime(2024, 5, 13, tzinfo=UTC),
+        late=True,
     ),
 }
 
@@ -454,7 +464,7 @@ class World:
         self.destination = destination
         self.scenario = scenario
         self.rows: list[Row] = list(rows)
-        self.change = replay_change(self.rows) if scenario.replay else None
+        self.change = replay_change(self.rows) if scenario.replay or scenario.late else None
         self.files = folder / "files"
         self.engine = sa.create_engine(sql_url, poolclass=sa.pool.NullPool)
         self.dialect = self.engine.dialect.name
@@ -547,6 +557,12 @@ class World:
         self._insert(self.change.late)
         self.rows.extend(self.change.late)
         self._seed_duplicate_part(self.change.duplicate_group)
+
+    def apply_late_change(self) -> None:
+        """Insert the late rows only (below the committed watermark)."""
+        assert self.change is not None
+        self._insert(self.change.late)
+        self.rows.extend(self.change.late)
 
     def _seed_duplicate_part(self, group: int) -> None:
         """Add a part after the last of a day-1 group holding a copy of one entry of part 0.
@@ -738,7 +754,9 @@ def check_visible_objects(
                     stored = data[entry.offset : entry.offset + entry.length]
                     decode_payload(entry, stored, name=name)  # size and sha256 checked
         verified += 1
-    check_parts_contiguous(listing)
+    # A merge into published parts (every scenario but a fresh one) that moves entries
+    # publishes from the last part down, so a kill may leave a gap above part 0.
+    check_parts_contiguous(listing, merges=bool(world.scenario.before))
     if temps:  # temp files are ignored: each day's listing holds only complete parts
         archive = world.archive()
         for day in DAYS:
@@ -760,12 +778,15 @@ def check_committed_manifests(world: World, position: datetime | None) -> int:
     return len(days)
 
 
-def check_parts_contiguous(names: Iterable[str]) -> None:
+def check_parts_contiguous(names: Iterable[str], *, merges: bool = False) -> None:
     """Each group's visible parts are numbered 0..k without a gap.
 
-    The packer publishes a group's parts in number order, so a crash leaves a prefix;
-    that is what lets a rerun reproduce the clean layout byte for byte (G2). A gap
-    (part 0001 without part 0000) makes the rerun merge new entries into 0001 instead.
+    The packer publishes a fresh group's parts in number order, so a crash leaves a
+    prefix; that is what lets a rerun reproduce the clean layout byte for byte (G2). A
+    gap before the first part (part 0001 without part 0000) makes the rerun merge new
+    entries into 0001 instead. A merge that moves entries to the clean layout publishes
+    from the last part down (an entry's new object first), so with ``merges`` only part
+    0000 is required: the rerun lays out the rest again.
     """
     groups: dict[tuple[str, str], list[int]] = {}
     for name in names:
@@ -773,6 +794,9 @@ def check_parts_contiguous(names: Iterable[str]) -> None:
         if parsed is not None:
             groups.setdefault(parsed[:2], []).append(parsed[2])
     for (day, hex_), numbers in sorted(groups.items()):
+        if merges:
+            assert 0 in numbers, f"G2: group {day}_{hex_} has parts {sorted(numbers)} but no 0000"
+            continue
         assert sorted(numbers) == list(range(len(numbers))), (
             f"G2: parts of group {day}_{hex_} are {sorted(numbers)}: published out of order, "
             "so a rerun cannot reproduce the clean layout"
@@ -784,22 +808,25 @@ def differing_objects(found: Mapping[str, bytes], wanted: Mapping[str, bytes]) -
     return sorted(n for n in found.keys() | wanted.keys() if found.get(n) != wanted.get(n))
 
 
-def expected_rows(world: World, position: datetime | None) -> list[Row]:
+def expected_rows(
+    world: World, position: datetime | None, *, late_archived: bool = False
+) -> list[Row]:
     """The rows G1 requires at ``position``: below it, and committed after they existed.
 
     A late row (inserted below a committed watermark) is only required once a manual
-    ``set`` moved the watermark back below it and the watermark passed it again.
+    ``set`` moved the watermark back below it and the watermark passed it again, or
+    (``late_archived``) once a reconcile repaired it.
     """
     if position is None:
         return []
-    replayed = bool(world.manual_changes())
+    replayed = late_archived or bool(world.manual_changes())
     return [r for r in world.rows if r.created_at < position and (not r.late or replayed)]
 
 
-def check_no_loss(world: World, position: datetime | None) -> int:
+def check_no_loss(world: World, position: datetime | None, *, late_archived: bool = False) -> int:
     """G1: every required row reads back byte-identical; returns how many were read."""
     archive = world.archive()
-    rows = expected_rows(world, position)
+    rows = expected_rows(world, position, late_archived=late_archived)
 
     def read(row: Row) -> None:
         data = archive.get(row.uid, row.created_at)
@@ -911,6 +938,8 @@ class Worlds:
         world.run(scenario.before)
         if scenario.replay:
             world.apply_replay_change()
+        if scenario.late:
+            world.apply_late_change()
         return world
 
     def reference(
@@ -923,7 +952,7 @@ class Worlds:
             stored = world.watermark()
             assert stored is not None and stored.position == scenario.final
             check_visible_objects(world)
-            assert check_no_loss(world, stored.position) == len(
+            assert check_no_loss(world, stored.position, late_archived=scenario.late) == len(
                 [r for r in world.rows if r.created_at < scenario.final]
             )
             self._references[key] = Reference(

@@ -97,11 +97,24 @@ REPLAY: tuple[Case, ...] = (
 )
 """Kills in the replay scenario (set back two days, merge, keep, delete, new days)."""
 
+LATE: tuple[Case, ...] = (
+    ("packer.merge.before_write", 1, False),
+    ("packer.part.mid_write", 1, False),
+    ("packer.after_part", 1, True),
+    ("packer.after_part", "last", False),
+    ("reconcile.after_publish", 1, True),
+    ("reconcile.after_publish", "last", False),
+    ("reconcile.after_manifest", 1, True),
+)
+"""Kills in the late scenario (late rows below the watermark, reconcile --repair): inside
+the merge, after a day's shards are published and before its manifest is rewritten, and
+after the manifest."""
+
 
 def cases() -> list[tuple[str, str, str, Occurrence]]:
     out = []
     for backend in BACKENDS:
-        for scenario, table in (("fresh", FRESH), ("replay", REPLAY)):
+        for scenario, table in (("fresh", FRESH), ("replay", REPLAY), ("late", LATE)):
             for point, n, on_s3 in table:
                 if backend == "sqlite-local" or on_s3:
                     out.append((backend, scenario, point, n))
@@ -121,7 +134,7 @@ def test_every_point_is_killed_on_every_backend_where_it_exists() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_clean_runs_reach_every_point_the_backend_has(worlds: Worlds, backend: str) -> None:
-    """Which points a clean run reaches, per backend: all 26 on local disk; on S3 all but
+    """Which points a clean run reaches, per backend: all 28 on local disk; on S3 all but
     the five of the local temp-file publish (an S3 PUT has no temp file, fsync or link)."""
     sql, dest = BACKENDS[backend]
     reached: set[str] = set()

@@ -78,6 +78,7 @@ _FIRST_BUCKET = datetime(1, 1, 1, tzinfo=UTC)
 _LAST_BUCKET = datetime(9999, 12, 31, tzinfo=UTC)  # has no end: no window can hold it
 _EVERY_INSTANT = Window(_FIRST_BUCKET, datetime.max.replace(tzinfo=UTC))
 _REFERENCE_BATCH = 500  # locations per IN (...): far below every dialect's parameter limit
+_COUNT_BUCKETS = 366  # buckets per GROUP BY statement: one bound parameter each
 
 
 @attrs.frozen
@@ -329,6 +330,63 @@ class SqlSourceProvider:
             bytes=int(size or 0),
             oldest=None if oldest is None else self._stat_instant(cols, oldest, window),
             newest=None if newest is None else self._stat_instant(cols, newest, window),
+        )
+
+    def bucket_counts(
+        self, window: Window, router: ShardRouter, partition: Partition | None = None
+    ) -> dict[datetime, int] | None:
+        """Rows of ``window`` per bucket start that ``partition`` owns: one ``GROUP BY``.
+
+        The bucket of a row is found by comparing ``created_at`` with the bucket bounds
+        bound exactly as :meth:`iter_records` binds a window's (a balanced ``CASE`` over
+        them, so every time zone and storage type places a row where a cycle does), at
+        most :data:`_COUNT_BUCKETS` buckets per statement. ``None`` when the rows of
+        ``partition`` cannot be told apart in SQL (no partition pushdown): the caller
+        then streams them (:func:`deswm._sources.bucket_counts`).
+        """
+        cols = self._resolve()
+        partition = partition or Partition()
+        only = self._partition_clause(cols, router, partition)
+        if partition.count > 1 and only is None:
+            return None
+        counts: dict[datetime, int] = {}
+        if window.empty:
+            return counts
+        bounds = [router.bucket_start(window.start)]
+        while bounds[-1] < window.end:
+            bounds.append(router.next_bucket(bounds[-1]))
+        for first in range(0, len(bounds) - 1, _COUNT_BUCKETS):
+            chunk = bounds[first : first + _COUNT_BUCKETS + 1]
+            part = Window(max(chunk[0], window.start), min(chunk[-1], window.end))
+            bucket = self._bucket_case(cols, chunk, 0, len(chunk) - 1).label("bucket")
+            inner = sa.select(bucket).select_from(cols.table).where(self._window_clause(cols, part))
+            inner = self.filter_query(inner)
+            if only is not None:
+                inner = inner.where(only)
+            rows = inner.subquery("per_day")
+            query = sa.select(rows.c.bucket, sa.func.count()).group_by(rows.c.bucket)
+            with self._db_errors("counting rows per day"):
+                for attempt in transient_retries("counting rows per day"):
+                    with attempt, self._connection(cols) as conn:
+                        found = conn.execute(query).all()
+            for index, count in found:
+                counts[chunk[int(index)]] = int(count)
+        return counts
+
+    def _bucket_case(
+        self, cols: _Columns, bounds: Sequence[datetime], low: int, high: int
+    ) -> sa.ColumnElement[Any]:
+        """The index ``i`` in ``[low, high)`` with ``bounds[i] <= created_at < bounds[i+1]``:
+        nested ``CASE``s halving the range, so a row costs log2(buckets) comparisons."""
+        if high - low == 1:
+            return sa.literal_column(str(low), sa.Integer())
+        middle = (low + high) // 2
+        return sa.case(
+            (
+                cols.created_at < self._bind_instant(cols, bounds[middle]),
+                self._bucket_case(cols, bounds, low, middle),
+            ),
+            else_=self._bucket_case(cols, bounds, middle, high),
         )
 
     # --- diagnostics --------------------------------------------------------------------
