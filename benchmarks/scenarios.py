@@ -107,12 +107,14 @@ class _DaskWorkers:
         return dict(self._client.run(_worker_times))
 
     def since(self, before: dict[str, tuple[float, float]]) -> dict[str, float]:
-        used = {"user": 0.0, "system": 0.0}
-        for worker, (user, system) in self.times().items():
-            start = before.get(worker, (0.0, 0.0))
-            used["user"] += user - start[0]
-            used["system"] += system - start[1]
-        return used if self._client is not None else {}
+        """CPU the workers used since ``before`` (empty without a cluster)."""
+        now = self.times()
+        if not now:
+            return {}
+        return {
+            kind: sum(times[i] - before.get(worker, (0.0, 0.0))[i] for worker, times in now.items())
+            for i, kind in enumerate(("user", "system"))
+        }
 
     def close(self) -> None:
         if self._client is not None:

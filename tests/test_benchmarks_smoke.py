@@ -16,30 +16,28 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURE_KEYS = {"id", "figure", "deswm", "baseline", "ratio", "target", "met", "unit", "note"}
 
 
-def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
-    results = tmp_path / "results"
+def _run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the repository, with the benchmarks importable."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     env.pop("DESWM_CRASH_AT", None)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--smoke",
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--results-dir",
-            str(results),
-        ],
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    done = _run_module(
+        "benchmarks", "--smoke", "--work-dir", str(tmp_path / "work"), "--results-dir", str(results)
     )
     assert done.returncode == 0, done.stderr[-4000:]
     files = list(results.glob("bench-*-smoke.json"))
@@ -78,22 +76,10 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
 def test_engine_memory_runs_a_cycle_per_bound_and_leaves_no_spill_file(tmp_path: Path) -> None:
     """The harness of benchmarks.engine_memory (no memory assertion: that is the report's).
     It exits non-zero if a cycle archives fewer rows than generated or leaves a spill file."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
     spill = tmp_path / "spill"
     spill.mkdir()
     options = ["--rows", "3000", "--bounds", "0,100", "--spill-dir", str(spill)]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.engine_memory", *options],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = _run_module("benchmarks.engine_memory", *options)
     assert done.returncode == 0, done.stderr[-4000:]
     rows = [
         line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line
