@@ -8,6 +8,7 @@ worker process imports this module to unpickle them).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import os
 import pickle
 import signal
@@ -31,12 +32,15 @@ from deswm._errors import (
 )
 from deswm._lane_pool import cpu_count, resolve_pool
 from deswm._lanes import LaneBatch
-from deswm._model import BucketResult, SourceRecord, Watermark, WatermarkKey, Window
+from deswm._manifest import ManifestStore
+from deswm._model import BucketResult, Partition, SourceRecord, Watermark, WatermarkKey, Window
 from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
 from deswm._packer import DesPacker
 from deswm._protocols import ReadResult
 from deswm._readers import FsspecFileReader
 from deswm._routing import DesRouter
+from deswm._rowdigest import RowDigest
+from deswm._shardio import ShardStore
 from deswm.testing import (
     MemoryErrorStore,
     MemoryFileReader,
@@ -802,3 +806,62 @@ def test_a_missing_spill_dir_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         World(tmp_path).orchestrator(workers=2, spill_dir=tmp_path / "nowhere")
     assert caught.value.key == "archive.spill_dir"
+
+
+# --- the manifests' row digests, computed by the lanes -----------------------------------
+
+
+class TwoTakingReader(FsspecFileReader):
+    """Takes only the first two rows of its lane from the iterator (and reads those)."""
+
+    def read_many(self, records: Iterable[SourceRecord]) -> Generator[ReadResult, None, None]:
+        yield from super().read_many(itertools.islice(records, 2))
+
+
+def _manifests(world: World) -> ManifestStore:
+    return ManifestStore(ShardStore(str(world.archive_dir)), world.router)
+
+
+def test_lanes_digest_the_rows_the_in_process_path_digests(
+    tmp_path: Path, engine: dict[str, Any]
+) -> None:
+    inline, lanes = World(tmp_path / "inline"), World(tmp_path / "engine")
+    with inline.orchestrator(manifests=_manifests(inline)) as orchestrator:
+        orchestrator.run_cycle()
+    with lanes.orchestrator(manifests=_manifests(lanes), **engine) as orchestrator:
+        orchestrator.run_cycle()
+    whole = Partition(0, 1)
+    for day in DAYS:
+        name = f"202405{day}"
+        expected, found = (
+            _manifests(inline).require(name, whole),
+            _manifests(lanes).require(name, whole),
+        )
+        assert (
+            (found.rows, found.digest)
+            == (expected.rows, expected.digest)
+            == (
+                PER_DAY,
+                RowDigest.of(
+                    (r.uid, r.created_at) for r in lanes.records if r.created_at.day == day
+                ).hexdigest,
+            )
+        )
+        assert found.groups == expected.groups
+
+
+def test_a_lane_reader_that_skips_rows_unread_is_caught_before_the_manifest(
+    tmp_path: Path, engine: dict[str, Any]
+) -> None:
+    world = World(tmp_path / "engine")
+    reader = TwoTakingReader(root=str(world.files))
+    with (
+        world.orchestrator(reader=reader, manifests=_manifests(world), **engine) as orchestrator,
+        pytest.raises(RowCountError) as caught,
+    ):
+        orchestrator.run_cycle()
+    assert "bucket 2024-05-10T00:00:00" in str(caught.value)
+    assert "returned 24 row(s)" in str(caught.value)
+    assert f"readers took {2 * engine['workers']}" in str(caught.value)
+    assert world.position() == at(10)
+    assert _manifests(world).read("20240510", Partition(0, 1)) is None

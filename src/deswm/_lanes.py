@@ -37,6 +37,7 @@ from deswm._errors import (
 from deswm._model import BucketResult, FileFailure, SourceRecord
 from deswm._protocols import FileReader, Packer
 from deswm._routing import uid_text
+from deswm._rowdigest import RowDigest
 
 __all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "merge_results", "pack_lane"]
 
@@ -210,6 +211,9 @@ class LaneJob:
     rows: LaneBatch
     audit: bool = False
     """Also return the ``(uid, created_at)`` of the rows archived or kept (an audit log)."""
+    digest: bool = False
+    """Also return the row digest of every row of the job (a bucket manifest's rows): the
+    lanes share this per-row work, which would otherwise bound the coordinator."""
 
 
 @attrs.frozen
@@ -226,6 +230,8 @@ class LaneOutcome:
     bytes_in: int
     archived: tuple[tuple[str, datetime], ...] = ()
     """``(uid, created_at)`` of the rows archived or kept, when the job asked (audit)."""
+    digest: tuple[int, int] | None = None
+    """:attr:`RowDigest.state` of all the job's rows, when the job asked."""
 
 
 def pack_lane(job: LaneJob) -> LaneOutcome:
@@ -253,8 +259,10 @@ def _pack(job: LaneJob) -> LaneOutcome:
     failures: list[FileFailure] = []
     seen = kept = files = size = 0
     archived: list[tuple[str, datetime]] | None = [] if job.audit else None
+    digest = RowDigest() if job.digest else None
+    records = job.rows.records() if digest is None else _digested(job.rows.records(), digest)
     with job.packer.open_bucket(job.bucket) as writer:
-        results = job.reader.read_many(job.rows.records())
+        results = job.reader.read_many(records)
         try:
             for record, data in results:
                 seen += 1
@@ -288,8 +296,24 @@ def _pack(job: LaneJob) -> LaneOutcome:
         result = writer.publish()
         reach(Checkpoint.LANE_AFTER_PUBLISH)
     return LaneOutcome(
-        job.lane, result, tuple(failures), kept, seen, files, size, tuple(archived or ())
+        job.lane,
+        result,
+        tuple(failures),
+        kept,
+        seen,
+        files,
+        size,
+        tuple(archived or ()),
+        None if digest is None else digest.state,
     )
+
+
+def _digested(records: Iterator[SourceRecord], digest: RowDigest) -> Iterator[SourceRecord]:
+    """``records``, each added to ``digest`` on its way to the reader."""
+    add = digest.add
+    for record in records:
+        add(uid_text(record.uid), record.created_at)
+        yield record
 
 
 def merge_results(bucket: datetime, parts: list[BucketResult]) -> BucketResult:

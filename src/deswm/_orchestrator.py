@@ -1021,7 +1021,8 @@ class WatermarkOrchestrator:
         ``shard_index % lanes``, keep at most ``buckets_in_flight`` buckets dispatched,
         commit strictly in bucket order."""
         owned = self._owned(window)
-        rows = _RowCounter(owned, self.router, digest=self.manifests is not None)
+        # The lanes digest their own rows for the manifests (put back in _settle).
+        rows = _RowCounter(owned, self.router)
         flight: deque[_InFlight] = deque()
         state = _LaneState(watermark)
         stopped: StopReason = "finished"
@@ -1108,6 +1109,7 @@ class WatermarkOrchestrator:
                     self.on_error,
                     rows,
                     audit=self.audit_log is not None,
+                    digest=self.manifests is not None,
                 ),
             )
             for lane, rows in enumerate(batches)
@@ -1152,6 +1154,16 @@ class WatermarkOrchestrator:
                 failures, bucket=format_utc(item.bucket), result=partial, reason=reason
             )
         archived = tuple(row for o in outcomes for row in o.archived)
+        if self.manifests is not None:
+            digest = RowDigest.combined(o.digest or (0, 0) for o in outcomes)
+            if digest.count != rows.of(item.bucket):  # a reader that skipped rows unread
+                raise RowCountError(
+                    format_utc(item.bucket),
+                    key=self.key,
+                    returned=rows.of(item.bucket),
+                    accounted=f"its lanes' readers took {digest.count}",
+                )
+            rows.put_digest(item.bucket, digest)
         outcome = _Outcome(None, failures, merge_results(item.bucket, parts), None, kept, archived)
         end = item.end
         assert end is not None  # known once the next bucket's first row (or the end) arrived
@@ -1556,6 +1568,7 @@ class _RowCounter(Iterator[SourceRecord]):
         self._router = router
         self._counts: dict[datetime, int] = {}
         self._digests: dict[datetime, RowDigest] | None = {} if digest else None
+        self._put: dict[datetime, RowDigest] = {}
         self._bucket: datetime | None = None
         self._end: datetime | None = None
         self._done = False
@@ -1596,10 +1609,17 @@ class _RowCounter(Iterator[SourceRecord]):
         return self._counts.get(bucket, 0)
 
     def digest(self, bucket: datetime) -> RowDigest:
-        """The count and digest of the bucket's rows (kept only with ``digest=True``)."""
+        """The count and digest of the bucket's rows (kept with ``digest=True``, or put)."""
+        digest = self._put.get(bucket)
+        if digest is not None:
+            return digest
         if self._digests is None:
             raise ValueError("this counter keeps no digests")
         return self._digests.get(bucket) or RowDigest()
+
+    def put_digest(self, bucket: datetime, digest: RowDigest) -> None:
+        """The bucket's digest as its lanes computed it (the engine's path)."""
+        self._put[bucket] = digest
 
     def first_bucket(self) -> datetime | None:
         return min(self._counts, default=None)

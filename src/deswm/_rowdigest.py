@@ -60,6 +60,21 @@ class RowDigest:
         return digest
 
     @classmethod
+    def combined(cls, parts: Iterable[tuple[int, int]]) -> RowDigest:
+        """The digest of the union of disjoint row sets, from each one's :attr:`state`
+        (the lanes of a bucket each digest their own rows)."""
+        digest = cls()
+        for count, total in parts:
+            digest.count += count
+            digest._total += total
+        return digest
+
+    @property
+    def state(self) -> tuple[int, int]:
+        """``(count, sum)``: plain data that crosses a process boundary."""
+        return self.count, self._total
+
+    @classmethod
     def of(cls, rows: Iterable[tuple[str, datetime]]) -> RowDigest:
         digest = cls()
         for uid, created_at in rows:
