@@ -15,9 +15,11 @@ end::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -95,11 +97,58 @@ def best_of(repeat: int, run: Callable[[], int]) -> tuple[float, float, int]:
     return best
 
 
+@contextlib.contextmanager
+def _sqlite(_: str) -> Iterator[str]:
+    """A fresh SQLite file in a temp folder (the embedded default)."""
+    with tempfile.TemporaryDirectory() as folder:
+        yield f"sqlite:///{folder}/files.sqlite3"
+
+
 def _stream(url: str, window: Window, repeat: int) -> tuple[float, float, int]:
     """Best wall seconds, that run's CPU seconds of this process, rows."""
     engine = sa.create_engine(url)
     source = SqlSourceProvider(engine, "files")
     best = best_of(repeat, lambda: sum(1 for _ in source.iter_records(window)))
+    engine.dispose()
+    return best
+
+
+def _coordinator(url: str, window: Window, repeat: int, lanes: int) -> tuple[float, float, int]:
+    """Best wall seconds, CPU and rows of the coordinator's own per-row path of a cycle on
+    the engine over the same stream: the order and bounds checks, the count per bucket,
+    the route to one of ``lanes`` lanes and the append to its batch (default
+    ``lane_batch_rows``); nothing is dispatched, so no lane work is counted."""
+    from deswm import DesPacker, WatermarkOrchestrator
+    from deswm._lanes import LaneBatch
+    from deswm._orchestrator import _RowCounter
+    from deswm.testing import MemoryFileReader, MemoryWatermarkStore
+
+    engine = sa.create_engine(url)
+    router = DesRouter(8)
+    with tempfile.TemporaryDirectory() as archive:
+        orchestrator = WatermarkOrchestrator(
+            MemoryWatermarkStore(),
+            SqlSourceProvider(engine, "files"),
+            MemoryFileReader({}),
+            router,
+            DesPacker(archive, router),
+            pipeline="stream",
+            initial=window.start,
+        )
+
+        def run() -> int:
+            rows = _RowCounter(orchestrator._owned(window), router)
+            shard_index = router.shard_index
+            batches = [LaneBatch(50_000) for _ in range(lanes)]
+            try:
+                for record in rows:
+                    batches[shard_index(record.uid) % lanes].add(record)
+            finally:
+                for batch in batches:
+                    batch.discard()
+            return sum(len(batch) for batch in batches)
+
+        best = best_of(repeat, run)
     engine.dispose()
     return best
 
@@ -111,10 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pg-url", default=_PG)
     parser.add_argument("--mysql-url", default=_MYSQL)
-    parser.add_argument("--only", default="postgresql,mariadb")
+    parser.add_argument("--only", default="postgresql,mariadb", help="also: sqlite")
+    parser.add_argument(
+        "--coordinator",
+        action="store_true",
+        help="also time the coordinator's per-row path of an engine cycle over the stream",
+    )
+    parser.add_argument("--lanes", type=int, default=2, help="lanes the rows are routed to")
     args = parser.parse_args(argv)
     wanted = set(args.only.split(","))
-    for name, database in (("postgresql", _postgres), ("mariadb", _mariadb)):
+    databases = (("postgresql", _postgres), ("mariadb", _mariadb), ("sqlite", _sqlite))
+    for name, database in databases:
         if name not in wanted:
             continue
         url_arg = args.pg_url if name == "postgresql" else args.mysql_url
@@ -122,13 +178,16 @@ def main(argv: list[str] | None = None) -> None:
             engine = sa.create_engine(url)
             window = fill_files(engine, args.rows, args.days)
             engine.dispose()
-            wall, cpu, rows = _stream(url, window, args.repeat)
-            print(
-                f"{name:10} {rows:,} rows in {wall:.2f} s: {rows / wall:,.0f} rows/s; "
-                f"CPU of this process {cpu:.2f} s ({cpu / rows * 1e6:.1f} us/row); "
-                f"load average {os.getloadavg()[0]:.2f}",
-                flush=True,
-            )
+            measures = [("stream", _stream(url, window, args.repeat))]
+            if args.coordinator:
+                measures.append(("coordinator", _coordinator(url, window, args.repeat, args.lanes)))
+            for what, (wall, cpu, rows) in measures:
+                print(
+                    f"{name:10} {what:11} {rows:,} rows in {wall:.2f} s: "
+                    f"{rows / wall:,.0f} rows/s; CPU of this process {cpu:.2f} s "
+                    f"({cpu / rows * 1e6:.1f} us/row); load average {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -86,3 +86,16 @@ def test_engine_memory_runs_a_cycle_per_bound_and_leaves_no_spill_file(tmp_path:
     ]
     assert [row.split("|")[1].strip() for row in rows[1:]] == ["0", "100"]
     assert list(spill.iterdir()) == []
+
+
+def test_source_stream_times_the_stream_and_the_coordinators_path_on_sqlite() -> None:
+    """benchmarks.source_stream on the embedded default (no server needed): both measures
+    go over every row of the generated table."""
+    options = ["--rows", "2000", "--days", "2", "--repeat", "1", "--only", "sqlite"]
+    done = _run_module("benchmarks.source_stream", *options, "--coordinator")
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["sqlite", "stream", "2,000"],
+        ["sqlite", "coordinator", "2,000"],
+    ]
