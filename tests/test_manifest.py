@@ -330,3 +330,42 @@ def test_a_fresh_bucket_records_its_manifest_without_reading_a_part(tmp_path: Pa
 )
 def test_the_fast_instant_text_is_format_utc(value: datetime) -> None:
     assert instant_text(value) == format_utc(value)
+
+
+class _Killed(Exception):
+    """Stands for a runner killed at a checkpoint."""
+
+
+def _die(_name: str, _count: int) -> None:
+    raise _Killed
+
+
+def test_a_replay_records_the_hash_of_a_part_a_killed_replay_rewrote_at_the_same_size(
+    tmp_path: Path,
+) -> None:
+    """A replay rewrites a part with other bytes of the same size (a file changed in
+    place) and is killed before the manifest: the next replay finds the part equal to its
+    own rendering and leaves it alone, and the manifest takes the hash of those bytes
+    (from the comparison), not the first run's."""
+    world = World(tmp_path, records([10], 6))
+    world.orchestrator().run_cycle()
+    changed = world.rows[0]
+    old = world.files[changed.location]
+    world.reader.put(changed.location, bytes(reversed(old)))  # same size, other bytes
+
+    world.store.set(WatermarkKey("files"), at(10, 0), reason="replay")
+    install("bucket.after_publish", _die)
+    try:
+        with pytest.raises(_Killed):
+            world.orchestrator().run_cycle()
+    finally:
+        uninstall("bucket.after_publish")
+    stale = world.manifests().require("20240510", Partition())
+
+    world.store.set(WatermarkKey("files"), at(10, 0), reason="replay")
+    result = world.orchestrator().run_cycle()
+    assert result.shards_written == 0, "the part is already the replay's"
+    manifest = world.manifests().require("20240510", Partition())
+    for part in manifest.parts:
+        assert part.sha256 == hashlib.sha256((tmp_path / part.name).read_bytes()).hexdigest()
+    assert manifest.parts != stale.parts, "the killed replay had left a stale hash"

@@ -330,4 +330,7 @@ def merge_results(bucket: datetime, parts: list[BucketResult]) -> BucketResult:
         unchanged=sum(p.unchanged for p in parts),
         replaced=sum(p.replaced for p in parts),
         shards_unchanged=sum(p.shards_unchanged for p in parts),
+        checked=tuple(
+            sorted((s for part in parts for s in part.checked), key=lambda s: (s.name, s.part))
+        ),
     )

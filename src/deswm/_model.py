@@ -291,6 +291,10 @@ class BucketResult:
     """Files that replaced the published entry of the same uid in a rewritten part."""
     shards_unchanged: int = 0
     """Parts of touched groups left as they were (nothing new for them, or identical)."""
+    checked: tuple[PublishedShard, ...] = ()
+    """Parts left as they were after their bytes were compared with the replay's and found
+    equal, with the sha256 of those bytes: a manifest takes it rather than trusting its
+    previous one (a replay a crash cut short may have rewritten such a part)."""
 
 
 @attrs.frozen

@@ -1213,7 +1213,7 @@ class WatermarkOrchestrator:
             self.key.pipeline,
             rows.digest(bucket),
             len(outcome.failures),
-            outcome.result.shards,
+            outcome.result.shards + outcome.result.checked,
         )
         if self.audit_log is not None:
             self.audit_log.record(manifest, outcome.archived, self._now())

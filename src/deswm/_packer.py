@@ -584,6 +584,7 @@ class DesBucketWriter:
         if self._big_seen:
             self._store.cleanup_temp(folder=BIG_FILES)
         shards: list[PublishedShard] = []
+        checked: list[PublishedShard] = []
         kept = unchanged = replaced = shards_unchanged = 0
         bytes_out = self._big_written
         # On local disk, the parts' fsyncs are issued together (see ShardStore.batch);
@@ -601,7 +602,7 @@ class DesBucketWriter:
                 # A plan that moves entries goes from the last part down: an entry's new
                 # object is published before its old one is rewritten without it.
                 for part in reversed(plan.parts) if plan.moves else plan.parts:
-                    if part.identical and self._unchanged(group, part):
+                    if part.identical and self._unchanged(group, part, checked):
                         shards_unchanged += 1
                         unchanged += sum(1 for item in part.items if item.source != IN_OLD_PART)
                         continue
@@ -625,6 +626,7 @@ class DesBucketWriter:
             unchanged=unchanged,
             replaced=replaced,
             shards_unchanged=shards_unchanged,
+            checked=tuple(checked),
         )
 
     def _publish_part(self, group: Group, part: PartPlan, *, merged: bool) -> PublishedShard:
@@ -657,14 +659,15 @@ class DesBucketWriter:
             name, part.number, len(part.items), part.size, merged=merged, sha256=digests[-1]
         )
 
-    def _unchanged(self, group: Group, part: PartPlan) -> bool:
+    def _unchanged(self, group: Group, part: PartPlan, checked: list[PublishedShard]) -> bool:
         """Whether a part judged identical by its index also holds identical bytes.
 
         An index cannot show a damaged payload, so when the part holds entries re-read
         from their sources, the part is rendered into a sink that compares it with the
         published object, read in chunks of at most 8 MiB; on any difference the part
-        is rewritten (G16). A part of carried-over entries only is copied verbatim, so
-        it cannot differ (and cannot be repaired: the sources are gone).
+        is rewritten (G16). A part found equal goes to ``checked`` with the sha256 of
+        its bytes. A part of carried-over entries only is copied verbatim, so it cannot
+        differ (and cannot be repaired: the sources are gone).
         """
         if not any(item.source != IN_OLD_PART and item.big_sha256 is None for item in part.items):
             return True
@@ -678,6 +681,12 @@ class DesBucketWriter:
                 hint="Another writer is publishing this group; run one runner per partition",
             ) from exc
         if sink.matches():
+            old = part.old
+            checked.append(
+                PublishedShard(
+                    old.name, part.number, len(part.items), old.size, sha256=sink.hexdigest()
+                )
+            )
             return True
         log.warning(
             "%s differs from its replay at byte %d although its index matches; rewriting it",
@@ -790,9 +799,12 @@ class _Comparison:
         self._at = 0  # position in the chunk
         self._next = 0  # offset of the next chunk to read
         self._written = 0
+        self._sha256 = hashlib.sha256()
         self.mismatch_at: int | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.mismatch_at is None:
+            self._sha256.update(data)
         view = memoryview(data).cast("B")
         count = len(view)
         position = 0
@@ -813,6 +825,10 @@ class _Comparison:
             position += take
         self._written += count
         return count
+
+    def hexdigest(self) -> str:
+        """The sha256 of what was written: the object's, when :meth:`matches`."""
+        return self._sha256.hexdigest()
 
     def matches(self) -> bool:
         """Whether everything written equals the whole object."""
