@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-s3", action="store_true", help="skip the moto S3 retrieval")
     parser.add_argument("--keep", action="store_true", help="keep run folders (archives)")
     parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="wait until the last run's cleanup is 5 minutes old before the first timed run "
+        "(ext4 creates files more slowly after mass deletes)",
+    )
+    parser.add_argument(
         "--n-bits-variant",
         type=int,
         default=4,
@@ -361,11 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     if cleanup_mark.exists():
         ago = time.time() - cleanup_mark.stat().st_mtime
         info["seconds_since_last_cleanup"] = round(ago)
-        if ago < _RECENT_DELETES:
+        if ago < _RECENT_DELETES and args.settle:
+            _log(f"settling: the last run's files were deleted {ago:.0f} s ago; waiting ...")
+            time.sleep(_RECENT_DELETES - ago)
+            info["seconds_since_last_cleanup"] = _RECENT_DELETES
+        elif ago < _RECENT_DELETES:
             _log(
                 f"warning: the last run's files were deleted {ago:.0f} s ago; for about "
                 f"{_RECENT_DELETES // 60} minutes ext4 creates files more slowly after mass "
-                "deletes, which makes deswm (thousands of objects) look slower"
+                "deletes, which makes deswm (thousands of objects) look slower (--settle "
+                "waits)"
             )
     run_root = args.work_dir / "runs"
     stale = None
