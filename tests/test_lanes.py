@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -125,8 +126,36 @@ def test_a_portable_batch_carries_its_spilled_rows_inline(tmp_path: Path) -> Non
     assert batch.path is not None and Path(batch.path).exists()  # the coordinator's copy
     batch.discard()  # the coordinator settles the bucket: the file is gone...
     copy = pickle.loads(sent)
-    assert copy.path is None and copy.spilled == 0
+    assert copy.path is None and (copy.in_memory, copy.spilled) == (4, 26)
     assert list(copy.records()) == added  # ...the lane has every row anyway
+    assert list(copy.records()) == added  # and can read them again (a retried lane)
+
+
+def test_a_portable_batch_sends_its_spilled_rows_compressed(tmp_path: Path) -> None:
+    """The travelling rows are the spill file's lines, zstd-compressed: a Dask job (and
+    the coordinator while it serializes one) holds a fraction of the rows' size, where
+    it held them as Python lists before. Random hex uids and paths: the worst case."""
+    rng = random.Random(7)
+    added = [
+        SourceRecord(
+            f"{rng.getrandbits(128):032x}{i % 10_000:04d}",
+            START + timedelta(microseconds=rng.getrandbits(40)),
+            f"/data/archive/2024/01/{rng.getrandbits(128):032x}/{rng.getrandbits(128):032x}.bin",
+            rng.randrange(100, 1_000_000),
+        )
+        for i in range(20_000)
+    ]
+    inline, portable = LaneBatch(0), LaneBatch(10, str(tmp_path))
+    for record in added:
+        inline.add(record)
+        portable.add(record)
+    portable.seal(portable=True)
+    spill_size = Path(str(portable.path)).stat().st_size
+    sent = pickle.dumps(portable)
+    portable.discard()
+    assert len(sent) < 0.7 * min(spill_size, len(pickle.dumps(inline)))
+    copy = pickle.loads(sent)
+    assert list(copy.records()) == added
 
 
 def test_discard_is_idempotent_and_a_discarded_batch_refuses_to_lose_rows(

@@ -15,6 +15,7 @@ any ``concurrent.futures`` executor: threads, a process pool or a Dask cluster.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -22,9 +23,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, TextIO
+from typing import IO, Any, Final, Literal, TextIO
 
 import attrs
+import zstandard
 
 from deswm._checkpoints import Checkpoint, reach
 from deswm._errors import (
@@ -70,6 +72,7 @@ class LaneBatch:
 
     __slots__ = (
         "_file",
+        "_packed",
         "_portable",
         "folder",
         "limit",
@@ -94,6 +97,8 @@ class LaneBatch:
         self.spilled = 0
         self._file: TextIO | None = None
         self._portable = False
+        self._packed: bytes | None = None
+        """The spill file's lines, zstd-compressed, in a copy pickled with ``portable``."""
 
     def __repr__(self) -> str:
         return f"LaneBatch(rows={len(self)}, in_memory={self.in_memory}, spilled={self.spilled})"
@@ -161,35 +166,34 @@ class LaneBatch:
         if not self.spilled:
             return
         self.seal(portable=self._portable)
-        if self.path is None:
-            raise LookupError(f"the {self.spilled} spilled row(s) of this batch were discarded")
-        with open(self.path, encoding="ascii", newline="\n", buffering=_SPILL_BUFFER) as spill:
+        with self._spill_lines() as spill:
             for line in spill:
                 uid, micros, location, size = _DECODE(line)
                 yield uid, micros, location, size
+
+    def _spill_lines(self) -> IO[str]:
+        """The spilled rows' lines: from the travelling copy, or from the file."""
+        if self._packed is not None:
+            raw = zstandard.ZstdDecompressor().stream_reader(self._packed)
+            return io.TextIOWrapper(
+                io.BufferedReader(raw, _SPILL_BUFFER), encoding="ascii", newline="\n"
+            )
+        if self.path is None:
+            raise LookupError(f"the {self.spilled} spilled row(s) of this batch were discarded")
+        return open(self.path, encoding="ascii", newline="\n", buffering=_SPILL_BUFFER)
 
     def __getstate__(self) -> dict[str, Any]:
         if self._file is not None:
             raise RuntimeError("a LaneBatch is sealed before it is sent to a lane")
         state = {name: getattr(self, name) for name in self.__slots__ if name != "_file"}
-        if self._portable and self.spilled:
-            # The rows travel with the job: the lane may not see this machine's files.
-            uids, micros = list(self.uids), list(self.micros)
-            locations, sizes = list(self.locations), list(self.sizes)
-            for uid, micro, location, size in self._spilled_rows():
-                uids.append(uid)
-                micros.append(micro)
-                locations.append(location)
-                sizes.append(size)
-            state.update(
-                uids=uids,
-                micros=micros,
-                locations=locations,
-                sizes=sizes,
-                path=None,
-                spilled=0,
-                limit=0,
-            )
+        if self._portable and self.spilled and self.path is not None:
+            # The rows travel with the job (the lane may not see this machine's files), as
+            # the file's lines compressed: a fraction of their size as Python lists, and
+            # the lane streams them back one at a time.
+            with open(self.path, "rb") as spill:
+                packed = io.BytesIO()
+                zstandard.ZstdCompressor(level=1).copy_stream(spill, packed)
+            state.update(path=None, _packed=packed.getvalue())
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
