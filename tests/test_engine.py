@@ -795,6 +795,33 @@ def test_a_given_executor_gets_the_spilled_rows_inline(tmp_path: Path, inline: W
     assert world.objects() == inline.objects()
 
 
+class TwiceExecutor(cf.ThreadPoolExecutor):
+    """A host's executor that runs each job twice in this process, unpickled, as Dask may
+    rerun a task on an in-process worker: the first attempt's result is lost."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        fn(*args, **kwargs)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_job_run_again_in_the_same_process_still_finds_its_spilled_rows(
+    tmp_path: Path, inline: World
+) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    with TwiceExecutor() as host:
+        options = {"executor": host, "workers": 2, "lane_batch_rows": 2, "spill_dir": spill}
+        with world.orchestrator(**options) as orchestrator:
+            result = orchestrator.run_cycle()
+    assert result.files == len(DAYS) * PER_DAY
+    assert world.objects() == inline.objects()
+    assert spill_files(spill) == []  # the coordinator removed them when the buckets settled
+
+
 @pytest.mark.parametrize("value", [-1, "many", True, 2.5])
 def test_a_bad_lane_batch_rows_is_a_config_error(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError) as caught:

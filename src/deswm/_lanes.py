@@ -128,6 +128,11 @@ class LaneBatch:
         return len(self.uids) + self.spilled
 
     @property
+    def portable(self) -> bool:
+        """Sealed for lanes that may run elsewhere (see :meth:`seal`)."""
+        return self._portable
+
+    @property
     def in_memory(self) -> int:
         """Rows held in memory (at most ``limit`` when it is set)."""
         return len(self.uids)
@@ -245,7 +250,9 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
     ``"record"`` the lane publishes its good files and the coordinator judges the ratio
     over the whole bucket. An unexpected exception becomes a picklable
     :class:`~deswm._errors.LaneError`; a :class:`~deswm._errors.DeswmError` passes as is.
-    The rows' spill file is removed when the lane ends, however it ends.
+    The rows' spill file is removed when the lane ends, however it ends; a portable
+    batch's file is left to the coordinator (an executor such as an in-process Dask
+    worker may run the job again without a copy of it).
     """
     try:
         return _pack(job)
@@ -256,7 +263,8 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
             job.bucket.date().isoformat(), job.lane, job.lanes, f"{type(exc).__name__}: {exc}"
         ) from exc
     finally:
-        job.rows.discard()  # the spill file of its rows, whatever the outcome
+        if not job.rows.portable:
+            job.rows.discard()  # the spill file of its rows, whatever the outcome
 
 
 def _pack(job: LaneJob) -> LaneOutcome:
