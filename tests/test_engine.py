@@ -33,7 +33,15 @@ from deswm._errors import (
 from deswm._lane_pool import cpu_count, resolve_pool
 from deswm._lanes import LaneBatch
 from deswm._manifest import ManifestStore
-from deswm._model import BucketResult, Partition, SourceRecord, Watermark, WatermarkKey, Window
+from deswm._model import (
+    BucketResult,
+    CycleResult,
+    Partition,
+    SourceRecord,
+    Watermark,
+    WatermarkKey,
+    Window,
+)
 from deswm._orchestrator import CycleObserver, WatermarkOrchestrator
 from deswm._packer import DesPacker
 from deswm._protocols import ReadResult
@@ -782,14 +790,22 @@ class ElsewhereExecutor(cf.ThreadPoolExecutor):
         return super().submit(fn, pickle.loads(sent), **kwargs)
 
 
-def test_a_given_executor_gets_the_spilled_rows_inline(tmp_path: Path, inline: World) -> None:
+def _spilling_cycle(tmp_path: Path, host: cf.Executor) -> tuple[World, CycleResult, Path]:
+    """One cycle on a host's executor with 2 lanes that spill past 2 rows each:
+    ``(world, result, spill folder)``."""
     spill = tmp_path / "spill"
     spill.mkdir()
     world = World(tmp_path / "engine")
-    with ElsewhereExecutor() as host:
+    with host:
         options = {"executor": host, "workers": 2, "lane_batch_rows": 2, "spill_dir": spill}
         with world.orchestrator(**options) as orchestrator:
             result = orchestrator.run_cycle()
+    return world, result, spill
+
+
+def test_a_given_executor_gets_the_spilled_rows_inline(tmp_path: Path, inline: World) -> None:
+    host = ElsewhereExecutor()
+    world, result, _ = _spilling_cycle(tmp_path, host)
     assert host.spilled == 2 * len(DAYS)  # every lane's file was out of its reach
     assert result.files == len(DAYS) * PER_DAY
     assert world.objects() == inline.objects()
@@ -810,13 +826,7 @@ class TwiceExecutor(cf.ThreadPoolExecutor):
 def test_a_job_run_again_in_the_same_process_still_finds_its_spilled_rows(
     tmp_path: Path, inline: World
 ) -> None:
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    world = World(tmp_path / "engine")
-    with TwiceExecutor() as host:
-        options = {"executor": host, "workers": 2, "lane_batch_rows": 2, "spill_dir": spill}
-        with world.orchestrator(**options) as orchestrator:
-            result = orchestrator.run_cycle()
+    world, result, spill = _spilling_cycle(tmp_path, TwiceExecutor())
     assert result.files == len(DAYS) * PER_DAY
     assert world.objects() == inline.objects()
     assert spill_files(spill) == []  # the coordinator removed them when the buckets settled

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final, Literal, TextIO
 
@@ -36,7 +36,7 @@ from deswm._errors import (
     FileReadError,
     LaneError,
 )
-from deswm._model import BucketResult, FileFailure, SourceRecord
+from deswm._model import BucketResult, FileFailure, PublishedShard, SourceRecord
 from deswm._protocols import FileReader, Packer
 from deswm._routing import uid_text
 from deswm._rowdigest import RowDigest
@@ -331,18 +331,19 @@ def _digested(records: Iterator[SourceRecord], digest: RowDigest) -> Iterator[So
 def merge_results(bucket: datetime, parts: list[BucketResult]) -> BucketResult:
     """One bucket's result from its lanes' parts; shards in name order, as one writer
     publishing every group would list them."""
-    shards = sorted((s for part in parts for s in part.shards), key=lambda s: (s.name, s.part))
     return BucketResult(
         bucket=bucket,
         files=sum(p.files for p in parts),
         bytes_in=sum(p.bytes_in for p in parts),
         bytes_out=sum(p.bytes_out for p in parts),
         kept=sum(p.kept for p in parts),
-        shards=tuple(shards),
+        shards=_in_name_order(s for part in parts for s in part.shards),
         unchanged=sum(p.unchanged for p in parts),
         replaced=sum(p.replaced for p in parts),
         shards_unchanged=sum(p.shards_unchanged for p in parts),
-        checked=tuple(
-            sorted((s for part in parts for s in part.checked), key=lambda s: (s.name, s.part))
-        ),
+        checked=_in_name_order(s for part in parts for s in part.checked),
     )
+
+
+def _in_name_order(shards: Iterable[PublishedShard]) -> tuple[PublishedShard, ...]:
+    return tuple(sorted(shards, key=lambda s: (s.name, s.part)))

@@ -1567,8 +1567,8 @@ class _RowCounter(Iterator[SourceRecord]):
         self._rows = rows
         self._router = router
         self._counts: dict[datetime, int] = {}
-        self._digests: dict[datetime, RowDigest] | None = {} if digest else None
-        self._put: dict[datetime, RowDigest] = {}
+        self._digesting = digest
+        self._digests: dict[datetime, RowDigest] = {}
         self._bucket: datetime | None = None
         self._end: datetime | None = None
         self._done = False
@@ -1586,7 +1586,7 @@ class _RowCounter(Iterator[SourceRecord]):
         bucket = self._bucket
         assert bucket is not None
         self._counts[bucket] = self._counts.get(bucket, 0) + 1
-        if self._digests is not None:
+        if self._digesting:
             digest = self._digests.get(bucket)
             if digest is None:
                 digest = self._digests[bucket] = RowDigest()
@@ -1610,16 +1610,16 @@ class _RowCounter(Iterator[SourceRecord]):
 
     def digest(self, bucket: datetime) -> RowDigest:
         """The count and digest of the bucket's rows (kept with ``digest=True``, or put)."""
-        digest = self._put.get(bucket)
-        if digest is not None:
-            return digest
-        if self._digests is None:
-            raise ValueError("this counter keeps no digests")
-        return self._digests.get(bucket) or RowDigest()
+        found = self._digests.get(bucket)
+        if found is not None:
+            return found
+        if not self._digesting:
+            raise ValueError(f"no digest of bucket {format_utc(bucket)} was kept or put")
+        return RowDigest()
 
     def put_digest(self, bucket: datetime, digest: RowDigest) -> None:
         """The bucket's digest as its lanes computed it (the engine's path)."""
-        self._put[bucket] = digest
+        self._digests[bucket] = digest
 
     def first_bucket(self) -> datetime | None:
         return min(self._counts, default=None)
