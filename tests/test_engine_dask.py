@@ -112,9 +112,14 @@ def test_a_lane_that_kills_every_worker_fails_its_bucket_typed(
     with world.orchestrator(reader=reader, **options) as orchestrator:
         with pytest.raises(LaneError, match="KilledWorker") as caught:
             orchestrator.run_cycle()
-        assert caught.value.bucket == "2024-05-12"
+        # The bucket of u12-003 fails; so may bucket 11 when one of its lanes was
+        # queued on a worker that died twice (Dask counts it as suspect too). Either
+        # way the watermark stays at or before the failed bucket's start.
+        failed = caught.value.bucket
+        assert failed in {"2024-05-11", "2024-05-12"}
+        assert failed in str(caught.value)
         position = world.position()
-        assert position is not None and position <= at(12)
+        assert position is not None and position <= at(int(failed[-2:]))
         orchestrator.reader = FsspecFileReader(root=str(world.files))
         orchestrator.run_cycle()  # the next run loses nothing
     assert world.objects() == inline.objects()
