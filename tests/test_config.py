@@ -139,6 +139,55 @@ def test_builds_a_working_orchestrator(tmp_path: Path) -> None:
     assert orchestrator.key.pipeline == "p"
 
 
+def test_closing_a_built_orchestrator_disposes_the_engines_it_built(tmp_path: Path) -> None:
+    """A service that builds an orchestrator per job keeps no pools behind: ``close()``
+    disposes the source, watermark, replica probe and audit engines the config made."""
+    text = MINIMAL.replace(
+        'url = "sqlite:///source.db"',
+        'url = "sqlite:///source.db"\n'
+        'replica_url = "postgresql+psycopg://reader@replica.invalid/files"',
+    )
+    text += '[watermark]\nurl = "sqlite:///marks.db"\n\n[audit]\nurl = "sqlite:///audit.db"\n'
+    orchestrator = load_config(write(tmp_path, text)).build_orchestrator()
+    source = orchestrator.source
+    assert source.throttle is not None and source.throttle.lag_probe is not None
+    engines = {
+        "source": source.engine,
+        "watermark": orchestrator.store._engine,
+        "replica": source.throttle.lag_probe.engine,
+        "audit": orchestrator.audit_log._engine,
+    }
+    assert len({id(e) for e in engines.values()}) == 4
+    with engines["source"].connect():
+        pass  # a pooled connection, checked in
+    pools = {name: engine.pool for name, engine in engines.items()}
+    assert pools["source"].checkedin() == 1
+    with orchestrator:
+        pass
+    assert {n for n, e in engines.items() if e.pool is pools[n]} == set()  # all disposed
+    assert pools["source"].checkedin() == 0
+    orchestrator.close()  # twice is harmless
+
+
+def test_closing_an_orchestrator_leaves_a_passed_engine_alone(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    engine = sa.create_engine(config.source.url)
+    built = config.build_orchestrator()
+    host = WatermarkOrchestrator(
+        built.store,
+        config.build_source(engine),
+        built.reader,
+        built.router,
+        built.packer,
+        pipeline="host",
+    )
+    pool = engine.pool
+    host.close()
+    assert engine.pool is pool
+    built.close()
+    engine.dispose()
+
+
 def test_custom_provider_class(tmp_path: Path) -> None:
     text = MINIMAL.replace(
         'url = "sqlite:///source.db"',

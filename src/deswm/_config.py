@@ -30,7 +30,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -746,7 +746,9 @@ class Config:
         """The orchestrator this file describes; ``overrides`` go to its constructor.
 
         ``read_only``: for commands that only read (stats, dry runs, verify, listings);
-        see :meth:`build_engines`.
+        see :meth:`build_engines`. The engines built here (source, watermark, replica
+        probe) and the audit log are the orchestrator's: its ``close()`` (or ``with``)
+        disposes them, so a service that builds one per job keeps no pools behind.
         """
         from deswm._orchestrator import WatermarkOrchestrator
 
@@ -788,7 +790,26 @@ class Config:
         reader = self.build_reader()
         packer = self.build_packer(router)
         with _rekeyed("run", _ORCHESTRATOR_KEYS):
-            return WatermarkOrchestrator(store, source, reader, router, packer, **options)
+            orchestrator = WatermarkOrchestrator(store, source, reader, router, packer, **options)
+        orchestrator.close_with(*_built_closers(source_engine, store_engine, source, options))
+        return orchestrator
+
+
+def _built_closers(
+    source_engine: sa.Engine, store_engine: sa.Engine, source: object, options: dict[str, Any]
+) -> list[Callable[[], object]]:
+    """What :meth:`Config.build_orchestrator` created and its orchestrator must release."""
+    closers: list[Callable[[], object]] = [source_engine.dispose]
+    if store_engine is not source_engine:
+        closers.append(store_engine.dispose)
+    throttle = getattr(source, "throttle", None)
+    probe_engine = getattr(getattr(throttle, "lag_probe", None), "engine", None)
+    if probe_engine is not None:
+        closers.append(probe_engine.dispose)  # build_throttle made it for this source
+    audit = options.get("audit_log")
+    if audit is not None:
+        closers.append(audit.close)
+    return closers
 
 
 _READER_KEYS: Final = {

@@ -411,6 +411,7 @@ class WatermarkOrchestrator:
             )
         self.audit_log = audit_log
         self._stop = _Stop()
+        self._resources = contextlib.ExitStack()
 
     def __repr__(self) -> str:
         lanes = "" if self._lanes is None else f", lanes={self._lanes.lanes} on {self._lanes.kind}"
@@ -425,9 +426,21 @@ class WatermarkOrchestrator:
         return self._lanes
 
     def close(self) -> None:
-        """Shut the packing engine's pool down (lanes running finish first)."""
-        if self._lanes is not None:
-            self._lanes.close()
+        """Shut the packing engine's pool down (lanes running finish first), then release
+        what :meth:`close_with` registered (the engines a config built), once."""
+        try:
+            if self._lanes is not None:
+                self._lanes.close()
+        finally:
+            self._resources.close()
+
+    def close_with(self, *callbacks: Callable[[], object]) -> None:
+        """Call ``callbacks`` (last first) when the orchestrator closes: for resources its
+        builder created and nobody else holds, such as the engines
+        :meth:`deswm.Config.build_orchestrator` made. Components passed in are never
+        closed here; their owner closes them."""
+        for callback in callbacks:
+            self._resources.callback(callback)
 
     def __enter__(self) -> WatermarkOrchestrator:
         return self
