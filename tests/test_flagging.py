@@ -3,6 +3,8 @@ batches, only for rows below the archived watermark (every partition's), never o
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from deswm._config import load_config
 from deswm._errors import ConfigError, LateRowsError, ManifestMissingError
 from deswm._flagging import FlagJob
 from deswm._manifest import ManifestStore, RowDigest
-from deswm._model import Partition, WatermarkKey
+from deswm._model import Partition, WatermarkKey, Window
 from deswm._routing import DesRouter
 from deswm._shardio import ShardStore
 from deswm._sources.sql import SqlSourceProvider
@@ -55,26 +58,34 @@ def flagged(engine: sa.Engine, table: sa.Table) -> set[int]:
         return {row.uid for row in conn.execute(sa.select(table.c.uid).where(table.c.archived))}
 
 
-def committed(day: int, partition: Partition) -> RowDigest:
-    """The rows of the table's day ``day`` (from May 10) that ``partition`` owns."""
+def committed(
+    day: int, partition: Partition, kept: Callable[[int], bool] = lambda n: True
+) -> RowDigest:
+    """The rows of the table's day ``day`` (from May 10) that ``partition`` owns (and
+    ``kept`` keeps: a source's filter)."""
     bucket = START + timedelta(days=day)
     return RowDigest.of(
         (str(n), START + timedelta(hours=5 * n))
         for n in range(60)
         if bucket <= START + timedelta(hours=5 * n) < bucket + timedelta(days=1)
         and partition.owns(DesRouter(8).shard_index(str(n)))
+        and kept(n)
     )
+
+
+def recorded(folder: Path, kept: Callable[[int], bool] = lambda n: True) -> ManifestStore:
+    """Manifests of every day of the table, for one and for two partitions."""
+    found = ManifestStore(ShardStore(str(folder)), DesRouter(8))
+    for day in range(14):
+        for partition in (Partition(0, 1), Partition(0, 2), Partition(1, 2)):
+            rows = committed(day, partition, kept)
+            found.record(START + timedelta(days=day), partition, "files", rows, 0)
+    return found
 
 
 @pytest.fixture
 def manifests(tmp_path: Path) -> ManifestStore:
-    """Manifests of every day of the table, for one and for two partitions."""
-    found = ManifestStore(ShardStore(str(tmp_path / "archive")), DesRouter(8))
-    for day in range(14):
-        for partition in (Partition(0, 1), Partition(0, 2), Partition(1, 2)):
-            rows = committed(day, partition)
-            found.record(START + timedelta(days=day), partition, "files", rows, 0)
-    return found
+    return recorded(tmp_path / "archive")
 
 
 def job(
@@ -116,15 +127,14 @@ def test_flags_rows_below_the_archived_watermark(
     assert again.rows_updated == 0
 
 
-def test_flagging_follows_filter_query(
-    engine: sa.Engine, files: sa.Table, manifests: ManifestStore
-) -> None:
+def test_flagging_follows_filter_query(engine: sa.Engine, files: sa.Table, tmp_path: Path) -> None:
     class AcmeOnly(SqlSourceProvider):
         def filter_query(self, query: Any) -> Any:
             return query.where(self.table.c["tenant"] == "acme")
 
     store = MemoryWatermarkStore()
     store.initialize(WatermarkKey("files"), datetime(2024, 5, 13, tzinfo=UTC))
+    manifests = recorded(tmp_path / "acme", lambda n: n % 3 != 0)  # the cycle's rows
     job(engine, store, manifests, source=AcmeOnly(engine, "files", size_column=None)).run()
     assert flagged(engine, files) == {n for n in range(15) if n % 3}
 
@@ -236,3 +246,116 @@ def test_the_job_needs_manifests(engine: sa.Engine, files: sa.Table) -> None:
     source = SqlSourceProvider(engine, "files", size_column=None)
     with pytest.raises(ConfigError, match="manifests"):
         FlagJob(MemoryWatermarkStore(), source, DesRouter(8), pipeline="files", initial=START)
+
+
+# --- end to end: a real cycle's manifests and shards, then the source changes -------------
+
+
+def _site(tmp_path: Path, db_url: str, extra: str = "") -> Any:
+    from test_reconcile import SqlSite
+
+    site = SqlSite(tmp_path, db_url)
+    if extra:
+        site.config.write_text(site.config.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    return site
+
+
+def _flagged(site: Any) -> set[str]:
+    with site.engine.connect() as conn:
+        found = conn.execute(sa.select(site.table.c.uid).where(site.table.c.archived))
+        return set(found.scalars())
+
+
+def _delete(site: Any, uid: str) -> None:
+    with site.engine.begin() as conn:
+        conn.execute(sa.delete(site.table).where(site.table.c.uid == uid))
+    site.rows = [row for row in site.rows if row[0] != uid]
+
+
+def _uids_before(site: Any, end: datetime) -> set[str]:
+    return {uid for uid, at in site.rows if at < end}
+
+
+def test_a_late_row_hidden_by_a_deleted_row_is_not_flagged(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """May 12 loses doc-007 and gains a late row after its commit: the same count as its
+    manifest, so only the digest shows the change. The job flags May 10 and 11 and
+    refuses May 12 naming the late row; after ``reconcile --repair`` it flags every row."""
+    site = _site(tmp_path, db_url)
+    code, _, err = site.cli("run", capsys=capsys)
+    assert code == 0, err
+    _delete(site, "doc-007")  # May 12, 15:07
+    site.insert([("late-1", START + timedelta(days=2, hours=10))])
+
+    code, _, err = site.cli("flag", capsys=capsys)
+    assert code == 1
+    assert "LateRowsError" in err and "bucket 20240512 partition 0/1" in err
+    assert "uid='late-1'" in err and "--repair" in err
+    assert _flagged(site) == _uids_before(site, START + timedelta(days=2))
+
+    code, _, err = site.cli("reconcile", "--repair", capsys=capsys)
+    assert code == 0, err
+    code, _, err = site.cli("flag", capsys=capsys)
+    assert code == 0, err
+    assert _flagged(site) == {uid for uid, _ in site.rows}
+
+
+def test_rows_deleted_since_the_commit_do_not_stop_the_flag(
+    sqlite_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A day with fewer rows than its manifest: the digest differs, every row left is in
+    the published indexes, so the day is flagged."""
+    site = _site(tmp_path, sqlite_db_url)
+    code, _, err = site.cli("run", capsys=capsys)
+    assert code == 0, err
+    _delete(site, "doc-007")
+    code, _, err = site.cli("flag", capsys=capsys)
+    assert code == 0, err
+    assert _flagged(site) == {uid for uid, _ in site.rows}
+    assert len(site.rows) == 29
+
+
+def test_rows_listed_in_the_error_table_are_never_flagged(
+    sqlite_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doc-004's file cannot be read, so ``on_error = "record"`` lists it and the cycle
+    passes its day without it: the flag must not call that file archived."""
+    site = _site(tmp_path, sqlite_db_url, '[run]\non_error = "record"\nmax_failure_ratio = 1\n')
+    (tmp_path / "files" / "doc-004").unlink()
+    code, _, err = site.cli("run", capsys=capsys)
+    assert code == 0, err
+    code, out, err = site.cli("flag", "--json", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["rows_listed"] == 1
+    assert _flagged(site) == {uid for uid, _ in site.rows} - {"doc-004"}
+    code, out, err = site.cli("flag", capsys=capsys)  # nothing left; the text form
+    assert code == 0, err
+
+
+def test_counts_only_skips_the_digest_pass(
+    sqlite_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _site(tmp_path, sqlite_db_url)
+    code, _, err = site.cli("run", capsys=capsys)
+    assert code == 0, err
+    config = load_config(site.config)
+    assert config.flag.verify == "digest"
+    job = config.build_flag_job(verify="counts")
+    assert job.verify == "counts"
+    streamed: list[Window] = []
+    iter_records = job.source.iter_records
+
+    def counting(window: Window) -> Any:
+        streamed.append(window)
+        return iter_records(window)
+
+    job.source.iter_records = counting  # type: ignore[method-assign]
+    job.run()
+    assert len(streamed) == 1  # the window once, no day streamed again
+    assert _flagged(site) == {uid for uid, _ in site.rows}
+    with pytest.raises(ConfigError, match=r"flag\.verify"):
+        FlagJob(
+            MemoryWatermarkStore(), job.source, DesRouter(8), pipeline="files",
+            initial=START, manifests=job.manifests, verify="nope",  # type: ignore[arg-type]
+        )  # fmt: skip

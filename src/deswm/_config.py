@@ -254,6 +254,8 @@ class FlagSettings:
     value: bool | int | str = defaults.FLAG_VALUE
     batch_size: int = _bounded(defaults.FLAG_BATCH_SIZE, 1, 1_000_000)
     max_rows_per_second: float | None = _bounded(None, 1e-6, 1e12)
+    verify: Literal["digest", "counts"] = "digest"
+    """How a day is checked for late rows before it is flagged (see FlagJob)."""
 
 
 @attrs.frozen
@@ -689,8 +691,9 @@ class Config:
 
         return ManifestStore(self.build_archive().store, self.build_router())
 
-    def build_flag_job(self) -> FlagJob:
-        """The flag stage: back-fills ``flag.column`` behind the archived watermark."""
+    def build_flag_job(self, *, verify: Literal["digest", "counts"] | None = None) -> FlagJob:
+        """The flag stage: back-fills ``flag.column`` behind the archived watermark
+        (``verify``: overrides ``flag.verify``)."""
         from deswm._flagging import FlagJob
         from deswm._sources.sql import SqlSourceProvider
 
@@ -710,6 +713,8 @@ class Config:
                 batch_size=self.flag.batch_size,
                 max_rows_per_second=self.flag.max_rows_per_second,
                 manifests=self.build_manifests(),
+                error_store=orchestrator.error_store,
+                verify=verify or self.flag.verify,
             )
 
     def build_reconcile_job(

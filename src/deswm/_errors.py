@@ -476,15 +476,37 @@ class LateRowsError(ShardError):
     or rows; ``deswm reconcile --repair`` archives the late rows and rewrites the manifest.
     """
 
-    def __init__(self, day: str, partition: str, *, source_rows: int, manifest_rows: int) -> None:
+    def __init__(
+        self,
+        day: str,
+        partition: str,
+        *,
+        source_rows: int,
+        manifest_rows: int,
+        late: tuple[str, object] | None = None,
+    ) -> None:
         self.day = day
         self.partition = partition
         self.source_rows = source_rows
         self.manifest_rows = manifest_rows
+        self.late = late
+        """``(uid, created_at)`` of a late row, when the counts alone did not show one."""
+        if late is None:
+            found = (
+                f"bucket {day} partition {partition} holds {source_rows} source row(s) but "
+                f"its manifest counted {manifest_rows} when it was committed"
+            )
+        else:
+            found = (
+                f"bucket {day} partition {partition} holds row uid={late[0]!r} "
+                f"created_at={late[1]}, which is not archived, though the day's "
+                f"{source_rows} source row(s) are no more than the {manifest_rows} its "
+                "manifests counted (rows were deleted as others arrived; the row digest "
+                "differs)"
+            )
         super().__init__(
-            f"bucket {day} partition {partition} holds {source_rows} source row(s) but its "
-            f"manifest counted {manifest_rows} when it was committed: rows arrived below the "
-            "watermark afterwards (late rows) and are not archived",
+            f"{found}: rows arrived below the watermark afterwards (late rows) and are not "
+            "archived",
             hint=f"Run `deswm reconcile --since {day} --until {day} --repair --partition "
             f"{partition.partition('/')[0]}` to archive them and record the day again; "
             "nothing of this day was deleted or flagged",

@@ -13,7 +13,17 @@ committed without one stops the job with :class:`~deswm._errors.ManifestMissingE
 before that partition's rows of the day are flagged (with one partition: before any row
 of the day), and the ``flagged`` watermark never passes it. A day whose source holds more
 rows than its manifests counted (late rows, not archived) stops the job with
-:class:`~deswm._errors.LateRowsError` before any row of that day is flagged.
+:class:`~deswm._errors.LateRowsError` before any row of that day is flagged. With
+``verify="digest"`` (the default) equal counts are not trusted either: the day's rows are
+streamed once and their digest compared with the manifests'; when it differs (rows were
+deleted, or deleted while others arrived) every row must be in a published index, or the
+day is refused the same way.
+
+Rows listed in the error table (``on_error="record"``: their file failed and is not
+archived) are never flagged: the flag says "archived" only of files that are. A later
+``deswm errors retry`` archives them, but the ``flagged`` watermark has passed their day,
+so they stay unflagged (the safe side for a reader of the flag) until the ``flagged``
+watermark is moved back (``deswm watermark set``) and the job runs again.
 """
 
 from __future__ import annotations
@@ -23,19 +33,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 import sqlalchemy as sa
 
 from deswm import _publish
 from deswm._defaults import FLAG_BATCH_SIZE, FLAG_COLUMN, FLAG_VALUE
-from deswm._errors import ConfigError, SourceError
+from deswm._errors import ConfigError, LateRowsError, SourceError
 from deswm._manifest import ManifestStore
 from deswm._model import DEFAULT_STAGE, Partition, SourceRecord, Watermark, WatermarkKey, Window
-from deswm._protocols import ShardRouter, SourceProvider, WatermarkStore
-from deswm._reconcile import check_late_rows
+from deswm._protocols import ErrorStore, ShardRouter, SourceProvider, WatermarkStore
+from deswm._reconcile import archived_entries, check_late_rows, is_archived
 from deswm._routing import uid_text
+from deswm._rowdigest import RowDigest
 from deswm._sources import source_rows
 from deswm._timeutil import format_day, format_utc
 
@@ -84,6 +95,8 @@ class FlagResult:
     buckets_committed: int
     duration: timedelta
     dry_run: bool = False
+    rows_listed: int = 0
+    """Rows left unflagged: listed in the error table, their files are not archived."""
 
 
 class FlagJob:
@@ -103,6 +116,10 @@ class FlagJob:
         max_rows_per_second: rate limit (``None``: as fast as the database goes).
         manifests: the manifests of the pipeline's archive (``config.build_flag_job``
             passes them); rows of a bucket without one are refused.
+        error_store: the pipeline's error table; the rows it lists are not flagged.
+        verify: ``"digest"`` (each day's rows are streamed once more and their digest
+            compared with its manifests', so a late row hidden by as many deleted rows is
+            found) or ``"counts"`` (one count query per day only).
     """
 
     def __init__(
@@ -120,7 +137,11 @@ class FlagJob:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         manifests: ManifestStore | None = None,
+        error_store: ErrorStore | None = None,
+        verify: Literal["digest", "counts"] = "digest",
     ) -> None:
+        if verify not in ("digest", "counts"):
+            raise ConfigError(f'must be "digest" or "counts", got {verify!r}', key="flag.verify")
         if batch_size < 1:
             raise ConfigError(f"must be at least 1, got {batch_size}", key="flag.batch_size")
         if max_rows_per_second is not None and max_rows_per_second <= 0:
@@ -136,6 +157,8 @@ class FlagJob:
                 "file's build_flag_job() does this",
             )
         self.manifests = manifests
+        self.error_store = error_store
+        self.verify = verify
         self._partitions = 1
         self._checked: set[tuple[str, Partition]] = set()
         self.store = store
@@ -176,7 +199,7 @@ class FlagJob:
         """
         started = time.monotonic()
         window = self.window()
-        counts = {"rows": 0, "batches": 0, "buckets": 0}
+        counts = {"rows": 0, "batches": 0, "buckets": 0, "listed": 0}
         if not window.empty:
             self._flag(window, counts, dry_run=dry_run, progress=progress)
         return FlagResult(
@@ -187,6 +210,7 @@ class FlagJob:
             buckets_committed=counts["buckets"],
             duration=timedelta(seconds=time.monotonic() - started),
             dry_run=dry_run,
+            rows_listed=counts["listed"],
         )
 
     # --- internals ----------------------------------------------------------------------
@@ -213,16 +237,24 @@ class FlagJob:
         watermark: Watermark | None = None
         if not dry_run:
             watermark = self.store.get(self.key) or self.store.initialize(self.key, window.start)
+        listed = self._listed(window)
         with source_rows(self.source.iter_records(window)) as rows:
             record = next(rows, None)
             while record is not None:
                 bucket = self.router.bucket_start(record.created_at)
                 bucket_end = self.router.next_bucket(bucket)
                 day = Window(bucket, bucket_end)
-                # Late rows are not archived: flag nothing of their day (one count query).
+                # Late rows are not archived: flag nothing of their day (one count query,
+                # then by default the day's digest).
                 check_late_rows(self.source, self.manifests, self.router, bucket)
+                if self.verify == "digest":
+                    self._verify_day(day, listed)
                 batch: list[SourceRecord] = []
                 while record is not None and record.created_at < bucket_end:
+                    if (uid_text(record.uid), record.created_at) in listed:
+                        counts["listed"] += 1  # its file failed: not archived, not flagged
+                        record = next(rows, None)
+                        continue
                     batch.append(record)
                     if len(batch) == self.batch_size:
                         self._update(column, day, batch, counts, dry_run=dry_run)
@@ -287,6 +319,64 @@ class FlagJob:
             wanted = len(batch) / self.max_rows_per_second
             if wanted > spent:
                 self._sleep(wanted - spent)
+
+    def _listed(self, window: Window) -> set[tuple[str, datetime]]:
+        """``(uid, created_at)`` of the window's rows in the error table (any partition)."""
+        if self.error_store is None:
+            return set()
+        return {
+            (uid_text(entry.failure.uid), entry.failure.created_at)
+            for entry in self.error_store.list()
+            if entry.key.pipeline == self.pipeline
+            and entry.key.stage == DEFAULT_STAGE
+            and entry.failure.created_at in window
+        }
+
+    def _verify_day(self, day: Window, listed: set[tuple[str, datetime]]) -> None:
+        """Refuse the day if a row is neither archived nor listed, though the counts agree.
+
+        The day's rows are streamed once and their digest compared with the sum of its
+        manifests' (one per partition); only when it differs are the day's published
+        indexes read, and each row looked up in them.
+        """
+        name = format_day(day.start)
+        count = self._partitions
+        recorded = [self.manifests.read(name, Partition(index, count)) for index in range(count)]
+        manifests = [m for m in recorded if m is not None]
+        if not manifests:
+            return  # no manifest: _require_manifests refuses the day's first batch
+        expected = RowDigest.combined((m.rows, int(m.digest, 16)) for m in manifests)
+        digest = RowDigest()
+        with source_rows(self.source.iter_records(day)) as rows:
+            for record in rows:
+                self._require_manifests(day, (record,))
+                digest.add(uid_text(record.uid), record.created_at)
+        if (digest.count, digest.hexdigest) == (expected.count, expected.hexdigest):
+            return
+        archived = archived_entries(self.manifests, self.router, day.start, Partition())
+        with source_rows(self.source.iter_records(day)) as rows:
+            for record in rows:
+                uid = uid_text(record.uid)
+                if is_archived(archived, uid, record.created_at):
+                    continue
+                if (uid, record.created_at) in listed:
+                    continue
+                index = self.router.shard_index(uid) % count
+                raise LateRowsError(
+                    name,
+                    f"{index}/{count}",
+                    source_rows=digest.count,
+                    manifest_rows=expected.count,
+                    late=(uid, format_utc(record.created_at)),
+                )
+        log.info(
+            "%s day %s: %d row(s) against %d in its manifests, all archived or listed "
+            "(rows were deleted since the commit)",
+            self.key,
+            name,
+            digest.count,
+            expected.count,
+        )
 
     def _require_manifests(self, day: Window, batch: Sequence[SourceRecord]) -> None:
         """Refuse the batch unless every partition its rows belong to has the day's manifest."""

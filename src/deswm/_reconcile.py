@@ -51,7 +51,14 @@ if TYPE_CHECKING:
     from deswm._orchestrator import WatermarkOrchestrator
     from deswm._protocols import ShardRouter, SourceProvider
 
-__all__ = ["ReconcileBucket", "ReconcileJob", "ReconcileReport", "check_late_rows"]
+__all__ = [
+    "ReconcileBucket",
+    "ReconcileJob",
+    "ReconcileReport",
+    "archived_entries",
+    "check_late_rows",
+    "is_archived",
+]
 
 log = logging.getLogger("deswm.reconcile")
 
@@ -342,16 +349,7 @@ class ReconcileJob:
         return result, late, digest
 
     def _archived(self, bucket: datetime) -> dict[str, datetime | None]:
-        """uid -> ``created_at`` of every entry in the partition's groups of the day."""
-        store = self.manifests.store
-        width = len(self.router.group(bucket, 0).hex)
-        entries: dict[str, datetime | None] = {}
-        for part in store.list_day(format_day(bucket)):
-            if len(part.hex) != width or not self.partition.owns(int(part.hex, 16)):
-                continue
-            for entry in store.read_index(part).entries:
-                entries.setdefault(entry.uid, entry.created_at)
-        return entries
+        return archived_entries(self.manifests, self.router, bucket, self.partition)
 
     def _repair(
         self,
@@ -416,6 +414,28 @@ _MISSING: Any = object()
 def _same(stored: datetime | None, wanted: datetime) -> bool:
     """Whether an entry's stored ``created_at`` is the row's (none recorded: other writers)."""
     return stored is None or stored == wanted
+
+
+def archived_entries(
+    manifests: ManifestStore, router: ShardRouter, bucket: datetime, partition: Partition
+) -> dict[str, datetime | None]:
+    """uid -> ``created_at`` of every entry in ``partition``'s published groups of the day
+    (read from the parts' indexes; ``None`` where a writer recorded no instant)."""
+    store = manifests.store
+    width = len(router.group(bucket, 0).hex)
+    entries: dict[str, datetime | None] = {}
+    for part in store.list_day(format_day(bucket)):
+        if len(part.hex) != width or not partition.owns(int(part.hex, 16)):
+            continue
+        for entry in store.read_index(part).entries:
+            entries.setdefault(entry.uid, entry.created_at)
+    return entries
+
+
+def is_archived(entries: dict[str, datetime | None], uid: str, created_at: datetime) -> bool:
+    """Whether ``entries`` (:func:`archived_entries`) hold the row ``(uid, created_at)``."""
+    stored = entries.get(uid, _MISSING)
+    return stored is not _MISSING and _same(stored, created_at)
 
 
 def check_late_rows(

@@ -561,7 +561,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 def cmd_flag(args: argparse.Namespace) -> int:
     config = _config(args)
-    job = config.build_flag_job()
+    job = config.build_flag_job(verify="counts" if args.counts_only else None)
     with _row_progress(args, config, "flag") as progress:
         result = job.run(dry_run=args.dry_run, progress=progress)
     if args.json:
@@ -571,6 +571,11 @@ def cmd_flag(args: argparse.Namespace) -> int:
         print(
             f"{job.key}: window {result.window}: {verb} {result.rows_updated} row(s) in "
             f"{result.batches} batch(es), {result.buckets_committed} day(s) done"
+            + (
+                f"; {result.rows_listed} row(s) listed in the error table left unflagged"
+                if result.rows_listed
+                else ""
+            )
         )
     return EXIT_OK
 
@@ -1168,6 +1173,11 @@ def build_parser() -> argparse.ArgumentParser:
         "flag", "back-fill a legacy archived column behind the watermark ([flag])", cmd_flag
     )
     flag.add_argument("--dry-run", action="store_true", help="count rows, update nothing")
+    flag.add_argument(
+        "--counts-only",
+        action="store_true",
+        help='check each day\'s row count only, not its digest (flag.verify = "counts")',
+    )
     flag.add_argument("--json", action="store_true", help="print JSON")
     with_progress(flag)
 
