@@ -169,6 +169,19 @@ def test_closing_a_built_orchestrator_disposes_the_engines_it_built(tmp_path: Pa
     orchestrator.close()  # twice is harmless
 
 
+def test_an_audit_log_passed_as_an_override_stays_open(tmp_path: Path) -> None:
+    from deswm._stores.audit import SqlAuditLog
+
+    text = MINIMAL + '[audit]\nurl = "sqlite:///audit.db"\n'
+    config = load_config(write(tmp_path, text))
+    own = SqlAuditLog(f"sqlite:///{tmp_path / 'own.db'}", config.build_router())
+    pool = own._engine.pool
+    with config.build_orchestrator(audit_log=own) as orchestrator:
+        assert orchestrator.audit_log is own
+    assert own._engine.pool is pool  # the caller's, not disposed
+    own.close()
+
+
 def test_closing_an_orchestrator_leaves_a_passed_engine_alone(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     engine = sa.create_engine(config.source.url)

@@ -787,8 +787,9 @@ class Config:
 
             with _rekeyed("watermark"):
                 options["lag_guard"] = SqlTransactionProbe(source_engine)
+        built_audit = None
         if not read_only and self.audit.url is not None:
-            options["audit_log"] = self.build_audit_log(router)
+            options["audit_log"] = built_audit = self.build_audit_log(router)
         options.update(overrides)
         store = self.build_store(store_engine)
         source = self.build_source(source_engine)
@@ -796,14 +797,15 @@ class Config:
         packer = self.build_packer(router)
         with _rekeyed("run", _ORCHESTRATOR_KEYS):
             orchestrator = WatermarkOrchestrator(store, source, reader, router, packer, **options)
-        orchestrator.close_with(*_built_closers(source_engine, store_engine, source, options))
+        orchestrator.close_with(*_built_closers(source_engine, store_engine, source, built_audit))
         return orchestrator
 
 
 def _built_closers(
-    source_engine: sa.Engine, store_engine: sa.Engine, source: object, options: dict[str, Any]
+    source_engine: sa.Engine, store_engine: sa.Engine, source: object, audit: SqlAuditLog | None
 ) -> list[Callable[[], object]]:
-    """What :meth:`Config.build_orchestrator` created and its orchestrator must release."""
+    """What :meth:`Config.build_orchestrator` created and its orchestrator must release
+    (an audit log passed in as an override is its caller's)."""
     closers: list[Callable[[], object]] = [source_engine.dispose]
     if store_engine is not source_engine:
         closers.append(store_engine.dispose)
@@ -811,7 +813,6 @@ def _built_closers(
     probe_engine = getattr(getattr(throttle, "lag_probe", None), "engine", None)
     if probe_engine is not None:
         closers.append(probe_engine.dispose)  # build_throttle made it for this source
-    audit = options.get("audit_log")
     if audit is not None:
         closers.append(audit.close)
     return closers
