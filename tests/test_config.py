@@ -16,6 +16,10 @@ import sqlalchemy as sa
 from deswm._config import Config, load_config, parse_size
 from deswm._errors import ConfigError
 from deswm._orchestrator import WatermarkOrchestrator
+from deswm._sources.sql import SqlSourceProvider
+from deswm._sql.replica import SqlReplicaLagProbe
+from deswm._stores.audit import SqlAuditLog
+from deswm._stores.sql import SqlWatermarkStore
 
 MINIMAL = """
 [source]
@@ -149,29 +153,33 @@ def test_closing_a_built_orchestrator_disposes_the_engines_it_built(tmp_path: Pa
     )
     text += '[watermark]\nurl = "sqlite:///marks.db"\n\n[audit]\nurl = "sqlite:///audit.db"\n'
     orchestrator = load_config(write(tmp_path, text)).build_orchestrator()
-    source = orchestrator.source
-    assert source.throttle is not None and source.throttle.lag_probe is not None
+    source, store, audit = orchestrator.source, orchestrator.store, orchestrator.audit_log
+    assert isinstance(source, SqlSourceProvider) and isinstance(store, SqlWatermarkStore)
+    assert isinstance(audit, SqlAuditLog)
+    assert source.throttle is not None
+    probe = source.throttle.lag_probe
+    assert isinstance(probe, SqlReplicaLagProbe)
     engines = {
         "source": source.engine,
-        "watermark": orchestrator.store._engine,
-        "replica": source.throttle.lag_probe.engine,
-        "audit": orchestrator.audit_log._engine,
+        "watermark": store._engine,
+        "replica": probe.engine,
+        "audit": audit._engine,
     }
     assert len({id(e) for e in engines.values()}) == 4
     with engines["source"].connect():
         pass  # a pooled connection, checked in
     pools = {name: engine.pool for name, engine in engines.items()}
-    assert pools["source"].checkedin() == 1
+    source_pool = pools["source"]
+    assert isinstance(source_pool, sa.pool.QueuePool)
+    assert source_pool.checkedin() == 1
     with orchestrator:
         pass
     assert {n for n, e in engines.items() if e.pool is pools[n]} == set()  # all disposed
-    assert pools["source"].checkedin() == 0
+    assert source_pool.checkedin() == 0
     orchestrator.close()  # twice is harmless
 
 
 def test_an_audit_log_passed_as_an_override_stays_open(tmp_path: Path) -> None:
-    from deswm._stores.audit import SqlAuditLog
-
     text = MINIMAL + '[audit]\nurl = "sqlite:///audit.db"\n'
     config = load_config(write(tmp_path, text))
     own = SqlAuditLog(f"sqlite:///{tmp_path / 'own.db'}", config.build_router())
