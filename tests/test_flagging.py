@@ -260,18 +260,6 @@ def _site(tmp_path: Path, db_url: str, extra: str = "") -> Any:
     return site
 
 
-def _flagged(site: Any) -> set[str]:
-    with site.engine.connect() as conn:
-        found = conn.execute(sa.select(site.table.c.uid).where(site.table.c.archived))
-        return set(found.scalars())
-
-
-def _delete(site: Any, uid: str) -> None:
-    with site.engine.begin() as conn:
-        conn.execute(sa.delete(site.table).where(site.table.c.uid == uid))
-    site.rows = [row for row in site.rows if row[0] != uid]
-
-
 def _uids_before(site: Any, end: datetime) -> set[str]:
     return {uid for uid, at in site.rows if at < end}
 
@@ -285,20 +273,20 @@ def test_a_late_row_hidden_by_a_deleted_row_is_not_flagged(
     site = _site(tmp_path, db_url)
     code, _, err = site.cli("run", capsys=capsys)
     assert code == 0, err
-    _delete(site, "doc-007")  # May 12, 15:07
+    site.delete("doc-007")  # May 12, 15:07
     site.insert([("late-1", START + timedelta(days=2, hours=10))])
 
     code, _, err = site.cli("flag", capsys=capsys)
     assert code == 1
     assert "LateRowsError" in err and "bucket 20240512 partition 0/1" in err
     assert "uid='late-1'" in err and "--repair" in err
-    assert _flagged(site) == _uids_before(site, START + timedelta(days=2))
+    assert site.flagged() == _uids_before(site, START + timedelta(days=2))
 
     code, _, err = site.cli("reconcile", "--repair", capsys=capsys)
     assert code == 0, err
     code, _, err = site.cli("flag", capsys=capsys)
     assert code == 0, err
-    assert _flagged(site) == {uid for uid, _ in site.rows}
+    assert site.flagged() == {uid for uid, _ in site.rows}
 
 
 def test_rows_deleted_since_the_commit_do_not_stop_the_flag(
@@ -309,10 +297,10 @@ def test_rows_deleted_since_the_commit_do_not_stop_the_flag(
     site = _site(tmp_path, sqlite_db_url)
     code, _, err = site.cli("run", capsys=capsys)
     assert code == 0, err
-    _delete(site, "doc-007")
+    site.delete("doc-007")
     code, _, err = site.cli("flag", capsys=capsys)
     assert code == 0, err
-    assert _flagged(site) == {uid for uid, _ in site.rows}
+    assert site.flagged() == {uid for uid, _ in site.rows}
     assert len(site.rows) == 29
 
 
@@ -328,7 +316,7 @@ def test_rows_listed_in_the_error_table_are_never_flagged(
     code, out, err = site.cli("flag", "--json", capsys=capsys)
     assert code == 0, err
     assert json.loads(out)["rows_listed"] == 1
-    assert _flagged(site) == {uid for uid, _ in site.rows} - {"doc-004"}
+    assert site.flagged() == {uid for uid, _ in site.rows} - {"doc-004"}
     code, out, err = site.cli("flag", capsys=capsys)  # nothing left; the text form
     assert code == 0, err
 
@@ -353,7 +341,7 @@ def test_counts_only_skips_the_digest_pass(
     job.source.iter_records = counting  # type: ignore[method-assign]
     job.run()
     assert len(streamed) == 1  # the window once, no day streamed again
-    assert _flagged(site) == {uid for uid, _ in site.rows}
+    assert site.flagged() == {uid for uid, _ in site.rows}
     with pytest.raises(ConfigError, match=r"flag\.verify"):
         FlagJob(
             MemoryWatermarkStore(), job.source, DesRouter(8), pipeline="files",

@@ -445,6 +445,17 @@ class SqlSite:
         with self.engine.begin() as conn:
             conn.execute(self.table.insert(), values)
 
+    def delete(self, uid: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(self.table).where(self.table.c.uid == uid))
+        self.rows = [row for row in self.rows if row[0] != uid]
+
+    def flagged(self) -> set[str]:
+        """The uids whose legacy ``archived`` column is set."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(self.table.c.uid).where(self.table.c.archived))
+            return set(found.scalars())
+
     def _config(self, name: str, archive: Path, watermark: Path | None) -> Path:
         path = self.tmp_path / f"{name}.toml"
         url = self.engine.url.render_as_string(hide_password=False)
@@ -510,9 +521,7 @@ def test_a_late_insert_is_found_refused_repaired_and_then_purged_on_every_backen
     assert len(first_day) == 3
     for uid, _ in site.rows:
         assert (tmp_path / "files" / uid).exists() == (uid not in first_day), uid
-    with site.engine.connect() as conn:
-        flagged = conn.execute(sa.select(site.table.c.uid).where(site.table.c.archived))
-        assert set(flagged.scalars()) == first_day
+    assert site.flagged() == first_day
 
     code, out, err = site.cli("reconcile", "--repair", capsys=capsys)
     assert code == 0, err

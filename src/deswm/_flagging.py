@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from deswm import _publish
 from deswm._defaults import FLAG_BATCH_SIZE, FLAG_COLUMN, FLAG_VALUE
 from deswm._errors import ConfigError, LateRowsError, SourceError
-from deswm._manifest import ManifestStore
+from deswm._manifest import BucketManifest, ManifestStore
 from deswm._model import DEFAULT_STAGE, Partition, SourceRecord, Watermark, WatermarkKey, Window
 from deswm._protocols import ErrorStore, ShardRouter, SourceProvider, WatermarkStore
 from deswm._reconcile import archived_entries, check_late_rows, is_archived
@@ -246,12 +246,12 @@ class FlagJob:
                 day = Window(bucket, bucket_end)
                 # Late rows are not archived: flag nothing of their day (one count query,
                 # then by default the day's digest).
-                check_late_rows(self.source, self.manifests, self.router, bucket)
+                recorded = check_late_rows(self.source, self.manifests, self.router, bucket)
                 if self.verify == "digest":
-                    self._verify_day(day, listed)
+                    self._verify_day(day, recorded, listed)
                 batch: list[SourceRecord] = []
                 while record is not None and record.created_at < bucket_end:
-                    if (uid_text(record.uid), record.created_at) in listed:
+                    if listed and (uid_text(record.uid), record.created_at) in listed:
                         counts["listed"] += 1  # its file failed: not archived, not flagged
                         record = next(rows, None)
                         continue
@@ -332,28 +332,31 @@ class FlagJob:
             and entry.failure.created_at in window
         }
 
-    def _verify_day(self, day: Window, listed: set[tuple[str, datetime]]) -> None:
+    def _verify_day(
+        self,
+        day: Window,
+        manifests: Sequence[BucketManifest],
+        listed: set[tuple[str, datetime]],
+    ) -> None:
         """Refuse the day if a row is neither archived nor listed, though the counts agree.
 
         The day's rows are streamed once and their digest compared with the sum of its
-        manifests' (one per partition); only when it differs are the day's published
-        indexes read, and each row looked up in them.
+        ``manifests``' (one per partition, as :func:`check_late_rows` read them); only
+        when it differs are the day's published indexes read, and each row looked up in
+        them.
         """
-        name = format_day(day.start)
-        count = self._partitions
-        recorded = [self.manifests.read(name, Partition(index, count)) for index in range(count)]
-        manifests = [m for m in recorded if m is not None]
         if not manifests:
             return  # no manifest: _require_manifests refuses the day's first batch
+        name = format_day(day.start)
         expected = RowDigest.combined((m.rows, int(m.digest, 16)) for m in manifests)
         digest = RowDigest()
         with source_rows(self.source.iter_records(day)) as rows:
             for record in rows:
-                self._require_manifests(day, (record,))
                 digest.add(uid_text(record.uid), record.created_at)
         if (digest.count, digest.hexdigest) == (expected.count, expected.hexdigest):
             return
         archived = archived_entries(self.manifests, self.router, day.start, Partition())
+        count = manifests[0].partition.count
         with source_rows(self.source.iter_records(day)) as rows:
             for record in rows:
                 uid = uid_text(record.uid)
@@ -361,6 +364,8 @@ class FlagJob:
                     continue
                 if (uid, record.created_at) in listed:
                     continue
+                # A partition without a manifest is refused as such, as the flag pass would.
+                self._require_manifests(day, (record,))
                 index = self.router.shard_index(uid) % count
                 raise LateRowsError(
                     name,

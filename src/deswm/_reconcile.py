@@ -445,32 +445,32 @@ def check_late_rows(
     bucket: datetime,
     partition: Partition | None = None,
     manifest: BucketManifest | None = None,
-) -> None:
+) -> list[BucketManifest]:
     """Raise :class:`~deswm._errors.LateRowsError` when the day holds more source rows than
     its manifest counted: one count query (the purge and the flag stage call it before
-    touching a day).
+    touching a day). Return the manifests it compared, so a caller does not read them again.
 
     With ``partition``: its rows against its manifest (``manifest`` when the caller read
     it already, so it is not read twice). Without: every row of the day
     against the sum over the partitions that have a manifest (one query), and only when
     that finds more, each partition on its own, to name it. More rows than recorded
     means rows that are not archived; a late row hidden by as many deleted rows only the
-    digest finds (``deswm reconcile``).
+    digest finds (``deswm reconcile``, and the flag stage's digest pass).
     """
     day = format_day(bucket)
     window = Window(bucket, router.next_bucket(bucket))
     if partition is None:
         found = manifests.partitions(day)
         if not found:
-            return  # no manifest at all: the caller's ManifestMissingError says what to do
+            return []  # no manifest at all: the caller's ManifestMissingError says what to do
         count = max((p.count for p in found), default=1)
-        recorded = sum(manifests.require(day, p).rows for p in found if p.count == count)
+        read = {p.index: manifests.require(day, p) for p in found if p.count == count}
         rows = sum(bucket_counts(source, window, router, Partition()).values())
-        if rows <= recorded:
-            return
-        for index in range(count):
-            check_late_rows(source, manifests, router, bucket, Partition(index, count))
-        return
+        if rows > sum(m.rows for m in read.values()):
+            for index in range(count):
+                part = Partition(index, count)
+                check_late_rows(source, manifests, router, bucket, part, read.get(index))
+        return list(read.values())
     if manifest is None:
         manifest = manifests.read(day, partition)
     recorded = 0 if manifest is None else manifest.rows  # no manifest: no rows that day
@@ -482,6 +482,7 @@ def check_late_rows(
             source_rows=rows,
             manifest_rows=recorded,
         )
+    return [] if manifest is None else [manifest]
 
 
 _publish(globals())
