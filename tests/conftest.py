@@ -9,8 +9,9 @@ Real services, one isolated namespace per test:
   (default ``mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4``);
 * ``s3``: a moto S3 server started on 127.0.0.1 for the session, a fresh bucket per test.
 
-A test that needs an unreachable service is skipped with the reason and how to enable it;
-with ``DESWM_REQUIRE_SERVICES=1`` (set by ``.ci/run``) it fails instead.
+A test that needs an unreachable service, or the optional C helper ``deswm._native`` where
+it was not built, is skipped with the reason and how to enable it; with
+``DESWM_REQUIRE_SERVICES=1`` (set by ``.ci/run``) it fails instead.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _HOW_TO = {
     "mysql": "start MariaDB/MySQL or set DESWM_TEST_MYSQL_URL "
     "(e.g. mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4)",
     "s3": "install the test extra (moto[server], s3fs): pip install -e '.[test]'",
+    "deswm._native": "install deswm where a C compiler (cc) is on PATH: pip install -e '.[test]'",
 }
 
 

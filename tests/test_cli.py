@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -671,3 +672,22 @@ def test_interval_without_a_value_reads_run_interval(
     code, out, _ = run(["run", "-c", str(config), "--interval", *given], capsys)
     assert (code, asked) == (0, [expected])
     assert "stopped:" in out
+
+
+def test_version_says_whether_the_c_helper_is_built(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Operators comparing throughput across machines can tell which read path ran."""
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    built = importlib.util.find_spec("deswm._native") is not None
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith("(C helper: built)" if built else "(C helper: not built)")
+    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip().endswith("(C helper: not built)")

@@ -17,7 +17,7 @@ from fsspec.spec import AbstractFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FsTarget
+from conftest import FsTarget, service_unavailable
 from deswm import _contain
 from deswm._errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
 from deswm._model import SourceRecord
@@ -522,8 +522,14 @@ class _Tree:
         return FsspecFileReader(root=self.root, retries=0, **kwargs)
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> _Tree:
+@pytest.fixture(params=["c-helper", "python"])
+def tree(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Tree:
+    """Every containment case through both ways of reading a local file: the C helper
+    (``deswm._native``, where it is built) and the Python path."""
+    if request.param == "python":
+        monkeypatch.setattr(_contain, "_NATIVE_READ", None)
+    elif _contain._NATIVE_READ is None:
+        service_unavailable("deswm._native", "the package was installed without its C helper")
     return _Tree(tmp_path)
 
 

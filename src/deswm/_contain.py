@@ -28,7 +28,13 @@ import attrs
 
 from deswm._errors import ConfigError
 
-__all__ = ["Outside", "Roots", "delete_local", "open_local"]
+_native_read_file: Callable[[int, str, bool], bytes | None] | None
+try:
+    from deswm._native import read_file as _native_read_file
+except ImportError:  # built without a C compiler: the Python path reads
+    _native_read_file = None
+
+__all__ = ["Outside", "Roots", "delete_local", "open_local", "read_native"]
 
 _URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _LOCAL_PROTOCOLS: Final = frozenset({"file", "local"})
@@ -78,6 +84,9 @@ def _load_openat2() -> Callable[[int, str], int] | None:
 
 
 _OPENAT2: Callable[[int, str], int] | None = _load_openat2()
+_NATIVE_READ: Callable[[int, str, bool], bytes | None] | None = _native_read_file
+"""``deswm._native.read_file`` (open, fstat, read and close in one call), or None."""
+_AT_FDCWD: Final = -100 if sys.platform == "linux" else -2  # absolute paths ignore it
 # Errors after which the careful path decides: an escaping or absolute symlink (EXDEV),
 # a loop, or a kernel or sandbox without openat2.
 _RETRY_CAREFULLY: Final = frozenset({errno.EXDEV, errno.ELOOP, errno.ENOSYS, errno.EPERM})
@@ -276,6 +285,40 @@ def open_local(path: str, roots: Roots) -> int:
             else:
                 return _regular_or_closed(fd, path)
     return _open_carefully(path, roots)
+
+
+def read_native(path: str, roots: Roots | None) -> bytes | None:
+    """The bytes of the regular file at ``path`` through ``deswm._native``, or ``None``
+    when the Python path must decide (no C helper, no root descriptor, a symlink to
+    judge, no openat2, or, without roots, a file that is not regular).
+
+    The same rules as :func:`open_local` plus a read, in one call that releases the GIL
+    once: with roots, the kernel resolves ``path`` beneath its root's descriptor
+    (``RESOLVE_BENEATH``); :class:`NotRegular` for a FIFO, device or socket,
+    ``IsADirectoryError`` for a directory, the usual ``OSError`` otherwise.
+    """
+    global _OPENAT2
+    read = _NATIVE_READ
+    if read is None:
+        return None
+    if roots is None:
+        return read(_AT_FDCWD, path, False)
+    if _OPENAT2 is None:
+        return None
+    found = roots.beneath(path)
+    if found is None:
+        return None
+    try:
+        data = read(found[0], found[1], True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSYS:
+            _OPENAT2 = None
+        if exc.errno in _RETRY_CAREFULLY:
+            return None
+        raise
+    if data is None:
+        raise NotRegular(path)
+    return data
 
 
 def _open_carefully(path: str, roots: Roots) -> int:

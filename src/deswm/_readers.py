@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 import fsspec
 
 from deswm import _publish
-from deswm._contain import NotRegular, Outside, Roots, delete_local, open_local
+from deswm._contain import NotRegular, Outside, Roots, delete_local, open_local, read_native
 from deswm._errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
 from deswm._model import SourceRecord
 from deswm._objectstore.errors import is_transient
@@ -552,12 +552,16 @@ class _Directory(Exception):
 def _read_local(path: str, roots: Roots | None = None) -> bytes:
     """The bytes at ``path``; with ``roots``, only of a regular file verified inside them.
 
-    One ``open``, one ``fstat`` and, for a file that does not change while it is read,
-    one ``read`` of its size plus one byte (a short read is the end of a regular file),
-    then ``close``: no file object, and none of the ``lseek``, ``ioctl`` and second
-    ``fstat`` that ``open(...).read()`` adds per file.
+    Through the C helper where it is built (:func:`~deswm._contain.read_native`: these
+    system calls in one call); otherwise in Python: one ``open``, one ``fstat`` and, for
+    a file that does not change while it is read, one ``read`` of its size plus one byte
+    (a short read is the end of a regular file), then ``close``: no file object, and none
+    of the ``lseek``, ``ioctl`` and second ``fstat`` that ``open(...).read()`` adds.
     """
     try:
+        data = read_native(path, roots)
+        if data is not None:
+            return data
         fd = os.open(path, _READ_FLAGS) if roots is None else open_local(path, roots)
     except IsADirectoryError as exc:
         raise _Directory from exc

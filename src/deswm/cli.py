@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -63,9 +64,12 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("deswm")
+        number = version("deswm")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
+        number = "unknown"
+    # Whether local files are read through the C helper (docs/performance.md).
+    helper = "built" if importlib.util.find_spec("deswm._native") else "not built"
+    return f"{number} (C helper: {helper})"
 
 
 # --- output helpers ---------------------------------------------------------------------------
