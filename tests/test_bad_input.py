@@ -35,6 +35,7 @@ from unittest import mock
 import pytest
 import sqlalchemy as sa
 
+from deswm import _contain
 from deswm import _readers as readers_module
 from deswm._archive import Archive
 from deswm._config import Config, load_config
@@ -724,6 +725,15 @@ def test_unreadable_file(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) ->
             return real(path, roots)
 
         monkeypatch.setattr(readers_module, "_read_local", denied)
+        native = _contain._NATIVE_READ
+        if native is not None:  # the C helper reads relative locations without _read_local
+
+            def denied_natively(dirfd: int, path: str, beneath: bool) -> bytes | None:
+                if path.endswith(location):
+                    raise PermissionError(errno.EACCES, "Permission denied", path)
+                return native(dirfd, path, beneath)
+
+            monkeypatch.setattr(_contain, "_NATIVE_READ", denied_natively)
     else:  # pragma: no cover - CI runs as root
         victim.chmod(0)
     with pytest.raises(CycleError) as caught:

@@ -610,6 +610,35 @@ def test_local_locations_inside_the_root_are_read(
     assert tree.reader().read(location) == expected
 
 
+def test_a_normal_relative_location_is_read_in_one_call(
+    tree: _Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table's common case skips the lexical resolution (the kernel's RESOLVE_BENEATH
+    is the check); everything else, and every error, goes the full way."""
+    reader = tree.reader()
+    resolved: list[str] = []
+    full = reader._resolve
+
+    def counting(location: str) -> tuple[str | None, str]:
+        resolved.append(location)
+        return full(location)
+
+    monkeypatch.setattr(reader, "_resolve", counting)
+    assert reader.read("sub/deep.txt") == b"deep"
+    assert reader.read("inside.txt") == b"inside"
+    one_call = _contain._NATIVE_READ is not None
+    assert resolved == ([] if one_call else ["sub/deep.txt", "inside.txt"])
+    (tree.root / ".hidden").write_bytes(b"h")
+    assert reader.read(".hidden") == b"h"  # a dot segment: the full way
+    with pytest.raises(FileMissingError):
+        reader.read("sub/nope.txt")
+    with pytest.raises(LocationOutsideRootError, match="through a symlink"):
+        reader.read("link-out")  # the kernel refuses; the full way says why
+    with pytest.raises(FileReadError, match="is a directory"):
+        reader.read("sub")
+    assert resolved[-4:] == [".hidden", "sub/nope.txt", "link-out", "sub"]
+
+
 def test_absolute_and_file_url_locations_inside_the_root_are_read(tree: _Tree) -> None:
     reader = tree.reader()
     assert reader.read(str(tree.root / "inside.txt")) == b"inside"

@@ -34,7 +34,7 @@ try:
 except ImportError:  # built without a C compiler: the Python path reads
     _native_read_file = None
 
-__all__ = ["Outside", "Roots", "delete_local", "open_local", "read_native"]
+__all__ = ["Outside", "Roots", "delete_local", "open_local", "read_native", "read_relative"]
 
 _URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _LOCAL_PROTOCOLS: Final = frozenset({"file", "local"})
@@ -178,6 +178,13 @@ class Roots:
                     return fd, path[len(prefix) :].lstrip("/")
         return None
 
+    def first_local_descriptor(self) -> int | None:
+        """The descriptor of the first local root (``files.root``), or None."""
+        if not self.local:
+            return None
+        fd = self._fds[0]
+        return fd if fd is not None else self._open_root(0)
+
     def _open_root(self, index: int) -> int | None:
         with self._fds_lock:
             fd = self._fds[index]
@@ -319,6 +326,40 @@ def read_native(path: str, roots: Roots | None) -> bytes | None:
     if data is None:
         raise NotRegular(path)
     return data
+
+
+def read_relative(location: str, roots: Roots) -> bytes | None:
+    """The bytes of a relative ``location`` below the first local root, in one call into
+    the C helper; ``None`` when the full path must decide (and say what is wrong).
+
+    Only for a location that is already normal (no ``.`` or ``..`` segment, no empty
+    one, no ``~``, NUL, backslash or URL): there the lexical checks cannot refuse it, so
+    the kernel's resolution beneath the root (``RESOLVE_BENEATH``, the same as
+    :func:`read_native`) is the whole check. This is the common case of a table that
+    stores locations relative to ``files.root``; everything else, and every error,
+    takes the full path, which reads again.
+    """
+    read = _NATIVE_READ
+    if (
+        read is None
+        or _OPENAT2 is None
+        or not location
+        or location[0] in "/.~"
+        or location[-1] == "/"
+        or "/." in location
+        or "//" in location
+        or "\\" in location
+        or "\x00" in location
+        or ":" in location
+    ):
+        return None
+    fd = roots.first_local_descriptor()
+    if fd is None:
+        return None
+    try:
+        return read(fd, location, True)
+    except OSError:
+        return None
 
 
 def _open_carefully(path: str, roots: Roots) -> int:

@@ -26,7 +26,15 @@ from typing import Any, Final, TypeVar
 import fsspec
 
 from deswm import _publish
-from deswm._contain import NotRegular, Outside, Roots, delete_local, open_local, read_native
+from deswm._contain import (
+    NotRegular,
+    Outside,
+    Roots,
+    delete_local,
+    open_local,
+    read_native,
+    read_relative,
+)
 from deswm._errors import ConfigError, FileMissingError, FileReadError, LocationOutsideRootError
 from deswm._model import SourceRecord
 from deswm._objectstore.errors import is_transient
@@ -371,6 +379,11 @@ class FsspecFileReader(FileReaderBase):
 
     def read(self, location: str) -> bytes:
         """All bytes at ``location``, retrying transient failures."""
+        if self._local_prefix is not None and type(location) is str:
+            # Relative to a local root (the common table): one call into the C helper.
+            data = read_relative(location, self._roots)
+            if data is not None:
+                return data
         protocol, path = self._resolve(location)
         if protocol is None:
             return self._with_retries("read", location, _read_local, path, self._roots or None)
