@@ -728,10 +728,10 @@ def test_unreadable_file(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) ->
         native = _contain._NATIVE_READ
         if native is not None:  # the C helper reads relative locations without _read_local
 
-            def denied_natively(dirfd: int, path: str, beneath: bool) -> bytes | None:
+            def denied_natively(dirfd: int, path: str) -> bytes | None:
                 if path.endswith(location):
                     raise PermissionError(errno.EACCES, "Permission denied", path)
-                return native(dirfd, path, beneath)
+                return native(dirfd, path)
 
             monkeypatch.setattr(_contain, "_NATIVE_READ", denied_natively)
     else:  # pragma: no cover - CI runs as root

@@ -28,7 +28,7 @@ import attrs
 
 from deswm._errors import ConfigError
 
-_native_read_file: Callable[[int, str, bool], bytes | None] | None
+_native_read_file: Callable[[int, str], bytes | None] | None
 try:
     from deswm._native import read_file as _native_read_file
 except ImportError:  # built without a C compiler: the Python path reads
@@ -84,9 +84,9 @@ def _load_openat2() -> Callable[[int, str], int] | None:
 
 
 _OPENAT2: Callable[[int, str], int] | None = _load_openat2()
-_NATIVE_READ: Callable[[int, str, bool], bytes | None] | None = _native_read_file
-"""``deswm._native.read_file`` (open, fstat, read and close in one call), or None."""
-_AT_FDCWD: Final = -100 if sys.platform == "linux" else -2  # absolute paths ignore it
+_NATIVE_READ: Callable[[int, str], bytes | None] | None = _native_read_file
+"""``deswm._native.read_file`` (open beneath a root, fstat, read and close in one
+call), or None."""
 # Errors after which the careful path decides: an escaping or absolute symlink (EXDEV),
 # a loop, or a kernel or sandbox without openat2.
 _RETRY_CAREFULLY: Final = frozenset({errno.EXDEV, errno.ELOOP, errno.ENOSYS, errno.EPERM})
@@ -296,27 +296,25 @@ def open_local(path: str, roots: Roots) -> int:
 
 def read_native(path: str, roots: Roots | None) -> bytes | None:
     """The bytes of the regular file at ``path`` through ``deswm._native``, or ``None``
-    when the Python path must decide (no C helper, no root descriptor, a symlink to
-    judge, no openat2, or, without roots, a file that is not regular).
+    when the Python path must decide (no C helper, no roots, no root descriptor, a
+    symlink to judge, no openat2).
 
     The same rules as :func:`open_local` plus a read, in one call that releases the GIL
-    once: with roots, the kernel resolves ``path`` beneath its root's descriptor
+    once: the kernel resolves ``path`` beneath its root's descriptor
     (``RESOLVE_BENEATH``); :class:`NotRegular` for a FIFO, device or socket,
-    ``IsADirectoryError`` for a directory, the usual ``OSError`` otherwise.
+    ``IsADirectoryError`` for a directory, the usual ``OSError`` otherwise. Without
+    roots a FIFO is read as ``open()`` would (blocking until a writer comes), which
+    only the Python path does.
     """
     global _OPENAT2
     read = _NATIVE_READ
-    if read is None:
-        return None
-    if roots is None:
-        return read(_AT_FDCWD, path, False)
-    if _OPENAT2 is None:
+    if read is None or roots is None or _OPENAT2 is None:
         return None
     found = roots.beneath(path)
     if found is None:
         return None
     try:
-        data = read(found[0], found[1], True)
+        data = read(*found)
     except OSError as exc:
         if exc.errno == errno.ENOSYS:
             _OPENAT2 = None
@@ -357,7 +355,7 @@ def read_relative(location: str, roots: Roots) -> bytes | None:
     if fd is None:
         return None
     try:
-        return read(fd, location, True)
+        return read(fd, location)
     except OSError:
         return None
 

@@ -4,15 +4,17 @@
  * Python per file (open through ctypes' openat2, two fstat, read, close), each taking and
  * dropping the GIL. ``read_file`` does the same system calls in one C call that drops
  * the GIL once, with the same rules as the Python path it replaces
- * (``deswm._contain.read_local``): open read-only, non-blocking (a FIFO does not block)
- * and without a controlling tty; with ``beneath``, through openat2 with RESOLVE_BENEATH
- * | RESOLVE_NO_MAGICLINKS, so the kernel refuses any path that leaves ``dirfd``
- * (``..``, absolute or escaping symlinks: EXDEV); a directory raises EISDIR; any other
- * file that is not regular returns None (deswm never reads FIFOs, devices, sockets);
- * a regular file is read to its end, however its size changes meanwhile.
+ * (``deswm._contain.open_local`` and ``deswm._readers._read_local``): open read-only,
+ * non-blocking (a FIFO does not block) and without a controlling tty, through openat2
+ * with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, so the kernel refuses any path that
+ * leaves ``dirfd`` (``..``, absolute or escaping symlinks: EXDEV); a directory raises
+ * EISDIR; any other file that is not regular returns None (deswm never reads FIFOs,
+ * devices or sockets inside a root); a regular file is read to its end, however its
+ * size changes meanwhile.
  *
  * Optional: without a C compiler the package installs without it and the Python path
- * runs instead (deswm._contain.read_local).
+ * runs instead. ``planned_entries`` is the packer's per-entry work of a publish
+ * (deswm._packer._new_items).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -97,18 +99,17 @@ read_until(int fd, char *buffer, Py_ssize_t capacity, Py_ssize_t expected, Py_ss
 }
 
 PyDoc_STRVAR(read_file_doc,
-"read_file(dirfd, path, beneath, /)\n--\n\n"
-"The bytes of the regular file at ``path`` (relative to ``dirfd``), or None when it is\n"
-"not a regular file. With ``beneath`` the path may not leave ``dirfd`` (openat2\n"
-"RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS). Raises OSError (with the errno's subclass)\n"
-"for a failed open or read, IsADirectoryError for a directory.");
+"read_file(dirfd, path, /)\n--\n\n"
+"The bytes of the regular file at ``path`` beneath ``dirfd`` (openat2 RESOLVE_BENEATH |\n"
+"RESOLVE_NO_MAGICLINKS), or None when it is not a regular file. Raises OSError (with the\n"
+"errno's subclass) for a failed open or read, IsADirectoryError for a directory.");
 
 static PyObject *
 read_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "read_file() takes 3 arguments (%zd given)", nargs);
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "read_file() takes 2 arguments (%zd given)", nargs);
         return NULL;
     }
     long dirfd_value = PyLong_AsLong(args[0]);
@@ -120,10 +121,6 @@ read_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int dirfd = (int)dirfd_value;
-    int beneath = PyObject_IsTrue(args[2]);
-    if (beneath < 0) {
-        return NULL;
-    }
     PyObject *encoded = NULL;
     if (!PyUnicode_FSConverter(args[1], &encoded)) {
         return NULL;
@@ -134,7 +131,7 @@ read_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int saved = 0;
     struct stat info;
     Py_BEGIN_ALLOW_THREADS
-    fd = beneath ? open_beneath(dirfd, path) : openat(dirfd, path, READ_FLAGS);
+    fd = open_beneath(dirfd, path);
     if (fd < 0) {
         saved = errno;
     }
@@ -208,8 +205,282 @@ read_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return data;
 }
 
+/* --- planned entries ----------------------------------------------------------------- */
+
+/* The packer's record layout (deswm._buffers.RECORD, "<qQQQB32sH"), then the UTF-8 uid. */
+#define RECORD_SIZE 67
+#define DAY_MICROS 86400000000LL
+
+static int64_t
+load_i64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return (int64_t)v;
+}
+
+static uint64_t
+load_u64(const unsigned char *p)
+{
+    return (uint64_t)load_i64(p);
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+PyDoc_STRVAR(planned_entries_doc,
+"planned_entries(records, entry_type, codecs, day_prefix, layout, /)\n--\n\n"
+"deswm._packer._new_items in one call: the planned entries of a group's packed records.\n"
+"``codecs``: codec names by id (None where no codec has that id); ``day_prefix(day)``: the\n"
+"``YYYY-MM-DDT`` of a day since the epoch; ``layout``: (inline record bytes, big record\n"
+"bytes, SPILLED flag, BIG flag, codec mask, IN_BUFFER, IN_SPILL).");
+
+static PyObject *
+planned_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "planned_entries() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *entry_type = args[1];
+    PyObject *codecs = args[2];
+    PyObject *day_prefix = args[3];
+    long inline_record, big_record, spilled_flag, big_flag, codec_mask, in_buffer, in_spill;
+    if (!PyType_Check(entry_type) ||
+        !PyType_IsSubtype((PyTypeObject *)entry_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "entry_type must be a tuple subclass");
+        return NULL;
+    }
+    if (!PyTuple_Check(codecs)) {
+        PyErr_SetString(PyExc_TypeError, "codecs must be a tuple");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args[4], "lllllll;layout must be 7 integers", &inline_record,
+                          &big_record, &spilled_flag, &big_flag, &codec_mask, &in_buffer,
+                          &in_spill)) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *items = PyList_New(0);
+    PyObject *none_codec = PyUnicode_InternFromString("none");
+    PyObject *source_buffer = PyLong_FromLong(in_buffer);
+    PyObject *source_spill = PyLong_FromLong(in_spill);
+    PyObject *origin = PyLong_FromLong(-1);
+    PyObject *prefix = NULL;
+    int64_t prefix_day = 0;
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t end = view.len;
+    Py_ssize_t position = 0;
+    if (items == NULL || none_codec == NULL || source_buffer == NULL || source_spill == NULL ||
+        origin == NULL) {
+        goto error;
+    }
+    while (position < end) {
+        if (end - position < RECORD_SIZE) {
+            PyErr_SetString(PyExc_ValueError, "a truncated entry record");
+            goto error;
+        }
+        const unsigned char *record = data + position;
+        int64_t micros = load_i64(record);
+        uint64_t size = load_u64(record + 8);
+        uint64_t length = load_u64(record + 16);
+        uint64_t loc = load_u64(record + 24);
+        unsigned int flags = record[32];
+        const unsigned char *digest = record + 33;
+        Py_ssize_t uid_len = (Py_ssize_t)(record[65] | (record[66] << 8));
+        position += RECORD_SIZE;
+        if (end - position < uid_len) {
+            PyErr_SetString(PyExc_ValueError, "a truncated entry record");
+            goto error;
+        }
+        PyObject *uid = PyUnicode_DecodeUTF8((const char *)data + position, uid_len, "strict");
+        if (uid == NULL) {
+            goto error;
+        }
+        position += uid_len;
+
+        /* divmod(micros, DAY_MICROS), flooring as Python does for instants before 1970 */
+        int64_t day = micros / DAY_MICROS;
+        int64_t rest = micros % DAY_MICROS;
+        if (rest < 0) {
+            rest += DAY_MICROS;
+            day -= 1;
+        }
+        if (prefix == NULL || day != prefix_day) {
+            Py_XDECREF(prefix);
+            PyObject *day_number = PyLong_FromLongLong(day);
+            prefix = day_number == NULL ? NULL : PyObject_CallOneArg(day_prefix, day_number);
+            Py_XDECREF(day_number);
+            if (prefix == NULL) {
+                Py_DECREF(uid);
+                goto error;
+            }
+            if (!PyUnicode_Check(prefix) || !PyUnicode_IS_ASCII(prefix) ||
+                PyUnicode_GET_LENGTH(prefix) > 32) {
+                PyErr_SetString(PyExc_ValueError, "day_prefix must return a short ASCII str");
+                Py_DECREF(uid);
+                goto error;
+            }
+            prefix_day = day;
+        }
+        int64_t seconds = rest / 1000000, fraction = rest % 1000000;
+        char text[64];
+        Py_ssize_t prefix_len = PyUnicode_GET_LENGTH(prefix);
+        memcpy(text, PyUnicode_1BYTE_DATA(prefix), (size_t)prefix_len);
+        int text_len = (int)prefix_len +
+                       snprintf(text + prefix_len, sizeof text - (size_t)prefix_len,
+                                "%02d:%02d:%02d.%06dZ", (int)(seconds / 3600),
+                                (int)(seconds / 60 % 60), (int)(seconds % 60), (int)fraction);
+        char sha[64];
+        for (int i = 0; i < 32; i++) {
+            sha[2 * i] = HEX[digest[i] >> 4];
+            sha[2 * i + 1] = HEX[digest[i] & 15];
+        }
+        static const char meta_a[] = "{\"created_at\":\"";
+        static const char meta_b[] = "\",\"sha256\":\"";
+        static const char meta_c[] = "\"}";
+        Py_ssize_t meta_len =
+            (Py_ssize_t)(sizeof meta_a - 1 + text_len + sizeof meta_b - 1 + 64 + sizeof meta_c - 1);
+        PyObject *meta = PyBytes_FromStringAndSize(NULL, meta_len);
+        PyObject *text_obj = PyUnicode_FromStringAndSize(text, text_len);
+        PyObject *key = NULL;
+        PyObject *entry = NULL;
+        if (meta == NULL || text_obj == NULL) {
+            goto entry_error;
+        }
+        char *out = PyBytes_AS_STRING(meta);
+        memcpy(out, meta_a, sizeof meta_a - 1);
+        out += sizeof meta_a - 1;
+        memcpy(out, text, (size_t)text_len);
+        out += text_len;
+        memcpy(out, meta_b, sizeof meta_b - 1);
+        out += sizeof meta_b - 1;
+        memcpy(out, sha, 64);
+        out += 64;
+        memcpy(out, meta_c, sizeof meta_c - 1);
+        key = PyTuple_Pack(2, text_obj, uid);
+        if (key == NULL) {
+            goto entry_error;
+        }
+        PyObject *codec, *big_sha, *source, *cost;
+        if (flags & (unsigned long)big_flag) {
+            big_sha = PyUnicode_FromStringAndSize(sha, 64);
+            if (big_sha == NULL) {
+                goto entry_error;
+            }
+            codec = none_codec;
+            Py_INCREF(codec);
+            source = source_buffer;
+            cost = PyLong_FromLongLong((long long)big_record + uid_len + 64 + meta_len);
+        }
+        else {
+            Py_ssize_t id = (Py_ssize_t)(flags & (unsigned long)codec_mask);
+            codec = id < PyTuple_GET_SIZE(codecs) ? PyTuple_GET_ITEM(codecs, id) : Py_None;
+            if (codec == Py_None) {
+                PyErr_Format(PyExc_KeyError, "no codec has the id %zd", id);
+                goto entry_error;
+            }
+            Py_INCREF(codec);
+            big_sha = Py_None;
+            Py_INCREF(big_sha);
+            source = (flags & (unsigned long)spilled_flag) ? source_spill : source_buffer;
+            unsigned long long extra =
+                (unsigned long long)inline_record + (unsigned long long)(uid_len + meta_len);
+            if (length <= ULLONG_MAX - extra) {
+                cost = PyLong_FromUnsignedLongLong(length + extra);
+            }
+            else { /* not a real entry's length, but exact as Python's int would be */
+                PyObject *a = PyLong_FromUnsignedLongLong(length);
+                PyObject *b = PyLong_FromUnsignedLongLong(extra);
+                cost = (a == NULL || b == NULL) ? NULL : PyNumber_Add(a, b);
+                Py_XDECREF(a);
+                Py_XDECREF(b);
+            }
+        }
+        Py_INCREF(source);
+        Py_INCREF(origin);
+        PyObject *fields[11] = {
+            key,
+            uid,
+            codec,
+            PyLong_FromUnsignedLongLong(size),
+            PyLong_FromUnsignedLongLong(length),
+            meta,
+            big_sha,
+            cost,
+            source,
+            PyLong_FromUnsignedLongLong(loc),
+            origin,
+        };
+        /* The fields are owned by the array from here (key, uid, meta included). */
+        key = NULL;
+        Py_INCREF(uid);
+        Py_INCREF(meta);
+        entry = ((PyTypeObject *)entry_type)->tp_alloc((PyTypeObject *)entry_type, 11);
+        int failed = entry == NULL;
+        for (int i = 0; i < 11; i++) {
+            if (fields[i] == NULL) {
+                failed = 1;
+            }
+        }
+        if (failed) {
+            for (int i = 0; i < 11; i++) {
+                Py_XDECREF(fields[i]);
+            }
+            Py_XDECREF(entry);
+            entry = NULL;
+            if (!PyErr_Occurred()) {
+                PyErr_NoMemory();
+            }
+            goto entry_error;
+        }
+        for (int i = 0; i < 11; i++) {
+            PyTuple_SET_ITEM(entry, i, fields[i]);
+        }
+        if (PyList_Append(items, entry) < 0) {
+            goto entry_error;
+        }
+        Py_DECREF(entry);
+        Py_DECREF(text_obj);
+        Py_DECREF(meta);
+        Py_DECREF(uid);
+        continue;
+    entry_error:
+        Py_XDECREF(entry);
+        Py_XDECREF(key);
+        Py_XDECREF(text_obj);
+        Py_XDECREF(meta);
+        Py_DECREF(uid);
+        goto error;
+    }
+    Py_XDECREF(prefix);
+    Py_DECREF(none_codec);
+    Py_DECREF(source_buffer);
+    Py_DECREF(source_spill);
+    Py_DECREF(origin);
+    PyBuffer_Release(&view);
+    return items;
+
+error:
+    Py_XDECREF(prefix);
+    Py_XDECREF(items);
+    Py_XDECREF(none_codec);
+    Py_XDECREF(source_buffer);
+    Py_XDECREF(source_spill);
+    Py_XDECREF(origin);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef native_methods[] = {
     {"read_file", (PyCFunction)(void (*)(void))read_file, METH_FASTCALL, read_file_doc},
+    {"planned_entries", (PyCFunction)(void (*)(void))planned_entries, METH_FASTCALL,
+     planned_entries_doc},
     {NULL, NULL, 0, NULL},
 };
 

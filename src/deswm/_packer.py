@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import IO, Any, Final, cast
@@ -232,7 +232,43 @@ def _from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def _day_prefix(day: int) -> str:
+    """``YYYY-MM-DDT`` of the UTC day ``day`` days after the epoch: the ``format_utc``
+    prefix shared by every entry of that day."""
+    full = format_utc(_from_micros(day * _DAY_MICROS))
+    return full[: full.index("T") + 1]
+
+
+_planned_entries: Callable[..., list[PlannedEntry]] | None
+try:
+    # Reads RECORD's layout ("<qQQQB32sH", then the uid) as _native.c spells it out;
+    # tests/test_native.py holds the two together.
+    from deswm._native import planned_entries as _planned_entries
+except ImportError:  # built without a C compiler: _new_items_python does the same
+    _planned_entries = None
+
+_CODECS_BY_ID: Final = tuple(CODEC_NAMES.get(i) for i in range(CODEC_MASK + 1))
+_LAYOUT: Final = (
+    record_size(0, 0),
+    record_size(0, 0, 0),
+    SPILLED,
+    BIG,
+    CODEC_MASK,
+    IN_BUFFER,
+    IN_SPILL,
+)
+
+
 def _new_items(records: bytes) -> list[PlannedEntry]:
+    """The planned entries of a group's records (the per-entry work of a publish): in
+    one call into the C helper where it is built (the same entries, checked by the
+    tests), else :func:`_new_items_python`."""
+    if _planned_entries is not None:
+        return _planned_entries(records, PlannedEntry, _CODECS_BY_ID, _day_prefix, _LAYOUT)
+    return _new_items_python(records)
+
+
+def _new_items_python(records: bytes) -> list[PlannedEntry]:
     """The planned entries of a group's records (the per-entry work of a publish).
 
     ``created_at`` text is built from the day's ``format_utc`` prefix plus fixed-width
@@ -254,8 +290,7 @@ def _new_items(records: bytes) -> list[PlannedEntry]:
         day, rest = divmod(micros, _DAY_MICROS)
         prefix = days.get(day)
         if prefix is None:
-            full = format_utc(_from_micros(day * _DAY_MICROS))
-            prefix = days[day] = full[: full.index("T") + 1]
+            prefix = days[day] = _day_prefix(day)
         seconds, fraction = divmod(rest, 1_000_000)
         minutes, second = divmod(seconds, 60)
         hour, minute = divmod(minutes, 60)
