@@ -269,12 +269,12 @@ def test_planned_entries_refuse_damaged_records(planned_entries: object) -> None
         _packer._new_items(good[:-1])
     with pytest.raises(ValueError, match="truncated"):
         _packer._new_items(good + good[:30])
-    unknown = max(_packer._CODECS_BY_ID.index(None) if None in _packer._CODECS_BY_ID else 0, 0)
-    if None in _packer._CODECS_BY_ID:
-        bad = RECORD.pack(0, 1, 1, 0, unknown, bytes(32), 1) + b"u"
+    with pytest.raises(UnicodeDecodeError):
+        _packer._new_items(RECORD.pack(0, 1, 1, 0, 1, bytes(32), 1) + b"\xff")
+    unknown = [i for i, name in enumerate(_packer._CODECS_BY_ID) if name is None]
+    if unknown:  # an id no codec has: a KeyError, as the Python function raises
+        bad = RECORD.pack(0, 1, 1, 0, unknown[0], bytes(32), 1) + b"u"
         with pytest.raises(KeyError):
             _packer._new_items(bad)
         with pytest.raises(KeyError):
             _packer._new_items_python(bad)
-    with pytest.raises(UnicodeDecodeError):
-        _packer._new_items(RECORD.pack(0, 1, 1, 0, 1, bytes(32), 1) + b"\xff")
