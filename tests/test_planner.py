@@ -35,6 +35,8 @@ from deswm._planner import (
     COPY_CHUNK,
     IN_BUFFER,
     IN_OLD_PART,
+    IN_SPILL,
+    SPILL_CHUNK,
     GroupPlan,
     PlannedEntry,
     copy_runs,
@@ -284,6 +286,27 @@ def test_copy_runs_stop_at_the_chunk_size() -> None:
     runs = list(copy_runs(items))
     assert [len(run) for run in runs] == [2, 2, 1]
     assert all(run[-1].loc + run[-1].length - run[0].loc <= COPY_CHUNK for run in runs)
+
+
+def test_copy_runs_join_adjacent_spilled_payloads_up_to_the_spill_chunk() -> None:
+    """One read of the spill file for a group's new entries that lie side by side."""
+
+    def spilled(i: int, loc: int, length: int, source: int = IN_SPILL) -> PlannedEntry:
+        return PlannedEntry(
+            ("t", f"s{i}"), f"s{i}", "zstd", length, length, b"", None, length, source, loc
+        )
+
+    half = SPILL_CHUNK // 2
+    items = [
+        spilled(0, 0, 10),
+        spilled(1, 10, 20),
+        spilled(2, 30, half),
+        spilled(3, 30 + half, half),  # would pass SPILL_CHUNK from s0
+        spilled(4, 100 * SPILL_CHUNK, 5),  # not adjacent
+        spilled(5, 100 * SPILL_CHUNK + 5, 5, IN_BUFFER),  # in memory: read on its own
+    ]
+    runs = [[e.uid for e in run] for run in copy_runs(items)]
+    assert runs == [["s0", "s1", "s2"], ["s3"], ["s4"], ["s5"]]
 
 
 # --- properties ---------------------------------------------------------------------------

@@ -311,6 +311,10 @@ class Spill:
             return memoryview(self._pages[loc >> _PAGE_SHIFT])[offset : offset + length]
         return self._pread(length, loc)
 
+    def span(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the spill file from ``offset`` (adjacent spilled payloads)."""
+        return self._pread(length, offset)
+
     def _pread(self, length: int, offset: int) -> bytes:
         try:
             data = os.pread(self._fd, length, offset)

@@ -733,10 +733,14 @@ class DesBucketWriter:
     def _write_part(self, fp: IO[bytes], group: Group, part: PartPlan) -> int:
         writer = ShardWriter(fp)
         # A local file takes a view of the buffered bytes; other filesystems get bytes.
-        read = self._spill.view if self._store.kind == "local" else self._spill.read
+        local = self._store.kind == "local"
+        read = self._spill.view if local else self._spill.read
         for run in copy_runs(part.items):
             if run[0].copyable:
                 self._copy_run(writer, part, run)
+                continue
+            if len(run) > 1:  # spilled payloads side by side in the spill file
+                self._spilled_run(writer, run, local=local)
                 continue
             for item in run:
                 if item.big_sha256 is not None:
@@ -750,6 +754,25 @@ class DesBucketWriter:
                 if writer.count == 1:
                     reach(Checkpoint.PACKER_PART_MID_WRITE)
         return writer.finish()
+
+    def _spilled_run(
+        self, writer: ShardWriter, run: Sequence[PlannedEntry], *, local: bool
+    ) -> None:
+        """Append a run of adjacent spilled payloads, read from the spill file at once."""
+        start = run[0].loc
+        chunk = memoryview(self._spill.span(start, run[-1].loc + run[-1].length - start))
+        for item in run:
+            at = item.loc - start
+            stored = chunk[at : at + item.length]
+            writer.append(
+                item.uid,
+                stored if local else stored.tobytes(),
+                codec=item.codec,
+                size=item.size,
+                meta=item.meta,
+            )
+            if writer.count == 1:
+                reach(Checkpoint.PACKER_PART_MID_WRITE)
 
     def _copy_run(self, writer: ShardWriter, part: PartPlan, run: Sequence[PlannedEntry]) -> None:
         # A run's entries are stored in one published part: this part's, or a lower one's

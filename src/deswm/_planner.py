@@ -76,6 +76,7 @@ __all__ = [
     "IN_BUFFER",
     "IN_OLD_PART",
     "IN_SPILL",
+    "SPILL_CHUNK",
     "GroupPlan",
     "PartPlan",
     "PlannedEntry",
@@ -87,6 +88,8 @@ __all__ = [
 
 COPY_CHUNK: Final = 8 * 2**20
 """Largest ranged read when copying kept entries (adjacent entries are read together)."""
+SPILL_CHUNK: Final = 2**20
+"""Largest read of spilled payloads (adjacent ones in the spill file are read together)."""
 
 # Where an entry's stored bytes are while publishing.
 IN_BUFFER: Final = 0
@@ -330,22 +333,34 @@ def _identical(items: Sequence[PlannedEntry], size: int, index: ShardIndex) -> b
 
 
 def copy_runs(items: Sequence[PlannedEntry]) -> Iterator[list[PlannedEntry]]:
-    """Split planned items into runs: adjacent old inline entries of one published part
-    (read together, at most ``COPY_CHUNK`` bytes per run), and single other items."""
+    """Split planned items into runs read with one request each: adjacent old inline
+    entries of one published part (at most ``COPY_CHUNK`` bytes per run), adjacent
+    spilled payloads (at most ``SPILL_CHUNK`` bytes: a bucket's new entries come in the
+    order they were spilled, so most of a group's are next to each other), and single
+    other items."""
     run: list[PlannedEntry] = []
     for item in items:
-        if run:
-            head, last = run[0], run[-1]
-            joins = (
-                item.copyable
-                and head.copyable
-                and item.origin == head.origin
-                and item.loc == last.loc + last.length
-                and item.loc + item.length - head.loc <= COPY_CHUNK
-            )
-            if not joins:
-                yield run
-                run = []
+        if run and not _joins(run[0], run[-1], item):
+            yield run
+            run = []
         run.append(item)
     if run:
         yield run
+
+
+def _joins(head: PlannedEntry, last: PlannedEntry, item: PlannedEntry) -> bool:
+    if item.loc != last.loc + last.length:
+        return False
+    if item.copyable:
+        return (
+            head.copyable
+            and item.origin == head.origin
+            and item.loc + item.length - head.loc <= COPY_CHUNK
+        )
+    return (
+        item.source == IN_SPILL
+        and item.big_sha256 is None
+        and head.source == IN_SPILL
+        and head.big_sha256 is None
+        and item.loc + item.length - head.loc <= SPILL_CHUNK
+    )
