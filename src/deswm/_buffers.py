@@ -410,7 +410,7 @@ class Spill:
         """Append ``parts`` to the spill file, in order (``writev``, up to 1,024 at a time)."""
         for first in range(0, len(parts), _IOV_MAX):
             batch = parts[first : first + _IOV_MAX]
-            expected = sum(len(part) for part in batch)
+            expected = sum(map(len, batch))
             written = os.writev(self._fd, batch)
             self._size += written
             if written == expected:
