@@ -82,10 +82,7 @@ read_until(int fd, char *buffer, Py_ssize_t capacity, Py_ssize_t expected, Py_ss
     while (*size < capacity) {
         ssize_t n = read(fd, buffer + *size, (size_t)(capacity - *size));
         if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -1;
+            return -1; /* EINTR too: the caller checks for signals, then reads on */
         }
         if (n == 0) {
             return 1;
@@ -130,17 +127,27 @@ read_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int fd = -1;
     int saved = 0;
     struct stat info;
-    Py_BEGIN_ALLOW_THREADS
-    fd = open_beneath(dirfd, path);
-    if (fd < 0) {
-        saved = errno;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        fd = open_beneath(dirfd, path);
+        if (fd < 0) {
+            saved = errno;
+        }
+        else if (fstat(fd, &info) != 0) {
+            saved = errno;
+            close(fd);
+            fd = -1;
+        }
+        Py_END_ALLOW_THREADS
+        /* PEP 475: a signal's handler runs, and unless it raises, the call goes on. */
+        if (fd >= 0 || saved != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            Py_DECREF(encoded);
+            return NULL;
+        }
     }
-    else if (fstat(fd, &info) != 0) {
-        saved = errno;
-        close(fd);
-        fd = -1;
-    }
-    Py_END_ALLOW_THREADS
     if (fd < 0) {
         errno = saved;
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[1]);
@@ -181,6 +188,14 @@ read_file(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             saved = errno;
         }
         Py_END_ALLOW_THREADS
+        if (end < 0 && saved == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                close(fd);
+                Py_DECREF(data);
+                return NULL;
+            }
+            continue; /* what was read stays: ``size`` counts it */
+        }
         if (end < 0) {
             close(fd);
             Py_DECREF(data);
