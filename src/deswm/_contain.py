@@ -28,11 +28,13 @@ import attrs
 
 from deswm._errors import ConfigError
 
-_native_read_file: Callable[[int, str], bytes | None] | None
+_NATIVE_READ: Callable[[int, str], bytes | None] | None
+"""``deswm._native.read_file`` (open beneath a root, fstat, read and close in one
+call), or None."""
 try:
-    from deswm._native import read_file as _native_read_file
+    from deswm._native import read_file as _NATIVE_READ
 except ImportError:  # built without a C compiler: the Python path reads
-    _native_read_file = None
+    _NATIVE_READ = None
 
 __all__ = ["Outside", "Roots", "delete_local", "open_local", "read_native", "read_relative"]
 
@@ -84,9 +86,6 @@ def _load_openat2() -> Callable[[int, str], int] | None:
 
 
 _OPENAT2: Callable[[int, str], int] | None = _load_openat2()
-_NATIVE_READ: Callable[[int, str], bytes | None] | None = _native_read_file
-"""``deswm._native.read_file`` (open beneath a root, fstat, read and close in one
-call), or None."""
 # Errors after which the careful path decides: an escaping or absolute symlink (EXDEV),
 # a loop, or a kernel or sandbox without openat2.
 _RETRY_CAREFULLY: Final = frozenset({errno.EXDEV, errno.ELOOP, errno.ENOSYS, errno.EPERM})
