@@ -30,7 +30,8 @@ from deswm._errors import (
     SourceError,
     WaitInterrupted,
 )
-from deswm._lane_pool import cpu_count, resolve_pool
+from deswm._lane_pool import LanePool, cpu_count, resolve_pool
+from deswm._lane_stream import STREAM_CHUNK, LaneStream
 from deswm._lanes import LaneBatch
 from deswm._manifest import ManifestStore
 from deswm._model import (
@@ -103,15 +104,16 @@ class FaultyReader(FsspecFileReader):
 
 
 class SpillWitness(FsspecFileReader):
-    """Reads as usual, but refuses to read unless a rows' spill file exists in ``folder``
-    and the rows of each lane arrive in ``(created_at, uid)`` order."""
+    """Reads as usual, but refuses to read unless a rows' file (a batch's spill file or a
+    stream) exists in ``folder`` and the rows of each lane arrive in ``(created_at, uid)``
+    order."""
 
     def __init__(self, folder: str, **options: Any) -> None:
         super().__init__(**options)
         self.folder = folder
 
     def read_many(self, records: Iterable[SourceRecord]) -> Generator[ReadResult, None, None]:
-        if not list(Path(self.folder).glob("deswm-rows-*.jsonl")):
+        if not list(Path(self.folder).glob("deswm-rows-*")):
             raise AssertionError("the lane's rows were not spilled")
         last: tuple[datetime, str] | None = None
         for record in records:
@@ -156,6 +158,27 @@ class TrackingBatch(LaneBatch):
     def discard(self) -> None:
         super().discard()
         TrackingBatch.live.pop(id(self), None)
+
+
+class TrackingStream(LaneStream):
+    """A LaneStream that counts the rows every live stream of the coordinator holds in
+    memory (not yet written to its file)."""
+
+    live: ClassVar[dict[int, LaneStream]] = {}
+    peak: ClassVar[int] = 0
+
+    def __init__(self, folder: str | None = None, chunk: int = STREAM_CHUNK) -> None:
+        super().__init__(folder, chunk)
+        TrackingStream.live[id(self)] = self
+
+    def add(self, record: SourceRecord) -> None:
+        super().add(record)
+        held = sum(stream.in_memory for stream in TrackingStream.live.values())
+        TrackingStream.peak = max(TrackingStream.peak, held)
+
+    def discard(self) -> None:
+        super().discard()
+        TrackingStream.live.pop(id(self), None)
 
 
 # --- the world ---------------------------------------------------------------------------
@@ -426,6 +449,21 @@ def test_max_buckets_counts_buckets_in_flight(tmp_path: Path, engine: dict[str, 
 # --- choosing the executor -------------------------------------------------------------
 
 
+def test_a_process_pool_starts_every_worker_when_the_cycle_starts() -> None:
+    """Lane processes spawn (and import deswm) while the coordinator queries the source,
+    not when the first bucket's rows arrive."""
+    pool = LanePool("processes", 2)
+    try:
+        pool.start()
+        executor = pool._executor
+        assert isinstance(executor, cf.ProcessPoolExecutor)
+        assert len(executor._processes) == 2
+        pool.start()  # once per pool
+        assert pool._executor is executor
+    finally:
+        pool.close()
+
+
 def test_no_workers_and_no_executor_is_the_in_process_path(tmp_path: Path) -> None:
     assert World(tmp_path).orchestrator().lanes is None
 
@@ -593,7 +631,8 @@ def test_deswm_run_takes_lane_batch_rows(tmp_path: Path) -> None:
     done = deswm("run", "-c", str(config), *engine, "-v")
     assert done.returncode == 0, done.stderr
     assert "buckets:   6 committed" in done.stdout
-    assert "row(s) spilled past run.lane_batch_rows=1" in done.stderr
+    # Lanes on threads get their rows as a stream, in frames of lane_batch_rows.
+    assert "in frames of up to 1 rows (run.lane_batch_rows=1)" in done.stderr
     assert spill_files(spill) == []
     bad = deswm("run", "-c", str(config), "--lane-batch-rows", "-1")
     assert bad.returncode == 2
@@ -689,23 +728,45 @@ def test_spilled_rows_give_the_same_objects_in_the_same_order(
 def test_the_coordinator_holds_at_most_b_times_w_times_the_bound_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Not a timing or RSS test: the rows held in memory by every batch the coordinator
-    has not discarded, counted at each row it routes (processes: a lane's copy is not the
-    coordinator's)."""
+    """Lanes that may run elsewhere (a given executor) get whole batches. Not a timing or
+    RSS test: the rows held in memory by every batch the coordinator has not discarded,
+    counted at each row it routes."""
     monkeypatch.setattr("deswm._orchestrator.LaneBatch", TrackingBatch)
     peaks = {}
     for limit in (0, 3):
         TrackingBatch.live.clear()
         TrackingBatch.peak = 0
         world = World(tmp_path / f"limit-{limit}")
-        options = {"executor": "processes", "workers": 2, "buckets_in_flight": 2}
-        with world.orchestrator(lane_batch_rows=limit, spill_dir=tmp_path, **options) as o:
-            o.run_cycle()
+        with cf.ThreadPoolExecutor(2) as host:
+            options = {"executor": host, "workers": 2, "buckets_in_flight": 2}
+            with world.orchestrator(lane_batch_rows=limit, spill_dir=tmp_path, **options) as o:
+                o.run_cycle()
         assert world.position() == at(18)
         assert TrackingBatch.live == {}  # every batch discarded by the coordinator
         peaks[limit] = TrackingBatch.peak
     assert peaks[3] == 2 * 2 * 3  # B buckets x W lanes x lane_batch_rows, reached
     assert peaks[0] >= PER_DAY + 1  # unbounded: a whole bucket and more
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_lanes_on_this_machine_stream_and_the_coordinator_holds_less_than_w_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: World, kind: str
+) -> None:
+    """Lanes on threads or processes read their rows while the coordinator routes them:
+    it holds less than one frame (``lane_batch_rows``) per lane of the bucket being routed,
+    whatever ``buckets_in_flight``, and the objects are the in-process path's."""
+    monkeypatch.setattr("deswm._orchestrator.LaneStream", TrackingStream)
+    TrackingStream.live.clear()
+    TrackingStream.peak = 0
+    world = World(tmp_path / "engine")
+    options = {"executor": kind, "workers": 2, "buckets_in_flight": 3}
+    with world.orchestrator(lane_batch_rows=3, spill_dir=tmp_path, **options) as orchestrator:
+        result = orchestrator.run_cycle()
+    assert result.files == len(DAYS) * PER_DAY
+    assert world.objects() == inline.objects()
+    assert TrackingStream.live == {}  # every stream removed by the coordinator
+    assert 2 <= TrackingStream.peak <= 2 * (3 - 1)  # W lanes x (frame - 1): one bucket
+    assert spill_files(tmp_path) == []
 
 
 def test_a_failed_lane_leaves_no_spill_file(tmp_path: Path, engine: dict[str, Any]) -> None:

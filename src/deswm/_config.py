@@ -240,8 +240,8 @@ class ArchiveSettings:
     big_file_threshold: int = _size(10 * 1024**2)
     spill_threshold: int = _size(64 * 1024**2)
     spill_dir: str | None = None
-    """Folder for spill files of big buckets and of lanes' rows past ``[run] lane_batch_rows``
-    (default: the system temp folder)."""
+    """Folder for spill files of big buckets, of lanes' rows past ``[run] lane_batch_rows``
+    and of the rows streamed to lanes (default: the system temp folder)."""
     workers: int = _bounded(2, 1, 1024)
     storage_options: dict[str, Any] = attrs.field(factory=dict, repr=_options_repr)
 

@@ -17,6 +17,7 @@ a new one; no lane of a failed cycle still writes when the next cycle starts (G7
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib
 import logging
 import os
 import pickle
@@ -62,6 +63,15 @@ def _unpicklable(reader: FileReader, packer: Packer) -> str | None:
     except Exception as exc:
         return f"the reader or packer cannot be pickled ({type(exc).__name__}: {exc})"
     return None
+
+
+def _warm_up() -> int:
+    """Runs first in each new lane process: imports what a lane job needs while the
+    coordinator starts streaming the window, so the first bucket's lanes start at once."""
+    for module in ("deswm._lanes", "deswm._packer", "deswm._readers"):
+        importlib.import_module(module)
+
+    return os.getpid()
 
 
 def _lane_process_started() -> None:
@@ -113,6 +123,19 @@ class LanePool:
         if self._executor is None:
             self._executor = self._create()
         return self._executor
+
+    def start(self) -> None:
+        """Create the executor now, not at the first lane job: lane processes start (and
+        import deswm) while the coordinator queries the source."""
+        if self._executor is not None:
+            return
+        executor = self._pool()
+        if self.kind == "processes":
+            # One job per worker, so every process is spawned now; their futures are
+            # not waited for (a worker that fails to start breaks the pool, which the
+            # first lane job reports).
+            for _ in range(self.lanes):
+                executor.submit(_warm_up)
 
     def _create(self) -> cf.Executor:
         log.info("packing engine: %d lane(s) on %s%s", self.lanes, self.kind, self.why)

@@ -36,12 +36,13 @@ from deswm._errors import (
     FileReadError,
     LaneError,
 )
+from deswm._lane_stream import LaneStream
 from deswm._model import BucketResult, FileFailure, PublishedShard, SourceRecord
 from deswm._protocols import FileReader, Packer
 from deswm._routing import uid_text
 from deswm._rowdigest import RowDigest
 
-__all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "merge_results", "pack_lane"]
+__all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "LaneRows", "merge_results", "pack_lane"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -147,6 +148,12 @@ class LaneBatch:
             self._file.close()
             self._file = None
 
+    def release(self) -> None:
+        """A lane is done with the rows: remove the spill file, unless the batch is
+        portable (its lane may be run again in the coordinator's process)."""
+        if not self._portable:
+            self.discard()
+
     def discard(self) -> None:
         """Close and remove the spill file, if any (idempotent; the memory rows stay)."""
         if self._file is not None:
@@ -207,6 +214,10 @@ class LaneBatch:
             setattr(self, name, value)
 
 
+LaneRows = LaneBatch | LaneStream
+"""A lane's rows of one bucket: a whole batch, or a stream still being routed."""
+
+
 @attrs.frozen
 class LaneJob:
     """What a lane needs: the components (pickled with the job) and its rows."""
@@ -217,7 +228,9 @@ class LaneJob:
     reader: FileReader
     packer: Packer
     on_error: Literal["stop", "record"]
-    rows: LaneBatch
+    rows: LaneRows
+    """A whole batch, or a stream the coordinator is still writing (lanes on this
+    machine)."""
     audit: bool = False
     """Also return the ``(uid, created_at)`` of the rows archived or kept (an audit log)."""
     digest: bool = False
@@ -250,9 +263,9 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
     ``"record"`` the lane publishes its good files and the coordinator judges the ratio
     over the whole bucket. An unexpected exception becomes a picklable
     :class:`~deswm._errors.LaneError`; a :class:`~deswm._errors.DeswmError` passes as is.
-    The rows' spill file is removed when the lane ends, however it ends; a portable
+    A batch's spill file is removed when the lane ends, however it ends; a portable
     batch's file is left to the coordinator (an executor such as an in-process Dask
-    worker may run the job again without a copy of it).
+    worker may run the job again without a copy of it), as is a stream's.
     """
     try:
         return _pack(job)
@@ -263,8 +276,7 @@ def pack_lane(job: LaneJob) -> LaneOutcome:
             job.bucket.date().isoformat(), job.lane, job.lanes, f"{type(exc).__name__}: {exc}"
         ) from exc
     finally:
-        if not job.rows.portable:
-            job.rows.discard()  # the spill file of its rows, whatever the outcome
+        job.rows.release()  # the spill file of its rows, whatever the outcome
 
 
 def _pack(job: LaneJob) -> LaneOutcome:

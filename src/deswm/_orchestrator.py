@@ -56,7 +56,8 @@ from deswm._errors import (
     WatermarkMoveRefused,
 )
 from deswm._lane_pool import LanePool, resolve_pool
-from deswm._lanes import LaneBatch, LaneJob, LaneOutcome, merge_results, pack_lane
+from deswm._lane_stream import STREAM_CHUNK, LaneStream
+from deswm._lanes import LaneBatch, LaneJob, LaneOutcome, LaneRows, merge_results, pack_lane
 from deswm._model import (
     DEFAULT_STAGE,
     BucketResult,
@@ -272,11 +273,15 @@ class WatermarkOrchestrator:
             (e.g. ``client.get_executor(pure=False)``), which is never shut down here.
         scheduler: the Dask scheduler address for ``executor="dask"``.
         buckets_in_flight: buckets streamed and dispatched before the oldest commits.
-        lane_batch_rows: rows of one lane's share of a bucket the coordinator keeps in
-            memory; the rest spill to a ``deswm-rows-*.jsonl`` file in ``spill_dir``
-            (0: every row in memory). Bounds the coordinator to about
-            ``buckets_in_flight * lanes * lane_batch_rows`` rows.
-        spill_dir: the folder of those spill files (default: the system temp folder).
+        lane_batch_rows: lanes on threads or processes get their rows as they are
+            routed, through a ``deswm-rows-*.stream`` file in ``spill_dir`` written in
+            frames of at most this many rows (and at most 1,024): the coordinator holds
+            less than ``lanes * lane_batch_rows`` rows. Lanes of Dask or a given
+            executor get each bucket's rows when it is routed: the first
+            ``lane_batch_rows`` per lane in memory, the rest in a ``deswm-rows-*.jsonl``
+            file (0: every row in memory), about
+            ``buckets_in_flight * lanes * lane_batch_rows`` rows in all.
+        spill_dir: the folder of those files (default: the system temp folder).
         lane_timeout: seconds the coordinator waits for a bucket's lanes (``None``: no
             limit); past it the bucket fails with :class:`~deswm._errors.LaneError`.
 
@@ -1031,8 +1036,13 @@ class WatermarkOrchestrator:
         started: float,
     ) -> tuple[Watermark, StopReason]:
         """:meth:`_archive` on lanes: stream the window once, route each row to lane
-        ``shard_index % lanes``, keep at most ``buckets_in_flight`` buckets dispatched,
-        commit strictly in bucket order."""
+        ``shard_index % lanes``, keep at most ``buckets_in_flight`` buckets on lanes,
+        commit strictly in bucket order.
+
+        Lanes on this machine (threads, processes) start with their first row of a bucket
+        and read the rest as it is routed (:class:`LaneStream`); lanes that may run
+        elsewhere get their whole batch once the bucket is routed."""
+        pool.start()
         owned = self._owned(window)
         # The lanes digest their own rows for the manifests (put back in _settle).
         rows = _RowCounter(owned, self.router)
@@ -1040,18 +1050,18 @@ class WatermarkOrchestrator:
         state = _LaneState(watermark)
         stopped: StopReason = "finished"
         shard_index, lanes = self.router.shard_index, pool.lanes
-        limit, folder = self.lane_batch_rows, self.spill_dir
-        batches: list[LaneBatch] | None = None
-        bucket = bucket_end = window.start
+        routing: _InFlight | None = None  # the bucket being routed
+        batches: list[LaneRows | None] = []
+        bucket_end = window.start
         dispatched = 0
         try:
             try:
                 for record in rows:
-                    if batches is None or record.created_at >= bucket_end:
-                        if batches is not None:
-                            flight.append(self._dispatch(pool, bucket, batches, end=None))
+                    if routing is None or record.created_at >= bucket_end:
+                        if routing is not None:
+                            flight.append(self._routed(pool, routing))
                             dispatched += 1
-                            batches = None
+                            routing = None
                         bucket = self.router.bucket_start(record.created_at)
                         if flight:
                             flight[-1].end = bucket
@@ -1062,17 +1072,28 @@ class WatermarkOrchestrator:
                             stopped = reason
                             break
                         bucket_end = self.router.next_bucket(bucket)
-                        batches = [LaneBatch(limit, folder) for _ in range(lanes)]
-                    batches[shard_index(record.uid) % lanes].add(record)
+                        batches = [None] * lanes
+                        routing = _InFlight(bucket, None, {}, 0, batches)
+                    lane = shard_index(record.uid) % lanes
+                    batch = batches[lane]
+                    if batch is None:
+                        batch = batches[lane] = self._lane_rows(pool, routing, lane)
+                    batch.add(record)
                 else:
-                    if batches is not None:
-                        flight.append(self._dispatch(pool, bucket, batches, end=window.end))
+                    if routing is not None:
+                        flight.append(self._routed(pool, routing))
+                        flight[-1].end = window.end
+                        routing = None
                     elif not flight:
                         self._check_count(rows, window.end, 0, None, None)
             except WaitInterrupted:
                 # A stop while the source waited between pages (a replica pause): the
-                # bucket being streamed is not dispatched; those in flight still commit.
+                # bucket being routed is abandoned (its lanes publish nothing); those in
+                # flight still commit.
                 stopped = until[0].reason
+                if routing is not None:
+                    self._abandon(pool, routing)
+                    routing = None
             while flight:
                 self._settle(pool, flight, rows, state, totals, window, before, started)
         except BaseException as exc:
@@ -1080,55 +1101,94 @@ class WatermarkOrchestrator:
             # SystemExit/KeyboardInterrupt (a second signal) do not wait for lanes:
             # processes are killed, threads are waited for before any new lane starts.
             urgent = not isinstance(exc, Exception)
+            if routing is not None:
+                _discard(routing.batches)  # its streaming lanes stop, publishing nothing
+                flight.append(routing)
             pool.fail([f for item in flight for f in item.futures.values()], hung=urgent)
             raise
         finally:
             owned.close()
             # Spill files of buckets not committed (a stop, a failure); no-ops otherwise.
-            _discard(batches or [], *(item.batches for item in flight))
+            _discard(*(item.batches for item in flight))
+            if routing is not None:
+                _discard(routing.batches)
         watermark = state.watermark
         if stopped == "finished" and watermark.position < window.end:
             # The rest of the window holds no rows for this partition.
             watermark = self.store.advance(watermark, window.end)
         return watermark, stopped
 
-    def _dispatch(
-        self, pool: LanePool, bucket: datetime, batches: list[LaneBatch], end: datetime | None
-    ) -> _InFlight:
-        lanes = len(batches)
-        for rows in batches:
+    def _lane_rows(self, pool: LanePool, routing: _InFlight, lane: int) -> LaneRows:
+        """The rows of ``lane`` in the bucket being routed: a stream whose lane starts now
+        (lanes on this machine), or a batch dispatched when the bucket is routed."""
+        if not pool.local:
+            return LaneBatch(self.lane_batch_rows, self.spill_dir)
+        stream = LaneStream(self.spill_dir, min(STREAM_CHUNK, self.lane_batch_rows or STREAM_CHUNK))
+        if not routing.futures:
+            # No object of this bucket is published before this point (its lanes publish).
+            reach(Checkpoint.BUCKET_BEFORE_PUBLISH)
+        routing.futures[lane] = pool.submit(pack_lane, self._lane_job(routing, lane, stream))
+        return stream
+
+    def _lane_job(self, item: _InFlight, lane: int, rows: LaneRows) -> LaneJob:
+        return LaneJob(
+            item.bucket,
+            lane,
+            len(item.batches),
+            self.reader,
+            self.packer,
+            self.on_error,
+            rows,
+            audit=self.audit_log is not None,
+            digest=self.manifests is not None,
+        )
+
+    def _routed(self, pool: LanePool, item: _InFlight) -> _InFlight:
+        """Every row of ``item``'s bucket is routed: end its lanes' streams, or dispatch
+        its batches to lanes."""
+        item.rows = sum(len(rows) for rows in item.batches if rows is not None)
+        streams = [rows for rows in item.batches if isinstance(rows, LaneStream)]
+        for stream in streams:
+            stream.seal()
+        if streams:
+            log.debug(
+                "bucket %s: %d row(s) streamed to %d lane(s) in frames of up to %d rows "
+                "(run.lane_batch_rows=%d)",
+                item.bucket.date().isoformat(),
+                item.rows,
+                len(streams),
+                streams[0].chunk,
+                self.lane_batch_rows,
+            )
+        batches = [rows for rows in item.batches if isinstance(rows, LaneBatch)]
+        for batch in batches:
             # Lanes that may not see this machine's files get the spilled rows inline.
-            rows.seal(portable=not pool.local)
-        spilled = sum(rows.spilled for rows in batches)
+            batch.seal(portable=not pool.local)
+        spilled = sum(batch.spilled for batch in batches)
         if spilled:
             log.debug(
                 "bucket %s: %d of %d row(s) spilled past run.lane_batch_rows=%d",
-                bucket.date().isoformat(),
+                item.bucket.date().isoformat(),
                 spilled,
-                sum(len(rows) for rows in batches),
+                item.rows,
                 self.lane_batch_rows,
             )
-        # No object of this bucket is published before this point (its lanes publish).
-        reach(Checkpoint.BUCKET_BEFORE_PUBLISH)
-        futures = {
-            lane: pool.submit(
-                pack_lane,
-                LaneJob(
-                    bucket,
-                    lane,
-                    lanes,
-                    self.reader,
-                    self.packer,
-                    self.on_error,
-                    rows,
-                    audit=self.audit_log is not None,
-                    digest=self.manifests is not None,
-                ),
-            )
-            for lane, rows in enumerate(batches)
-            if len(rows)
-        }
-        return _InFlight(bucket, end, futures, sum(len(rows) for rows in batches), batches)
+        if batches:
+            # No object of this bucket is published before this point (its lanes publish).
+            reach(Checkpoint.BUCKET_BEFORE_PUBLISH)
+            for lane, rows in enumerate(item.batches):
+                if isinstance(rows, LaneBatch):
+                    item.futures[lane] = pool.submit(pack_lane, self._lane_job(item, lane, rows))
+        return item
+
+    def _abandon(self, pool: LanePool, item: _InFlight) -> None:
+        """Drop the bucket being routed: its streaming lanes stop without publishing, and
+        are waited for (one writer per object, G7)."""
+        _discard(item.batches)
+        running = [f for f in item.futures.values() if not f.cancel()]
+        _, waiting = cf.wait(running, timeout=self.lane_timeout)
+        if waiting:
+            pool.fail(waiting, hung=True)
 
     def _settle(
         self,
@@ -1505,11 +1565,13 @@ class WatermarkOrchestrator:
         return done, failed, shards
 
 
-def _discard(*groups: Iterable[LaneBatch]) -> None:
-    """Remove the spill files of these batches (lanes of an abandoned or settled bucket)."""
+def _discard(*groups: Iterable[LaneRows | None]) -> None:
+    """Remove the spill files of these lanes' rows (of an abandoned or settled bucket); a
+    stream not yet sealed is abandoned: its lane stops without publishing."""
     for group in groups:
         for batch in group:
-            batch.discard()
+            if batch is not None:
+                batch.discard()
 
 
 def _manifests_of(packer: Packer) -> ManifestRecorder | None:
@@ -1555,8 +1617,10 @@ class _InFlight:
     window's end); ``None`` until the coordinator has seen that row."""
     futures: dict[int, cf.Future[LaneOutcome]]
     rows: int
-    batches: list[LaneBatch]
-    """The lanes' rows (their spill files are removed once the bucket settles or fails)."""
+    """Rows routed to the bucket's lanes (known once it is routed)."""
+    batches: list[LaneRows | None]
+    """Each lane's rows, ``None`` for a lane without any (their spill files are removed
+    once the bucket settles or fails)."""
 
 
 @attrs.define

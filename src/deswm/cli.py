@@ -1102,7 +1102,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         metavar="N",
         help="rows of a lane's share of a bucket kept in memory, the rest spill to "
-        "archive.spill_dir (default: run.lane_batch_rows, 50000; 0 = no bound)",
+        "archive.spill_dir; lanes on threads or processes get rows in frames of at most "
+        "N (default: run.lane_batch_rows, 50000; 0 = no bound)",
     )
     run.add_argument(
         "--max-buckets",
