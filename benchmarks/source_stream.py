@@ -116,10 +116,11 @@ def _stream(url: str, window: Window, repeat: int) -> tuple[float, float, int]:
 def _coordinator(url: str, window: Window, repeat: int, lanes: int) -> tuple[float, float, int]:
     """Best wall seconds, CPU and rows of the coordinator's own per-row path of a cycle on
     the engine over the same stream: the order and bounds checks, the count per bucket,
-    the route to one of ``lanes`` lanes and the append to its batch (default
-    ``lane_batch_rows``); nothing is dispatched, so no lane work is counted."""
+    the route to one of ``lanes`` lanes and the append to its stream (frames of 1,024 rows
+    written to a file, as for lanes on processes); nothing is dispatched, so no lane work
+    is counted."""
     from deswm import DesPacker, WatermarkOrchestrator
-    from deswm._lanes import LaneBatch
+    from deswm._lane_stream import LaneStream
     from deswm._orchestrator import _RowCounter
     from deswm.testing import MemoryFileReader, MemoryWatermarkStore
 
@@ -139,14 +140,16 @@ def _coordinator(url: str, window: Window, repeat: int, lanes: int) -> tuple[flo
         def run() -> int:
             rows = _RowCounter(orchestrator._owned(window), router)
             shard_index = router.shard_index
-            batches = [LaneBatch(50_000) for _ in range(lanes)]
+            streams = [LaneStream() for _ in range(lanes)]
             try:
                 for record in rows:
-                    batches[shard_index(record.uid) % lanes].add(record)
+                    streams[shard_index(record.uid) % lanes].add(record)
+                for stream in streams:
+                    stream.seal()
             finally:
-                for batch in batches:
-                    batch.discard()
-            return sum(len(batch) for batch in batches)
+                for stream in streams:
+                    stream.discard()
+            return sum(len(stream) for stream in streams)
 
         best = best_of(repeat, run)
     engine.dispose()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import http.server
 import io
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,6 +70,28 @@ def test_prometheus_metrics_follow_the_cycle(tmp_path: Path) -> None:
     assert value(registry, "des_watermark_window_size_seconds", **labels) == 8 * 86400
     assert value(registry, "des_watermark_lag_seconds", **labels) == 0
     assert value(registry, "des_migration_duration_seconds_count", **labels) == 1
+
+
+def test_a_new_registry_never_gets_the_metrics_of_a_collected_one() -> None:
+    """Metric objects are shared per registry; a registry that was collected leaves no
+    entry behind, so a new one at the same address gets its own (an ``id()`` key would
+    hand it the dead registry's metrics, and its samples would never appear)."""
+    gc.collect()
+    before = len(PrometheusObserver._shared)
+    registry = prometheus_client.CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    assert PrometheusObserver(registry).metrics is observer.metrics
+    assert len(PrometheusObserver._shared) == before + 1
+    collected = weakref.ref(registry)
+    del registry, observer
+    gc.collect()
+    assert collected() is None
+    assert len(PrometheusObserver._shared) == before
+    for _ in range(20):  # new registries, some at a freed address: each counts its own
+        fresh = prometheus_client.CollectorRegistry()
+        PrometheusObserver(fresh).metrics.db.labels(operation="select").inc()
+        assert value(fresh, "des_db_operations_total", operation="select") == 1
+        del fresh
 
 
 def test_db_operations_are_counted_by_verb() -> None:

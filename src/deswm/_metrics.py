@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -155,7 +156,10 @@ class PrometheusObserver(CycleObserver):
         clock: Unix time for the last-success/failure gauges (injectable for tests).
     """
 
-    _shared: dict[int, _Metrics] = {}
+    _shared: weakref.WeakKeyDictionary[Any, _Metrics] = weakref.WeakKeyDictionary()
+    """One set of metric objects per live registry. Keyed by the registry itself, not its
+    ``id()``: a registry collected and a new one at the same address would get metrics
+    registered on the dead one."""
 
     def __init__(
         self,
@@ -170,10 +174,10 @@ class PrometheusObserver(CycleObserver):
         prom = _client()
         self.registry = registry if registry is not None else prom.REGISTRY
         # One set of metric objects per registry: registering a name twice fails.
-        key = id(self.registry)
-        if key not in self._shared:
-            self._shared[key] = _Metrics(self.registry)
-        self.metrics = self._shared[key]
+        metrics = self._shared.get(self.registry)
+        if metrics is None:
+            metrics = self._shared[self.registry] = _Metrics(self.registry)
+        self.metrics = metrics
         self._plan = plan
         self.push_url = push_url
         self.job = job

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import tenacity
@@ -140,6 +140,8 @@ class CycleObserver:
     def cycle_failed(self, key: WatermarkKey, error: Exception) -> None:
         """A cycle raised ``error`` (committed buckets stay committed); it is re-raised."""
 
+
+_ZERO: Final = timedelta(0)
 
 _SIGNAL_SLICE = 0.5
 """Longest blocking wait of the main thread, in seconds, so SIGTERM/SIGINT handlers run."""
@@ -906,30 +908,32 @@ class WatermarkOrchestrator:
     def _owned(self, window: Window) -> Generator[SourceRecord, None, None]:
         """The window's rows this partition owns, checked for order and bounds."""
         router, partition = self.router, self.partition
-        last: SourceRecord | None = None
-        if partition.count > 1 and isinstance(self.source, PartitionedSource):
+        whole = partition.count == 1
+        if not whole and isinstance(self.source, PartitionedSource):
             # The source narrows the read; the owns() check below stays the guarantee.
             rows = self.source.iter_partition_records(window, router, partition)
         else:
             rows = self.source.iter_records(window)
+        # Per row, so in locals: this loop is part of what bounds one coordinator.
+        last, end, zero = window.start, window.end, _ZERO
         with source_rows(rows) as records:
             for record in records:
                 created_at = record.created_at
-                if created_at.tzinfo is None or created_at.utcoffset() != timedelta(0):
+                if not isinstance(created_at, datetime) or created_at.utcoffset() != zero:
                     raise SourceError(
                         f"source returned created_at {created_at!r} for uid {record.uid!r}, "
                         "which is not aware UTC",
                         hint="SourceProvider.iter_records must return aware UTC datetimes",
                     )
-                if created_at not in window or (last is not None and created_at < last.created_at):
+                if not last <= created_at < end:
                     raise SourceError(
                         f"source returned uid {record.uid!r} at {format_utc(created_at)} out of "
                         f"order or outside window {window}",
                         hint="SourceProvider.iter_records must return the window's rows ordered "
                         "by (created_at, uid)",
                     )
-                last = record
-                if partition.count == 1 or partition.owns(router.shard_index(record.uid)):
+                last = created_at
+                if whole or partition.owns(router.shard_index(record.uid)):
                     yield record
 
     def _archive(
