@@ -8,6 +8,7 @@ worker process imports this module to unpickle them).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import itertools
 import os
 import pickle
@@ -26,6 +27,7 @@ from deswm._errors import (
     DuplicateUidError,
     FileMissingError,
     LaneError,
+    PackError,
     RowCountError,
     SourceError,
     WaitInterrupted,
@@ -816,7 +818,7 @@ def test_a_bucket_abandoned_mid_stream_leaves_no_spill_file(
     tmp_path: Path, engine: dict[str, Any], error: Exception
 ) -> None:
     """A stop while the source waits (or a source error) in the middle of a bucket: its
-    rows streamed so far, spilled past the bound, are never dispatched."""
+    rows routed so far are abandoned, and the lanes already reading them publish nothing."""
     spill = tmp_path / "spill"
     spill.mkdir()
     world = World(tmp_path / "engine")
@@ -832,6 +834,9 @@ def test_a_bucket_abandoned_mid_stream_leaves_no_spill_file(
                 orchestrator.run_cycle()
             assert world.position() == at(10)  # the cycle fails: nothing more commits
     assert spill_files(spill) == []
+    # Lanes that were reading day 11 as it streamed stopped without publishing (G7:
+    # they were waited for, so none writes after the cycle).
+    assert [name for name in world.objects() if "20240511" in name] == []
 
 
 class ElsewhereExecutor(cf.ThreadPoolExecutor):
@@ -898,6 +903,36 @@ def test_a_bad_lane_batch_rows_is_a_config_error(tmp_path: Path, value: object) 
     with pytest.raises(ConfigError) as caught:
         World(tmp_path).orchestrator(workers=2, lane_batch_rows=value)
     assert caught.value.key == "run.lane_batch_rows"
+
+
+class FullDisk:
+    """``os`` for deswm._lane_stream, whose writes fail as on a full disk."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_spill_dir_fails_the_bucket_typed_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator cannot write a lane's rows: a PackError naming the folder and the
+    setting, nothing committed for the bucket, its lanes stopped, no file left."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    world = World(tmp_path / "engine")
+    monkeypatch.setattr("deswm._lane_stream.os", FullDisk())
+    options = {"executor": "threads", "workers": 2, "lane_batch_rows": 2, "spill_dir": spill}
+    with world.orchestrator(**options) as orchestrator, pytest.raises(PackError) as caught:
+        orchestrator.run_cycle()
+    assert f"writing the rows' stream file in {spill} failed" in str(caught.value)
+    assert "archive.spill_dir" in str(caught.value)
+    assert world.position() == at(10)
+    assert world.objects() == {}
+    assert spill_files(spill) == []
 
 
 def test_a_missing_spill_dir_is_a_config_error(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from deswm._errors import PackError
 from deswm._model import SourceRecord
 
 __all__ = ["STREAM_CHUNK", "LaneStream", "StreamAbandoned"]
@@ -85,7 +86,10 @@ class LaneStream:
     def __init__(self, folder: str | None = None, chunk: int = STREAM_CHUNK) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk!r}")
-        fd, self.path = tempfile.mkstemp(prefix="deswm-rows-", suffix=".stream", dir=folder)
+        try:
+            fd, self.path = tempfile.mkstemp(prefix="deswm-rows-", suffix=".stream", dir=folder)
+        except OSError as exc:
+            raise _error("creating", folder, exc) from exc
         self._fd: int | None = fd
         self.chunk = chunk
         self.owner = os.getpid()
@@ -135,6 +139,12 @@ class LaneStream:
         self._write(_LENGTH.pack(len(payload)) + payload)
 
     def _write(self, data: bytes) -> None:
+        try:
+            self._write_all(data)
+        except OSError as exc:
+            raise _error("writing", os.path.dirname(self.path), exc) from exc
+
+    def _write_all(self, data: bytes) -> None:
         if self._fd is None:
             raise RuntimeError(f"{self!r} is sealed or discarded: no more rows")
         view = memoryview(data)
@@ -155,7 +165,7 @@ class LaneStream:
         lane reading it stops without publishing."""
         if not self.sealed and self._fd is not None:
             try:
-                self._write(_LENGTH.pack(_ABANDONED))
+                self._write_all(_LENGTH.pack(_ABANDONED))
             except OSError as exc:  # the removal below says it as well
                 log.debug("cannot mark %s abandoned: %s", self.path, exc)
         self._close()
@@ -237,6 +247,15 @@ class LaneStream:
                 raise StreamAbandoned(f"the coordinator (process {self.owner}) is gone")
             time.sleep(wait)
             wait = min(wait * 2, _LONGEST_WAIT)
+
+
+def _error(action: str, folder: str | None, exc: OSError) -> PackError:
+    """A failure of the rows' file, naming its folder (the bucket is not committed)."""
+    return PackError(
+        f"{action} the rows' stream file in {folder or tempfile.gettempdir()} failed: {exc}",
+        hint="Free space there, or point archive.spill_dir at a folder with room; the "
+        "watermark did not move, so the next run packs this bucket again",
+    )
 
 
 def _alive(owner: int, parent: int) -> bool:
