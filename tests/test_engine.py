@@ -13,6 +13,9 @@ import itertools
 import os
 import pickle
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Generator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -932,6 +935,25 @@ def test_a_full_spill_dir_fails_the_bucket_typed_and_leaves_nothing(
     assert "archive.spill_dir" in str(caught.value)
     assert world.position() == at(10)
     assert world.objects() == {}
+    assert spill_files(spill) == []
+
+
+def test_a_cycle_removes_the_streams_a_killed_coordinator_left(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    orphan = spill / f"deswm-rows-{int(gone.stdout)}@{socket.gethostname()}-k1ll3d.stream"
+    orphan.write_bytes(b"\x00" * 16)
+    world = World(tmp_path / "engine")
+    options = {"executor": "threads", "workers": 2, "spill_dir": spill}
+    with world.orchestrator(**options) as orchestrator:
+        orchestrator.run_cycle()
+    assert world.position() == at(18)
     assert spill_files(spill) == []
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deswm._lane_stream import STREAM_CHUNK, LaneStream, StreamAbandoned
+from deswm._lane_stream import STREAM_CHUNK, LaneStream, StreamAbandoned, remove_orphans
 from deswm._model import SourceRecord
 from test_lanes import rows
 
@@ -274,3 +275,31 @@ def test_a_sealed_stream_refuses_rows_and_a_bad_chunk_is_refused(tmp_path: Path)
     with pytest.raises(ValueError, match="chunk"):
         LaneStream(str(tmp_path), 0)
     assert streams(tmp_path) == []
+
+
+def test_a_killed_coordinators_streams_are_removed_by_the_next_cycle_on_the_host(
+    tmp_path: Path,
+) -> None:
+    """Files of a process that is gone are removed; a live process's, another host's and
+    other files stay."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    host = socket.gethostname()
+    orphan = tmp_path / f"deswm-rows-{int(gone.stdout)}@{host}-abc_123.stream"
+    elsewhere = tmp_path / f"deswm-rows-{int(gone.stdout)}@not-{host}-abc_123.stream"
+    batch = tmp_path / "deswm-rows-x1y2z3.jsonl"
+    for path in (orphan, elsewhere, batch):
+        path.write_bytes(b"")
+    live = LaneStream(str(tmp_path))
+    assert Path(live.path).name.startswith(f"deswm-rows-{os.getpid()}@{host}-")
+    assert remove_orphans(str(tmp_path)) == 1
+    assert not orphan.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [elsewhere.name, batch.name, Path(live.path).name]
+    )
+    assert remove_orphans(str(tmp_path / "missing")) == 0
+    live.discard()

@@ -11,14 +11,15 @@ given executor get whole batches. A file never blocks the writer (a pipe would, 
 lane's job waits behind another bucket's in the executor's queue), so the coordinator
 cannot deadlock on a lane, whatever the number of workers.
 
-The file, ``deswm-rows-*.stream`` in the spill folder, holds plain data: frames of a
+The file, ``deswm-rows-<pid>@<host>-*.stream`` in the spill folder, holds plain data: frames of a
 4-byte little-endian length and an ASCII JSON ``[uids, micros, locations, sizes]``
 (the columns of ``chunk`` rows). Length 0 ends the rows (:meth:`LaneStream.seal`);
 ``0xFFFFFFFF`` says the coordinator abandoned the bucket (:meth:`LaneStream.discard`
 before ``seal``), as does the file's removal. A lane that finds neither waits for more,
 and gives up when the coordinator's process is gone, so a killed coordinator leaves no
 lane waiting behind it. The coordinator removes the file once the bucket settles or is
-abandoned; the lane never does (it may still be read from, in threads, by nobody else).
+abandoned; the lane never does. Files of a coordinator that was killed are removed by
+:func:`remove_orphans` when a later cycle on the same host starts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
 import struct
 import tempfile
 import time
@@ -36,7 +39,7 @@ from typing import Any, Final
 from deswm._errors import PackError
 from deswm._model import SourceRecord
 
-__all__ = ["STREAM_CHUNK", "LaneStream", "StreamAbandoned"]
+__all__ = ["STREAM_CHUNK", "LaneStream", "StreamAbandoned", "remove_orphans"]
 
 STREAM_CHUNK: Final = 1024
 """Rows per frame (fewer when ``[run] lane_batch_rows`` is lower): what the coordinator
@@ -87,7 +90,7 @@ class LaneStream:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk!r}")
         try:
-            fd, self.path = tempfile.mkstemp(prefix="deswm-rows-", suffix=".stream", dir=folder)
+            fd, self.path = tempfile.mkstemp(prefix=_prefix(), suffix=".stream", dir=folder)
         except OSError as exc:
             raise _error("creating", folder, exc) from exc
         self._fd: int | None = fd
@@ -249,6 +252,56 @@ class LaneStream:
             wait = min(wait * 2, _LONGEST_WAIT)
 
 
+def _prefix() -> str:
+    """``deswm-rows-<pid>@<host>-``: whose file it is, for :func:`remove_orphans`."""
+    return f"deswm-rows-{os.getpid()}@{socket.gethostname()}-"
+
+
+_NAME: Final = re.compile(r"deswm-rows-(?P<pid>\d+)@(?P<host>.+)-[^-]+\.stream")
+
+
+def remove_orphans(folder: str | None = None) -> int:
+    """Remove the stream files of coordinators on this host that are gone (killed before
+    they could), in ``folder`` (default: the system temp folder); return how many.
+
+    A file of a live process, of another host (a shared folder) or of a process id
+    now reused is left alone.
+    """
+    directory = folder or tempfile.gettempdir()
+    host = socket.gethostname()
+    removed = 0
+    try:
+        entries = os.scandir(directory)
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
+            match = _NAME.fullmatch(entry.name)
+            if match is None or match["host"] != host or _exists(int(match["pid"])):
+                continue
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue  # another coordinator removed it first
+            except OSError as exc:
+                log.warning("cannot remove the orphaned stream file %s: %s", entry.path, exc)
+                continue
+            removed += 1
+    if removed:
+        log.info("removed %d stream file(s) of coordinators that are gone", removed)
+    return removed
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def _error(action: str, folder: str | None, exc: OSError) -> PackError:
     """A failure of the rows' file, naming its folder (the bucket is not committed)."""
     return PackError(
@@ -266,10 +319,4 @@ def _alive(owner: int, parent: int) -> bool:
         return True  # a lane on a thread of the coordinator
     if parent == owner:
         return os.getppid() == owner
-    try:
-        os.kill(owner, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _exists(owner)

@@ -56,7 +56,7 @@ from deswm._errors import (
     WatermarkMoveRefused,
 )
 from deswm._lane_pool import LanePool, resolve_pool
-from deswm._lane_stream import STREAM_CHUNK, LaneStream
+from deswm._lane_stream import STREAM_CHUNK, LaneStream, remove_orphans
 from deswm._lanes import LaneBatch, LaneJob, LaneOutcome, LaneRows, merge_results, pack_lane
 from deswm._model import (
     DEFAULT_STAGE,
@@ -1047,6 +1047,8 @@ class WatermarkOrchestrator:
         and read the rest as it is routed (:class:`LaneStream`); lanes that may run
         elsewhere get their whole batch once the bucket is routed."""
         pool.start()
+        if pool.local:
+            remove_orphans(self.spill_dir)  # of a coordinator killed on this host
         owned = self._owned(window)
         # The lanes digest their own rows for the manifests (put back in _settle).
         rows = _RowCounter(owned, self.router)
