@@ -70,7 +70,6 @@ def _warm_up() -> int:
     coordinator starts streaming the window, so the first bucket's lanes start at once."""
     for module in ("deswm._lanes", "deswm._packer", "deswm._readers"):
         importlib.import_module(module)
-
     return os.getpid()
 
 

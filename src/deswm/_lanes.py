@@ -3,11 +3,13 @@
 The coordinator (:class:`deswm._orchestrator.WatermarkOrchestrator`) routes every row of a
 bucket to lane ``shard_index(uid) % lanes``, so each shard group of the bucket belongs to
 exactly one lane and each object keeps exactly one writer (G7). A lane gets the rows'
-metadata as a compact :class:`LaneJob` (parallel lists, never file bytes; past
-``[run] lane_batch_rows`` rows in a JSON-lines spill file), reads the files
-with the reader, adds them to its own bucket writer with the same kept/failure/duplicate
-rules as the in-process path, publishes its groups and returns a :class:`LaneOutcome`.
-The coordinator merges the outcomes and commits (or refuses) the bucket.
+metadata, never file bytes, in a :class:`LaneJob`: as a :class:`LaneBatch` (parallel lists;
+past ``[run] lane_batch_rows`` rows in a JSON-lines spill file) once the bucket is routed,
+or, on this machine, as a :class:`~deswm._lane_stream.LaneStream` it reads while the
+coordinator routes the bucket. It reads the files with the reader, adds them to its own
+bucket writer with the same kept/failure/duplicate rules as the in-process path, publishes
+its groups and returns a :class:`LaneOutcome`. The coordinator merges the outcomes and
+commits (or refuses) the bucket.
 
 :func:`pack_lane` is a plain module-level function of picklable arguments, so it runs on
 any ``concurrent.futures`` executor: threads, a process pool or a Dask cluster.

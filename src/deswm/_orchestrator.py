@@ -1116,8 +1116,6 @@ class WatermarkOrchestrator:
             owned.close()
             # Spill files of buckets not committed (a stop, a failure); no-ops otherwise.
             _discard(*(item.batches for item in flight))
-            if routing is not None:
-                _discard(routing.batches)
         watermark = state.watermark
         if stopped == "finished" and watermark.position < window.end:
             # The rest of the window holds no rows for this partition.
