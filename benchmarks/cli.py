@@ -329,6 +329,8 @@ def _postgres(dataset: Dataset, args: argparse.Namespace, run_root: Path) -> dic
             params.update(
                 db="postgresql", pg_url=args.pg_url, pg_table=table, pg_schema=BENCH_SCHEMA
             )
+            if name == "deswm":
+                params["lanes"] = args.workers  # --workers: the engine, as on SQLite
             runs.append(_run(f"{name} (PostgreSQL)", name, dataset, params))
         out[f"{name}_postgresql"] = _best(runs)
     return out
