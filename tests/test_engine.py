@@ -451,6 +451,46 @@ def test_max_buckets_counts_buckets_in_flight(tmp_path: Path, engine: dict[str, 
     assert world.position() == at(11)
 
 
+class CountingSource(MemorySourceProvider):
+    """Streams its rows slowly (as a large table does) and counts those it handed out."""
+
+    def __init__(self, records: list[SourceRecord]) -> None:
+        super().__init__(records)
+        self.handed = 0
+
+    def iter_records(self, window: Window) -> Iterator[SourceRecord]:
+        for record in super().iter_records(window):
+            self.handed += 1
+            if self.handed > PER_DAY:
+                time.sleep(0.0005)
+            yield record
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_a_lane_that_fails_early_stops_the_routing_of_its_bucket(tmp_path: Path, kind: str) -> None:
+    """A streaming lane fails on its first file of a big bucket: the coordinator stops
+    routing that bucket (it does not stream the rest first), the bucket before it
+    commits, and the lane's own error is raised, not that of the lanes stopped after."""
+    big = [
+        SourceRecord(f"u11-{i:04d}", at(11, 0, 0) + timedelta(seconds=i), f"u11-{i:04d}", None)
+        for i in range(2000)
+    ]
+    first = [SourceRecord(f"u10-{i:03d}", at(10, i), f"u10-{i:03d}", None) for i in range(PER_DAY)]
+    world = World(tmp_path / "engine", first + big)
+    source = CountingSource(world.records)
+    reader = FaultyReader("u11-0000", "raise", root=str(world.files))
+    options = {"executor": kind, "workers": 2, "lane_batch_rows": 4}
+    with (
+        world.orchestrator(source=source, reader=reader, **options) as orchestrator,
+        pytest.raises(LaneError) as caught,
+    ):
+        orchestrator.run_cycle()
+    assert "bucket 2024-05-11" in str(caught.value)
+    assert "the reader broke" in str(caught.value)
+    assert world.position() == at(11)  # day 10 committed, day 11 not
+    assert source.handed < PER_DAY + 1500  # routing stopped well before the bucket's end
+
+
 # --- choosing the executor -------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from deswm._errors import (
     WatermarkMoveRefused,
 )
 from deswm._lane_pool import LanePool, resolve_pool
-from deswm._lane_stream import STREAM_CHUNK, LaneStream, remove_orphans
+from deswm._lane_stream import STREAM_CHUNK, LaneStream, StreamAbandoned, remove_orphans
 from deswm._lanes import LaneBatch, LaneJob, LaneOutcome, LaneRows, merge_results, pack_lane
 from deswm._model import (
     DEFAULT_STAGE,
@@ -1085,6 +1085,16 @@ class WatermarkOrchestrator:
                     if batch is None:
                         batch = batches[lane] = self._lane_rows(pool, routing, lane)
                     batch.add(record)
+                    if not batch.in_memory and _a_lane_failed(routing):
+                        # A stream's frame was written and a lane of this bucket has
+                        # already failed: stop routing it. The buckets before it commit
+                        # first, its other lanes stop, and the lane's error is raised.
+                        while flight:
+                            self._settle(pool, flight, rows, state, totals, window, before, started)
+                        _discard(routing.batches)
+                        flight.append(routing)
+                        routing = None
+                        self._collect(pool, flight)
                 else:
                     if routing is not None:
                         flight.append(self._routed(pool, routing))
@@ -1258,7 +1268,12 @@ class WatermarkOrchestrator:
         done, waiting = _wait_for_lanes(item.futures.values(), self.lane_timeout)
         everything = [f for entry in flight for f in entry.futures.values()]
         abandoned = [entry.batches for entry in flight]
-        failed = next((f for f in done if f.cancelled() or f.exception() is not None), None)
+        # A lane's own failure, not that of a lane stopped because of it.
+        failed = min(
+            (f for f in done if f.cancelled() or f.exception() is not None),
+            key=_stopped_by_the_coordinator,
+            default=None,
+        )
         if waiting or failed is not None:
             flight.clear()  # handled here: the caller must not wait for them again
         if waiting and failed is None:
@@ -1567,6 +1582,19 @@ class WatermarkOrchestrator:
             else:
                 shards = writer.publish().shards
         return done, failed, shards
+
+
+def _a_lane_failed(item: _InFlight) -> bool:
+    """Whether a lane of ``item`` has already ended in an error (its future is done)."""
+    return any(
+        f.done() and (f.cancelled() or f.exception() is not None) for f in item.futures.values()
+    )
+
+
+def _stopped_by_the_coordinator(future: cf.Future[LaneOutcome]) -> bool:
+    """Whether a failed lane ended because the coordinator abandoned its rows."""
+    error = None if future.cancelled() else future.exception()
+    return isinstance(error, LaneError) and error.reason.startswith(StreamAbandoned.__name__)
 
 
 def _discard(*groups: Iterable[LaneRows | None]) -> None:
