@@ -123,11 +123,12 @@ class LanePool:
             self._executor = self._create()
         return self._executor
 
-    def start(self) -> None:
+    def start(self) -> bool:
         """Create the executor now, not at the first lane job: lane processes start (and
-        import deswm) while the coordinator queries the source."""
+        import deswm) while the coordinator queries the source. True if it was created
+        now (once per pool: what is done once per pool goes with it)."""
         if self._executor is not None:
-            return
+            return False
         executor = self._pool()
         if self.kind == "processes":
             # One job per worker, so every process is spawned now; their futures are
@@ -135,6 +136,7 @@ class LanePool:
             # first lane job reports).
             for _ in range(self.lanes):
                 executor.submit(_warm_up)
+        return True
 
     def _create(self) -> cf.Executor:
         log.info("packing engine: %d lane(s) on %s%s", self.lanes, self.kind, self.why)

@@ -19,7 +19,7 @@ before ``seal``), as does the file's removal. A lane that finds neither waits fo
 and gives up when the coordinator's process is gone, so a killed coordinator leaves no
 lane waiting behind it. The coordinator removes the file once the bucket settles or is
 abandoned; the lane never does. Files of a coordinator that was killed are removed by
-:func:`remove_orphans` when a later cycle on the same host starts.
+:func:`remove_orphans` when a coordinator on the same host next starts its lanes.
 """
 
 from __future__ import annotations
@@ -39,19 +39,30 @@ from typing import Any, Final
 from deswm._errors import PackError
 from deswm._model import SourceRecord
 
-__all__ = ["STREAM_CHUNK", "LaneStream", "StreamAbandoned", "remove_orphans"]
+__all__ = [
+    "DECODE",
+    "ENCODE",
+    "EPOCH",
+    "MICROSECOND",
+    "STREAM_CHUNK",
+    "LaneStream",
+    "StreamAbandoned",
+    "remove_orphans",
+]
 
 STREAM_CHUNK: Final = 1024
 """Rows per frame (fewer when ``[run] lane_batch_rows`` is lower): what the coordinator
 holds per lane, and how soon a lane gets its first rows."""
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND: Final = timedelta(microseconds=1)
+"""``created_at`` travels to lanes as ``(created_at - EPOCH) // MICROSECOND`` (exact)."""
 _LENGTH: Final = struct.Struct("<I")
 _END: Final = 0
 _ABANDONED: Final = 0xFFFFFFFF
-_ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
-_DECODE: Final = json.JSONDecoder().decode
+ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
+DECODE: Final = json.JSONDecoder().decode
+"""Rows' plain-data files (streams, and batches' spill files) are ASCII JSON."""
 _FIRST_WAIT: Final = 0.0002
 _LONGEST_WAIT: Final = 0.005
 """Seconds a lane sleeps between looks at a stream that has no new frame yet."""
@@ -127,7 +138,7 @@ class LaneStream:
         if self.sealed:
             raise RuntimeError(f"{self!r} is sealed or discarded: no more rows")
         self._uids.append(record.uid)
-        self._micros.append((record.created_at - _EPOCH) // _MICROSECOND)
+        self._micros.append((record.created_at - EPOCH) // MICROSECOND)
         self._locations.append(record.location)
         self._sizes.append(record.size)
         self.rows += 1
@@ -137,7 +148,7 @@ class LaneStream:
     def _flush(self) -> None:
         if not self._uids:
             return
-        payload = _ENCODE([self._uids, self._micros, self._locations, self._sizes]).encode("ascii")
+        payload = ENCODE([self._uids, self._micros, self._locations, self._sizes]).encode("ascii")
         self._uids, self._micros, self._locations, self._sizes = [], [], [], []
         self._write(_LENGTH.pack(len(payload)) + payload)
 
@@ -235,12 +246,12 @@ class LaneStream:
                 if len(payload) == length:
                     offset += _LENGTH.size + length
                     wait = _FIRST_WAIT
-                    uids, micros, locations, sizes = _DECODE(payload.decode("ascii"))
+                    uids, micros, locations, sizes = DECODE(payload.decode("ascii"))
                     for uid, instant, location, size in zip(
                         uids, micros, locations, sizes, strict=True
                     ):
                         yield SourceRecord(
-                            uid, _EPOCH + timedelta(microseconds=instant), location, size
+                            uid, EPOCH + timedelta(microseconds=instant), location, size
                         )
                     continue
             # Not a whole frame yet: the coordinator is routing (or has gone away).

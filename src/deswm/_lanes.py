@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import IO, Any, Final, Literal, TextIO
 
 import attrs
@@ -38,7 +37,7 @@ from deswm._errors import (
     FileReadError,
     LaneError,
 )
-from deswm._lane_stream import LaneStream
+from deswm._lane_stream import DECODE, ENCODE, EPOCH, MICROSECOND, LaneStream
 from deswm._model import BucketResult, FileFailure, PublishedShard, SourceRecord
 from deswm._protocols import FileReader, Packer
 from deswm._routing import uid_text
@@ -46,10 +45,6 @@ from deswm._rowdigest import RowDigest
 
 __all__ = ["LaneBatch", "LaneJob", "LaneOutcome", "LaneRows", "merge_results", "pack_lane"]
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
-_ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
-_DECODE: Final = json.JSONDecoder().decode
 _SPILL_BUFFER: Final = 256 * 1024
 
 log = logging.getLogger("deswm.engine")
@@ -107,7 +102,7 @@ class LaneBatch:
         return f"LaneBatch(rows={len(self)}, in_memory={self.in_memory}, spilled={self.spilled})"
 
     def add(self, record: SourceRecord) -> None:
-        micros = (record.created_at - _EPOCH) // _MICROSECOND
+        micros = (record.created_at - EPOCH) // MICROSECOND
         if not self.limit or len(self.uids) < self.limit:
             self.uids.append(record.uid)
             self.micros.append(micros)
@@ -117,7 +112,7 @@ class LaneBatch:
         out = self._file
         if out is None:
             out = self._file = self._open_spill()
-        out.write(_ENCODE([record.uid, micros, record.location, record.size]))
+        out.write(ENCODE([record.uid, micros, record.location, record.size]))
         out.write("\n")
         self.spilled += 1
 
@@ -174,7 +169,7 @@ class LaneBatch:
         """The rows again, in the order they were added."""
         rows = zip(self.uids, self.micros, self.locations, self.sizes, strict=True)
         for uid, micros, location, size in itertools.chain(rows, self._spilled_rows()):
-            yield SourceRecord(uid, _EPOCH + timedelta(microseconds=micros), location, size)
+            yield SourceRecord(uid, EPOCH + timedelta(microseconds=micros), location, size)
 
     def _spilled_rows(self) -> Iterator[tuple[str, int, str, int | None]]:
         if not self.spilled:
@@ -182,7 +177,7 @@ class LaneBatch:
         self.seal(portable=self._portable)
         with self._spill_lines() as spill:
             for line in spill:
-                uid, micros, location, size = _DECODE(line)
+                uid, micros, location, size = DECODE(line)
                 yield uid, micros, location, size
 
     def _spill_lines(self) -> IO[str]:

@@ -1046,8 +1046,7 @@ class WatermarkOrchestrator:
         Lanes on this machine (threads, processes) start with their first row of a bucket
         and read the rest as it is routed (:class:`LaneStream`); lanes that may run
         elsewhere get their whole batch once the bucket is routed."""
-        pool.start()
-        if pool.local:
+        if pool.start() and pool.local:
             remove_orphans(self.spill_dir)  # of a coordinator killed on this host
         owned = self._owned(window)
         # The lanes digest their own rows for the manifests (put back in _settle).
@@ -1079,7 +1078,7 @@ class WatermarkOrchestrator:
                             break
                         bucket_end = self.router.next_bucket(bucket)
                         batches = [None] * lanes
-                        routing = _InFlight(bucket, None, {}, 0, batches)
+                        routing = _InFlight(bucket, None, {}, batches)
                     lane = shard_index(record.uid) % lanes
                     batch = batches[lane]
                     if batch is None:
@@ -1160,7 +1159,7 @@ class WatermarkOrchestrator:
     def _routed(self, pool: LanePool, item: _InFlight) -> _InFlight:
         """Every row of ``item``'s bucket is routed: end its lanes' streams, or dispatch
         its batches to lanes."""
-        item.rows = sum(len(rows) for rows in item.batches if rows is not None)
+        routed = sum(len(rows) for rows in item.batches if rows is not None)
         streams = [rows for rows in item.batches if isinstance(rows, LaneStream)]
         for stream in streams:
             stream.seal()
@@ -1169,7 +1168,7 @@ class WatermarkOrchestrator:
                 "bucket %s: %d row(s) streamed to %d lane(s) in frames of up to %d rows "
                 "(run.lane_batch_rows=%d)",
                 item.bucket.date().isoformat(),
-                item.rows,
+                routed,
                 len(streams),
                 streams[0].chunk,
                 self.lane_batch_rows,
@@ -1184,7 +1183,7 @@ class WatermarkOrchestrator:
                 "bucket %s: %d of %d row(s) spilled past run.lane_batch_rows=%d",
                 item.bucket.date().isoformat(),
                 spilled,
-                item.rows,
+                routed,
                 self.lane_batch_rows,
             )
         if batches:
@@ -1648,8 +1647,6 @@ class _InFlight:
     """Where the watermark moves once it commits: the next bucket with rows (or the
     window's end); ``None`` until the coordinator has seen that row."""
     futures: dict[int, cf.Future[LaneOutcome]]
-    rows: int
-    """Rows routed to the bucket's lanes (known once it is routed)."""
     batches: list[LaneRows | None]
     """Each lane's rows, ``None`` for a lane without any (their spill files are removed
     once the bucket settles or fails)."""
